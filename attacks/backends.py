@@ -1,0 +1,68 @@
+"""Run fgsm/pgd through a reference library instead of robench's own maths.
+
+Used by ``backend: torchattacks | art`` so one suite can cross-check implementations on the
+same model and inputs. ART is always given the true labels: without ``y`` it attacks the
+model's predicted labels and reports a higher accuracy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def run_backend(attack: str, backend: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                eps: float, params: Any, seed: int) -> torch.Tensor:
+    if backend == "torchattacks":
+        return _torchattacks(attack, model, x, y, eps, params, seed)
+    if backend == "art":
+        return _art(attack, model, x, y, eps, params, seed)
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def _torchattacks(attack: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                  params: Any, seed: int) -> torch.Tensor:
+    import torchattacks
+
+    if attack == "fgsm":
+        atk = torchattacks.FGSM(model, eps=eps)
+    else:
+        atk = torchattacks.PGD(model, eps=eps, alpha=params.alpha, steps=params.steps,
+                               random_start=params.random_start)
+    atk.set_device(x.device)
+    # torchattacks draws its random start from the global generator: seed it for repeatability
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return atk(x, y)
+
+
+def _art(attack: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+         params: Any, seed: int) -> torch.Tensor:
+    from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
+    from art.estimators.classification import PyTorchClassifier
+
+    classifier = PyTorchClassifier(
+        model=model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
+        nb_classes=_num_classes(model, x), clip_values=(0.0, 1.0),
+        device_type="gpu" if x.device.type == "cuda" else "cpu",
+    )
+    batch = int(x.shape[0])
+    if attack == "fgsm":
+        atk = FastGradientMethod(classifier, norm=np.inf, eps=eps, batch_size=batch)
+    else:
+        atk = ProjectedGradientDescent(
+            classifier, norm=np.inf, eps=eps, eps_step=params.alpha, max_iter=params.steps,
+            num_random_init=1 if params.random_start else 0, batch_size=batch, verbose=False,
+        )
+    np.random.seed(seed % 2**32)  # ART draws its random start from numpy's global generator
+    x_np = x.detach().cpu().numpy()
+    x_adv = atk.generate(x=x_np, y=y.detach().cpu().numpy())  # true labels, always
+    return torch.from_numpy(x_adv).to(device=x.device, dtype=x.dtype)
+
+
+def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad():
+        return int(model(x[:1]).shape[1])

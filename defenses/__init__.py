@@ -1,0 +1,13 @@
+"""Defense plugins (installed as ``robench.defenses``). Importing this package registers the
+built-in defenses; third-party defenses register through the ``robench.defenses`` entry point."""
+
+from robench.defenses import none  # noqa: F401  (registers the built-ins)
+from robench.defenses.base import (
+    DEFENSES,
+    Defense,
+    DefenseContext,
+    DefenseParams,
+    DefenseResult,
+)
+
+__all__ = ["DEFENSES", "Defense", "DefenseContext", "DefenseParams", "DefenseResult"]

@@ -1,0 +1,75 @@
+"""The defense plugin interface.
+
+A defense receives the trained baseline and returns a defended model. It subclasses
+``Defense``, declares a pydantic ``Params`` model (unknown keys and wrong types are rejected
+when the suite is loaded, before any work starts) and implements ``apply(ctx)``. Everything a
+defense may need arrives in the ``DefenseContext``: a private copy of the baseline model, the
+training data, its params, the seed, the device, the suite's training settings, a factory for
+registered attacks, a reporter for progress, and ``log_metric`` for per-round/epoch numbers
+(written to ``defense_metrics.csv``). The harness then attacks whatever model ``apply``
+returns: attacks are white-box and adaptive, they always see the final defended model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from robench.attacks import Attack, create_attack
+from robench.data import Split
+from robench.progress import Reporter
+from robench.registry import Registry
+from robench.training import TrainConfig
+
+DEFENSES: Registry = Registry("defense", entry_point_group="robench.defenses")
+
+
+class DefenseParams(BaseModel):
+    """Base for every defense's parameter schema."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+@dataclass
+class DefenseContext:
+    model: nn.Module            # a private copy of the trained baseline; change it freely
+    train: Split                # training split, on ``device``
+    test: Split                 # evaluation split (for monitoring metrics only, never to train)
+    params: Any                 # the defense's validated Params instance
+    seed: int
+    device: torch.device
+    train_config: TrainConfig   # the suite's baseline training settings (defaults for defenses)
+    reporter: Reporter = field(default_factory=lambda: Reporter(quiet=True))
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    def make_attack(self, name: str, model: nn.Module | None = None,
+                    params: dict[str, Any] | None = None, seed: int | None = None) -> Attack:
+        """A registered attack against ``model`` (default: the context's model)."""
+        return create_attack(name, model if model is not None else self.model, params,
+                             seed=self.seed if seed is None else seed)
+
+    def log_metric(self, step: int, metric: str, value: float, **extra: Any) -> None:
+        """Record one tidy row (step, metric, value, extra columns) for defense_metrics.csv."""
+        self.metrics.append({"step": step, "metric": metric, "value": float(value), **extra})
+
+
+@dataclass
+class DefenseResult:
+    model: nn.Module
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Defense:
+    """Base of every defense plugin."""
+
+    Params: type[DefenseParams] = DefenseParams
+
+    def __init__(self, params: DefenseParams | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    def apply(self, ctx: DefenseContext) -> DefenseResult:
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Unlearning defense and unlearning-method plugins."""

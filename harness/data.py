@@ -1,0 +1,122 @@
+"""Datasets as whole tensors: images float32 in [0, 1] with shape (N, 1, 28, 28), labels int64.
+
+torchvision reads the files (and downloads them for real users); we decode each split into one
+tensor once instead of going through PIL per item, and never normalise here: normalisation, if
+any, lives inside the model so attacks work in input scale [0, 1].
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from platformdirs import user_cache_dir
+
+from robench.errors import UserError
+from robench.registry import Registry
+
+DATA_DIR_ENV = "ROBENCH_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class Split:
+    """One dataset split held in memory."""
+
+    images: torch.Tensor  # float32, (N, C, H, W), values in [0, 1]
+    labels: torch.Tensor  # int64, (N,)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def head(self, n: int | None) -> Split:
+        return self if n is None or n >= len(self) else Split(self.images[:n], self.labels[:n])
+
+    def subset(self, index: torch.Tensor) -> Split:
+        return Split(self.images[index], self.labels[index])
+
+    def to(self, device: torch.device) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+
+
+DATASETS: Registry = Registry("dataset")
+
+
+def resolve_data_root(root: str | os.PathLike | None) -> Path:
+    """Suite/CLI value first, then $ROBENCH_DATA_DIR, then a per-user cache folder."""
+    if root:
+        return Path(root).expanduser()
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(user_cache_dir("robench")) / "data"
+
+
+def _load_torchvision(cls: type, name: str, root: Path, download: bool) -> Dataset:
+    splits = {}
+    for train in (True, False):
+        try:
+            ds = cls(str(root), train=train, download=download)
+        except RuntimeError as err:  # torchvision: "Dataset not found" / download failures
+            raise UserError(_not_found_message(name, root, download, err)) from None
+        except OSError as err:  # URLError is an OSError: no network
+            raise UserError(_not_found_message(name, root, download, err)) from None
+        images = ds.data.unsqueeze(1).to(torch.float32).div_(255.0)
+        splits[train] = Split(images.contiguous(), ds.targets.to(torch.int64).clone())
+    return Dataset(name=name, train=splits[True], test=splits[False], num_classes=10)
+
+
+def _not_found_message(name: str, root: Path, download: bool, err: Exception) -> str:
+    how = "could not download it" if download else "downloading is off"
+    return (
+        f"{name} not found under {root} and {how} ({type(err).__name__}: {str(err).strip()[:120]}); "
+        f"point robench at a local copy with --data-dir DIR, data.root in the suite, "
+        f"or ${DATA_DIR_ENV} (DIR holds {name_folder(name)}/raw/...)"
+    )
+
+
+def name_folder(name: str) -> str:
+    return {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}.get(name, name)
+
+
+def _files_present(root: Path, name: str) -> bool:
+    raw = root / name_folder(name) / "raw"
+    return (raw / "t10k-labels-idx1-ubyte").exists() and (raw / "train-images-idx3-ubyte").exists()
+
+
+@DATASETS.register("mnist")
+def mnist(root: Path) -> Dataset:
+    """MNIST handwritten digits (LeCun et al.), 60k train / 10k test, 28x28 grey."""
+    from torchvision.datasets import MNIST
+
+    return _load_torchvision(MNIST, "mnist", root, download=not _files_present(root, "mnist"))
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(root: Path) -> Dataset:
+    """Fashion-MNIST (Xiao et al. 2017), 60k train / 10k test, 28x28 grey."""
+    from torchvision.datasets import FashionMNIST
+
+    present = _files_present(root, "fashion_mnist")
+    return _load_torchvision(FashionMNIST, "fashion_mnist", root, download=not present)
+
+
+_CACHE: dict[tuple[str, str], Dataset] = {}
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None) -> Dataset:
+    """Load a registered dataset once per process (later calls reuse the tensors)."""
+    path = resolve_data_root(root)
+    key = (name, str(path.resolve()))
+    if key not in _CACHE:
+        _CACHE[key] = DATASETS.get(name)(path)
+    return _CACHE[key]

@@ -1,0 +1,82 @@
+"""The leaderboard: one row per defense, built from the tidy results table.
+
+Columns: clean accuracy; each attack's accuracy at each eps (``fgsm@0.1``); for FGSM-style
+sweeps the mean over the sweep's eps > 0 (``fgsm_mean``); and the worst case at the largest
+evaluated eps (minimum over all attacks run there). Ranked by worst case, then clean accuracy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from robench.results import atomic_write_text, write_csv
+
+#: attack rows with this role are sanity checks (e.g. PGD at eps 1.0), not the threat model
+CHECK_ROLE = "check"
+
+
+def _eps_label(eps: float) -> str:
+    return f"{eps:g}"
+
+
+def threat_eps(results: pd.DataFrame) -> float:
+    """The largest eps evaluated by a regular (non-check) attack."""
+    rows = results
+    if "role" in rows:
+        rows = rows[rows["role"].fillna("") != CHECK_ROLE]
+    return float(rows["eps"].max())
+
+
+def build_leaderboard(results: pd.DataFrame) -> pd.DataFrame:
+    if results.empty:
+        raise ValueError("no result rows")
+    eps_star = threat_eps(results)
+    attacks = list(dict.fromkeys(results["attack"]))  # suite order
+    records = []
+    for defense, rows in results.groupby("defense", sort=False):
+        record: dict[str, object] = {"defense": defense, "clean_acc": rows["clean_acc"].iloc[0]}
+        worst = []
+        for attack in attacks:
+            a_rows = rows[rows["attack"] == attack].sort_values("eps")
+            if a_rows.empty:
+                continue
+            for eps, acc in zip(a_rows["eps"], a_rows["robust_acc"], strict=True):
+                record[f"{attack}@{_eps_label(eps)}"] = acc
+            positive = a_rows[a_rows["eps"] > 0]
+            if a_rows["attack_name"].iloc[0] == "fgsm" and len(positive) > 1:
+                record[f"{attack}_mean"] = positive["robust_acc"].mean()
+            is_check = "role" in a_rows and (a_rows["role"] == CHECK_ROLE).all()
+            at_star = a_rows[(a_rows["eps"] - eps_star).abs() < 1e-9]
+            if not is_check and not at_star.empty:
+                worst.append(float(at_star["robust_acc"].min()))
+        record[f"worst@{_eps_label(eps_star)}"] = min(worst) if worst else float("nan")
+        records.append(record)
+    board = pd.DataFrame(records)
+    worst_col = f"worst@{_eps_label(eps_star)}"
+    board = board.sort_values([worst_col, "clean_acc"], ascending=False, kind="stable")
+    board.insert(0, "rank", range(1, len(board) + 1))
+    ordered = ["rank", "defense", "clean_acc"] + [c for c in board.columns
+                                                  if c not in ("rank", "defense", "clean_acc",
+                                                               worst_col)] + [worst_col]
+    return board[ordered].reset_index(drop=True)
+
+
+def to_markdown(board: pd.DataFrame, title: str | None = None) -> str:
+    """Accuracies as percentages with one decimal."""
+    shown = board.copy()
+    for column in shown.columns:
+        if column not in ("rank", "defense", "status") and pd.api.types.is_numeric_dtype(shown[column]):
+            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}")
+    head = f"# Leaderboard: {title}\n\nAccuracy in % (robust accuracy under each attack@eps).\n\n" \
+        if title else ""
+    return head + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def write_leaderboard(results: pd.DataFrame, out_dir: Path, title: str | None = None
+                      ) -> pd.DataFrame:
+    board = build_leaderboard(results)
+    write_csv(out_dir / "leaderboard.csv", board)
+    atomic_write_text(out_dir / "leaderboard.md", to_markdown(board, title))
+    return board

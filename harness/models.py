@@ -1,0 +1,49 @@
+"""Models. Every model takes inputs in [0, 1]; any normalisation lives inside the model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from robench.registry import Registry
+
+MODELS: Registry = Registry("model", entry_point_group="robench.models")
+
+
+class Normalize(nn.Module):
+    """Standardises [0, 1] inputs inside the model, so attacks keep working in input scale."""
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+@MODELS.register("lenet5")
+class LeNet5(nn.Module):
+    """LeNet-5: conv6@5x5 pad2 -> pool -> conv16@5x5 -> pool -> 120 -> 84 -> 10, ReLU."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1,
+                 mean: float = 0.1307, std: float = 0.3081) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, kernel_size=5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, kernel_size=5), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(16 * 5 * 5, 120), nn.ReLU(),
+            nn.Linear(120, 84), nn.ReLU(),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(self.normalize(x)))
+
+
+def create_model(name: str, num_classes: int = 10) -> nn.Module:
+    return MODELS.get(name)(num_classes=num_classes)
