@@ -67,6 +67,8 @@ class Defense:
     """Base of every defense plugin."""
 
     Params: type[DefenseParams] = DefenseParams
+    #: False when the defended model is cheap to rebuild or not a LeNet-shaped state dict
+    cacheable: bool = True
 
     def __init__(self, params: DefenseParams | None = None) -> None:
         self.params = params if params is not None else self.Params()

@@ -9,5 +9,7 @@ from robench.defenses.base import DEFENSES, Defense, DefenseContext, DefenseResu
 class NoDefense(Defense):
     """No defense: the trained baseline model itself."""
 
+    cacheable = False
+
     def apply(self, ctx: DefenseContext) -> DefenseResult:
         return DefenseResult(model=ctx.model, metrics=ctx.metrics)

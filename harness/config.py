@@ -50,6 +50,10 @@ class AttackEntry(_Strict):
     eps: list[Eps] = Field(min_length=1)
     label: str | None = None       # leaderboard name; defaults to ``name`` (+ backend)
     params: dict[str, Any] = Field(default_factory=dict)
+    # optional: attack only the first N evaluation images (for expensive attacks)
+    limit: int | None = Field(None, ge=1)
+    # "check": a sanity-check attack (e.g. PGD at eps 0.5), kept out of the worst case
+    role: Literal["eval", "check"] = "eval"
 
     @property
     def key(self) -> str:
@@ -136,7 +140,8 @@ def validate_plugins(suite: Suite, source: str) -> None:
         for i, entry in enumerate(getattr(suite, section)):
             where = f"{section}[{i}]"
             if entry.name not in registry:
-                raise UserError(registry.unknown_message(entry.name), where=f"{source}: {where}.name")
+                raise UserError(registry.unknown_message(entry.name),
+                                where=f"{source}: {where}.name")
             if entry.key in seen:
                 raise UserError(
                     f"duplicate entry {entry.key!r} (also {section}[{seen[entry.key]}]); "

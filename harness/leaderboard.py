@@ -29,7 +29,8 @@ def threat_eps(results: pd.DataFrame) -> float:
     return float(rows["eps"].max())
 
 
-def build_leaderboard(results: pd.DataFrame) -> pd.DataFrame:
+def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None
+                      ) -> pd.DataFrame:
     if results.empty:
         raise ValueError("no result rows")
     eps_star = threat_eps(results)
@@ -60,23 +61,42 @@ def build_leaderboard(results: pd.DataFrame) -> pd.DataFrame:
     ordered = ["rank", "defense", "clean_acc"] + [c for c in board.columns
                                                   if c not in ("rank", "defense", "clean_acc",
                                                                worst_col)] + [worst_col]
-    return board[ordered].reset_index(drop=True)
+    board = board[ordered].reset_index(drop=True)
+    if status is not None and not status.empty:
+        board = board.merge(status[["defense", "status", "reason"]], on="defense", how="left")
+    return board
 
 
-def to_markdown(board: pd.DataFrame, title: str | None = None) -> str:
+def subset_notes(results: pd.DataFrame) -> list[str]:
+    """Which attacks were run on fewer images than the rest (their ``limit``)."""
+    n_all = int(results["n"].max())
+    notes = []
+    for attack, rows in results.groupby("attack", sort=False):
+        n = int(rows["n"].min())
+        if n < n_all:
+            notes.append(f"{attack}: first {n} of the {n_all} evaluation images")
+    return notes
+
+
+def to_markdown(board: pd.DataFrame, title: str | None = None,
+                notes: list[str] | None = None) -> str:
     """Accuracies as percentages with one decimal."""
     shown = board.copy()
     for column in shown.columns:
-        if column not in ("rank", "defense", "status") and pd.api.types.is_numeric_dtype(shown[column]):
+        numeric = pd.api.types.is_numeric_dtype(shown[column])
+        if numeric and column not in ("rank", "defense", "status"):
             shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}")
     head = f"# Leaderboard: {title}\n\nAccuracy in % (robust accuracy under each attack@eps).\n\n" \
         if title else ""
-    return head + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+    table = shown.to_markdown(index=False, disable_numparse=True) + "\n"
+    tail = "".join(f"\n- {note}" for note in notes or [])
+    return head + table + (f"\nSubsets:{tail}\n" if tail else "")
 
 
-def write_leaderboard(results: pd.DataFrame, out_dir: Path, title: str | None = None
-                      ) -> pd.DataFrame:
-    board = build_leaderboard(results)
+def write_leaderboard(results: pd.DataFrame, out_dir: Path, title: str | None = None,
+                      status: pd.DataFrame | None = None) -> pd.DataFrame:
+    board = build_leaderboard(results, status)
     write_csv(out_dir / "leaderboard.csv", board)
-    atomic_write_text(out_dir / "leaderboard.md", to_markdown(board, title))
+    atomic_write_text(out_dir / "leaderboard.md",
+                      to_markdown(board, title, subset_notes(results)))
     return board

@@ -16,7 +16,7 @@ RESULT_COLUMNS = [
     "suite", "dataset", "model", "defense", "defense_name", "defense_params",
     "attack", "attack_name", "attack_params", "backend", "eps", "seed", "n",
     "clean_acc", "robust_acc", "attack_success_rate", "attack_seconds", "defense_seconds",
-    "robench_version", "torch_version", "created_at",
+    "robench_version", "torch_version", "created_at", "role",
 ]
 CELL_KEY = ["defense", "attack", "eps", "seed"]
 DEFENSE_METRIC_COLUMNS = ["defense", "method", "step", "metric", "value"]

@@ -21,6 +21,7 @@ from torch import nn
 import robench
 from robench.attacks import ATTACKS
 from robench.cache import ModelCache, cache_key
+from robench.checks import model_diagnostics, run_checks, summarise
 from robench.config import AttackEntry, DefenseEntry, Suite, load_suite, plugin_params
 from robench.data import Dataset, Split, load_dataset
 from robench.defenses import DEFENSES, DefenseContext
@@ -126,13 +127,22 @@ class Runner:
         self.reporter.info(f"suite {suite.name}: {suite.data.dataset} train {len(train_split)}, "
                            f"eval {len(test_split)} images, device {self.device}")
         baseline, base_key = self.baseline(dataset, train_split)
+        diagnostics = {}
         for entry in suite.defenses:
             defended, seconds = self.defend(entry, baseline, base_key, train_split, test_split)
             clean = accuracy(defended, test_split)
             self.reporter.info(f"[{entry.key}] clean accuracy {clean:.4f}")
+            diagnostics[entry.key] = model_diagnostics(defended, test_split)
             for index, attack in enumerate(suite.attacks):
                 self.attack(entry, attack, index, defended, test_split, seconds)
-        board = write_leaderboard(self.table.frame(), self.out_dir, title=suite.name)
+        results = self.table.frame()
+        checks = run_checks(results, diagnostics)
+        write_csv(self.out_dir / "checks.csv", checks)
+        board = write_leaderboard(results, self.out_dir, title=suite.name,
+                                  status=summarise(checks))
+        for _, check in checks[checks["status"] != "pass"].iterrows():
+            self.reporter.info(f"check {check['status']}: [{check['defense']}] "
+                               f"{check['check']}: {check['detail']}")
         self.reporter.info(f"done in {time.perf_counter() - started:.1f}s; "
                            f"results in {self.out_dir}")
         return board
@@ -160,7 +170,8 @@ class Runner:
         key = cache_key(kind="defense", baseline=base_key, name=entry.name,
                         params=params_json(params), seed=self.suite.seed)
         model = copy.deepcopy(baseline)
-        meta = self.cache.load(key, model) if entry.name != "none" else None
+        defense_cls = DEFENSES.get(entry.name)
+        meta = self.cache.load(key, model) if defense_cls.cacheable else None
         if meta is not None:
             self.reporter.info(f"[{entry.key}] defended model loaded from cache ({key[:10]})")
             self._add_metrics(entry, meta.get("metrics", []))
@@ -169,13 +180,13 @@ class Runner:
                              seed=self.suite.seed, device=self.device,
                              train_config=self.suite.train, reporter=self.reporter)
         t0 = time.perf_counter()
-        result = DEFENSES.get(entry.name)(params).apply(ctx)
+        result = defense_cls(params).apply(ctx)
         seconds = time.perf_counter() - t0
         defended = result.model.to(self.device).eval()
         for p in defended.parameters():
             p.grad = None
         self.reporter.info(f"[{entry.key}] defense {entry.name} took {seconds:.1f}s")
-        if entry.name != "none":
+        if defense_cls.cacheable:
             self.cache.save(key, defended, {"seconds": seconds, "metrics": result.metrics})
         self._add_metrics(entry, result.metrics)
         return defended, seconds
@@ -191,7 +202,7 @@ class Runner:
         cls = ATTACKS.get(attack.name)
         params = cls.Params.model_validate(attack.params)
         attacker = cls(model, params, seed=suite.seed * 1000 + index)
-        outcomes = evaluate_attack(model, attacker, attack.eps, test_split,
+        outcomes = evaluate_attack(model, attacker, attack.eps, test_split.head(attack.limit),
                                    reporter=self.reporter, desc=f"{entry.key} / {attack.key}")
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         rows = [{
@@ -205,7 +216,7 @@ class Runner:
             "robust_acc": o.robust_acc, "attack_success_rate": o.attack_success_rate,
             "attack_seconds": o.seconds, "defense_seconds": defense_seconds,
             "robench_version": self.versions["robench"], "torch_version": self.versions["torch"],
-            "created_at": now,
+            "created_at": now, "role": attack.role,
         } for o in outcomes]
         self.table.replace_where(rows, defense=entry.key, attack=attack.key, seed=suite.seed)
         curve = ", ".join(f"{o.eps:g}: {o.robust_acc:.3f}" for o in outcomes)
@@ -227,7 +238,7 @@ class Runner:
                                    f"{self.table.path}")
         else:
             for stale in ("results.csv", "defense_metrics.csv", "leaderboard.csv",
-                          "leaderboard.md"):
+                          "leaderboard.md", "checks.csv"):
                 (self.out_dir / stale).unlink(missing_ok=True)
         write_json(record_path, {
             "suite": self.suite.model_dump(mode="json"), "config_hash": self.config_hash,

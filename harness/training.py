@@ -67,7 +67,8 @@ def train(model: nn.Module, data: Split, config: TrainConfig, seed: int,
     steps = (len(data) + config.batch_size - 1) // config.batch_size
     model.train()
     for epoch in range(config.epochs):
-        with reporter.progress(total=steps, desc=f"{desc} epoch {epoch + 1}/{config.epochs}") as bar:
+        label = f"{desc} epoch {epoch + 1}/{config.epochs}"
+        with reporter.progress(total=steps, desc=label) as bar:
             for x, y in batches(data, config.batch_size, generator):
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model, x, y)
@@ -77,6 +78,7 @@ def train(model: nn.Module, data: Split, config: TrainConfig, seed: int,
         if on_epoch_end is not None:
             on_epoch_end(epoch)
             model.train()
+    optimizer.zero_grad(set_to_none=True)  # leave no stale gradients on the returned model
     model.eval()
     return model
 

@@ -1,0 +1,43 @@
+"""Bit-depth reduction, the "feature squeezing" of Xu, Evans, Qi, NDSS 2018 (arXiv 1704.01155).
+
+Inputs are quantised to ``bits`` bits before the classifier. The rounding has a zero gradient
+almost everywhere, so gradient attacks (FGSM, PGD) see no signal and the model *looks* robust:
+a textbook case of obfuscated gradients (Athalye, Carlini, Wagner, ICML 2018). robench ships it
+as a known-broken defense so that its checks (zero input gradients, black-box beating
+white-box, accuracy surviving an eps-0.5 attack) can be seen to flag it.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from robench.defenses.base import DEFENSES, Defense, DefenseContext, DefenseParams, DefenseResult
+
+
+class Quantize(nn.Module):
+    """Round inputs in [0, 1] to 2**bits levels, then classify."""
+
+    def __init__(self, model: nn.Module, bits: int) -> None:
+        super().__init__()
+        self.model = model
+        self.levels = 2**bits - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.round(x * self.levels) / self.levels)
+
+
+class BitDepthParams(DefenseParams):
+    bits: int = Field(1, ge=1, le=8)
+
+
+@DEFENSES.register("bit_depth_reduction")
+class BitDepthReduction(Defense):
+    """Input bit-depth reduction (Xu et al. 2018): masks gradients; a known-broken defense."""
+
+    Params = BitDepthParams
+    cacheable = False  # wraps the baseline in a new architecture; costs nothing to rebuild
+
+    def apply(self, ctx: DefenseContext) -> DefenseResult:
+        return DefenseResult(model=Quantize(ctx.model, self.params.bits), metrics=ctx.metrics)

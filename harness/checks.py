@@ -1,0 +1,240 @@
+"""Sanity checks computed after every run, one verdict per (defense, check).
+
+Modelled on AutoAttack's automatic flags (Croce & Hein 2020, fra31/auto-attack `flags_doc.md`:
+randomness, softmax output, zero gradients, black-box beating white-box) and the checklist of
+Carlini et al. 2019, "On Evaluating Adversarial Robustness" (arXiv 1902.06705): eps 0 = clean,
+accuracy monotone in eps, iterative <= single-step, unbounded attacks reach ~0 %, more
+iterations/restarts change little, independent implementations agree.
+
+Tolerances (fractions): accuracies of attacks on the *same* images differ only by attack
+randomness, so ``TOL`` = 1 pp; when one side was evaluated on a subset of ``n`` images (``limit``)
+we add two binomial standard errors, 2*sqrt(p(1-p)/n), for sampling noise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from robench.attacks.base import eval_mode
+from robench.data import Split
+
+TOL = 0.01            # 1 pp between attacks on the same images
+FGSM_MONOTONE_TOL = 0.005
+BACKEND_ART_TOL = 0.005
+LARGE_EPS = 0.5       # at eps >= 0.5 any MNIST image can be turned into a uniform grey one
+LARGE_EPS_MAX_ACC = 0.10
+GRADIENT_SAMPLE = 500
+STATUS_ORDER = {"pass": 0, "warn": 1, "fail": 2}
+
+
+def _tol(a: pd.Series, b: pd.Series) -> float:
+    """TOL plus sampling noise when the two rows were measured on different numbers of images."""
+    if int(a["n"]) == int(b["n"]):
+        return TOL
+    small = a if a["n"] < b["n"] else b
+    p = float(small["robust_acc"])
+    return TOL + 2 * math.sqrt(max(p * (1 - p), 1e-4) / float(small["n"]))
+
+
+def model_diagnostics(model: nn.Module, data: Split) -> dict[str, float]:
+    """Gradient and output statistics of a model on a small sample (AutoAttack-style flags)."""
+    x = data.images[:GRADIENT_SAMPLE].detach().clone().requires_grad_(True)
+    y = data.labels[:GRADIENT_SAMPLE]
+    with eval_mode(model):
+        with torch.enable_grad():
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x)
+        with torch.no_grad():
+            again = model(x.detach())
+    per_image = grad.flatten(1)
+    finite = torch.isfinite(per_image).all(1)
+    zero = finite & (per_image.abs().amax(1) == 0)
+    probs_like = bool(((logits >= 0) & (logits <= 1)).all()) and bool(
+        torch.allclose(logits.sum(1), torch.ones_like(logits[:, 0]), atol=1e-4))
+    return {
+        "zero_grad_fraction": zero.float().mean().item(),
+        "nonfinite_grad_fraction": (~finite).float().mean().item(),
+        "random_output": float(not torch.equal(logits.detach(), again)),
+        "softmax_output": float(probs_like),
+    }
+
+
+def _row(defense: str, check: str, status: str, detail: str) -> dict[str, Any]:
+    return {"defense": defense, "check": check, "status": status, "detail": detail}
+
+
+def _check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | None
+                   ) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    clean = float(rows["clean_acc"].iloc[0])
+
+    zero_eps = rows[rows["eps"] == 0]
+    if not zero_eps.empty:
+        bad = zero_eps[zero_eps["robust_acc"] != zero_eps["clean_acc"]]
+        out.append(_row(defense, "eps0_equals_clean", "fail" if len(bad) else "pass",
+                        f"{len(bad)} of {len(zero_eps)} eps-0 rows differ from clean accuracy"))
+
+    native = rows[rows["backend"].fillna("native") == "native"]
+    fgsm = native[native["attack_name"] == "fgsm"]
+    for label, curve in fgsm.groupby("attack"):
+        curve = curve.sort_values("eps")
+        rises = curve["robust_acc"].diff().fillna(0)
+        worst = float(rises.max())
+        out.append(_row(defense, f"fgsm_monotone[{label}]",
+                        "warn" if worst > FGSM_MONOTONE_TOL else "pass",
+                        f"largest rise with eps {100 * worst:+.2f} pp (tolerance "
+                        f"{100 * FGSM_MONOTONE_TOL:.1f} pp)"))
+
+    regular = native[native["role"] != "check"]
+    out += _ordering(defense, regular, "fgsm", "pgd", "pgd_le_fgsm")
+    out += _ordering(defense, regular, "pgd", "autoattack", "autoattack_le_pgd")
+    out += _blackbox(defense, rows)
+    out += _large_eps(defense, rows)
+    out += _stability(defense, native[native["attack_name"] == "pgd"])
+    out += _backends(defense, rows)
+    if diag is not None:
+        out += _diagnostics(defense, diag)
+    if clean < 0.5:
+        out.append(_row(defense, "clean_accuracy", "warn", f"clean accuracy {clean:.3f} < 0.5"))
+    return out
+
+
+def _ordering(defense: str, rows: pd.DataFrame, weaker: str, stronger: str, name: str
+              ) -> list[dict[str, Any]]:
+    weak = rows[rows["attack_name"] == weaker]
+    strong = rows[rows["attack_name"] == stronger]
+    if weak.empty or strong.empty:
+        return []
+    worst, detail = 0.0, ""
+    compared = 0
+    for _, s in strong.iterrows():
+        for _, w in weak[(weak["eps"] - s["eps"]).abs() < 1e-9].iterrows():
+            compared += 1
+            excess = float(s["robust_acc"]) - float(w["robust_acc"]) - _tol(s, w)
+            if excess > worst:
+                worst = excess
+                detail = (f"{s['attack']}@{s['eps']:g} = {s['robust_acc']:.3f} > "
+                          f"{w['attack']}@{w['eps']:g} = {w['robust_acc']:.3f}")
+    if not compared:
+        return []
+    return [_row(defense, name, "warn" if worst > 0 else "pass",
+                 detail or f"{stronger} <= {weaker} at all {compared} shared eps (+tolerance)")]
+
+
+def _blackbox(defense: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
+    square = rows[rows["attack_name"] == "square"]
+    white = rows[rows["attack_name"].isin(["fgsm", "pgd", "autoattack"])
+                 & (rows["role"] != "check")]
+    out = []
+    for _, s in square.iterrows():
+        same = white[(white["eps"] - s["eps"]).abs() < 1e-9]
+        if same.empty:
+            continue
+        best = same.loc[same["robust_acc"].idxmin()]
+        masked = float(s["robust_acc"]) < float(best["robust_acc"]) - _tol(s, best)
+        out.append(_row(defense, f"blackbox_not_stronger@{s['eps']:g}",
+                        "fail" if masked else "pass",
+                        f"square {s['robust_acc']:.3f} vs best white-box {best['attack']} "
+                        f"{best['robust_acc']:.3f}" + (" (gradient masking?)" if masked else "")))
+    return out
+
+
+def _large_eps(defense: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
+    big = rows[rows["attack_name"].isin(["pgd", "autoattack"]) & (rows["eps"] >= LARGE_EPS)]
+    out = []
+    for _, r in big.iterrows():
+        ok = float(r["robust_acc"]) <= LARGE_EPS_MAX_ACC
+        out.append(_row(defense, f"large_eps_reaches_zero@{r['eps']:g}", "pass" if ok else "fail",
+                        f"{r['attack']} accuracy {r['robust_acc']:.3f} at eps {r['eps']:g} "
+                        f"(must be <= {LARGE_EPS_MAX_ACC:.2f}; a defense that survives this is "
+                        "broken, not robust)"))
+    return out
+
+
+def _stability(defense: str, pgd: pd.DataFrame) -> list[dict[str, Any]]:
+    """More steps / restarts should change little: compare PGD variants at equal eps."""
+    out = []
+    for eps, same in pgd.groupby("eps"):
+        if same["attack"].nunique() < 2:
+            continue
+        budget = same["attack_params"].map(_pgd_budget)
+        weakest, strongest = same.loc[budget.idxmin()], same.loc[budget.idxmax()]
+        change = float(weakest["robust_acc"]) - float(strongest["robust_acc"])
+        tol = _tol(weakest, strongest) + TOL
+        out.append(_row(defense, f"pgd_converged@{eps:g}", "warn" if abs(change) > tol else "pass",
+                        f"{weakest['attack']} {weakest['robust_acc']:.3f} vs "
+                        f"{strongest['attack']} {strongest['robust_acc']:.3f} "
+                        f"(tolerance {100 * tol:.1f} pp)"))
+    return out
+
+
+def _pgd_budget(params_json: str) -> int:
+    import json
+
+    p = json.loads(params_json)
+    return int(p.get("steps", 1)) * int(p.get("restarts", 1))
+
+
+def _backends(defense: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    for name in ("fgsm", "pgd"):
+        same = rows[rows["attack_name"] == name]
+        if same["backend"].nunique() < 2 or "native" not in set(same["backend"]):
+            continue
+        for backend in sorted(set(same["backend"]) - {"native"}):
+            exact = name == "fgsm" and backend == "torchattacks"
+            tol = 0.0 if exact else (BACKEND_ART_TOL if name == "fgsm" else 2 * TOL)
+            worst = 0.0
+            for _, group in same.groupby("eps"):
+                a = group[group["backend"] == "native"]["robust_acc"]
+                b = group[group["backend"] == backend]["robust_acc"]
+                if len(a) and len(b):
+                    worst = max(worst, abs(float(a.iloc[0]) - float(b.iloc[0])))
+            status = "pass" if worst <= tol + 1e-12 else ("fail" if exact else "warn")
+            out.append(_row(defense, f"backend_agree[{name}:{backend}]", status,
+                            f"largest |native - {backend}| {100 * worst:.2f} pp "
+                            f"(tolerance {100 * tol:.1f} pp)"))
+    return out
+
+
+def _diagnostics(defense: str, diag: dict[str, float]) -> list[dict[str, Any]]:
+    zero, nonfinite = diag["zero_grad_fraction"], diag["nonfinite_grad_fraction"]
+    out = [_row(defense, "input_gradients", "fail" if zero + nonfinite > 0.01 else "pass",
+                f"{100 * zero:.1f}% of {GRADIENT_SAMPLE} images have an all-zero input gradient, "
+                f"{100 * nonfinite:.1f}% a non-finite one")]
+    if diag["random_output"]:
+        out.append(_row(defense, "deterministic_output", "warn",
+                        "two forward passes differ: a randomised defense needs EOT attacks"))
+    if diag["softmax_output"]:
+        out.append(_row(defense, "logit_output", "warn",
+                        "outputs look like probabilities: attacks on softmax outputs can vanish"))
+    return out
+
+
+def run_checks(results: pd.DataFrame, diagnostics: dict[str, dict[str, float]] | None = None
+               ) -> pd.DataFrame:
+    """All checks for every defense in a results table."""
+    diagnostics = diagnostics or {}
+    rows: list[dict[str, Any]] = []
+    defaults = {"backend": "native", "role": "eval"}
+    results = results.assign(**{c: results[c].fillna(v) if c in results else v
+                                for c, v in defaults.items()})
+    for defense, group in results.groupby("defense", sort=False):
+        rows += _check_defense(str(defense), group, diagnostics.get(str(defense)))
+    return pd.DataFrame(rows, columns=["defense", "check", "status", "detail"])
+
+
+def summarise(checks: pd.DataFrame) -> pd.DataFrame:
+    """One status per defense (the worst of its checks) and the checks that did not pass."""
+    records = []
+    for defense, group in checks.groupby("defense", sort=False):
+        worst = max(group["status"], key=STATUS_ORDER.__getitem__)
+        reasons = group[group["status"] != "pass"]["check"].tolist()
+        records.append({"defense": defense, "status": worst, "reason": "; ".join(reasons)})
+    return pd.DataFrame(records, columns=["defense", "status", "reason"])

@@ -1,0 +1,53 @@
+"""Shared fixtures: real MNIST from ../shared/data (or $ROBENCH_DATA_DIR) and a small trained
+LeNet-5, cached once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    env = os.environ.get("ROBENCH_DATA_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    root = data_dir()
+    if not (root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
+        pytest.fail(f"real MNIST not found under {root}; set ROBENCH_DATA_DIR")
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_root):
+    from robench.data import load_dataset
+
+    return load_dataset("mnist", mnist_root)
+
+
+@pytest.fixture(scope="session")
+def trained_lenet(mnist):
+    """LeNet-5 trained for one epoch on 10 000 real MNIST images (about 1 s)."""
+    from robench.models import LeNet5
+    from robench.training import TrainConfig, train
+
+    torch.manual_seed(0)
+    model = LeNet5()
+    train(model, mnist.train.head(10_000), TrainConfig(epochs=1), seed=0)
+    return model.eval()
+
+
+@pytest.fixture
+def cli_env(tmp_path, mnist_root) -> dict[str, str]:
+    """Environment for running the real CLI in a subprocess with a private model cache."""
+    env = dict(os.environ)
+    env["ROBENCH_DATA_DIR"] = str(mnist_root)
+    env["ROBENCH_CACHE_DIR"] = str(tmp_path / "cache")
+    return env

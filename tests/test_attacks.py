@@ -1,0 +1,115 @@
+"""Attacks checked against torchattacks on the same model and inputs, plus their properties."""
+
+import pytest
+import torch
+import torchattacks
+
+from robench.attacks import ATTACKS, create_attack
+from robench.evaluation import evaluate_attack
+
+
+@pytest.fixture(scope="module")
+def batch(mnist):
+    test = mnist.test.head(1000)
+    return test.images, test.labels
+
+
+def _acc(model, x, y):
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.1, 0.3])
+def test_fgsm_matches_torchattacks(trained_lenet, batch, eps):
+    x, y = batch
+    ours = create_attack("fgsm", trained_lenet)(x, y, eps)
+    ref = torchattacks.FGSM(trained_lenet, eps=eps)(x, y)
+    assert (ours - ref).abs().max().item() <= 1e-6
+
+
+def test_fgsm_sweep_equals_attacking_eps_by_eps(trained_lenet, batch):
+    x, y = batch
+    attack = create_attack("fgsm", trained_lenet)
+    eps_list = [0.0, 0.05, 0.1, 0.2, 0.3]
+    for eps, x_adv in attack.sweep(x, y, eps_list):
+        assert torch.equal(x_adv, attack(x, y, eps))
+
+
+def test_pgd_accuracy_within_1pp_of_torchattacks(trained_lenet, batch):
+    x, y = batch
+    params = {"steps": 20, "alpha": 0.01, "random_start": True}
+    ours = create_attack("pgd", trained_lenet, params, seed=1)(x, y, 0.1)
+    torch.manual_seed(1)
+    ref = torchattacks.PGD(trained_lenet, eps=0.1, alpha=0.01, steps=20, random_start=True)(x, y)
+    ours_acc, ref_acc = _acc(trained_lenet, ours, y), _acc(trained_lenet, ref, y)
+    assert 0.05 < ref_acc < _acc(trained_lenet, x, y)  # a real, partial attack at this eps
+    assert abs(ours_acc - ref_acc) <= 0.01
+
+
+@pytest.mark.parametrize("name,params", [
+    ("fgsm", {}), ("pgd", {"steps": 5, "alpha": 0.05}),
+    ("pgd", {"steps": 3, "alpha": 0.05, "restarts": 2}),
+])
+@pytest.mark.parametrize("eps", [0.0, 0.07, 0.3])
+def test_perturbation_within_eps_and_range(trained_lenet, batch, name, params, eps):
+    x, y = batch
+    x_adv = create_attack(name, trained_lenet, params)(x[:200], y[:200], eps)
+    assert (x_adv - x[:200]).abs().max().item() <= eps + 1e-6
+    assert x_adv.min().item() >= 0.0 and x_adv.max().item() <= 1.0
+    if eps == 0:
+        assert torch.equal(x_adv, x[:200])
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd"])
+def test_eps_zero_gives_clean_accuracy(trained_lenet, mnist, name):
+    data = mnist.test.head(500)
+    params = {"steps": 3, "alpha": 0.05} if name == "pgd" else {}
+    outcome, = evaluate_attack(trained_lenet, create_attack(name, trained_lenet, params),
+                               [0.0], data)
+    assert outcome.robust_acc == outcome.clean_acc
+    assert outcome.attack_success_rate == 0.0
+
+
+def test_accuracy_falls_with_eps_and_pgd_beats_fgsm(trained_lenet, mnist):
+    data = mnist.test.head(500)
+    fgsm = evaluate_attack(trained_lenet, create_attack("fgsm", trained_lenet),
+                           [0.0, 0.1, 0.2, 0.3], data)
+    accs = [o.robust_acc for o in fgsm]
+    assert all(a >= b for a, b in zip(accs, accs[1:], strict=False))
+    pgd, = evaluate_attack(trained_lenet, create_attack(
+        "pgd", trained_lenet, {"steps": 10, "alpha": 0.03}), [0.2], data)
+    assert pgd.robust_acc <= fgsm[2].robust_acc
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS.names()))
+def test_every_attack_restores_mode_and_leaks_no_gradients(trained_lenet, batch, name):
+    x, y = batch
+    trained_lenet.zero_grad(set_to_none=True)
+    trained_lenet.train()
+    try:
+        params = {"steps": 2, "alpha": 0.1} if name == "pgd" else {}
+        seen_modes = []
+        hook = trained_lenet.register_forward_pre_hook(
+            lambda module, inputs: seen_modes.append(module.training))
+        create_attack(name, trained_lenet, params)(x[:50], y[:50], 0.1)
+        hook.remove()
+        assert seen_modes and not any(seen_modes)   # attacked in eval mode
+        assert trained_lenet.training               # and the caller's mode restored
+        assert all(p.grad is None for p in trained_lenet.parameters())
+    finally:
+        trained_lenet.eval()
+
+
+def test_pgd_restarts_never_weaker(trained_lenet, batch):
+    x, y = batch
+    one = create_attack("pgd", trained_lenet, {"steps": 5, "alpha": 0.03}, seed=3)(x, y, 0.15)
+    more = create_attack("pgd", trained_lenet, {"steps": 5, "alpha": 0.03, "restarts": 3},
+                         seed=3)(x, y, 0.15)
+    assert _acc(trained_lenet, more, y) <= _acc(trained_lenet, one, y)
+
+
+def test_seeded_pgd_repeats(trained_lenet, batch):
+    x, y = batch
+    a = create_attack("pgd", trained_lenet, {"steps": 3, "alpha": 0.05}, seed=7)(x, y, 0.2)
+    b = create_attack("pgd", trained_lenet, {"steps": 3, "alpha": 0.05}, seed=7)(x, y, 0.2)
+    assert torch.equal(a, b)

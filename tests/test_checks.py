@@ -1,0 +1,147 @@
+"""The sanity checks: unit cases on hand-made tables, and a real gradient-masking model flagged
+end to end while a normal LeNet-5 passes every check."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from robench.checks import model_diagnostics, run_checks, summarise
+
+
+def rows(*specs, clean=0.99, n=1000):
+    """specs: (attack_label, attack_name, eps, robust_acc[, extra dict])."""
+    out = []
+    for spec in specs:
+        attack, name, eps, acc = spec[:4]
+        extra = spec[4] if len(spec) > 4 else {}
+        out.append({"defense": "d", "attack": attack, "attack_name": name, "eps": eps,
+                    "robust_acc": acc, "clean_acc": clean, "n": n, "backend": "native",
+                    "role": "eval", "attack_params": json.dumps(extra.pop("params", {})),
+                    **extra})
+    return pd.DataFrame(out)
+
+
+def status_of(frame, check):
+    checks = run_checks(frame)
+    match = checks[checks["check"].str.startswith(check)]
+    assert not match.empty, f"check {check} did not run: {checks}"
+    return match["status"].tolist()
+
+
+def test_healthy_table_passes():
+    frame = rows(("fgsm", "fgsm", 0.0, 0.99), ("fgsm", "fgsm", 0.1, 0.7),
+                 ("fgsm", "fgsm", 0.3, 0.1), ("pgd", "pgd", 0.1, 0.5), ("pgd", "pgd", 0.3, 0.0))
+    checks = run_checks(frame)
+    assert set(checks["status"]) == {"pass"}
+    assert summarise(checks)["status"].tolist() == ["pass"]
+
+
+def test_eps0_not_clean_fails():
+    assert status_of(rows(("fgsm", "fgsm", 0.0, 0.95)), "eps0_equals_clean") == ["fail"]
+
+
+def test_fgsm_rising_with_eps_warns():
+    frame = rows(("fgsm", "fgsm", 0.1, 0.5), ("fgsm", "fgsm", 0.2, 0.6))
+    assert status_of(frame, "fgsm_monotone") == ["warn"]
+
+
+def test_pgd_weaker_than_fgsm_warns():
+    frame = rows(("fgsm", "fgsm", 0.3, 0.2), ("pgd", "pgd", 0.3, 0.4))
+    assert status_of(frame, "pgd_le_fgsm") == ["warn"]
+    within_tolerance = rows(("fgsm", "fgsm", 0.3, 0.2), ("pgd", "pgd", 0.3, 0.205))
+    assert status_of(within_tolerance, "pgd_le_fgsm") == ["pass"]
+
+
+def test_autoattack_above_pgd_uses_subset_noise():
+    # 2 pp above PGD on 100 images is within 1 pp + 2 standard errors; on equal n it is not
+    frame = rows(("pgd", "pgd", 0.3, 0.50), ("autoattack", "autoattack", 0.3, 0.52, {"n": 100}))
+    assert status_of(frame, "autoattack_le_pgd") == ["pass"]
+    frame = rows(("pgd", "pgd", 0.3, 0.50), ("autoattack", "autoattack", 0.3, 0.52))
+    assert status_of(frame, "autoattack_le_pgd") == ["warn"]
+
+
+def test_blackbox_stronger_than_whitebox_fails():
+    frame = rows(("pgd", "pgd", 0.3, 0.9), ("square", "square", 0.3, 0.3))
+    assert status_of(frame, "blackbox_not_stronger") == ["fail"]
+
+
+def test_surviving_large_eps_fails():
+    frame = rows(("pgd_big", "pgd", 0.5, 0.8, {"role": "check"}))
+    assert status_of(frame, "large_eps_reaches_zero") == ["fail"]
+    frame = rows(("pgd_big", "pgd", 0.5, 0.0, {"role": "check"}))
+    assert status_of(frame, "large_eps_reaches_zero") == ["pass"]
+
+
+def test_more_steps_changing_accuracy_warns():
+    frame = rows(("pgd", "pgd", 0.3, 0.6, {"params": {"steps": 10}}),
+                 ("pgd_long", "pgd", 0.3, 0.3, {"params": {"steps": 100, "restarts": 3}}))
+    assert status_of(frame, "pgd_converged") == ["warn"]
+
+
+def test_backends_must_agree():
+    frame = rows(("fgsm", "fgsm", 0.1, 0.70),
+                 ("fgsm[torchattacks]", "fgsm", 0.1, 0.70, {"backend": "torchattacks"}),
+                 ("fgsm[art]", "fgsm", 0.1, 0.704, {"backend": "art"}))
+    assert status_of(frame, "backend_agree[fgsm:torchattacks]") == ["pass"]
+    assert status_of(frame, "backend_agree[fgsm:art]") == ["pass"]
+    frame.loc[1, "robust_acc"] = 0.71
+    frame.loc[2, "robust_acc"] = 0.72
+    assert status_of(frame, "backend_agree[fgsm:torchattacks]") == ["fail"]
+    assert status_of(frame, "backend_agree[fgsm:art]") == ["warn"]
+
+
+def test_diagnostics_of_normal_and_masking_models(trained_lenet, mnist):
+    from robench.defenses.bit_depth import Quantize
+
+    normal = model_diagnostics(trained_lenet, mnist.test.head(200))
+    assert normal["zero_grad_fraction"] == 0.0 and normal["nonfinite_grad_fraction"] == 0.0
+    assert normal["random_output"] == 0.0 and normal["softmax_output"] == 0.0
+    masked = model_diagnostics(Quantize(trained_lenet, bits=1), mnist.test.head(200))
+    assert masked["zero_grad_fraction"] == 1.0
+
+
+SUITE = """
+name: masking
+data: {dataset: mnist, eval_limit: 200}
+train: {epochs: 1}
+defenses:
+  - name: none
+  - name: bit_depth_reduction
+    params: {bits: 1}
+attacks:
+  - name: fgsm
+    eps: [0.0, 0.1, 0.3]
+  - name: pgd
+    eps: [0.3]
+    params: {steps: 10, alpha: 0.05}
+  - name: pgd
+    label: pgd_large_eps
+    eps: [0.5]
+    role: check
+    params: {steps: 20, alpha: 0.05}
+  - name: square
+    eps: [0.3]
+    params: {n_queries: 300}
+"""
+
+
+@pytest.mark.slow
+def test_masking_defense_is_flagged_and_lenet_passes(tmp_path, mnist_root, monkeypatch):
+    from robench.runner import RunOptions, run_suite
+
+    monkeypatch.setenv("ROBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    suite = tmp_path / "masking.yaml"
+    suite.write_text(SUITE)
+    out_dir, board = run_suite(suite, RunOptions(data_dir=str(mnist_root), out=str(tmp_path / "o"),
+                                                 quiet=True))
+    checks = pd.read_csv(out_dir / "checks.csv")
+    normal = checks[checks["defense"] == "none"]
+    assert set(normal["status"]) == {"pass"}, normal
+    masked = checks[checks["defense"] == "bit_depth_reduction"].set_index("check")["status"]
+    assert masked["input_gradients"] == "fail"
+    assert masked["large_eps_reaches_zero@0.5"] == "fail"
+    status = board.set_index("defense")
+    assert status.loc["none", "status"] == "pass"
+    assert status.loc["bit_depth_reduction", "status"] == "fail"
+    assert "input_gradients" in status.loc["bit_depth_reduction", "reason"]
