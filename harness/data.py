@@ -79,7 +79,7 @@ def _not_found_message(name: str, root: Path, download: bool, err: Exception) ->
     how = "could not download it" if download else "downloading is off"
     return (
         f"{name} not found under {root} and {how} "
-        f"({type(err).__name__}: {str(err).strip()[:120]}); "
+        f"({type(err).__name__}: {' '.join(str(err).split())[:160]}); "
         f"point robench at a local copy with --data-dir DIR, data.root in the suite, "
         f"or ${DATA_DIR_ENV} (DIR holds {name_folder(name)}/raw/...)"
     )

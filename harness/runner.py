@@ -30,6 +30,7 @@ from robench.evaluation import evaluate_attack
 from robench.leaderboard import write_leaderboard
 from robench.models import create_model
 from robench.progress import Reporter
+from robench.report import plot_curves
 from robench.results import (
     DEFENSE_METRIC_COLUMNS,
     ResultTable,
@@ -68,14 +69,14 @@ def apply_overrides(suite: Suite, opts: RunOptions) -> Suite:
     return suite.model_copy(update=update)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, where: str = "device") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("device 'cuda' was requested but no CUDA GPU is available; "
-                        "use 'auto' or 'cpu'", where="device")
+                        "use 'auto' or 'cpu'", where=where)
     if name not in ("cpu", "cuda"):
-        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda", where="device")
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda", where=where)
     return torch.device(name)
 
 
@@ -140,6 +141,7 @@ class Runner:
         write_csv(self.out_dir / "checks.csv", checks)
         board = write_leaderboard(results, self.out_dir, title=suite.name,
                                   status=summarise(checks))
+        plot_curves(results, self.out_dir)
         for _, check in checks[checks["status"] != "pass"].iterrows():
             self.reporter.info(f"check {check['status']}: [{check['defense']}] "
                                f"{check['check']}: {check['detail']}")
@@ -225,6 +227,8 @@ class Runner:
     # -- bookkeeping ----------------------------------------------------------------------
     def _start_run_record(self) -> None:
         record_path = self.out_dir / "run.json"
+        for leftover in self.out_dir.glob(".*.tmp"):  # from a run killed mid-write
+            leftover.unlink(missing_ok=True)
         previous = None
         if record_path.exists():
             try:
@@ -276,7 +280,8 @@ def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, p
     """Load, validate and run a suite file. Returns the results folder and the leaderboard."""
     opts = opts or RunOptions()
     suite = apply_overrides(load_suite(path), opts)
-    resolve_device(suite.device)  # user mistakes fail before anything is written
+    # user mistakes fail before anything is written
+    resolve_device(suite.device, where="--device" if opts.device else f"{path}: device")
     dataset = load_dataset(suite.data.dataset, suite.data.root)
     out_dir = prepare_out_dir(Path(opts.out) if opts.out else Path("results") / suite.name)
     board = Runner(suite, out_dir, opts).run(dataset)

@@ -1,0 +1,117 @@
+"""Pictures and the report: accuracy-vs-eps curves (PNG + SVG) and report.md / report.html."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from robench.leaderboard import build_leaderboard, subset_notes, to_markdown
+from robench.results import atomic_write_text, read_results
+
+
+def plot_curves(results: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """One figure per attack: robust accuracy vs eps, one line per defense."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for attack, rows in results.groupby("attack", sort=False):
+        if rows["eps"].nunique() < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+        for defense, curve in rows.groupby("defense", sort=False):
+            curve = curve.sort_values("eps")
+            ax.plot(curve["eps"], 100 * curve["robust_acc"], marker="o", ms=3, label=defense)
+        ax.set_xlabel("eps (L-inf, input scale [0, 1])")
+        ax.set_ylabel("accuracy under attack (%)")
+        ax.set_title(f"{attack}: accuracy vs eps (n = {int(rows['n'].max())})")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2 if rows["defense"].nunique() > 6 else 1)
+        fig.tight_layout()
+        stem = out_dir / f"curve_{_safe(attack)}"
+        for ext in ("png", "svg"):
+            path = stem.with_suffix(f".{ext}")
+            tmp = path.with_name(f".{path.name}.tmp")
+            fig.savefig(tmp, format=ext)
+            tmp.replace(path)
+            written.append(path)
+        plt.close(fig)
+    return written
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _read_optional(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.exists() and path.stat().st_size else None
+
+
+def write_report(results_dir: Path) -> tuple[Path, Path]:
+    """report.md and a self-contained report.html (images inlined) for a results folder."""
+    results_dir = Path(results_dir)
+    results = read_results(results_dir)
+    checks = _read_optional(results_dir / "checks.csv")
+    metrics = _read_optional(results_dir / "defense_metrics.csv")
+    from robench.checks import summarise
+
+    board = build_leaderboard(results, summarise(checks) if checks is not None else None)
+    pngs = plot_curves(results, results_dir)
+    pngs = [p for p in pngs if p.suffix == ".png"]
+    run = json.loads((results_dir / "run.json").read_text()) \
+        if (results_dir / "run.json").exists() else {}
+    title = str(results["suite"].iloc[0])
+
+    md = [f"# robench report: {title}", "", "## Leaderboard", "",
+          to_markdown(board, notes=subset_notes(results)), "## Curves", ""]
+    md += [f"![{p.stem}]({p.name})" for p in pngs]
+    if checks is not None:
+        bad = checks[checks["status"] != "pass"]
+        md += ["", "## Checks", "", f"{len(checks)} checks, {len(bad)} warned or failed.", ""]
+        if not bad.empty:
+            md.append(bad.to_markdown(index=False))
+    if metrics is not None:
+        last = metrics.sort_values("step").groupby(["defense", "metric"], sort=False).tail(1)
+        md += ["", "## Defense metrics (last step of each)", "", last.to_markdown(index=False)]
+    md += ["", "## Versions", "", "```json", json.dumps(
+        {"versions": run.get("versions"), "git_revision": run.get("git_revision"),
+         "device": run.get("device")}, indent=2), "```", ""]
+    md_path = results_dir / "report.md"
+    atomic_write_text(md_path, "\n".join(md))
+
+    def table(frame: pd.DataFrame) -> str:
+        return frame.to_html(index=False, border=0, classes="t", na_rep="")
+
+    shown = board.copy()
+    for column in shown.columns:
+        if pd.api.types.is_numeric_dtype(shown[column]) and column != "rank":
+            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}")
+    images = "".join(
+        f'<img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
+        f'{base64.b64encode(p.read_bytes()).decode()}">' for p in pngs)
+    sections = [f"<h1>robench report: {html.escape(title)}</h1>", "<h2>Leaderboard</h2>",
+                "<p>Accuracy in %.</p>", table(shown),
+                "".join(f"<p>{html.escape(n)}</p>" for n in subset_notes(results)),
+                "<h2>Curves</h2>", images]
+    if checks is not None:
+        sections += ["<h2>Checks</h2>", table(checks)]
+    if metrics is not None:
+        sections += ["<h2>Defense metrics</h2>", table(metrics)]
+    sections += ["<h2>Versions</h2>",
+                 f"<pre>{html.escape(json.dumps(run.get('versions', {}), indent=2))}</pre>"]
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+             "table.t{border-collapse:collapse;font-size:13px}"
+             "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd}"
+             "img{max-width:48%;margin:4px}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{style}</style></head><body>{''.join(sections)}</body></html>\n")
+    html_path = results_dir / "report.html"
+    atomic_write_text(html_path, page)
+    return md_path, html_path

@@ -1,0 +1,88 @@
+"""Reliability end to end: kill -9 and resume, determinism, and a warm re-run from the cache."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from .conftest import REPO
+
+SUITE = """
+name: resume
+seed: 0
+data: {dataset: mnist, eval_limit: 1000}
+train: {epochs: 1}
+defenses:
+  - name: none
+attacks:
+  - name: fgsm
+    eps: [0.0, 0.1, 0.2]
+  - name: pgd
+    eps: [0.1, 0.2]
+    params: {steps: 30, alpha: 0.01}
+  - name: pgd
+    label: pgd_long
+    eps: [0.3]
+    params: {steps: 60, alpha: 0.01}
+"""
+TIMING = ["attack_seconds", "defense_seconds", "created_at"]
+
+
+def start(suite, out, env, *extra):
+    return subprocess.Popen([sys.executable, "-m", "robench.cli", "run", str(suite), "--out",
+                             str(out), "--quiet", *extra], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume(tmp_path, cli_env):
+    suite = tmp_path / "resume.yaml"
+    suite.write_text(SUITE)
+    out = tmp_path / "out"
+    proc = start(suite, out, cli_env)
+    csv = out / "results.csv"
+    deadline = time.time() + 300
+    while not csv.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = pd.read_csv(csv)  # never torn: written by rename
+    assert 0 < len(partial) < 6
+    done_before = partial.set_index(["attack", "eps"])["created_at"]
+
+    resumed = start(suite, out, cli_env)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    final = pd.read_csv(csv)
+    assert len(final) == 6
+    assert not final.duplicated(["defense", "attack", "eps", "seed"]).any()
+    after = final.set_index(["attack", "eps"])["created_at"]
+    for key, stamp in done_before.items():
+        assert after[key] == stamp  # finished cells were not recomputed
+    log = (out / "run.log").read_text()
+    assert "loaded from cache" in log and "already in results.csv" in log
+    assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_same_seed_same_results_and_warm_rerun(tmp_path, cli_env):
+    suite = tmp_path / "det.yaml"
+    suite.write_text(SUITE.replace("steps: 60", "steps: 5").replace("steps: 30", "steps: 5"))
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert start(suite, a, cli_env).wait() == 0
+    assert start(suite, b, cli_env, "--force").wait() == 0   # retrains, ignores the cache
+    first = pd.read_csv(a / "results.csv").drop(columns=TIMING)
+    second = pd.read_csv(b / "results.csv").drop(columns=TIMING)
+    pd.testing.assert_frame_equal(first, second)
+
+    # a warm re-run of a finished suite recomputes nothing
+    stamp = (a / "results.csv").stat().st_mtime_ns
+    assert start(suite, a, cli_env).wait() == 0
+    log = (a / "run.log").read_text().split("suite resume:")[-1]
+    assert "loaded from cache" in log and log.count("already in results.csv") == 3
+    assert (a / "results.csv").stat().st_mtime_ns == stamp  # not even rewritten
