@@ -9,7 +9,8 @@ def all_registries() -> list[tuple[str, Registry]]:
     from robench.attacks import ATTACKS
     from robench.data import DATASETS
     from robench.defenses import DEFENSES
+    from robench.defenses.unlearning import UNLEARNING_METHODS
     from robench.models import MODELS
 
     return [("datasets", DATASETS), ("models", MODELS), ("defenses", DEFENSES),
-            ("attacks", ATTACKS)]
+            ("attacks", ATTACKS), ("unlearning methods", UNLEARNING_METHODS)]
