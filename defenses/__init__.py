@@ -1,7 +1,12 @@
 """Defense plugins (installed as ``robench.defenses``). Importing this package registers the
 built-in defenses; third-party defenses register through the ``robench.defenses`` entry point."""
 
-from robench.defenses import none  # noqa: F401  (registers the built-ins)
+from robench.defenses import (  # noqa: F401  (registers the built-ins)
+    adversarial_training,
+    bit_depth,
+    none,
+    unlearning,
+)
 from robench.defenses.base import (
     DEFENSES,
     Defense,

@@ -93,16 +93,63 @@ def leaderboard(
 
     Example: robench leaderboard results/fgsm_lenet/results.csv
     """
+    from robench.checks import run_checks, summarise
     from robench.leaderboard import to_markdown, write_leaderboard
     from robench.results import read_results
 
     try:
         frame = read_results(results_csv)
-        board = write_leaderboard(frame, out or results_csv.parent,
-                                  title=str(frame["suite"].iloc[0]))
+        # gradient diagnostics need the models; from a CSV alone the table-based checks run
+        folder = results_csv if results_csv.is_dir() else results_csv.parent
+        board = write_leaderboard(frame, out or folder,
+                                  title=str(frame["suite"].iloc[0]),
+                                  status=summarise(run_checks(frame)))
     except UserError as err:
         _fail(err)
     typer.echo(to_markdown(board))
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="Run A: a results folder or results.csv.")],
+    b: Annotated[Path, typer.Argument(help="Run B: a results folder or results.csv.")],
+    out: Annotated[Path | None, typer.Option(help="Also write the markdown to this file.")] = None,
+) -> None:
+    """Compare two runs: robust accuracy per (defense, attack, eps) in A and B, and B - A.
+
+    Example: robench compare results/fgsm_lenet results/fgsm_lenet_seed1 --out diff.md
+    """
+    from robench.compare import compare_results
+    from robench.results import atomic_write_text
+
+    try:
+        text = compare_results(a, b)
+        if out is not None:
+            try:
+                atomic_write_text(out, text)
+            except OSError as err:
+                raise UserError(f"cannot write the comparison ({err.strerror})",
+                                where=str(out)) from None
+    except UserError as err:
+        _fail(err)
+    typer.echo(text, nl=False)
+
+
+@app.command()
+def report(
+    results_dir: Annotated[Path, typer.Argument(help="A results folder written by robench run.")],
+) -> None:
+    """Write report.md and a self-contained report.html (leaderboard, curves, checks, metrics).
+
+    Example: robench report results/fgsm_lenet
+    """
+    from robench.report import write_report
+
+    try:
+        md_path, html_path = write_report(results_dir)
+    except UserError as err:
+        _fail(err)
+    typer.echo(f"wrote {md_path} and {html_path}")
 
 
 def main() -> None:

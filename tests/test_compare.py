@@ -1,0 +1,108 @@
+"""robench compare: matched cells, B - A in points, rows missing on either side, CLI errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from robench.cli import app
+from robench.compare import compare_frames, compare_results
+from robench.errors import UserError
+
+
+def _rows(cells, n=500, seed=0):
+    """Results rows from (defense, attack, eps, clean_acc, robust_acc) tuples."""
+    return pd.DataFrame([{
+        "suite": "s", "defense": d, "attack": a, "attack_name": a.split("[")[0], "eps": e,
+        "seed": seed, "n": n, "clean_acc": c, "robust_acc": r,
+    } for d, a, e, c, r in cells])
+
+
+A = _rows([
+    ("none", "fgsm", 0.1, 0.98, 0.70),
+    ("none", "fgsm", 0.3, 0.98, 0.05),
+    ("none", "pgd", 0.3, 0.98, 0.00),
+    ("at:pgd", "pgd", 0.3, 0.95, 0.60),
+])
+B = _rows([
+    ("none", "fgsm", 0.1, 0.97, 0.72),
+    ("none", "fgsm", 0.3, 0.97, 0.02),
+    ("at:pgd", "pgd", 0.3, 0.96, 0.85),
+    ("at:trades", "pgd", 0.3, 0.93, 0.80),
+])
+
+
+def test_differences_are_b_minus_a_in_points():
+    result = compare_frames(A, B)
+    cells = result.cells.set_index(["defense", "attack", "eps"])
+    assert len(cells) == 3
+    assert cells.loc[("none", "fgsm", 0.1), "diff_pp"] == pytest.approx(2.0)
+    assert cells.loc[("none", "fgsm", 0.3), "diff_pp"] == pytest.approx(-3.0)
+    assert cells.loc[("at:pgd", "pgd", 0.3), "diff_pp"] == pytest.approx(25.0)
+    assert cells.loc[("at:pgd", "pgd", 0.3), "robust_a"] == pytest.approx(0.60)
+    assert cells.loc[("at:pgd", "pgd", 0.3), "robust_b"] == pytest.approx(0.85)
+    clean = result.clean.set_index("defense")
+    assert clean.loc["none", "diff_pp"] == pytest.approx(-1.0)
+    assert pd.isna(clean.loc["at:trades", "clean_a"])
+
+
+def test_rows_missing_on_either_side_are_listed():
+    result = compare_frames(A, B)
+    assert result.only_a.to_dict("records") == [{"defense": "none", "attack": "pgd", "eps": 0.3}]
+    assert result.only_b.to_dict("records") == [
+        {"defense": "at:trades", "attack": "pgd", "eps": 0.3}]
+
+
+def test_eps_matched_despite_float_noise_and_seeds_averaged():
+    a = _rows([("none", "fgsm", 0.1, 0.9, 0.5)])
+    b = pd.concat([_rows([("none", "fgsm", 0.1 + 1e-12, 0.9, 0.6)], seed=0),
+                   _rows([("none", "fgsm", 0.1, 0.9, 0.8)], seed=1)])
+    result = compare_frames(a, b)
+    assert result.only_a.empty and result.only_b.empty
+    assert result.cells["robust_b"].iloc[0] == pytest.approx(0.7)
+    assert result.cells["diff_pp"].iloc[0] == pytest.approx(20.0)
+    assert result.cells["rows_b"].iloc[0] == 2
+
+
+def test_markdown_from_folders_and_csvs(tmp_path):
+    (tmp_path / "a").mkdir()
+    A.to_csv(tmp_path / "a" / "results.csv", index=False)
+    B.assign(n=1000).to_csv(tmp_path / "b.csv", index=False)
+    text = compare_results(tmp_path / "a", tmp_path / "b.csv")
+    assert "| at:pgd    | pgd      | 0.3   | 60.0         | 85.0         | +25.0        |" in text
+    assert "## Only in A (1)\n\n- none / pgd @ eps 0.3\n" in text
+    assert "## Only in B (1)\n\n- at:trades / pgd @ eps 0.3\n" in text
+    assert "3 matched cell(s) were evaluated on a different number of images" in text
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (None, "results file not found"),
+    ("defense,attack\nnone,fgsm\n", "not a robench results table"),
+    ("", "not a readable CSV"),
+    ("defense,attack,attack_name,eps,clean_acc,robust_acc\nnone,fgsm,fgsm,high,0.9,0.5\n",
+     "column 'eps' is not numeric"),
+])
+def test_bad_input_is_a_user_error(tmp_path, content, fragment):
+    good = tmp_path / "good.csv"
+    A.to_csv(good, index=False)
+    bad = tmp_path / "bad.csv"
+    if content is not None:
+        bad.write_text(content)
+    with pytest.raises(UserError, match=fragment):
+        compare_results(good, bad)
+
+
+def test_cli_prints_writes_and_fails_cleanly(tmp_path):
+    A.to_csv(tmp_path / "a.csv", index=False)
+    B.to_csv(tmp_path / "b.csv", index=False)
+    out = tmp_path / "sub" / "diff.md"
+    runner = CliRunner()
+    ok = runner.invoke(app, ["compare", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"),
+                             "--out", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert "+25.0" in ok.output and out.read_text() == ok.output
+    missing = runner.invoke(app, ["compare", str(tmp_path / "a.csv"), str(tmp_path / "nope")])
+    assert missing.exit_code == 2
+    assert "robench: error:" in missing.output and "results file not found" in missing.output
+    assert "Traceback" not in missing.output
