@@ -32,13 +32,14 @@ class PGD(Attack):
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         p = self.params
-        best = x.clone()
+        if p.restarts == 1:
+            return self._run(x, y, eps)
+        best = None
         still_correct = torch.ones_like(y, dtype=torch.bool)
         for _ in range(p.restarts):
-            if p.backend != "native":
-                x_adv = run_backend("pgd", p.backend, self.model, x, y, eps, p, self.seed)
-            else:
-                x_adv = self._one_run(x, y, eps)
+            x_adv = self._run(x, y, eps)
+            if best is None:
+                best = x_adv.clone()
             # keep, per image, the first restart that fools the model
             with torch.no_grad():
                 fooled = self.model(x_adv).argmax(1) != y
@@ -49,8 +50,10 @@ class PGD(Attack):
                 break
         return best
 
-    def _one_run(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         p = self.params
+        if p.backend != "native":
+            return run_backend("pgd", p.backend, self.model, x, y, eps, p, self.seed)
         x_adv = project(x + self.uniform_noise(x, eps), x, eps) if p.random_start else x.clone()
         for _ in range(p.steps):
             x_adv = project(x_adv + p.alpha * input_gradient(self.model, x_adv, y).sign(), x, eps)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,7 +12,8 @@ import robench
 from robench.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Adversarial-robustness benchmarking: attacks x defenses, tidy leaderboards.")
+                  help="Adversarial-robustness benchmarking: attacks x defenses, "
+                       "tidy leaderboards.")
 
 
 def _fail(err: UserError) -> None:
@@ -36,17 +37,22 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version_c
 @app.command()
 def run(
     suite: Annotated[Path, typer.Argument(help="Suite YAML file.")],
-    data_dir: Annotated[Optional[str], typer.Option(
+    data_dir: Annotated[str | None, typer.Option(
         help="Dataset root (holds MNIST/raw/...); default: suite data.root, "
              "$ROBENCH_DATA_DIR, else a user cache folder (downloads there).")] = None,
-    out: Annotated[Optional[str], typer.Option(help="Results folder (default results/<name>).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
-    eval_limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate on the first N test images.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=0, help="Override train.epochs.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Override the suite seed.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")] = False,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the model cache.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Recompute everything (ignore cache and existing rows).")] = False,
+    out: Annotated[str | None, typer.Option(
+        help="Results folder (default results/<name>).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    eval_limit: Annotated[int | None, typer.Option(
+        min=1, help="Evaluate on the first N test images.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=0, help="Override train.epochs.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the suite seed.")] = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress bars or messages.")] = False,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Do not read or write the model cache.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Recompute everything (ignore cache and existing rows).")] = False,
 ) -> None:
     """Run a suite: train, defend, attack, and write results.csv + leaderboard.
 
@@ -86,7 +92,7 @@ def list_plugins() -> None:
 @app.command()
 def leaderboard(
     results_csv: Annotated[Path, typer.Argument(help="A results.csv written by robench run.")],
-    out: Annotated[Optional[Path], typer.Option(help="Folder for leaderboard.md/.csv "
+    out: Annotated[Path | None, typer.Option(help="Folder for leaderboard.md/.csv "
                                                 "(default: next to the CSV).")] = None,
 ) -> None:
     """Print the leaderboard of a results.csv and write leaderboard.md + leaderboard.csv.

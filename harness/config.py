@@ -82,7 +82,7 @@ class Suite(_Strict):
         return value
 
 
-def _key_path(loc: tuple[Any, ...]) -> str:
+def key_path(loc: tuple[Any, ...]) -> str:
     path = ""
     for part in loc:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
@@ -103,7 +103,7 @@ def _describe(err: dict[str, Any]) -> str:
 
 def raise_validation(err: ValidationError, source: str, prefix: str = "") -> None:
     first = err.errors()[0]
-    loc = _key_path(tuple(first["loc"]))
+    loc = key_path(tuple(first["loc"]))
     where = f"{source}: {prefix}{'.' if prefix and not loc.startswith('[') else ''}{loc}"
     if prefix and loc == "(top level)":
         where = f"{source}: {prefix}"

@@ -56,3 +56,14 @@ def test_list_shows_plugins(cli_env):
 def test_version(cli_env):
     proc = robench("--version", env=cli_env)
     assert proc.returncode == 0 and proc.stdout.startswith("robench ")
+
+
+@pytest.mark.parametrize("command", ["run", "list", "leaderboard", "compare", "report"])
+def test_every_command_has_help_with_an_example(command):
+    from typer.testing import CliRunner
+
+    from robench.cli import app
+
+    result = CliRunner().invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert "Example: robench " + command in " ".join(result.output.split())

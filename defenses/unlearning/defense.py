@@ -68,6 +68,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from torch import nn
 
 from robench.attacks import Attack
+from robench.config import key_path
 from robench.data import Split
 from robench.defenses.base import DEFENSES, Defense, DefenseContext, DefenseParams, DefenseResult
 from robench.defenses.unlearning.base import UNLEARNING_METHODS, UnlearningData
@@ -76,13 +77,6 @@ from robench.training import predict
 
 DEFAULT_EPS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 GENERATION_BATCH = 1000
-
-
-def _loc(loc: tuple[Any, ...]) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
 
 
 class UnlearningDefenseParams(DefenseParams):
@@ -122,7 +116,7 @@ class UnlearningDefenseParams(DefenseParams):
             schema.model_validate(self.method_params)
         except ValidationError as err:
             first = err.errors()[0]
-            where = _loc(("method_params", *first["loc"]))
+            where = key_path(("method_params", *first["loc"]))
             extra = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
             got = "" if first["type"] in ("missing", "extra_forbidden") else \
                 f" (got {first.get('input')!r})"
