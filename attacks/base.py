@@ -85,8 +85,13 @@ class Attack:
         x = x.detach()
         if eps == 0:
             return x.clone()
+        params = list(self.model.parameters())
+        saved_grads = [p.grad for p in params]
         with eval_mode(self.model):
             x_adv = self.perturb(x, y, float(eps))
+        # library attacks (torchattacks' AutoAttack) call loss.backward(): undo what they leave
+        for param, grad in zip(params, saved_grads, strict=True):
+            param.grad = grad
         return project(x_adv.detach(), x, float(eps))
 
     def sweep(self, x: torch.Tensor, y: torch.Tensor,
