@@ -27,7 +27,10 @@ TOL = 0.01            # 1 pp between attacks on the same images
 FGSM_MONOTONE_TOL = 0.005
 BACKEND_ART_TOL = 0.005
 LARGE_EPS = 0.5       # at eps >= 0.5 any MNIST image can be turned into a uniform grey one
-LARGE_EPS_MAX_ACC = 0.10
+# at eps >= 0.5 the best an honest model can keep is what a constant (grey) image gets: the
+# largest class share, 11.4 % on MNIST's test set; 15 % leaves room for sampling noise
+LARGE_EPS_MAX_ACC = 0.15
+MIN_CLEAN_ACC = 0.5   # below this, robust accuracy says nothing (a constant model gets ~10 %)
 GRADIENT_SAMPLE = 500
 STATUS_ORDER = {"pass": 0, "warn": 1, "fail": 2}
 
@@ -100,8 +103,10 @@ def _check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | No
     out += _backends(defense, rows)
     if diag is not None:
         out += _diagnostics(defense, diag)
-    if clean < 0.5:
-        out.append(_row(defense, "clean_accuracy", "warn", f"clean accuracy {clean:.3f} < 0.5"))
+    if clean < MIN_CLEAN_ACC:
+        out.append(_row(defense, "clean_accuracy", "fail",
+                        f"clean accuracy {clean:.3f} < {MIN_CLEAN_ACC}: the model is near chance, "
+                        "its robust accuracy means nothing"))
     return out
 
 
@@ -129,8 +134,8 @@ def _ordering(defense: str, rows: pd.DataFrame, weaker: str, stronger: str, name
 
 def _blackbox(defense: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
     square = rows[rows["attack_name"] == "square"]
-    white = rows[rows["attack_name"].isin(["fgsm", "pgd", "autoattack"])
-                 & (rows["role"] != "check")]
+    # gradient-based attacks only: AutoAttack itself ends with Square, a black-box attack
+    white = rows[rows["attack_name"].isin(["fgsm", "pgd"]) & (rows["role"] != "check")]
     out = []
     for _, s in square.iterrows():
         same = white[(white["eps"] - s["eps"]).abs() < 1e-9]
@@ -138,10 +143,12 @@ def _blackbox(defense: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
             continue
         best = same.loc[same["robust_acc"].idxmin()]
         masked = float(s["robust_acc"]) < float(best["robust_acc"]) - _tol(s, best)
+        # a warning, as in AutoAttack's flags: masked gradients, or a gradient attack too weak
         out.append(_row(defense, f"blackbox_not_stronger@{s['eps']:g}",
-                        "fail" if masked else "pass",
-                        f"square {s['robust_acc']:.3f} vs best white-box {best['attack']} "
-                        f"{best['robust_acc']:.3f}" + (" (gradient masking?)" if masked else "")))
+                        "warn" if masked else "pass",
+                        f"square {s['robust_acc']:.3f} vs best gradient attack {best['attack']} "
+                        f"{best['robust_acc']:.3f}" + (" (masked gradients or a weak gradient "
+                                                       "attack?)" if masked else "")))
     return out
 
 

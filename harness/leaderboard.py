@@ -2,7 +2,9 @@
 
 Columns: clean accuracy; each attack's accuracy at each eps (``fgsm@0.1``); for FGSM-style
 sweeps the mean over the sweep's eps > 0 (``fgsm_mean``); and the worst case at the largest
-evaluated eps (minimum over all attacks run there). Ranked by worst case, then clean accuracy.
+evaluated eps (minimum over all attacks run there). Ranked by worst case, then clean
+accuracy; a defense whose sanity checks failed (see ``robench.checks``) is listed last,
+without a rank, because its numbers cannot be trusted.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None
     board = board[ordered].reset_index(drop=True)
     if status is not None and not status.empty:
         board = board.merge(status[["defense", "status", "reason"]], on="defense", how="left")
+        # a row whose checks failed cannot be trusted: listed last, without a rank
+        failed = board["status"] == "fail"
+        board = pd.concat([board[~failed], board[failed]], ignore_index=True)
+        board["rank"] = pd.array(list(range(1, int((~failed).sum()) + 1))
+                                 + [pd.NA] * int(failed.sum()), dtype="Int64")
     return board
 
 
@@ -82,6 +89,7 @@ def to_markdown(board: pd.DataFrame, title: str | None = None,
                 notes: list[str] | None = None) -> str:
     """Accuracies as percentages with one decimal."""
     shown = board.copy()
+    shown["rank"] = shown["rank"].map(lambda v: "-" if pd.isna(v) else str(int(v)))
     for column in shown.columns:
         numeric = pd.api.types.is_numeric_dtype(shown[column])
         if numeric and column not in ("rank", "defense", "status"):

@@ -24,10 +24,13 @@ def plot_curves(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     for attack, rows in results.groupby("attack", sort=False):
         if rows["eps"].nunique() < 2:
             continue
-        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-        for defense, curve in rows.groupby("defense", sort=False):
+        fig, ax = plt.subplots(figsize=(7.2, 4.6), dpi=110)
+        colors = plt.get_cmap("tab20").colors  # 20 distinct colours; styles vary too
+        for i, (defense, curve) in enumerate(rows.groupby("defense", sort=False)):
             curve = curve.sort_values("eps")
-            ax.plot(curve["eps"], 100 * curve["robust_acc"], marker="o", ms=3, label=defense)
+            ax.plot(curve["eps"], 100 * curve["robust_acc"], marker="os^D"[i % 4], ms=3,
+                    linestyle=("-", "--", ":")[(i // 4) % 3] if i >= 10 else "-",
+                    color=colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20], label=defense)
         ax.set_xlabel("eps (L-inf, input scale [0, 1])")
         ax.set_ylabel("accuracy under attack (%)")
         ax.set_title(f"{attack}: accuracy vs eps (n = {int(rows['n'].max())})")

@@ -88,8 +88,11 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> t
     """Predicted labels, in eval mode, in large batches."""
     was_training = model.training
     model.eval()
-    out = torch.cat([model(images[i:i + batch_size]).argmax(1)
-                     for i in range(0, images.shape[0], batch_size)])
+    if images.shape[0] <= batch_size:
+        out = model(images).argmax(1)
+    else:
+        out = torch.cat([model(images[i:i + batch_size]).argmax(1)
+                         for i in range(0, images.shape[0], batch_size)])
     model.train(was_training)
     return out
 

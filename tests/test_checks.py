@@ -61,13 +61,40 @@ def test_autoattack_above_pgd_uses_subset_noise():
     assert status_of(frame, "autoattack_le_pgd") == ["warn"]
 
 
-def test_blackbox_stronger_than_whitebox_fails():
+def test_blackbox_stronger_than_whitebox_warns():
     frame = rows(("pgd", "pgd", 0.3, 0.9), ("square", "square", 0.3, 0.3))
-    assert status_of(frame, "blackbox_not_stronger") == ["fail"]
+    assert status_of(frame, "blackbox_not_stronger") == ["warn"]
+
+
+def test_blackbox_compared_with_gradient_attacks_not_autoattack():
+    # AutoAttack contains Square itself, so only FGSM/PGD are the white-box reference
+    frame = rows(("pgd", "pgd", 0.3, 0.95), ("autoattack", "autoattack", 0.3, 0.6),
+                 ("square", "square", 0.3, 0.65))
+    assert status_of(frame, "blackbox_not_stronger") == ["warn"]
+
+
+def test_failed_defense_is_listed_last_without_rank():
+    from robench.leaderboard import build_leaderboard, to_markdown
+
+    good = rows(("fgsm", "fgsm", 0.0, 0.99), ("fgsm", "fgsm", 0.3, 0.2))
+    broken = rows(("fgsm", "fgsm", 0.0, 0.99), ("fgsm", "fgsm", 0.3, 0.9)).assign(defense="b")
+    broken.loc[0, "robust_acc"] = 0.5  # eps 0 differs from clean: a failed check
+    frame = pd.concat([good, broken], ignore_index=True)
+    board = build_leaderboard(frame, summarise(run_checks(frame)))
+    assert board["defense"].tolist() == ["d", "b"]   # despite b's higher worst case
+    assert board["rank"].iloc[0] == 1 and pd.isna(board["rank"].iloc[1])
+    assert "| -      | b " in to_markdown(board)
+
+
+def test_near_chance_model_fails():
+    frame = rows(("fgsm", "fgsm", 0.1, 0.1), clean=0.1)
+    assert status_of(frame, "clean_accuracy") == ["fail"]
 
 
 def test_surviving_large_eps_fails():
     frame = rows(("pgd_big", "pgd", 0.5, 0.8, {"role": "check"}))
+    assert status_of(frame, "large_eps_reaches_zero") == ["fail"]
+    frame = rows(("pgd_big", "pgd", 0.5, 0.16, {"role": "check"}))
     assert status_of(frame, "large_eps_reaches_zero") == ["fail"]
     frame = rows(("pgd_big", "pgd", 0.5, 0.0, {"role": "check"}))
     assert status_of(frame, "large_eps_reaches_zero") == ["pass"]
