@@ -44,6 +44,18 @@ def trained_lenet(mnist):
     return model.eval()
 
 
+@pytest.fixture(scope="session")
+def batch(mnist):
+    """The first 1000 real MNIST test images and labels."""
+    test = mnist.test.head(1000)
+    return test.images, test.labels
+
+
+def accuracy_of(model, x, y) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
 @pytest.fixture
 def cli_env(tmp_path, mnist_root) -> dict[str, str]:
     """Environment for running the real CLI in a subprocess with a private model cache."""

@@ -7,16 +7,7 @@ import torchattacks
 from robench.attacks import ATTACKS, create_attack
 from robench.evaluation import evaluate_attack
 
-
-@pytest.fixture(scope="module")
-def batch(mnist):
-    test = mnist.test.head(1000)
-    return test.images, test.labels
-
-
-def _acc(model, x, y):
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item()
+from .conftest import accuracy_of as _acc
 
 
 @pytest.mark.parametrize("eps", [0.05, 0.1, 0.3])
