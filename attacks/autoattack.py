@@ -22,13 +22,13 @@ class AutoAttack(Attack):
     """AutoAttack (Croce & Hein 2020): APGD-CE, APGD-T, FAB-T, Square; L-inf, seeded."""
 
     Params = AutoAttackParams
+    family = "ensemble"
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         import torchattacks
 
-        with torch.no_grad():
-            n_classes = int(self.model(x[:1]).shape[1])
         attack = torchattacks.AutoAttack(self.model, norm="Linf", eps=eps,
-                                         version=self.params.version, n_classes=n_classes,
+                                         version=self.params.version,
+                                         n_classes=self.num_classes(x),
                                          seed=self.seed)
         return attack(x, y)

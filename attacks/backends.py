@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from robench.models import output_classes
+
 
 def run_backend(attack: str, backend: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 eps: float, params: Any, seed: int) -> torch.Tensor:
@@ -46,7 +48,7 @@ def _art(attack: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
 
     classifier = PyTorchClassifier(
         model=model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-        nb_classes=_num_classes(model, x), clip_values=(0.0, 1.0),
+        nb_classes=output_classes(model, x), clip_values=(0.0, 1.0),
         device_type="gpu" if x.device.type == "cuda" else "cpu",
     )
     batch = int(x.shape[0])
@@ -61,8 +63,3 @@ def _art(attack: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
     x_np = x.detach().cpu().numpy()
     x_adv = atk.generate(x=x_np, y=y.detach().cpu().numpy())  # true labels, always
     return torch.from_numpy(x_adv).to(device=x.device, dtype=x.dtype)
-
-
-def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
-    with torch.no_grad():
-        return int(model(x[:1]).shape[1])

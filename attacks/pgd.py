@@ -29,6 +29,13 @@ class PGD(Attack):
     """Projected Gradient Descent (Madry et al. 2018), L-inf, random start, restarts."""
 
     Params = PGDParams
+    family = "iterative"
+    # random starts differ between implementations: agreement within 2 pp
+    backend_tolerance = {"torchattacks": 0.02, "art": 0.02}
+
+    @classmethod
+    def budget(cls, params: PGDParams) -> int:
+        return params.steps * params.restarts
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         p = self.params

@@ -23,6 +23,11 @@ class Square(Attack):
     """Square Attack (Andriushchenko et al. 2020): black-box random search, L-inf."""
 
     Params = SquareParams
+    family = "black_box"
+
+    @classmethod
+    def budget(cls, params: SquareParams) -> int:
+        return params.n_queries * params.restarts
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         import torchattacks

@@ -21,8 +21,8 @@ Choices made here (documented because they change numbers):
 
 - Examples are crafted in eval mode (as the harness's attacks are; LeNet-5 has no batch norm or
   dropout, so for it the mode makes no difference) and the model is trained on them in train
-  mode. Random starts come from a generator seeded with ``seed + 1`` (the shuffle uses ``seed``),
-  so a run repeats exactly on the same device.
+  mode. Random starts come from the generator ``robench.seeds.generator(seed, "noise")`` (the
+  shuffle uses ``seed``), so a run repeats exactly on the same device.
 - ``alpha`` defaults to ``1.25 * eps`` for ``fgsm_rs`` and to ``2.5 * eps / steps`` for ``pgd`` and
   ``trades`` (a common heuristic: the walk can cross the ball 1.25 times over, so it can reach
   a face of the ball from anywhere inside it). ``fgsm`` always steps by ``eps``.
@@ -43,11 +43,11 @@ Choices made here (documented because they change numbers):
   ``train:`` section, so a from-scratch run has the baseline's budget in epochs.
 - After each epoch (and once before the first) clean accuracy, FGSM accuracy and PGD-20
   accuracy (``alpha = 2.5 * eps / 20``, random start) at ``eps`` are measured on the first
-  ``monitor_size`` images of the evaluation split and logged to ``defense_metrics.csv`` with
+  ``monitor_limit`` images of the evaluation split and logged to ``defense_metrics.csv`` with
   the mean training loss and the eps trained at. This is a monitor only, to make catastrophic
   overfitting visible (FGSM accuracy rising while PGD accuracy collapses, Wong et al. 2020); it
-  is never used for training, early stopping or model selection. ``monitor_size: 0`` turns it
-  off.
+  is never used for training, early stopping or model selection. ``monitor_limit: 0`` turns
+  it off.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
+from robench.attacks import ATTACKS
 from robench.attacks.base import eval_mode, input_gradient, project
 from robench.defenses.base import (
     DEFENSES,
@@ -70,6 +71,7 @@ from robench.defenses.base import (
     DefenseResult,
 )
 from robench.evaluation import evaluate_attack
+from robench.seeds import generator
 from robench.training import train
 
 Method = Literal["fgsm", "fgsm_rs", "pgd", "trades"]
@@ -91,7 +93,7 @@ class AdversarialTrainingParams(DefenseParams):
     warmup_epochs: float = Field(1.0, ge=0)         # linear eps ramp-up, in epochs
     lr: float | None = Field(None, gt=0)            # default: the suite's train.lr
     optimizer: Literal["adam", "sgd"] | None = None  # default: the suite's train.optimizer
-    monitor_size: int = Field(500, ge=0)
+    monitor_limit: int = Field(500, ge=0)           # monitor on the first N eval images
 
     @model_validator(mode="after")
     def _only_params_the_method_uses(self) -> AdversarialTrainingParams:
@@ -221,6 +223,10 @@ class AdversarialTraining(Defense):
 
     Params = AdversarialTrainingParams
 
+    @classmethod
+    def code_dependencies(cls, params: AdversarialTrainingParams) -> list[object]:
+        return [ATTACKS.get("fgsm"), ATTACKS.get("pgd")]  # the per-epoch monitor
+
     def apply(self, ctx: DefenseContext) -> DefenseResult:
         p: AdversarialTrainingParams = self.params
         model = fresh_init(ctx.model, ctx.seed) if p.from_scratch else ctx.model
@@ -231,14 +237,14 @@ class AdversarialTraining(Defense):
             "optimizer": p.optimizer or base.optimizer,
         })
         steps_per_epoch = math.ceil(len(ctx.train) / config.batch_size)
-        loss_fn = AdversarialLoss(p, steps_per_epoch, torch.Generator().manual_seed(ctx.seed + 1))
-        monitor = ctx.test.head(p.monitor_size)
+        loss_fn = AdversarialLoss(p, steps_per_epoch, generator(ctx.seed, "noise"))
+        monitor = ctx.test.head(p.monitor_limit)
         fgsm = ctx.make_attack("fgsm", model=model)
         pgd = ctx.make_attack("pgd", model=model, params={
             "steps": MONITOR_PGD_STEPS, "alpha": 2.5 * p.eps / MONITOR_PGD_STEPS})
 
         def log_epoch(step: int, values: dict[str, float]) -> None:
-            if p.monitor_size > 0:
+            if p.monitor_limit > 0:
                 fgsm_outcome = evaluate_attack(model, fgsm, [p.eps], monitor)[0]
                 values["clean_acc"] = fgsm_outcome.clean_acc
                 values["fgsm_acc"] = fgsm_outcome.robust_acc

@@ -13,7 +13,7 @@ returns: attacks are white-box and adaptive, they always see the final defended 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -24,8 +24,6 @@ from robench.data import Split
 from robench.progress import Reporter
 from robench.registry import Registry
 from robench.training import TrainConfig
-
-DEFENSES: Registry = Registry("defense", entry_point_group="robench.defenses")
 
 
 class DefenseParams(BaseModel):
@@ -43,6 +41,7 @@ class DefenseContext:
     seed: int
     device: torch.device
     train_config: TrainConfig   # the suite's baseline training settings (defaults for defenses)
+    num_classes: int = 10       # classes of the dataset (the model's output size)
     reporter: Reporter = field(default_factory=lambda: Reporter(quiet=True))
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
@@ -66,12 +65,22 @@ class DefenseResult:
 class Defense:
     """Base of every defense plugin."""
 
-    Params: type[DefenseParams] = DefenseParams
+    Params: ClassVar[type[DefenseParams]] = DefenseParams
     #: False when the defended model is cheap to rebuild or not a LeNet-shaped state dict
-    cacheable: bool = True
+    cacheable: ClassVar[bool] = True
 
     def __init__(self, params: DefenseParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
 
+    @classmethod
+    def code_dependencies(cls, params: Any) -> list[object]:
+        """Plugins this defense looks up by name at run time (e.g. ``ctx.make_attack("fgsm")``)
+        whose code therefore shapes the defended model: their source joins the cache key."""
+        return []
+
     def apply(self, ctx: DefenseContext) -> DefenseResult:
         raise NotImplementedError
+
+
+DEFENSES: Registry[type[Defense]] = Registry("defense", entry_point_group="robench.defenses",
+                                             base=Defense)

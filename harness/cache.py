@@ -1,8 +1,9 @@
 """Content-addressed cache of trained and defended model weights.
 
 The key is a hash of everything that determines the weights (dataset, model, training and
-defense configuration, seed, robench and torch versions), so re-running a finished suite
-recomputes nothing and changing one defense's params recomputes only that defense. Weights are
+defense configuration, seed, robench version, and the hash of the source code that trains or
+defends: ``robench.codehash``), so re-running a finished suite recomputes nothing, and changing
+one defense's params or editing its file recomputes only that defense. Weights are
 stored with ``torch.save(state_dict)`` in a per-user cache folder (never in the repository) and
 read back with ``torch.load(..., weights_only=True)``.
 """
@@ -47,20 +48,53 @@ class ModelCache:
             return None
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
+            meta = json.loads(blob.get("meta", "{}"))
+            if not isinstance(meta, dict) or not isinstance(meta.get("seconds"), int | float):
+                return None
             model.load_state_dict(blob["state_dict"])
         except Exception:  # a corrupt or incompatible entry is a miss, never a crash
             return None
-        return json.loads(blob.get("meta", "{}"))
+        return meta
 
-    def save(self, key: str, model: nn.Module, meta: dict[str, Any]) -> None:
+    def entries(self) -> list[Path]:
+        """The entry files in the cache folder (named ``<32 hex>.pt``)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.glob("*.pt")
+                      if _is_key(p.stem) and p.is_file() and not p.is_symlink())
+
+    def info(self) -> dict[str, Any]:
+        entries = self.entries()
+        return {"location": str(self.root), "entries": len(entries),
+                "bytes": sum(p.stat().st_size for p in entries)}
+
+    def clear(self) -> int:
+        """Delete every entry file (and nothing else); returns how many."""
+        entries = self.entries()
+        for path in entries:
+            path.unlink(missing_ok=True)
+        return len(entries)
+
+    def save(self, key: str, model: nn.Module, meta: dict[str, Any]) -> str | None:
+        """Store the weights; returns None, or why they could not be stored (an unwritable or
+        full cache folder costs only the reuse, never the run)."""
         if not self.enabled:
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
+            return None
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=self.root)
-        os.close(fd)
+        tmp = None
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=self.root)
+            os.close(fd)
             torch.save({"state_dict": state, "meta": json.dumps(meta, default=str)}, tmp)
             os.replace(tmp, self._path(key))
+        except (OSError, RuntimeError) as err:
+            return f"model cache {self.root} is not writable ({err}); continuing without it"
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+        return None
+
+
+def _is_key(stem: str) -> bool:
+    return len(stem) == 32 and all(c in "0123456789abcdef" for c in stem)

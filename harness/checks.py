@@ -9,6 +9,11 @@ iterations/restarts change little, independent implementations agree.
 Tolerances (fractions): accuracies of attacks on the *same* images differ only by attack
 randomness, so ``TOL`` = 1 pp; when one side was evaluated on a subset of ``n`` images (``limit``)
 we add two binomial standard errors, 2*sqrt(p(1-p)/n), for sampling noise.
+
+Nothing here tests an attack's name: each row's attack plugin is looked up by ``attack_name``
+and asked for its traits (``family``, ``budget``, ``backend_tolerance``; see
+``robench.attacks.base``), so a third-party attack gets the checks of its family. Rows whose
+plugin is not installed get only the checks that need no traits.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from robench.attacks.base import eval_mode
+from robench.attacks import ATTACKS, Attack
 from robench.data import Split
+from robench.eps import eps_text, same_eps
+from robench.models import eval_mode
 
 TOL = 0.01            # 1 pp between attacks on the same images
 FGSM_MONOTONE_TOL = 0.005
-BACKEND_ART_TOL = 0.005
 LARGE_EPS = 0.5       # at eps >= 0.5 any MNIST image can be turned into a uniform grey one
 # at eps >= 0.5 the best an honest model can keep is what a constant (grey) image gets: the
 # largest class share, 11.4 % on MNIST's test set; 15 % leaves room for sampling noise
@@ -72,6 +78,18 @@ def _row(defense: str, check: str, status: str, detail: str) -> dict[str, Any]:
     return {"defense": defense, "check": check, "status": status, "detail": detail}
 
 
+def plugin_of(attack_name: str) -> type[Attack] | None:
+    """The installed attack plugin of a results row, or None (a row from elsewhere)."""
+    return ATTACKS.get(attack_name) if attack_name in ATTACKS else None
+
+
+def with_traits(results: pd.DataFrame) -> pd.DataFrame:
+    """``results`` plus a ``family`` column (the attack plugin's trait; "" when unknown)."""
+    families = {name: getattr(plugin_of(str(name)), "family", "")
+                for name in results["attack_name"].unique()}
+    return results.assign(family=results["attack_name"].map(families))
+
+
 def _check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | None
                    ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
@@ -84,22 +102,21 @@ def _check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | No
                         f"{len(bad)} of {len(zero_eps)} eps-0 rows differ from clean accuracy"))
 
     native = rows[rows["backend"].fillna("native") == "native"]
-    fgsm = native[native["attack_name"] == "fgsm"]
-    for label, curve in fgsm.groupby("attack"):
+    for label, curve in native[native["family"] == "single_step"].groupby("attack"):
         curve = curve.sort_values("eps")
         rises = curve["robust_acc"].diff().fillna(0)
         worst = float(rises.max())
-        out.append(_row(defense, f"fgsm_monotone[{label}]",
+        out.append(_row(defense, f"single_step_monotone[{label}]",
                         "warn" if worst > FGSM_MONOTONE_TOL else "pass",
                         f"largest rise with eps {100 * worst:+.2f} pp (tolerance "
                         f"{100 * FGSM_MONOTONE_TOL:.1f} pp)"))
 
     regular = native[native["role"] != "check"]
-    out += _ordering(defense, regular, "fgsm", "pgd", "pgd_le_fgsm")
-    out += _ordering(defense, regular, "pgd", "autoattack", "autoattack_le_pgd")
+    out += _ordering(defense, regular, "single_step", "iterative", "iterative_le_single_step")
+    out += _ordering(defense, regular, "iterative", "ensemble", "ensemble_le_iterative")
     out += _blackbox(defense, rows)
     out += _large_eps(defense, rows)
-    out += _stability(defense, native[native["attack_name"] == "pgd"])
+    out += _stability(defense, native[native["family"] == "iterative"])
     out += _backends(defense, rows)
     if diag is not None:
         out += _diagnostics(defense, diag)
@@ -112,20 +129,21 @@ def _check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | No
 
 def _ordering(defense: str, rows: pd.DataFrame, weaker: str, stronger: str, name: str
               ) -> list[dict[str, Any]]:
-    weak = rows[rows["attack_name"] == weaker]
-    strong = rows[rows["attack_name"] == stronger]
+    """Attacks of the ``stronger`` family must not leave more accuracy than the ``weaker``."""
+    weak = rows[rows["family"] == weaker]
+    strong = rows[rows["family"] == stronger]
     if weak.empty or strong.empty:
         return []
     worst, detail = 0.0, ""
     compared = 0
     for _, s in strong.iterrows():
-        for _, w in weak[(weak["eps"] - s["eps"]).abs() < 1e-9].iterrows():
+        for _, w in weak[weak["eps"].map(lambda e, s=s: same_eps(e, s["eps"]))].iterrows():
             compared += 1
             excess = float(s["robust_acc"]) - float(w["robust_acc"]) - _tol(s, w)
             if excess > worst:
                 worst = excess
-                detail = (f"{s['attack']}@{s['eps']:g} = {s['robust_acc']:.3f} > "
-                          f"{w['attack']}@{w['eps']:g} = {w['robust_acc']:.3f}")
+                detail = (f"{s['attack']}@{eps_text(s['eps'])} = {s['robust_acc']:.3f} > "
+                          f"{w['attack']}@{eps_text(w['eps'])} = {w['robust_acc']:.3f}")
     if not compared:
         return []
     return [_row(defense, name, "warn" if worst > 0 else "pass",
@@ -133,70 +151,74 @@ def _ordering(defense: str, rows: pd.DataFrame, weaker: str, stronger: str, name
 
 
 def _blackbox(defense: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
-    square = rows[rows["attack_name"] == "square"]
-    # gradient-based attacks only: AutoAttack itself ends with Square, a black-box attack
-    white = rows[rows["attack_name"].isin(["fgsm", "pgd"]) & (rows["role"] != "check")]
+    square = rows[rows["family"] == "black_box"]
+    # pure gradient attacks only: an ensemble (AutoAttack) itself ends with a black-box attack
+    white = rows[rows["family"].isin(["single_step", "iterative"]) & (rows["role"] != "check")]
     out = []
     for _, s in square.iterrows():
-        same = white[(white["eps"] - s["eps"]).abs() < 1e-9]
+        same = white[white["eps"].map(lambda e, s=s: same_eps(e, s["eps"]))]
         if same.empty:
             continue
         best = same.loc[same["robust_acc"].idxmin()]
         masked = float(s["robust_acc"]) < float(best["robust_acc"]) - _tol(s, best)
         # a warning, as in AutoAttack's flags: masked gradients, or a gradient attack too weak
-        out.append(_row(defense, f"blackbox_not_stronger@{s['eps']:g}",
+        out.append(_row(defense, f"blackbox_not_stronger@{eps_text(s['eps'])}",
                         "warn" if masked else "pass",
-                        f"square {s['robust_acc']:.3f} vs best gradient attack {best['attack']} "
+                        f"{s['attack']} {s['robust_acc']:.3f} vs best gradient attack "
+                        f"{best['attack']} "
                         f"{best['robust_acc']:.3f}" + (" (masked gradients or a weak gradient "
                                                        "attack?)" if masked else "")))
     return out
 
 
 def _large_eps(defense: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
-    big = rows[rows["attack_name"].isin(["pgd", "autoattack"]) & (rows["eps"] >= LARGE_EPS)]
+    big = rows[rows["family"].isin(["iterative", "ensemble"]) & (rows["eps"] >= LARGE_EPS)]
     out = []
     for _, r in big.iterrows():
         ok = float(r["robust_acc"]) <= LARGE_EPS_MAX_ACC
-        out.append(_row(defense, f"large_eps_reaches_zero@{r['eps']:g}", "pass" if ok else "fail",
-                        f"{r['attack']} accuracy {r['robust_acc']:.3f} at eps {r['eps']:g} "
+        out.append(_row(defense, f"large_eps_reaches_zero@{eps_text(r['eps'])}",
+                        "pass" if ok else "fail",
+                        f"{r['attack']} accuracy {r['robust_acc']:.3f} at eps {eps_text(r['eps'])} "
                         f"(must be <= {LARGE_EPS_MAX_ACC:.2f}; a defense that survives this is "
                         "broken, not robust)"))
     return out
 
 
-def _stability(defense: str, pgd: pd.DataFrame) -> list[dict[str, Any]]:
-    """More steps / restarts should change little: compare PGD variants at equal eps."""
+def _stability(defense: str, iterative: pd.DataFrame) -> list[dict[str, Any]]:
+    """More steps / restarts should change little: variants of one iterative attack plugin at
+    equal eps, compared by the plugin's ``budget`` trait."""
     out = []
-    for eps, same in pgd.groupby("eps"):
+    for (name, eps), same in iterative.groupby(["attack_name", "eps"]):
         if same["attack"].nunique() < 2:
             continue
-        budget = same["attack_params"].map(_pgd_budget)
+        plugin = plugin_of(str(name))
+        budget = same["attack_params"].map(
+            lambda text, plugin=plugin: plugin.budget(plugin.Params.model_validate_json(text)))
         weakest, strongest = same.loc[budget.idxmin()], same.loc[budget.idxmax()]
         change = float(weakest["robust_acc"]) - float(strongest["robust_acc"])
         tol = _tol(weakest, strongest) + TOL
-        out.append(_row(defense, f"pgd_converged@{eps:g}", "warn" if abs(change) > tol else "pass",
+        out.append(_row(defense, f"converged[{name}]@{eps_text(eps)}",
+                        "warn" if abs(change) > tol else "pass",
                         f"{weakest['attack']} {weakest['robust_acc']:.3f} vs "
                         f"{strongest['attack']} {strongest['robust_acc']:.3f} "
                         f"(tolerance {100 * tol:.1f} pp)"))
     return out
 
 
-def _pgd_budget(params_json: str) -> int:
-    import json
-
-    p = json.loads(params_json)
-    return int(p.get("steps", 1)) * int(p.get("restarts", 1))
-
-
 def _backends(defense: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """A reference implementation must agree with robench's own within the plugin's
+    ``backend_tolerance`` (0: exactly, else a failed check)."""
     out = []
-    for name in ("fgsm", "pgd"):
-        same = rows[rows["attack_name"] == name]
-        if same["backend"].nunique() < 2 or "native" not in set(same["backend"]):
+    for name, same in rows.groupby("attack_name", sort=False):
+        plugin = plugin_of(str(name))
+        if plugin is None or same["backend"].nunique() < 2 or "native" not in set(
+                same["backend"]):
             continue
         for backend in sorted(set(same["backend"]) - {"native"}):
-            exact = name == "fgsm" and backend == "torchattacks"
-            tol = 0.0 if exact else (BACKEND_ART_TOL if name == "fgsm" else 2 * TOL)
+            if backend not in plugin.backend_tolerance:
+                continue
+            tol = plugin.backend_tolerance[backend]
+            exact = tol == 0
             worst = 0.0
             for _, group in same.groupby("eps"):
                 a = group[group["backend"] == "native"]["robust_acc"]
@@ -230,8 +252,8 @@ def run_checks(results: pd.DataFrame, diagnostics: dict[str, dict[str, float]] |
     diagnostics = diagnostics or {}
     rows: list[dict[str, Any]] = []
     defaults = {"backend": "native", "role": "eval"}
-    results = results.assign(**{c: results[c].fillna(v) if c in results else v
-                                for c, v in defaults.items()})
+    results = with_traits(results.assign(**{c: results[c].fillna(v) if c in results else v
+                                            for c, v in defaults.items()}))
     for defense, group in results.groupby("defense", sort=False):
         rows += _check_defense(str(defense), group, diagnostics.get(str(defense)))
     return pd.DataFrame(rows, columns=["defense", "check", "status", "detail"])

@@ -87,29 +87,27 @@ def list_plugins() -> None:
         typer.echo(f"{kind}:")
         for name, obj in registry.items():
             typer.echo(f"  {name:<22} {describe(obj)}")
+        for name, reason in sorted(registry.broken.items()):
+            typer.echo(f"  {name:<22} UNUSABLE: {reason}")
 
 
 @app.command()
 def leaderboard(
     results_csv: Annotated[Path, typer.Argument(help="A results.csv written by robench run.")],
-    out: Annotated[Path | None, typer.Option(help="Folder for leaderboard.md/.csv "
-                                                "(default: next to the CSV).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the leaderboard, checks, plots "
+                                                "and report (default: next to the CSV).")] = None,
 ) -> None:
-    """Print the leaderboard of a results.csv and write leaderboard.md + leaderboard.csv.
+    """Print the leaderboard of a results.csv; write it with its checks, plots and report.
+
+    The same finalize step as the end of ``robench run``, so the two never disagree.
 
     Example: robench leaderboard results/fgsm_lenet/results.csv
     """
-    from robench.checks import run_checks, summarise
-    from robench.leaderboard import to_markdown, write_leaderboard
-    from robench.results import read_results
+    from robench.finalize import finalize
+    from robench.leaderboard import to_markdown
 
     try:
-        frame = read_results(results_csv)
-        # gradient diagnostics need the models; from a CSV alone the table-based checks run
-        folder = results_csv if results_csv.is_dir() else results_csv.parent
-        board = write_leaderboard(frame, out or folder,
-                                  title=str(frame["suite"].iloc[0]),
-                                  status=summarise(run_checks(frame)))
+        board = finalize(results_csv, out_dir=out)
     except UserError as err:
         _fail(err)
     typer.echo(to_markdown(board))
@@ -147,15 +145,48 @@ def report(
 ) -> None:
     """Write report.md and a self-contained report.html (leaderboard, curves, checks, metrics).
 
+    The same finalize step as the end of ``robench run`` (checks and leaderboard included).
+
     Example: robench report results/fgsm_lenet
     """
-    from robench.report import write_report
+    from robench.finalize import finalize
 
     try:
-        md_path, html_path = write_report(results_dir)
+        finalize(results_dir)
     except UserError as err:
         _fail(err)
-    typer.echo(f"wrote {md_path} and {html_path}")
+    typer.echo(f"wrote {results_dir / 'report.md'} and {results_dir / 'report.html'}")
+
+
+cache_app = typer.Typer(no_args_is_help=True, help="The model cache (trained and defended "
+                                                   "weights, keyed by settings and code).")
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info() -> None:
+    """Print the cache folder, its number of entries and their size.
+
+    Example: robench cache info
+    """
+    from robench.cache import ModelCache
+
+    info = ModelCache().info()
+    typer.echo(f"location: {info['location']}\nentries:  {info['entries']}\n"
+               f"size:     {info['bytes'] / 2**20:.1f} MiB")
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Delete every cached model (robench's own entry files only).
+
+    Example: robench cache clear
+    """
+    from robench.cache import ModelCache
+
+    cache = ModelCache()
+    removed = cache.clear()
+    typer.echo(f"removed {removed} entries from {cache.root}")
 
 
 def main() -> None:

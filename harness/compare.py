@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from robench.errors import UserError
+from robench.eps import canonical_eps, eps_text
 from robench.results import read_results
 
 KEY = ["defense", "attack", "eps"]
@@ -32,7 +32,7 @@ class Comparison:
 
 
 def _cells(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame.assign(eps=frame["eps"].astype(float).round(9),
+    frame = frame.assign(eps=frame["eps"].map(canonical_eps),
                          n=frame["n"] if "n" in frame else float("nan"))
     grouped = frame.groupby(KEY, sort=False)
     return grouped.agg(robust=("robust_acc", "mean"), clean=("clean_acc", "mean"),
@@ -71,14 +71,15 @@ def _pp(value: float) -> str:
 def _key_list(keys: pd.DataFrame) -> str:
     if keys.empty:
         return "none\n"
-    return "".join(f"- {r.defense} / {r.attack} @ eps {r.eps:g}\n" for r in keys.itertuples())
+    return "".join(f"- {r.defense} / {r.attack} @ eps {eps_text(r.eps)}\n"
+                   for r in keys.itertuples())
 
 
 def to_markdown(result: Comparison, label_a: str, label_b: str) -> str:
     cells = result.cells
     table = pd.DataFrame({
         "defense": cells["defense"], "attack": cells["attack"],
-        "eps": cells["eps"].map(lambda e: f"{e:g}"),
+        "eps": cells["eps"].map(eps_text),
         "A robust %": cells["robust_a"].map(_pct), "B robust %": cells["robust_b"].map(_pct),
         "B - A (pp)": cells["diff_pp"].map(_pp),
     })
@@ -111,15 +112,7 @@ def to_markdown(result: Comparison, label_a: str, label_b: str) -> str:
     return "".join(parts)
 
 
-def _read(path: Path) -> pd.DataFrame:
-    frame = read_results(path)
-    for column in ("eps", "clean_acc", "robust_acc"):
-        if not pd.api.types.is_numeric_dtype(frame[column]):
-            raise UserError(f"not a robench results table (column {column!r} is not numeric)",
-                            where=str(path))
-    return frame
-
-
 def compare_results(path_a: Path, path_b: Path) -> str:
     """Markdown comparison of two results folders or CSVs; bad input raises ``UserError``."""
-    return to_markdown(compare_frames(_read(path_a), _read(path_b)), str(path_a), str(path_b))
+    return to_markdown(compare_frames(read_results(path_a), read_results(path_b)), str(path_a),
+                       str(path_b))

@@ -1,9 +1,9 @@
 """The suite file: a strict schema, loaded with ``yaml.safe_load``.
 
-Structure is checked by pydantic (unknown keys, wrong types, eps in [0, 1], empty lists); then
-each plugin name is looked up in its registry and its ``params`` validated by the plugin's own
-schema. Every error becomes one ``UserError`` naming the file and the key path, before any work
-starts.
+This module checks structure (pydantic: unknown keys, wrong types, eps in [0, 1] and
+canonicalised, empty lists, repeated eps, duplicate YAML keys). ``robench.plan`` then resolves
+the plugins once (names, params, labels, seeds, cache keys). Every error becomes one
+``UserError`` naming the file and the key path, before any work starts.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from robench.errors import UserError
+from robench.eps import canonical_eps
+from robench.errors import UserError, key_path
 from robench.training import TrainConfig
 
-Eps = Annotated[float, Field(ge=0.0, le=1.0)]
+Eps = Annotated[float, Field(ge=0.0, le=1.0), AfterValidator(canonical_eps)]
 
 
 class _Strict(BaseModel):
@@ -35,37 +36,38 @@ class ModelConfig(_Strict):
     name: str = "lenet5"
 
 
+Label = Annotated[str, Field(min_length=1, max_length=80)]
+
+
 class DefenseEntry(_Strict):
     name: str
-    label: str | None = None       # leaderboard name; defaults to ``name``
+    label: Label | None = None     # leaderboard name; default: automatic (see robench.plan)
     params: dict[str, Any] = Field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return self.label or self.name
 
 
 class AttackEntry(_Strict):
     name: str
-    eps: list[Eps] = Field(min_length=1)
-    label: str | None = None       # leaderboard name; defaults to ``name`` (+ backend)
+    eps: list[Eps] = Field(min_length=1, max_length=1000)
+    label: Label | None = None     # leaderboard name; default: automatic (see robench.plan)
     params: dict[str, Any] = Field(default_factory=dict)
     # optional: attack only the first N evaluation images (for expensive attacks)
     limit: int | None = Field(None, ge=1)
     # "check": a sanity-check attack (e.g. PGD at eps 0.5), kept out of the worst case
     role: Literal["eval", "check"] = "eval"
 
-    @property
-    def key(self) -> str:
-        if self.label:
-            return self.label
-        backend = self.params.get("backend", "native")
-        return self.name if backend == "native" else f"{self.name}[{backend}]"
+    @field_validator("eps")
+    @classmethod
+    def _distinct(cls, values: list[float]) -> list[float]:
+        repeated = sorted({e for e in values if values.count(e) > 1})
+        if repeated:
+            raise ValueError(f"eps {', '.join(f'{e:g}' for e in repeated)} listed twice "
+                             "(each eps is one result cell)")
+        return values
 
 
 class Suite(_Strict):
     name: str
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -80,13 +82,6 @@ class Suite(_Strict):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
             raise ValueError("must be letters, digits, '_', '-' or '.' (it names a folder)")
         return value
-
-
-def key_path(loc: tuple[Any, ...]) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "(top level)"
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -112,46 +107,35 @@ def raise_validation(err: ValidationError, source: str, prefix: str = "") -> Non
 
 
 def parse_suite(raw: Any, source: str) -> Suite:
-    """Validate a parsed YAML document (structure, plugin names, plugin params)."""
+    """Validate the structure of a parsed YAML document (plugins: ``robench.plan.resolve``)."""
     if not isinstance(raw, dict):
         raise UserError("a suite must be a mapping of keys (name, data, model, ...)", where=source)
     try:
-        suite = Suite.model_validate(raw)
+        return Suite.model_validate(raw)
     except ValidationError as err:
         raise_validation(err, source)
-    validate_plugins(suite, source)
-    return suite
+        raise  # unreachable: raise_validation always raises
 
 
-def validate_plugins(suite: Suite, source: str) -> None:
-    """Look up every plugin by registered name and validate its params with its schema."""
-    from robench.attacks import ATTACKS
-    from robench.data import DATASETS
-    from robench.defenses import DEFENSES
-    from robench.models import MODELS
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (YAML lets the later
+    one silently win)."""
 
-    for registry, value, where in ((DATASETS, suite.data.dataset, "data.dataset"),
-                                   (MODELS, suite.model.name, "model.name")):
-        if value not in registry:
-            raise UserError(registry.unknown_message(value), where=f"{source}: {where}")
-    seen: dict[str, int] = {}
-    for section, registry in (("defenses", DEFENSES), ("attacks", ATTACKS)):
-        seen.clear()
-        for i, entry in enumerate(getattr(suite, section)):
-            where = f"{section}[{i}]"
-            if entry.name not in registry:
-                raise UserError(registry.unknown_message(entry.name),
-                                where=f"{source}: {where}.name")
-            if entry.key in seen:
-                raise UserError(
-                    f"duplicate entry {entry.key!r} (also {section}[{seen[entry.key]}]); "
-                    "give one of them a distinct `label:`", where=f"{source}: {where}")
-            seen[entry.key] = i
-            plugin = registry.get(entry.name)
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
             try:
-                plugin.Params.model_validate(entry.params)
-            except ValidationError as err:
-                raise_validation(err, source, prefix=f"{where}.params")
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {str(key)[:40]!r} appears twice (also at line "
+                        f"{seen[key] + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: let the constructor report it
+                pass
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -160,7 +144,7 @@ def load_suite(path: str | Path) -> Suite:
     if not path.is_file():
         raise UserError("suite file not found", where=str(path))
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -169,8 +153,3 @@ def load_suite(path: str | Path) -> Suite:
     except UnicodeDecodeError:
         raise UserError("not a UTF-8 text file", where=str(path)) from None
     return parse_suite(raw, str(path))
-
-
-def plugin_params(registry: Any, name: str, params: dict[str, Any]) -> BaseModel:
-    """The validated params object for a registered plugin."""
-    return registry.get(name).Params.model_validate(params)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class UserError(Exception):
     """A mistake in the user's input (suite file, CLI option, environment).
@@ -13,3 +15,11 @@ class UserError(Exception):
         self.message = message
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
+
+
+def key_path(loc: tuple[Any, ...]) -> str:
+    """``("attacks", 1, "params", "steps")`` -> ``attacks[1].params.steps``."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"

@@ -1,8 +1,9 @@
 """The leaderboard: one row per defense, built from the tidy results table.
 
-Columns: clean accuracy; each attack's accuracy at each eps (``fgsm@0.1``); for FGSM-style
-sweeps the mean over the sweep's eps > 0 (``fgsm_mean``); and the worst case at the largest
-evaluated eps (minimum over all attacks run there). Ranked by worst case, then clean
+Columns: clean accuracy; each attack's accuracy at each eps (``fgsm@0.1``); for sweeps of a
+``single_step`` attack (FGSM-like, by the plugin's ``family`` trait) the mean over the sweep's
+eps > 0 (``fgsm_mean``); and the worst case at the largest evaluated eps (minimum over all
+attacks run there). Ranked by worst case, then clean
 accuracy; a defense whose sanity checks failed (see ``robench.checks``) is listed last,
 without a rank, because its numbers cannot be trusted.
 """
@@ -13,14 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from robench.checks import with_traits
+from robench.eps import eps_text, same_eps
 from robench.results import atomic_write_text, write_csv
 
 #: attack rows with this role are sanity checks (e.g. PGD at eps 1.0), not the threat model
 CHECK_ROLE = "check"
-
-
-def _eps_label(eps: float) -> str:
-    return f"{eps:g}"
 
 
 def threat_eps(results: pd.DataFrame) -> float:
@@ -36,6 +35,7 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None
     if results.empty:
         raise ValueError("no result rows")
     eps_star = threat_eps(results)
+    results = with_traits(results)
     attacks = list(dict.fromkeys(results["attack"]))  # suite order
     records = []
     for defense, rows in results.groupby("defense", sort=False):
@@ -46,18 +46,18 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None
             if a_rows.empty:
                 continue
             for eps, acc in zip(a_rows["eps"], a_rows["robust_acc"], strict=True):
-                record[f"{attack}@{_eps_label(eps)}"] = acc
+                record[f"{attack}@{eps_text(eps)}"] = acc
             positive = a_rows[a_rows["eps"] > 0]
-            if a_rows["attack_name"].iloc[0] == "fgsm" and len(positive) > 1:
+            if a_rows["family"].iloc[0] == "single_step" and len(positive) > 1:
                 record[f"{attack}_mean"] = positive["robust_acc"].mean()
             is_check = "role" in a_rows and (a_rows["role"] == CHECK_ROLE).all()
-            at_star = a_rows[(a_rows["eps"] - eps_star).abs() < 1e-9]
+            at_star = a_rows[a_rows["eps"].map(lambda e: same_eps(e, eps_star))]
             if not is_check and not at_star.empty:
                 worst.append(float(at_star["robust_acc"].min()))
-        record[f"worst@{_eps_label(eps_star)}"] = min(worst) if worst else float("nan")
+        record[f"worst@{eps_text(eps_star)}"] = min(worst) if worst else float("nan")
         records.append(record)
     board = pd.DataFrame(records)
-    worst_col = f"worst@{_eps_label(eps_star)}"
+    worst_col = f"worst@{eps_text(eps_star)}"
     board = board.sort_values([worst_col, "clean_acc"], ascending=False, kind="stable")
     board.insert(0, "rank", range(1, len(board) + 1))
     ordered = ["rank", "defense", "clean_acc"] + [c for c in board.columns

@@ -2,12 +2,46 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
 from robench.registry import Registry
 
-MODELS: Registry = Registry("model", entry_point_group="robench.models")
+MODELS: Registry = Registry("model", entry_point_group="robench.models", base=nn.Module)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode for the duration, then restore each one's flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags:
+            module.train(flag)
+
+
+def output_classes(model: nn.Module, x: torch.Tensor) -> int:
+    """The number of classes a model outputs, from one forward pass on one input."""
+    with torch.no_grad(), eval_mode(model):
+        return int(model(x[:1]).shape[1])
+
+
+def weights_hash(model: nn.Module) -> str:
+    """A short sha256 of a model's state dict (names, dtypes, shapes and bytes), so a result
+    row can name exactly which weights it was computed on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}\0".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 class Normalize(nn.Module):

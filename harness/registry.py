@@ -1,16 +1,20 @@
 """One small generic registry used for datasets, models, attacks, defenses and unlearning methods.
 
 A registry is a dict plus a decorator placed next to each plugin (timm style). Names are explicit,
-duplicates raise, unknown names get a "did you mean" and the list of known names, and third-party
-packages add plugins through an entry-point group (lm-evaluation-harness style).
+duplicates raise, a registered class must derive from the registry's base class, unknown names
+get a "did you mean" and the list of known names, and third-party packages add plugins through
+an entry-point group (lm-evaluation-harness style). A third-party plugin that fails to load
+(import error, not a class of the right base, a built-in's name) is set aside with its reason:
+every other plugin and command keeps working, and only a suite that names it fails.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from robench.errors import UserError
 
@@ -24,13 +28,18 @@ class Registry(Generic[T]):
         kind: human name of what is registered ("attack", "defense", ...), used in messages.
         entry_point_group: optional ``importlib.metadata`` entry-point group scanned lazily
             the first time the registry is read.
+        base: if given, every registered object must be a subclass of it.
     """
 
-    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+    def __init__(self, kind: str, entry_point_group: str | None = None,
+                 base: type | None = None) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self.base = base
         self._entries: dict[str, T] = {}
         self._entry_points_loaded = entry_point_group is None
+        #: third-party plugins that could not be loaded: name -> one-line reason
+        self.broken: dict[str, str] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: ``@ATTACKS.register("fgsm")`` above the plugin class or function."""
@@ -44,6 +53,9 @@ class Registry(Generic[T]):
         return decorator
 
     def add(self, name: str, obj: T) -> None:
+        if self.base is not None and not (inspect.isclass(obj) and issubclass(obj, self.base)):
+            raise TypeError(f"{self.kind} {name!r} must be a subclass of "
+                            f"{self.base.__module__}.{self.base.__qualname__} (got {obj!r})")
         existing = self._entries.get(name)
         if existing is not None and existing is not obj:
             raise ValueError(f"{self.kind} {name!r} is already registered by {existing!r}")
@@ -55,11 +67,18 @@ class Registry(Generic[T]):
         self._entry_points_loaded = True
         for ep in entry_points(group=self.entry_point_group):
             if ep.name in self._entries:
-                continue  # a built-in or an already-imported plugin wins; no silent overwrite
-            # Loading the module runs its @register decorator; a bare object is added by name.
-            obj = ep.load()
-            if ep.name not in self._entries:
-                self.add(ep.name, obj)
+                # a built-in or an already-imported plugin wins; no silent overwrite
+                self.broken[ep.name] = (f"entry point {ep.value!r} re-registers the existing "
+                                        f"{self.kind} {ep.name!r}; ignored")
+                continue
+            try:
+                # Loading the module runs its @register decorator; a bare object is added.
+                obj = ep.load()
+                if ep.name not in self._entries:
+                    self.add(ep.name, obj)
+            except Exception as err:  # noqa: BLE001 - any failure of foreign code is reported
+                self.broken[ep.name] = (f"entry point {ep.value!r} failed to load "
+                                        f"({type(err).__name__}: {_short(err)})")
 
     def get(self, name: str) -> T:
         """Return the plugin registered as ``name``; unknown names raise a UserError."""
@@ -67,6 +86,9 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
+            if name in self.broken:
+                raise UserError(f"{self.kind} {name!r} is installed but unusable: "
+                                f"{self.broken[name]}") from None
             raise UserError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: str) -> str:
@@ -77,7 +99,7 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         self._load_entry_points()
-        return name in self._entries
+        return name in self._entries or name in self.broken
 
     def names(self) -> list[str]:
         self._load_entry_points()
@@ -93,3 +115,8 @@ def describe(obj: object) -> str:
     """First line of a plugin's docstring: the one-line description ``robench list`` shows."""
     doc = (getattr(obj, "__doc__", None) or "").strip()
     return doc.splitlines()[0] if doc else ""
+
+
+def _short(err: Any, limit: int = 200) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from robench.leaderboard import build_leaderboard, subset_notes, to_markdown
-from robench.results import atomic_write_text, read_results
+from robench.errors import UserError
+from robench.leaderboard import subset_notes, to_markdown
+from robench.results import atomic_write_text
 
 
 def plot_curves(results: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -54,39 +55,49 @@ def _safe(name: str) -> str:
 
 
 def _read_optional(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path) if path.exists() and path.stat().st_size else None
+    if not path.exists() or not path.stat().st_size:
+        return None
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UserError(f"not a readable CSV ({type(err).__name__})", where=str(path)) from None
 
 
-def write_report(results_dir: Path) -> tuple[Path, Path]:
-    """report.md and a self-contained report.html (images inlined) for a results folder."""
-    results_dir = Path(results_dir)
-    results = read_results(results_dir)
-    checks = _read_optional(results_dir / "checks.csv")
-    metrics = _read_optional(results_dir / "defense_metrics.csv")
-    from robench.checks import summarise
+def _read_run_record(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"not a robench run record ({type(err).__name__})",
+                        where=str(path)) from None
+    if not isinstance(record, dict):
+        raise UserError("not a robench run record (not a JSON object)", where=str(path))
+    return record
 
-    board = build_leaderboard(results, summarise(checks) if checks is not None else None)
-    pngs = plot_curves(results, results_dir)
-    pngs = [p for p in pngs if p.suffix == ".png"]
-    run = json.loads((results_dir / "run.json").read_text()) \
-        if (results_dir / "run.json").exists() else {}
+
+def write_report(out_dir: Path, results: pd.DataFrame, checks: pd.DataFrame,
+                 board: pd.DataFrame, source: Path) -> tuple[Path, Path]:
+    """report.md and a self-contained report.html (images inlined) in ``out_dir``, from the
+    finalized tables (see ``robench.finalize``) and the run's files in ``source``."""
+    metrics = _read_optional(source / "defense_metrics.csv")
+    run = _read_run_record(source / "run.json")
+    pngs = [p for p in plot_curves(results, out_dir) if p.suffix == ".png"]
     title = str(results["suite"].iloc[0])
 
     md = [f"# robench report: {title}", "", "## Leaderboard", "",
           to_markdown(board, notes=subset_notes(results)), "## Curves", ""]
     md += [f"![{p.stem}]({p.name})" for p in pngs]
-    if checks is not None:
-        bad = checks[checks["status"] != "pass"]
-        md += ["", "## Checks", "", f"{len(checks)} checks, {len(bad)} warned or failed.", ""]
-        if not bad.empty:
-            md.append(bad.to_markdown(index=False))
+    bad = checks[checks["status"] != "pass"]
+    md += ["", "## Checks", "", f"{len(checks)} checks, {len(bad)} warned or failed.", ""]
+    if not bad.empty:
+        md.append(bad.to_markdown(index=False))
     if metrics is not None:
         last = metrics.sort_values("step").groupby(["defense", "metric"], sort=False).tail(1)
         md += ["", "## Defense metrics (last step of each)", "", last.to_markdown(index=False)]
-    md += ["", "## Versions", "", "```json", json.dumps(
-        {"versions": run.get("versions"), "git_revision": run.get("git_revision"),
-         "device": run.get("device")}, indent=2), "```", ""]
-    md_path = results_dir / "report.md"
+    provenance = {k: run.get(k) for k in ("versions", "git_revision", "git_dirty", "device")}
+    md += ["", "## Versions", "", "```json", json.dumps(provenance, indent=2), "```", ""]
+    md_path = out_dir / "report.md"
     atomic_write_text(md_path, "\n".join(md))
 
     def table(frame: pd.DataFrame) -> str:
@@ -102,19 +113,17 @@ def write_report(results_dir: Path) -> tuple[Path, Path]:
     sections = [f"<h1>robench report: {html.escape(title)}</h1>", "<h2>Leaderboard</h2>",
                 "<p>Accuracy in %.</p>", table(shown),
                 "".join(f"<p>{html.escape(n)}</p>" for n in subset_notes(results)),
-                "<h2>Curves</h2>", images]
-    if checks is not None:
-        sections += ["<h2>Checks</h2>", table(checks)]
+                "<h2>Curves</h2>", images, "<h2>Checks</h2>", table(checks)]
     if metrics is not None:
         sections += ["<h2>Defense metrics</h2>", table(metrics)]
     sections += ["<h2>Versions</h2>",
-                 f"<pre>{html.escape(json.dumps(run.get('versions', {}), indent=2))}</pre>"]
+                 f"<pre>{html.escape(json.dumps(provenance, indent=2))}</pre>"]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
              "table.t{border-collapse:collapse;font-size:13px}"
              "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd}"
              "img{max-width:48%;margin:4px}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             f"</title><style>{style}</style></head><body>{''.join(sections)}</body></html>\n")
-    html_path = results_dir / "report.html"
+    html_path = out_dir / "report.html"
     atomic_write_text(html_path, page)
     return md_path, html_path

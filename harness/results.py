@@ -1,25 +1,63 @@
-"""Result rows and their files. Every file is written atomically (temp file + rename), so a
-killed run never leaves a torn CSV, and a re-run can resume from the rows already there."""
+"""Result rows and their files.
+
+``ResultRow`` is the one definition of a results.csv row: its field list is the column list of
+results.csv, of ``robench compare`` and of the README's table (a test keeps them in step).
+Every file is written atomically (temp file + rename), so a killed run never leaves a torn CSV.
+Resume trusts a stored row only when it is exactly the cell the plan is about to compute (see
+``ResultTable.verified``).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-#: results.csv columns, one row per (defense, attack, eps, seed). Documented in the README.
-RESULT_COLUMNS = [
-    "suite", "dataset", "model", "defense", "defense_name", "defense_params",
-    "attack", "attack_name", "attack_params", "backend", "eps", "seed", "n",
-    "clean_acc", "robust_acc", "attack_success_rate", "attack_seconds", "defense_seconds",
-    "robench_version", "torch_version", "created_at", "role",
-]
+from robench.eps import FLOAT_FORMAT, canonical_eps
+from robench.errors import UserError
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One results.csv row: one (defense, attack, eps, seed) cell. Documented in the README."""
+
+    suite: str
+    dataset: str
+    model: str
+    defense: str              # the defense entry's label
+    defense_name: str         # its plugin
+    defense_params: str       # canonical JSON, defaults included
+    attack: str               # the attack entry's label
+    attack_name: str
+    attack_params: str
+    backend: str
+    eps: float                # canonical (robench.eps)
+    seed: int                 # the suite seed
+    n: int                    # images attacked
+    clean_acc: float
+    robust_acc: float
+    attack_success_rate: float
+    attack_seconds: float
+    defense_seconds: float
+    robench_version: str
+    torch_version: str
+    created_at: str
+    role: str                 # eval | check
+    model_hash: str           # sha256 prefix of the attacked model's weights
+    code_hash: str            # of the attack's and the evaluation loop's source
+
+
+RESULT_COLUMNS: list[str] = [f.name for f in fields(ResultRow)]
+#: the columns that name a cell; with the plan's expectations they decide what resume trusts
 CELL_KEY = ["defense", "attack", "eps", "seed"]
 DEFENSE_METRIC_COLUMNS = ["defense", "method", "step", "metric", "value"]
+TIMING_COLUMNS = ["attack_seconds", "defense_seconds", "created_at"]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -37,83 +75,122 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
-    atomic_write_text(path, frame.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(path, frame.to_csv(index=False, float_format=FLOAT_FORMAT))
 
 
 def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def params_json(params: Any) -> str:
-    """Canonical JSON of a params object/dict (the same params always give the same text)."""
-    if hasattr(params, "model_dump"):
-        params = params.model_dump(mode="json")
-    return json.dumps(params, sort_keys=True, separators=(",", ":"))
+@dataclass(frozen=True)
+class CellExpectation:
+    """What a stored row must say to count as the cell the plan is about to compute."""
+
+    defense: str
+    attack: str
+    seed: int
+    defense_params: str
+    attack_params: str
+    role: str
+    n: int
+    model_hash: str
+    code_hash: str
 
 
 class ResultTable:
     """The rows of results.csv, rewritten atomically after every finished cell."""
 
-    def __init__(self, path: Path, columns: list[str] | None = None,
-                 key: list[str] | None = None) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.columns = columns or RESULT_COLUMNS
-        self.key = key or CELL_KEY
         self.rows: list[dict[str, Any]] = []
 
-    def load_existing(self) -> None:
-        if self.path.exists() and self.path.stat().st_size > 0:
-            frame = pd.read_csv(self.path)
-            self.rows = frame.to_dict("records")
+    def load_existing(self) -> int:
+        """Read the rows already on disk; returns how many could not be parsed (dropped)."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return 0
+        try:
+            frame = pd.read_csv(self.path, dtype={"defense": str, "attack": str})
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError):
+            return -1
+        if not set(RESULT_COLUMNS) <= set(frame.columns):
+            return len(frame)
+        records = frame.to_dict("records")
+        self.rows = [r for r in records if _complete(r)]
+        return len(records) - len(self.rows)
 
-    def has(self, **key: Any) -> bool:
-        return any(all(_same(row[k], v) for k, v in key.items()) for row in self.rows)
+    def verified(self, expect: CellExpectation, eps: float) -> dict[str, Any] | None:
+        """The stored row of this cell if it matches every expectation, else None."""
+        for row in self.rows:
+            if (str(row["defense"]), str(row["attack"])) != (expect.defense, expect.attack):
+                continue
+            if canonical_eps(row["eps"]) != canonical_eps(eps) or int(row["seed"]) != expect.seed:
+                continue
+            if (str(row["defense_params"]) == expect.defense_params
+                    and str(row["attack_params"]) == expect.attack_params
+                    and str(row["role"]) == expect.role and int(row["n"]) == expect.n
+                    and str(row["model_hash"]) == expect.model_hash
+                    and str(row["code_hash"]) == expect.code_hash):
+                return row
+        return None
 
-    def add(self, rows: list[dict[str, Any]]) -> None:
-        self.rows.extend(rows)
+    def replace_cells(self, rows: list[ResultRow]) -> None:
+        """Store fresh rows, replacing any stored row of the same cells, and flush."""
+        keys = {tuple(str(getattr(r, k)) for k in ("defense", "attack")) + (r.seed,)
+                for r in rows}
+        self.rows = [r for r in self.rows
+                     if (str(r["defense"]), str(r["attack"]), int(r["seed"])) not in keys]
+        self.rows.extend(asdict(r) for r in rows)
         self.flush()
 
-    def replace_where(self, rows: list[dict[str, Any]], **key: Any) -> None:
-        self.rows = [r for r in self.rows if not all(_same(r[k], v) for k, v in key.items())]
-        self.add(rows)
+    def keep_only(self, cells: set[tuple[str, str, float, int]]) -> int:
+        """Drop rows that are no cell of the plan; returns how many were dropped."""
+        before = len(self.rows)
+        self.rows = [r for r in self.rows if (str(r["defense"]), str(r["attack"]),
+                                              canonical_eps(r["eps"]), int(r["seed"])) in cells]
+        if len(self.rows) != before:
+            self.flush()
+        return before - len(self.rows)
 
     def frame(self) -> pd.DataFrame:
-        frame = pd.DataFrame(self.rows)
-        for column in self.columns:
-            if column not in frame:
-                frame[column] = pd.Series(dtype=object)
-        extra = [c for c in frame.columns if c not in self.columns]
-        return frame[self.columns + extra]
+        frame = pd.DataFrame(self.rows, columns=RESULT_COLUMNS)
+        return frame[RESULT_COLUMNS]
 
     def flush(self) -> None:
         write_csv(self.path, self.frame())
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        try:
-            return abs(float(a) - float(b)) < 1e-12
-        except (TypeError, ValueError):
+def _complete(row: dict[str, Any]) -> bool:
+    """A row whose fields parse: labels present, counts and accuracies valid numbers."""
+    try:
+        if any(pd.isna(row[c]) for c in ("defense", "attack", "model_hash", "code_hash")):
             return False
-    return str(a) == str(b)
+        accs = [float(row[c]) for c in ("clean_acc", "robust_acc")]
+        return (all(0.0 <= a <= 1.0 for a in accs) and int(row["n"]) > 0
+                and math.isfinite(float(row["eps"])) and int(row["seed"]) == float(row["seed"]))
+    except (TypeError, ValueError, KeyError):
+        return False
 
 
 def read_results(path: Path) -> pd.DataFrame:
     """Read a results.csv (or a results folder) written by ``robench run``."""
-    from robench.errors import UserError
-
     path = Path(path)
     if path.is_dir():
         path = path / "results.csv"
     if not path.is_file():
         raise UserError("results file not found", where=str(path))
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype={"defense": str, "attack": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise UserError(f"not a readable CSV ({err})", where=str(path)) from None
-    missing = [c for c in ("defense", "attack", "eps", "clean_acc", "robust_acc", "attack_name")
-               if c not in frame]
+        raise UserError(f"not a readable CSV ({' '.join(str(err).split())[:120]})",
+                        where=str(path)) from None
+    required = ("defense", "attack", "attack_name", "eps", "n", "clean_acc", "robust_acc")
+    missing = [c for c in required if c not in frame]
     if missing or frame.empty:
         raise UserError(f"not a robench results table (missing columns: {missing or 'rows'})",
                         where=str(path))
-    return frame
+    for column in ("eps", "n", "clean_acc", "robust_acc"):
+        if (not pd.api.types.is_numeric_dtype(frame[column])
+                or not frame[column].map(math.isfinite).all()):
+            raise UserError(f"not a robench results table (column {column!r} holds values that "
+                            "are not numbers)", where=str(path))
+    return frame.assign(eps=frame["eps"].map(canonical_eps))

@@ -1,13 +1,14 @@
-"""The generic runner: suite -> data/model -> defense -> attacks -> rows -> leaderboard.
+"""The generic runner: plan -> data/model -> defense -> attacks -> rows -> finalize.
 
-Nothing here knows about a particular attack or defense; plugins are looked up by name.
+Nothing here knows about a particular attack or defense: it runs the typed plan that
+``robench.plan`` resolved once from the suite.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,22 +20,23 @@ import torch
 from torch import nn
 
 import robench
-from robench.attacks import ATTACKS
-from robench.cache import ModelCache, cache_key
-from robench.checks import model_diagnostics, run_checks, summarise
-from robench.config import AttackEntry, DefenseEntry, Suite, load_suite, plugin_params
+from robench.cache import ModelCache
+from robench.checks import model_diagnostics
+from robench.config import Suite, load_suite, parse_suite
 from robench.data import Dataset, Split, load_dataset
-from robench.defenses import DEFENSES, DefenseContext
+from robench.defenses import DefenseContext
+from robench.eps import eps_text
 from robench.errors import UserError
 from robench.evaluation import evaluate_attack
-from robench.leaderboard import write_leaderboard
-from robench.models import create_model
+from robench.finalize import DIAGNOSTICS_FILE, finalize
+from robench.models import weights_hash
+from robench.plan import AttackSpec, DefenseSpec, Plan, resolve
 from robench.progress import Reporter
-from robench.report import plot_curves
 from robench.results import (
     DEFENSE_METRIC_COLUMNS,
+    CellExpectation,
+    ResultRow,
     ResultTable,
-    params_json,
     write_csv,
     write_json,
 )
@@ -56,17 +58,16 @@ class RunOptions:
     force: bool = False
 
 
-def apply_overrides(suite: Suite, opts: RunOptions) -> Suite:
-    data = suite.data.model_copy(update={k: v for k, v in {
-        "root": opts.data_dir, "eval_limit": opts.eval_limit}.items() if v is not None})
-    train_cfg = suite.train.model_copy(
-        update={"epochs": opts.epochs} if opts.epochs is not None else {})
-    update: dict[str, Any] = {"data": data, "train": train_cfg}
-    if opts.device is not None:
-        update["device"] = opts.device
-    if opts.seed is not None:
-        update["seed"] = opts.seed
-    return suite.model_copy(update=update)
+def apply_overrides(suite: Suite, opts: RunOptions, source: str) -> Suite:
+    """The suite with the command line's overrides, validated like the file itself."""
+    raw = suite.model_dump(mode="python")
+    for section, key, value in (("data", "root", opts.data_dir),
+                                ("data", "eval_limit", opts.eval_limit),
+                                ("train", "epochs", opts.epochs), (None, "device", opts.device),
+                                (None, "seed", opts.seed)):
+        if value is not None:
+            (raw[section] if section else raw)[key] = value
+    return parse_suite(raw, f"{source} (with command-line options)")
 
 
 def resolve_device(name: str, where: str = "device") -> torch.device:
@@ -93,172 +94,178 @@ def prepare_out_dir(path: Path) -> Path:
     return path
 
 
-def git_revision() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+def git_state() -> dict[str, Any]:
+    """The git revision of the robench source and whether it has uncommitted changes."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
+                                 cwd=here)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    revision = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no") if revision else None
+    return {"git_revision": revision or None,
+            "git_dirty": None if dirty is None else bool(dirty)}
 
 
 class Runner:
-    """Runs one resolved suite into one results folder."""
+    """Runs one resolved plan into one results folder."""
 
-    def __init__(self, suite: Suite, out_dir: Path, opts: RunOptions) -> None:
-        self.suite = suite
+    def __init__(self, plan: Plan, out_dir: Path, opts: RunOptions) -> None:
+        self.plan = plan
         self.out_dir = out_dir
         self.opts = opts
-        self.device = resolve_device(suite.device)
+        self.device = resolve_device(plan.suite.device)
         self.reporter = Reporter(quiet=opts.quiet, log_path=out_dir / "run.log")
         self.cache = ModelCache(enabled=opts.use_cache and not opts.force)
-        self.versions = {"robench": robench.__version__, "torch": torch.__version__}
-        self.config_hash = cache_key(suite=suite.model_dump(mode="json"),
-                                     robench=robench.__version__)
         self.table = ResultTable(out_dir / "results.csv")
         self.metric_rows: list[dict[str, Any]] = []
+        self.diagnostics: dict[str, dict[str, float]] = {}
 
     # -- stages ---------------------------------------------------------------------------
     def run(self, dataset: Dataset) -> pd.DataFrame:
         started = time.perf_counter()
-        suite = self.suite
+        plan = self.plan
         self._start_run_record()
         train_split = dataset.train.to(self.device)
-        test_split = dataset.test.head(suite.data.eval_limit).to(self.device)
-        self.reporter.info(f"suite {suite.name}: {suite.data.dataset} train {len(train_split)}, "
-                           f"eval {len(test_split)} images, device {self.device}")
-        baseline, base_key = self.baseline(dataset, train_split)
-        diagnostics = {}
-        for entry in suite.defenses:
-            defended, seconds = self.defend(entry, baseline, base_key, train_split, test_split)
-            clean = accuracy(defended, test_split)
-            self.reporter.info(f"[{entry.key}] clean accuracy {clean:.4f}")
-            diagnostics[entry.key] = model_diagnostics(defended, test_split)
-            for index, attack in enumerate(suite.attacks):
-                self.attack(entry, attack, index, defended, test_split, seconds)
-        results = self.table.frame()
-        checks = run_checks(results, diagnostics)
-        write_csv(self.out_dir / "checks.csv", checks)
-        board = write_leaderboard(results, self.out_dir, title=suite.name,
-                                  status=summarise(checks))
-        plot_curves(results, self.out_dir)
-        for _, check in checks[checks["status"] != "pass"].iterrows():
-            self.reporter.info(f"check {check['status']}: [{check['defense']}] "
-                               f"{check['check']}: {check['detail']}")
+        test_split = dataset.test.head(plan.suite.data.eval_limit).to(self.device)
+        self.reporter.info(f"suite {plan.name}: {plan.baseline.dataset} train "
+                           f"{len(train_split)}, eval {len(test_split)} images, "
+                           f"device {self.device}")
+        baseline = self.baseline(dataset, train_split)
+        planned: set[tuple[str, str, float, int]] = set()
+        for defense in plan.defenses:
+            model, seconds = self.defend(defense, baseline, train_split, test_split, dataset)
+            self.reporter.info(f"[{defense.label}] clean accuracy "
+                               f"{accuracy(model, test_split):.4f}")
+            self.diagnostics[defense.label] = model_diagnostics(model, test_split)
+            write_json(self.out_dir / DIAGNOSTICS_FILE, self.diagnostics)
+            model_hash = weights_hash(model)
+            for attack in plan.attacks:
+                self.attack(defense, attack, model, model_hash, test_split, seconds)
+                planned.update((defense.label, attack.label, eps, plan.seed)
+                               for eps in attack.eps)
+        dropped = self.table.keep_only(planned)
+        if dropped:
+            self.reporter.info(f"discarded {dropped} rows of {self.table.path.name} that are no "
+                               "cell of this suite")
+        board = finalize(self.out_dir, reporter=self.reporter)
         self.reporter.info(f"done in {time.perf_counter() - started:.1f}s; "
                            f"results in {self.out_dir}")
         return board
 
-    def baseline(self, dataset: Dataset, train_split: Split) -> tuple[nn.Module, str]:
-        suite = self.suite
-        torch.manual_seed(suite.seed)
-        model = create_model(suite.model.name, dataset.num_classes).to(self.device)
-        key = cache_key(kind="baseline", dataset=suite.data.dataset, model=suite.model.name,
-                        train=suite.train.model_dump(), seed=suite.seed, **self.versions)
-        if self.cache.load(key, model) is not None:
-            self.reporter.info(f"baseline {suite.model.name}: loaded from cache ({key[:10]})")
-            return model.to(self.device).eval(), key
+    def baseline(self, dataset: Dataset, train_split: Split) -> nn.Module:
+        spec = self.plan.baseline
+        torch.manual_seed(spec.seed)
+        model = spec.model_cls(num_classes=dataset.num_classes).to(self.device)
+        if self.cache.load(spec.cache_key, model) is not None:
+            self.reporter.info(f"baseline {spec.model}: loaded from cache "
+                               f"({spec.cache_key[:10]})")
+            return model.to(self.device).eval()
         t0 = time.perf_counter()
-        train(model, train_split, suite.train, seed=suite.seed, reporter=self.reporter,
-              desc=f"train {suite.model.name}")
-        self.reporter.info(f"baseline {suite.model.name}: trained {suite.train.epochs} epochs "
-                           f"in {time.perf_counter() - t0:.1f}s")
-        self.cache.save(key, model, {"seconds": time.perf_counter() - t0})
-        return model.eval(), key
+        train(model, train_split, spec.train, seed=spec.seed, reporter=self.reporter,
+              desc=f"train {spec.model}")
+        seconds = time.perf_counter() - t0
+        self.reporter.info(f"baseline {spec.model}: trained {spec.train.epochs} epochs "
+                           f"in {seconds:.1f}s")
+        self._warn(self.cache.save(spec.cache_key, model, {"seconds": seconds}))
+        return model.eval()
 
-    def defend(self, entry: DefenseEntry, baseline: nn.Module, base_key: str,
-               train_split: Split, test_split: Split) -> tuple[nn.Module, float]:
-        params = plugin_params(DEFENSES, entry.name, entry.params)
-        key = cache_key(kind="defense", baseline=base_key, name=entry.name,
-                        params=params_json(params), seed=self.suite.seed)
+    def defend(self, spec: DefenseSpec, baseline: nn.Module, train_split: Split,
+               test_split: Split, dataset: Dataset) -> tuple[nn.Module, float]:
         model = copy.deepcopy(baseline)
-        defense_cls = DEFENSES.get(entry.name)
-        meta = self.cache.load(key, model) if defense_cls.cacheable else None
+        meta = self.cache.load(spec.cache_key, model) if spec.plugin.cacheable else None
         if meta is not None:
-            self.reporter.info(f"[{entry.key}] defended model loaded from cache ({key[:10]})")
-            self._add_metrics(entry, meta.get("metrics", []))
+            self.reporter.info(f"[{spec.label}] defended model loaded from cache "
+                               f"({spec.cache_key[:10]})")
+            self._add_metrics(spec, meta.get("metrics", []))
             return model.to(self.device).eval(), float(meta["seconds"])
-        ctx = DefenseContext(model=model, train=train_split, test=test_split, params=params,
-                             seed=self.suite.seed, device=self.device,
-                             train_config=self.suite.train, reporter=self.reporter)
+        ctx = DefenseContext(model=model, train=train_split, test=test_split,
+                             params=spec.params, seed=spec.seed, device=self.device,
+                             train_config=self.plan.suite.train, reporter=self.reporter,
+                             num_classes=dataset.num_classes)
         t0 = time.perf_counter()
-        result = defense_cls(params).apply(ctx)
+        result = spec.build().apply(ctx)
         seconds = time.perf_counter() - t0
         defended = result.model.to(self.device).eval()
         for p in defended.parameters():
             p.grad = None
-        self.reporter.info(f"[{entry.key}] defense {entry.name} took {seconds:.1f}s")
-        if defense_cls.cacheable:
-            self.cache.save(key, defended, {"seconds": seconds, "metrics": result.metrics})
-        self._add_metrics(entry, result.metrics)
+        self.reporter.info(f"[{spec.label}] defense {spec.name} took {seconds:.1f}s")
+        if spec.plugin.cacheable:
+            self._warn(self.cache.save(spec.cache_key, defended,
+                                       {"seconds": seconds, "metrics": result.metrics}))
+        self._add_metrics(spec, result.metrics)
         return defended, seconds
 
-    def attack(self, entry: DefenseEntry, attack: AttackEntry, index: int, model: nn.Module,
-               test_split: Split, defense_seconds: float) -> None:
-        suite = self.suite
-        done = [self.table.has(defense=entry.key, attack=attack.key, eps=e, seed=suite.seed)
-                for e in attack.eps]
-        if all(done):
-            self.reporter.info(f"[{entry.key}] {attack.key}: already in results.csv, skipped")
+    def attack(self, defense: DefenseSpec, attack: AttackSpec, model: nn.Module,
+               model_hash: str, test_split: Split, defense_seconds: float) -> None:
+        data = test_split.head(attack.limit)
+        expect = CellExpectation(
+            defense=defense.label, attack=attack.label, seed=self.plan.seed,
+            defense_params=defense.params_json, attack_params=attack.params_json,
+            role=attack.role, n=len(data), model_hash=model_hash, code_hash=attack.code_hash)
+        if all(self.table.verified(expect, eps) is not None for eps in attack.eps):
+            self.reporter.info(f"[{defense.label}] {attack.label}: already in results.csv, "
+                               "skipped")
             return
-        cls = ATTACKS.get(attack.name)
-        params = cls.Params.model_validate(attack.params)
-        attacker = cls(model, params, seed=suite.seed * 1000 + index)
-        outcomes = evaluate_attack(model, attacker, attack.eps, test_split.head(attack.limit),
-                                   reporter=self.reporter, desc=f"{entry.key} / {attack.key}")
+        outcomes = evaluate_attack(model, attack.build(model), attack.eps, data,
+                                   reporter=self.reporter,
+                                   desc=f"{defense.label} / {attack.label}")
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        rows = [{
-            "suite": suite.name, "dataset": suite.data.dataset, "model": suite.model.name,
-            "defense": entry.key, "defense_name": entry.name,
-            "defense_params": params_json(plugin_params(DEFENSES, entry.name, entry.params)),
-            "attack": attack.key, "attack_name": attack.name,
-            "attack_params": params_json(params),
-            "backend": getattr(params, "backend", "native"),
-            "eps": o.eps, "seed": suite.seed, "n": o.n, "clean_acc": o.clean_acc,
-            "robust_acc": o.robust_acc, "attack_success_rate": o.attack_success_rate,
-            "attack_seconds": o.seconds, "defense_seconds": defense_seconds,
-            "robench_version": self.versions["robench"], "torch_version": self.versions["torch"],
-            "created_at": now, "role": attack.role,
-        } for o in outcomes]
-        self.table.replace_where(rows, defense=entry.key, attack=attack.key, seed=suite.seed)
-        curve = ", ".join(f"{o.eps:g}: {o.robust_acc:.3f}" for o in outcomes)
-        self.reporter.info(f"[{entry.key}] {attack.key} robust accuracy {{{curve}}}")
+        suite = self.plan.suite
+        rows = [ResultRow(
+            suite=suite.name, dataset=suite.data.dataset, model=suite.model.name,
+            defense=defense.label, defense_name=defense.name,
+            defense_params=defense.params_json, attack=attack.label, attack_name=attack.name,
+            attack_params=attack.params_json, backend=attack.backend, eps=o.eps,
+            seed=self.plan.seed, n=o.n, clean_acc=o.clean_acc, robust_acc=o.robust_acc,
+            attack_success_rate=o.attack_success_rate, attack_seconds=o.seconds,
+            defense_seconds=defense_seconds, robench_version=robench.__version__,
+            torch_version=torch.__version__, created_at=now, role=attack.role,
+            model_hash=model_hash, code_hash=attack.code_hash) for o in outcomes]
+        self.table.replace_cells(rows)
+        curve = ", ".join(f"{eps_text(o.eps)}: {o.robust_acc:.3f}" for o in outcomes)
+        self.reporter.info(f"[{defense.label}] {attack.label} robust accuracy {{{curve}}}")
 
     # -- bookkeeping ----------------------------------------------------------------------
+    def _warn(self, problem: str | None) -> None:
+        if problem:
+            self.reporter.info(f"warning: {problem}")
+
     def _start_run_record(self) -> None:
-        record_path = self.out_dir / "run.json"
         for leftover in self.out_dir.glob(".*.tmp"):  # from a run killed mid-write
             leftover.unlink(missing_ok=True)
-        previous = None
-        if record_path.exists():
-            try:
-                previous = pd.read_json(record_path, typ="series").get("config_hash")
-            except ValueError:
-                previous = None
-        if previous == self.config_hash and not self.opts.force:
-            self.table.load_existing()
+        if not self.opts.force:
+            unreadable = self.table.load_existing()
+            if unreadable:
+                what = "the file" if unreadable < 0 else f"{unreadable} rows"
+                self.reporter.info(f"{self.table.path.name}: {what} could not be read as "
+                                   "robench results; not trusted")
             if self.table.rows:
-                self.reporter.info(f"resuming: {len(self.table.rows)} rows already in "
-                                   f"{self.table.path}")
-        else:
-            for stale in ("results.csv", "defense_metrics.csv", "leaderboard.csv",
-                          "leaderboard.md", "checks.csv"):
-                (self.out_dir / stale).unlink(missing_ok=True)
-        write_json(record_path, {
-            "suite": self.suite.model_dump(mode="json"), "config_hash": self.config_hash,
-            "versions": {**self.versions, "torchvision": _version("torchvision"),
-                         "torchattacks": _version("torchattacks"),
-                         "adversarial-robustness-toolbox": _version(
-                             "adversarial-robustness-toolbox"),
-                         "python": os.sys.version.split()[0]},
-            "git_revision": git_revision(), "device": str(self.device),
+                self.reporter.info(f"resuming: {len(self.table.rows)} rows in "
+                                   f"{self.table.path} are checked against this suite")
+        plan = self.plan
+        write_json(self.out_dir / "run.json", {
+            "suite": plan.suite.model_dump(mode="json"), "source": plan.source,
+            "baseline": {"cache_key": plan.baseline.cache_key,
+                         "code_hash": plan.baseline.code_hash},
+            "defenses": {d.label: {"name": d.name, "params": d.params_json,
+                                   "cache_key": d.cache_key, "code_hash": d.code_hash}
+                         for d in plan.defenses},
+            "attacks": {a.label: {"name": a.name, "params": a.params_json, "seed": a.seed,
+                                  "code_hash": a.code_hash} for a in plan.attacks},
+            "versions": _versions(), **git_state(), "device": str(self.device),
             "threads": torch.get_num_threads(),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
 
-    def _add_metrics(self, entry: DefenseEntry, metrics: list[dict[str, Any]]) -> None:
-        self.metric_rows = [r for r in self.metric_rows if r["defense"] != entry.key]
-        self.metric_rows += [{"defense": entry.key, "method": m.get("method", entry.name), **m}
+    def _add_metrics(self, spec: DefenseSpec, metrics: list[dict[str, Any]]) -> None:
+        self.metric_rows = [r for r in self.metric_rows if r["defense"] != spec.label]
+        self.metric_rows += [{"defense": spec.label, "method": m.get("method", spec.name), **m}
                              for m in metrics]
         if self.metric_rows:
             frame = pd.DataFrame(self.metric_rows)
@@ -267,22 +274,28 @@ class Runner:
             write_csv(self.out_dir / "defense_metrics.csv", frame[cols])
 
 
-def _version(dist: str) -> str | None:
+def _versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
+    def of(dist: str) -> str | None:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return None
+
+    return {"robench": robench.__version__, "torch": torch.__version__,
+            "torchvision": of("torchvision"), "torchattacks": of("torchattacks"),
+            "adversarial-robustness-toolbox": of("adversarial-robustness-toolbox"),
+            "python": sys.version.split()[0]}
 
 
 def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, pd.DataFrame]:
-    """Load, validate and run a suite file. Returns the results folder and the leaderboard."""
+    """Load, resolve and run a suite file. Returns the results folder and the leaderboard."""
     opts = opts or RunOptions()
-    suite = apply_overrides(load_suite(path), opts)
+    plan = resolve(apply_overrides(load_suite(path), opts, str(path)), str(path))
     # user mistakes fail before anything is written
-    resolve_device(suite.device, where="--device" if opts.device else f"{path}: device")
-    dataset = load_dataset(suite.data.dataset, suite.data.root)
-    out_dir = prepare_out_dir(Path(opts.out) if opts.out else Path("results") / suite.name)
-    board = Runner(suite, out_dir, opts).run(dataset)
+    resolve_device(plan.suite.device, where="--device" if opts.device else f"{path}: device")
+    dataset = load_dataset(plan.suite.data.dataset, plan.suite.data.root)
+    out_dir = prepare_out_dir(Path(opts.out) if opts.out else Path("results") / plan.name)
+    board = Runner(plan, out_dir, opts).run(dataset)
     return out_dir, board

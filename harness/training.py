@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from robench.data import Split
+from robench.models import eval_mode
 from robench.progress import Reporter
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -32,7 +33,9 @@ def make_optimizer(model: nn.Module, name: str, lr: float,
     params = list(model.parameters()) if params is None else params
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)
-    return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    raise ValueError(f"unknown optimizer {name!r}; use adam or sgd")
 
 
 def batches(split: Split, batch_size: int, generator: torch.Generator | None = None
@@ -86,15 +89,9 @@ def train(model: nn.Module, data: Split, config: TrainConfig, seed: int,
 @torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
     """Predicted labels, in eval mode, in large batches."""
-    was_training = model.training
-    model.eval()
-    if images.shape[0] <= batch_size:
-        out = model(images).argmax(1)
-    else:
-        out = torch.cat([model(images[i:i + batch_size]).argmax(1)
-                         for i in range(0, images.shape[0], batch_size)])
-    model.train(was_training)
-    return out
+    with eval_mode(model):
+        return torch.cat([model(images[i:i + batch_size]).argmax(1)
+                          for i in range(0, max(images.shape[0], 1), batch_size)])
 
 
 def accuracy(model: nn.Module, data: Split, batch_size: int = 2000) -> float:

@@ -11,9 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from robench.attacks import create_attack
-from robench.config import parse_suite
 from robench.data import Split
-from robench.defenses import DEFENSES, DefenseContext
+from robench.defenses import DefenseContext
 from robench.defenses.adversarial_training import (
     AdversarialLoss,
     AdversarialTraining,
@@ -23,6 +22,7 @@ from robench.defenses.adversarial_training import (
 from robench.errors import UserError
 from robench.evaluation import evaluate_attack
 from robench.models import LeNet5
+from robench.plan import resolve_raw
 from robench.training import TrainConfig, accuracy, train
 
 METHODS = ["fgsm", "fgsm_rs", "pgd", "trades"]
@@ -191,7 +191,7 @@ def test_trades_with_beta_zero_is_plain_cross_entropy_training():
 
     def trades(beta):
         params = AdversarialTrainingParams(method="trades", beta=beta, steps=2,
-                                           from_scratch=False, monitor_size=0)
+                                           from_scratch=False, monitor_limit=0)
         return AdversarialTraining(params).apply(_ctx(copy.deepcopy(start), data, params)).model
 
     zero, six = trades(0.0), trades(6.0)
@@ -242,7 +242,7 @@ def test_bad_params_fail_at_suite_load_naming_the_key(params, where, fragment):
     raw = copy.deepcopy(BASE)
     raw["defenses"][1]["params"] = params
     with pytest.raises(UserError) as info:
-        parse_suite(raw, "s.yaml")
+        resolve_raw(raw, "s.yaml")
     assert info.value.where == f"s.yaml: defenses[1]{where}"
     assert fragment in info.value.message
 
@@ -251,9 +251,7 @@ def test_valid_params_load():
     raw = copy.deepcopy(BASE)
     raw["defenses"][1]["params"] = {"method": "trades", "eps": 0.3, "steps": 7, "beta": 1.0,
                                     "alpha": 0.05, "epochs": 2, "warmup_epochs": 0.5}
-    suite = parse_suite(raw, "s.yaml")
-    params = DEFENSES.get("adversarial_training").Params.model_validate(
-        suite.defenses[1].params)
+    params = resolve_raw(raw, "s.yaml").defenses[1].params
     assert params.step_size(0.15) == pytest.approx(0.025)  # alpha scales with the eps ramp
 
 
@@ -265,7 +263,7 @@ def test_tiny_pgd_training_beats_the_undefended_model_of_the_same_budget(mnist):
     data, test = mnist.train.head(2000), mnist.test.head(400)
     epochs, eps = 4, 0.3
     plain = train(_lenet(0), data, TrainConfig(epochs=epochs), seed=0)
-    params = AdversarialTrainingParams(method="pgd", eps=eps, steps=3, monitor_size=100)
+    params = AdversarialTrainingParams(method="pgd", eps=eps, steps=3, monitor_limit=100)
     ctx = _ctx(copy.deepcopy(plain), data, params, epochs=epochs, test=test)
     ctx.train_config = TrainConfig(epochs=epochs)
     result = AdversarialTraining(params).apply(ctx)

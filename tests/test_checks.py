@@ -43,22 +43,22 @@ def test_eps0_not_clean_fails():
 
 def test_fgsm_rising_with_eps_warns():
     frame = rows(("fgsm", "fgsm", 0.1, 0.5), ("fgsm", "fgsm", 0.2, 0.6))
-    assert status_of(frame, "fgsm_monotone") == ["warn"]
+    assert status_of(frame, "single_step_monotone") == ["warn"]
 
 
 def test_pgd_weaker_than_fgsm_warns():
     frame = rows(("fgsm", "fgsm", 0.3, 0.2), ("pgd", "pgd", 0.3, 0.4))
-    assert status_of(frame, "pgd_le_fgsm") == ["warn"]
+    assert status_of(frame, "iterative_le_single_step") == ["warn"]
     within_tolerance = rows(("fgsm", "fgsm", 0.3, 0.2), ("pgd", "pgd", 0.3, 0.205))
-    assert status_of(within_tolerance, "pgd_le_fgsm") == ["pass"]
+    assert status_of(within_tolerance, "iterative_le_single_step") == ["pass"]
 
 
 def test_autoattack_above_pgd_uses_subset_noise():
     # 2 pp above PGD on 100 images is within 1 pp + 2 standard errors; on equal n it is not
     frame = rows(("pgd", "pgd", 0.3, 0.50), ("autoattack", "autoattack", 0.3, 0.52, {"n": 100}))
-    assert status_of(frame, "autoattack_le_pgd") == ["pass"]
+    assert status_of(frame, "ensemble_le_iterative") == ["pass"]
     frame = rows(("pgd", "pgd", 0.3, 0.50), ("autoattack", "autoattack", 0.3, 0.52))
-    assert status_of(frame, "autoattack_le_pgd") == ["warn"]
+    assert status_of(frame, "ensemble_le_iterative") == ["warn"]
 
 
 def test_blackbox_stronger_than_whitebox_warns():
@@ -103,7 +103,7 @@ def test_surviving_large_eps_fails():
 def test_more_steps_changing_accuracy_warns():
     frame = rows(("pgd", "pgd", 0.3, 0.6, {"params": {"steps": 10}}),
                  ("pgd_long", "pgd", 0.3, 0.3, {"params": {"steps": 100, "restarts": 3}}))
-    assert status_of(frame, "pgd_converged") == ["warn"]
+    assert status_of(frame, "converged[pgd]") == ["warn"]
 
 
 def test_backends_must_agree():
@@ -172,3 +172,46 @@ def test_masking_defense_is_flagged_and_lenet_passes(tmp_path, mnist_root, monke
     assert status.loc["none", "status"] == "pass"
     assert status.loc["bit_depth_reduction", "status"] == "fail"
     assert "input_gradients" in status.loc["bit_depth_reduction", "reason"]
+
+
+def test_a_new_attack_gets_the_checks_of_its_family(monkeypatch):
+    """Checks ask traits, never names: a newly registered iterative attack is held to PGD's
+    standards (not weaker than single-step attacks; converges with budget; reaches ~0 at
+    eps 0.5) and a new single-step attack to FGSM's (monotone in eps)."""
+    from pydantic import Field
+
+    from robench.attacks import ATTACKS, Attack, AttackParams
+
+    class MyParams(AttackParams):
+        iterations: int = Field(10, ge=1)
+
+    class MyIterative(Attack):
+        """A third-party iterative attack."""
+
+        Params = MyParams
+        family = "iterative"
+
+        @classmethod
+        def budget(cls, params):
+            return params.iterations
+
+    class MyStep(Attack):
+        """A third-party single-step attack."""
+
+        family = "single_step"
+
+    monkeypatch.setitem(ATTACKS._entries, "my_iter", MyIterative)
+    monkeypatch.setitem(ATTACKS._entries, "my_step", MyStep)
+    frame = rows(("my_step", "my_step", 0.1, 0.5), ("my_step", "my_step", 0.3, 0.6),
+                 ("my_iter", "my_iter", 0.3, 0.7, {"params": {"iterations": 5}}),
+                 ("my_iter_long", "my_iter", 0.3, 0.2, {"params": {"iterations": 50}}),
+                 ("my_iter_big", "my_iter", 0.5, 0.5, {"role": "check"}))
+    assert status_of(frame, "single_step_monotone[my_step]") == ["warn"]
+    assert status_of(frame, "iterative_le_single_step") == ["warn"]
+    assert status_of(frame, "converged[my_iter]") == ["warn"]
+    assert status_of(frame, "large_eps_reaches_zero") == ["fail"]
+    # the same numbers under an unregistered name get none of the family checks
+    unknown = frame.assign(attack_name="not_installed")
+    names = set(run_checks(unknown)["check"])
+    assert not any(n.startswith(("single_step", "iterative", "converged", "large_eps"))
+                   for n in names)

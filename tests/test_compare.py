@@ -80,8 +80,10 @@ def test_markdown_from_folders_and_csvs(tmp_path):
     (None, "results file not found"),
     ("defense,attack\nnone,fgsm\n", "not a robench results table"),
     ("", "not a readable CSV"),
-    ("defense,attack,attack_name,eps,clean_acc,robust_acc\nnone,fgsm,fgsm,high,0.9,0.5\n",
-     "column 'eps' is not numeric"),
+    ("defense,attack,attack_name,eps,n,clean_acc,robust_acc\nnone,fgsm,fgsm,high,9,0.9,0.5\n",
+     "column 'eps' holds values that are not numbers"),
+    ("defense,attack,attack_name,eps,n,clean_acc,robust_acc\nnone,fgsm,fgsm,nan,9,0.9,0.5\n",
+     "column 'eps' holds values that are not numbers"),
 ])
 def test_bad_input_is_a_user_error(tmp_path, content, fragment):
     good = tmp_path / "good.csv"

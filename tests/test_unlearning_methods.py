@@ -17,8 +17,8 @@ from torch.nn import functional as F
 
 from robench.attacks import create_attack
 from robench.defenses.unlearning import UNLEARNING_METHODS, UnlearningData
-from robench.defenses.unlearning.base import distill_kl, random_other_labels
 from robench.defenses.unlearning.defense import build_forget_set
+from robench.defenses.unlearning.method import distill_kl, random_other_labels
 from robench.training import TrainConfig
 
 CFG = TrainConfig(epochs=1, batch_size=128, lr=1e-3, optimizer="adam")
@@ -30,7 +30,7 @@ METHODS = ["finetune", "l1_sparse", "neggrad", "neggrad_plus", "random_label", "
 def task(mnist, trained_lenet) -> UnlearningData:
     clean = mnist.train.subset(torch.arange(10_000, 10_300))
     attack = create_attack("fgsm", trained_lenet)
-    forget, true_labels, _ = build_forget_set(trained_lenet, attack, clean, [0.2],
+    forget, true_labels = build_forget_set(trained_lenet, attack, clean, [0.2],
                                               torch.zeros(300, dtype=torch.long))
     assert len(forget) > 50  # enough misclassified examples for the mechanisms to show
     retain = mnist.train.subset(torch.arange(20_000, 20_512))

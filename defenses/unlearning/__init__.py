@@ -11,7 +11,8 @@ from robench.defenses.unlearning import (  # noqa: F401  (registers the built-in
     scrub,
     ssd,
 )
-from robench.defenses.unlearning.base import (
+from robench.defenses.unlearning.defense import UnlearningDefense, UnlearningDefenseParams
+from robench.defenses.unlearning.method import (
     UNLEARNING_METHODS,
     LoopParams,
     Pass,
@@ -19,7 +20,6 @@ from robench.defenses.unlearning.base import (
     UnlearningMethod,
     UnlearningParams,
 )
-from robench.defenses.unlearning.defense import UnlearningDefense, UnlearningDefenseParams
 
 __all__ = ["UNLEARNING_METHODS", "LoopParams", "Pass", "UnlearningData", "UnlearningDefense",
            "UnlearningDefenseParams", "UnlearningMethod", "UnlearningParams"]

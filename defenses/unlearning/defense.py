@@ -53,8 +53,12 @@ public in what we could read), and why:
   would cost more than the unlearning itself). Monitoring never affects the defended weights.
 - The optimizer, learning rate and batch size default to the suite's ``train:`` section unless
   the method's own defaults (from its paper) say otherwise.
-- Seeds: round ``r`` samples its images and eps with seed ``seed·1000003 + r`` and runs the
-  method with seed ``seed·1000 + r``, so a run repeats exactly and rounds differ.
+- Seeds: round ``r`` samples its images and eps with ``derive_seed(seed, "round", r)`` and runs
+  the method with ``derive_seed(seed, "method", r)``, so a run repeats exactly and rounds
+  differ.
+- ``method_params`` are validated by the method's schema when the suite is loaded and stored
+  canonically (every default filled in), so two suites that spell the same method settings
+  differently share one cache entry.
 """
 
 from __future__ import annotations
@@ -64,15 +68,27 @@ import time
 from typing import Any
 
 import torch
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from torch import nn
 
-from robench.attacks import Attack
-from robench.config import key_path
+from robench.attacks import ATTACKS, Attack
 from robench.data import Split
 from robench.defenses.base import DEFENSES, Defense, DefenseContext, DefenseParams, DefenseResult
-from robench.defenses.unlearning.base import UNLEARNING_METHODS, UnlearningData
+from robench.defenses.unlearning.method import (
+    UNLEARNING_METHODS,
+    UnlearningData,
+    UnlearningParams,
+)
+from robench.errors import key_path
 from robench.evaluation import evaluate_attack
+from robench.seeds import derive_seed, generator
 from robench.training import predict
 
 DEFAULT_EPS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
@@ -86,8 +102,9 @@ class UnlearningDefenseParams(DefenseParams):
     eps: float | list[float] = Field(default_factory=lambda: list(DEFAULT_EPS))
     retain_adversarial: bool = False
     method: str = "neggrad_plus"
-    method_params: dict[str, Any] = Field(default_factory=dict)
+    method_params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
     monitor_limit: int | None = Field(None, ge=1)  # per-round metrics on the first N eval images
+    _method: UnlearningParams = PrivateAttr()
 
     @field_validator("eps", mode="before")
     @classmethod
@@ -109,21 +126,36 @@ class UnlearningDefenseParams(DefenseParams):
             raise ValueError(UNLEARNING_METHODS.unknown_message(value))
         return value
 
-    @model_validator(mode="after")
-    def _valid_method_params(self) -> UnlearningDefenseParams:
-        schema = UNLEARNING_METHODS.get(self.method).Params
+    @field_validator("method_params")
+    @classmethod
+    def _valid_method_params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "method" not in info.data:  # the method name itself was invalid
+            return value
+        method = info.data["method"]
         try:
-            schema.model_validate(self.method_params)
+            validated = UNLEARNING_METHODS.get(method).Params.model_validate(value)
         except ValidationError as err:
             first = err.errors()[0]
-            where = key_path(("method_params", *first["loc"]))
+            where = key_path(tuple(first["loc"]))
             extra = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
             got = "" if first["type"] in ("missing", "extra_forbidden") else \
                 f" (got {first.get('input')!r})"
             msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
             raise ValueError(f"{where}: {msg}{got} for unlearning method "
-                             f"{self.method!r}{extra}") from None
+                             f"{method!r}{extra}") from None
+        # canonical: every default filled in, so equal settings give equal params and keys
+        return validated.model_dump(mode="json")
+
+    @model_validator(mode="after")
+    def _typed_method_params(self) -> UnlearningDefenseParams:
+        self._method = UNLEARNING_METHODS.get(self.method).Params.model_validate(
+            self.method_params)
         return self
+
+    @property
+    def method_config(self) -> UnlearningParams:
+        """The validated params of ``method`` (its own schema's instance)."""
+        return self._method
 
     @property
     def eps_values(self) -> list[float]:
@@ -146,16 +178,16 @@ def adversarial_examples(attack: Attack, images: torch.Tensor, labels: torch.Ten
 
 
 def build_forget_set(model: nn.Module, attack: Attack, clean: Split, eps_values: list[float],
-                     eps_index: torch.Tensor) -> tuple[Split, torch.Tensor, torch.Tensor]:
+                     eps_index: torch.Tensor) -> tuple[Split, torch.Tensor]:
     """The misclassified adversarial examples of ``clean``, labelled with the model's answers.
 
-    Returns ``(forget, true_labels, source_index)``: ``forget.labels`` are the model's (wrong)
-    predictions, ``true_labels`` the clean labels, ``source_index`` the rows of ``clean``.
+    Returns ``(forget, true_labels)``: ``forget.labels`` are the model's (wrong) predictions,
+    ``true_labels`` the clean labels of the same inputs.
     """
     x_adv = adversarial_examples(attack, clean.images, clean.labels, eps_values, eps_index)
     predicted = predict(model, x_adv)
     wrong = (predicted != clean.labels).nonzero().squeeze(1)
-    return Split(x_adv[wrong], predicted[wrong]), clean.labels[wrong], wrong
+    return Split(x_adv[wrong], predicted[wrong]), clean.labels[wrong]
 
 
 def _concat(a: Split, b: Split) -> Split:
@@ -172,26 +204,27 @@ class UnlearningDefense(Defense):
 
     Params = UnlearningDefenseParams
 
+    @classmethod
+    def code_dependencies(cls, params: UnlearningDefenseParams) -> list[object]:
+        return [UNLEARNING_METHODS.get(params.method), ATTACKS.get("fgsm")]
+
     def apply(self, ctx: DefenseContext) -> DefenseResult:
         p: UnlearningDefenseParams = self.params
         method_cls = UNLEARNING_METHODS.get(p.method)
-        method_params = method_cls.Params.model_validate(p.method_params)
         model = ctx.model.eval()
         train, eps_values = ctx.train, p.eps_values
         monitor = ctx.test.head(p.monitor_limit)
-        with torch.no_grad():
-            num_classes = int(model(train.images[:1]).shape[1])
         self._monitor(ctx, model, monitor, step=0)
         for round_ in range(1, p.rounds + 1):
             started = time.perf_counter()
-            generator = torch.Generator().manual_seed(ctx.seed * 1_000_003 + round_)
-            sample = torch.randperm(len(train), generator=generator)[:p.forget_size]
-            eps_index = torch.randint(len(eps_values), (sample.numel(),), generator=generator)
+            draw = generator(ctx.seed, "round", round_)
+            sample = torch.randperm(len(train), generator=draw)[:p.forget_size]
+            eps_index = torch.randint(len(eps_values), (sample.numel(),), generator=draw)
             clean = train.subset(sample.to(train.labels.device))
             attack = ctx.make_attack("fgsm", model)
-            forget, true_labels, _ = build_forget_set(
+            forget, true_labels = build_forget_set(
                 model, attack, clean, eps_values, eps_index.to(train.labels.device))
-            retain_rows = torch.randperm(len(train), generator=generator)
+            retain_rows = torch.randperm(len(train), generator=draw)
             if p.retain_size is not None:
                 retain_rows = retain_rows[:p.retain_size]
             retain = train.subset(retain_rows.to(train.labels.device))
@@ -199,9 +232,11 @@ class UnlearningDefense(Defense):
                 retain = _concat(retain, Split(forget.images, true_labels))
             if len(forget):
                 data = UnlearningData(retain=retain, forget=forget,
-                                      forget_true_labels=true_labels, num_classes=num_classes)
-                model = method_cls(method_params).unlearn(
-                    model, data, seed=ctx.seed * 1000 + round_, train_config=ctx.train_config)
+                                      forget_true_labels=true_labels,
+                                      num_classes=ctx.num_classes)
+                model = method_cls(p.method_config).unlearn(
+                    model, data, seed=derive_seed(ctx.seed, "method", round_),
+                    train_config=ctx.train_config)
             seconds = time.perf_counter() - started
             after = predict(model, forget.images) if len(forget) else forget.labels
             still_fooled = _rate(after == forget.labels)

@@ -23,7 +23,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from robench.defenses.unlearning.base import (
+from robench.defenses.unlearning.method import (
     UNLEARNING_METHODS,
     Batch,
     LoopParams,

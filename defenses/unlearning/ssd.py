@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from robench.data import Split
-from robench.defenses.unlearning.base import (
+from robench.defenses.unlearning.method import (
     UNLEARNING_METHODS,
     UnlearningData,
     UnlearningMethod,

@@ -29,7 +29,6 @@ adversarial training).
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -41,10 +40,8 @@ from torch.nn import functional as F
 
 from robench.data import Split
 from robench.registry import Registry
+from robench.seeds import generator
 from robench.training import TrainConfig, make_optimizer
-
-UNLEARNING_METHODS: Registry = Registry("unlearning method",
-                                        entry_point_group="robench.unlearning_methods")
 
 Batch = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -89,10 +86,6 @@ class Pass:
     name: str
     drive: str
     cycle: tuple[str, ...] = ()
-
-
-def _seeded(seed: int, name: str) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
 
 
 def _shuffled(split: Split, batch_size: int, generator: torch.Generator
@@ -177,13 +170,13 @@ class UnlearningMethod:
         p = self.params
         self.seed = seed
         self.data = data
-        self.generator = _seeded(seed, "method")  # the method's own randomness (random labels)
+        self.generator = generator(seed, "method")  # the method's own randomness (random labels)
         self.batch_size = p.batch_size or train_config.batch_size
         self.steps = 0
         self.setup(model, data)
         optimizer = make_optimizer(model, p.optimizer or train_config.optimizer,
                                    p.lr or train_config.lr)
-        shuffles = {name: _seeded(seed, name) for name in ("retain", "forget")}
+        shuffles = {name: generator(seed, name) for name in ("retain", "forget")}
         model.train()
         for epoch in range(p.epochs):
             if self.stop(model, data, epoch):
@@ -223,3 +216,7 @@ class UnlearningMethod:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
+
+
+UNLEARNING_METHODS: Registry[type[UnlearningMethod]] = Registry(
+    "unlearning method", entry_point_group="robench.unlearning_methods", base=UnlearningMethod)

@@ -1,0 +1,58 @@
+"""The one finalize path: results.csv -> checks -> leaderboard -> plots -> report.
+
+``robench run`` ends here, and ``robench leaderboard`` and ``robench report`` call the same
+function, so the three can never disagree. The model diagnostics that some checks need (input
+gradients, randomness, softmax outputs) are measured during the run, when the models exist,
+and stored in ``diagnostics.json`` beside results.csv; a folder without that file gets only the
+checks that the table alone supports.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from robench.checks import run_checks, summarise
+from robench.errors import UserError
+from robench.leaderboard import write_leaderboard
+from robench.progress import Reporter
+from robench.report import write_report
+from robench.results import read_results, write_csv
+
+DIAGNOSTICS_FILE = "diagnostics.json"
+
+
+def read_diagnostics(folder: Path) -> dict[str, dict[str, float]]:
+    """Per-defense model diagnostics recorded by the run ({} when the file is absent)."""
+    path = folder / DIAGNOSTICS_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise ValueError("not a mapping of defense -> diagnostics")
+        return {str(k): {str(m): float(x) for m, x in v.items()} for k, v in data.items()}
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as err:
+        raise UserError(f"not a robench diagnostics file ({type(err).__name__})",
+                        where=str(path)) from None
+
+
+def finalize(results_dir: Path, out_dir: Path | None = None,
+             reporter: Reporter | None = None) -> pd.DataFrame:
+    """Checks, leaderboard, plots and report of a results folder; returns the leaderboard."""
+    results_dir = Path(results_dir)
+    folder = results_dir if results_dir.is_dir() else results_dir.parent
+    out_dir = Path(out_dir) if out_dir is not None else folder
+    results = read_results(results_dir)
+    checks = run_checks(results, read_diagnostics(folder))
+    write_csv(out_dir / "checks.csv", checks)
+    board = write_leaderboard(results, out_dir, title=str(results["suite"].iloc[0]),
+                              status=summarise(checks))
+    write_report(out_dir, results, checks, board, source=folder)
+    if reporter is not None:
+        for _, check in checks[checks["status"] != "pass"].iterrows():
+            reporter.info(f"check {check['status']}: [{check['defense']}] {check['check']}: "
+                          f"{check['detail']}")
+    return board

@@ -1,0 +1,191 @@
+"""Resolve once, end to end: code-aware reuse (an edited plugin recomputes its own model and
+cells only), seeds by label (reordering a suite changes no number), canonical eps (8/255
+resumes without recomputing), and one finalize path for run, leaderboard and report."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from robench.results import TIMING_COLUMNS
+
+from .conftest import REPO
+
+BASE = """\
+name: reuse
+seed: 3
+data: {{dataset: mnist, eval_limit: 300}}
+train: {{epochs: 1}}
+defenses:
+{defenses}
+attacks:
+{attacks}
+"""
+DEFENSES = ["  - name: none", "  - name: tmp_defense\n    params: {scale: 0.5}"]
+ATTACKS = ["  - name: fgsm\n    eps: [0.0, 0.031372549019607843, 0.1]",
+           "  - name: pgd\n    eps: [0.1]\n    params: {steps: 3, alpha: 0.05}",
+           "  - name: pgd\n    eps: [0.2]\n    label: pgd_b\n    params: {steps: 3, alpha: 0.1}"]
+
+PLUGIN = '''\
+"""A throwaway defense: fine-tune nothing, scale the last layer's bias (so weights change)."""
+import torch
+from pydantic import Field
+
+from robench.defenses import Defense, DefenseParams, DefenseResult
+
+
+class Params(DefenseParams):
+    scale: float = Field(0.5, gt=0)
+
+
+class TmpDefense(Defense):
+    """Scales the classifier's last bias."""
+
+    Params = Params
+
+    def apply(self, ctx):
+        with torch.no_grad():
+            ctx.model.classifier[-1].bias.mul_(self.params.scale)  # VERSION 1
+        return DefenseResult(model=ctx.model, metrics=ctx.metrics)
+'''
+
+
+def suite_text(defenses=DEFENSES, attacks=ATTACKS) -> str:
+    return BASE.format(defenses="\n".join(defenses), attacks="\n".join(attacks))
+
+
+@pytest.fixture
+def plugin_env(tmp_path, cli_env) -> dict[str, str]:
+    """A third-party defense in a plain folder on PYTHONPATH, found through a dist-info
+    entry point (no install step)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "robench_tmp_defense.py").write_text(PLUGIN)
+    info = site / "robench_tmp_defense-0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: robench-tmp-defense\n"
+                                   "Version: 0.0\n")
+    (info / "entry_points.txt").write_text("[robench.defenses]\n"
+                                           "tmp_defense = robench_tmp_defense:TmpDefense\n")
+    env = dict(cli_env)
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def robench(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "robench.cli", *args], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def run(suite: Path, out: Path, env: dict[str, str]) -> str:
+    """Run a suite; return this run's part of run.log."""
+    before = (out / "run.log").read_text() if (out / "run.log").exists() else ""
+    robench("run", str(suite), "--out", str(out), "--quiet", env=env)
+    return (out / "run.log").read_text()[len(before):]
+
+
+def numbers(out: Path) -> pd.DataFrame:
+    frame = pd.read_csv(out / "results.csv").drop(columns=TIMING_COLUMNS)
+    return frame.sort_values(["defense", "attack", "eps"]).reset_index(drop=True)
+
+
+@pytest.mark.slow
+def test_editing_a_plugin_recomputes_its_model_and_cells_only(tmp_path, plugin_env):
+    suite = tmp_path / "reuse.yaml"
+    suite.write_text(suite_text())
+    out = tmp_path / "out"
+    first = run(suite, out, plugin_env)
+    assert "defense tmp_defense took" in first
+    stamps = pd.read_csv(out / "results.csv").set_index(["defense", "attack", "eps"])
+
+    # a warm re-run reuses everything: the 8/255 eps reads back equal from results.csv
+    again = run(suite, out, plugin_env)
+    assert "[tmp_defense] defended model loaded from cache" in again
+    assert again.count("already in results.csv, skipped") == 6
+    assert "robust accuracy {" not in again  # no cell computed
+
+    # editing only a comment of the plugin's file changes its code hash: the defense is
+    # recomputed; its weights come out bit-identical, so its cells are still valid and kept
+    plugin = tmp_path / "site" / "robench_tmp_defense.py"
+    plugin.write_text(plugin.read_text().replace("# VERSION 1", "# VERSION 2"))
+    comment = run(suite, out, plugin_env)
+    assert "defense tmp_defense took" in comment
+    assert "[tmp_defense] defended model loaded from cache" not in comment
+    assert comment.count("already in results.csv, skipped") == 6
+
+    # editing what it computes recomputes the defense and its cells, and nothing else
+    plugin.write_text(plugin.read_text().replace("mul_(self.params.scale)",
+                                                 "mul_(self.params.scale).add_(0.25)"))
+    edited = run(suite, out, plugin_env)
+    assert "defense tmp_defense took" in edited
+    for attack in ("fgsm", "pgd", "pgd_b"):
+        assert f"[none] {attack}: already in results.csv, skipped" in edited
+        assert f"[tmp_defense] {attack} robust accuracy" in edited
+    after = pd.read_csv(out / "results.csv").set_index(["defense", "attack", "eps"])
+    pd.testing.assert_series_equal(after.loc["none"]["created_at"],
+                                   stamps.loc["none"]["created_at"])
+    assert (after.loc["tmp_defense"]["model_hash"]
+            != stamps.loc["tmp_defense"]["model_hash"]).all()
+
+
+@pytest.mark.slow
+def test_reordering_a_suite_changes_no_number(tmp_path, plugin_env):
+    forward, backward = tmp_path / "f.yaml", tmp_path / "b.yaml"
+    forward.write_text(suite_text())
+    backward.write_text(suite_text(DEFENSES[::-1], ATTACKS[::-1]))
+    run(forward, tmp_path / "f", plugin_env)
+    run(backward, tmp_path / "b", plugin_env)
+    pd.testing.assert_frame_equal(numbers(tmp_path / "f"), numbers(tmp_path / "b"))
+
+
+@pytest.mark.slow
+def test_run_leaderboard_and_report_share_one_finalize(tmp_path, plugin_env):
+    suite = tmp_path / "s.yaml"
+    suite.write_text(suite_text(DEFENSES[:1], ATTACKS[:2]))
+    out = tmp_path / "o"
+    run(suite, out, plugin_env)
+    files = ("checks.csv", "leaderboard.csv", "leaderboard.md", "report.md")
+    written = {name: (out / name).read_bytes() for name in files}
+    assert "input_gradients" in written["checks.csv"].decode()  # model diagnostics included
+    robench("leaderboard", str(out / "results.csv"), env=plugin_env)
+    robench("report", str(out), env=plugin_env)
+    for name in files:
+        assert (out / name).read_bytes() == written[name], name
+
+
+def test_cache_info_and_clear_touch_only_entries(tmp_path, cli_env):
+    cache = Path(cli_env["ROBENCH_CACHE_DIR"])
+    cache.mkdir(parents=True)
+    (cache / ("a" * 32 + ".pt")).write_bytes(b"x" * 10)
+    (cache / "notes.txt").write_text("mine")
+    info = robench("cache", "info", env=cli_env).stdout
+    assert str(cache) in info and "entries:  1" in info
+    assert "removed 1 entries" in robench("cache", "clear", env=cli_env).stdout
+    assert sorted(p.name for p in cache.iterdir()) == ["notes.txt"]
+
+
+def test_readme_documents_every_result_column():
+    from robench.results import RESULT_COLUMNS
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("`results.csv` columns:")[1].split("\n\n")[0]
+    missing = [c for c in RESULT_COLUMNS if f"`{c}`" not in section and f"{c}" not in section]
+    assert not missing, missing
+
+
+def test_seeds_derive_from_labels_not_positions():
+    from robench.seeds import derive_seed
+
+    assert derive_seed(7) == 7
+    assert derive_seed(7, "attack", "pgd") == derive_seed(7, "attack", "pgd")
+    assert derive_seed(7, "attack", "pgd") != derive_seed(7, "attack", "fgsm")
+    assert derive_seed(7, "attack", "pgd") != derive_seed(8, "attack", "pgd")
+    assert 0 <= derive_seed(2**62, "x") < 2**31
