@@ -1,0 +1,190 @@
+"""Statistics for accuracies: intervals for one accuracy, paired comparisons of two attacks or
+defenses on the same images, and spread over seeds.
+
+- ``wilson_interval``: Wilson score interval for a proportion (Wilson 1927, "Probable inference,
+  the law of succession, and statistical inference", JASA 22:209-212; recommended over the Wald
+  interval by Brown, Cai & DasGupta 2001, "Interval estimation for a binomial proportion",
+  Statistical Science 16:101-133).
+- ``mcnemar_exact``: exact (conditional) McNemar test, McNemar 1947, Psychometrika 12:153-157;
+  the exact form is the binomial test on the discordant pairs (Fagerland, Lydersen & Laake 2013,
+  "The McNemar test for binary matched-pairs data", BMC Med Res Methodol 13:91).
+- ``paired_difference``: both accuracies, their difference, the McNemar p-value and Newcombe's
+  square-and-add (hybrid score) interval for a difference of paired proportions: Newcombe 1998,
+  "Improved confidence intervals for the difference between binomial proportions based on paired
+  data", Statistics in Medicine 17:2635-2650, method 10; as given by Fagerland, Lydersen & Laake
+  2014, "Recommended tests and confidence intervals for paired binomial proportions", Statistics
+  in Medicine 33:2850-2875, and their book "Statistical Analysis of Contingency Tables" (2017),
+  ch. 8. It is one of the intervals they recommend, it stays inside [-1, 1] and needs no
+  iteration; the Wald interval they advise against for small or extreme counts.
+- ``seed_interval``: mean, sample standard deviation and Student-t interval over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as _st
+
+#: The 97.5 % quantile of the standard normal: a two-sided 95 % interval.
+Z95 = 1.959963984540054
+
+
+def wilson_interval(k: Any, n: Any, z: float = Z95) -> tuple[Any, Any]:
+    """Wilson score interval for a proportion of ``k`` successes in ``n`` trials.
+
+    With p = k/n: centre (p + z²/2n) / (1 + z²/n), half-width
+    z·sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n). The default z gives a 95 % interval.
+
+    Args:
+        k: successes (e.g. images still correct), an int or an array/Series of them.
+        n: trials (images), same shape as ``k`` or broadcastable.
+        z: standard-normal quantile, 1.959963984540054 for 95 %.
+
+    Returns:
+        ``(lo, hi)``: floats for scalar inputs, numpy arrays for arrays, Series (with the
+        input's index) for Series. Where n = 0 both ends are nan.
+
+    Raises:
+        ValueError: if some k < 0, n < 0 or k > n.
+    """
+    index = next((v.index for v in (k, n) if isinstance(v, pd.Series)), None)
+    k_arr = np.asarray(k, dtype=float)
+    n_arr = np.asarray(n, dtype=float)
+    if np.any(k_arr < 0) or np.any(n_arr < 0) or np.any(k_arr > n_arr):
+        raise ValueError(f"wilson_interval: need 0 <= k <= n, got k={k!r}, n={n!r}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = k_arr / n_arr
+        denom = 1.0 + z * z / n_arr
+        centre = (p + z * z / (2 * n_arr)) / denom
+        half = z * np.sqrt(p * (1 - p) / n_arr + z * z / (4 * n_arr * n_arr)) / denom
+    lo = np.where(n_arr > 0, np.clip(centre - half, 0.0, 1.0), np.nan)
+    hi = np.where(n_arr > 0, np.clip(centre + half, 0.0, 1.0), np.nan)
+    if index is not None:
+        return pd.Series(lo, index=index), pd.Series(hi, index=index)
+    if lo.ndim == 0:
+        return float(lo), float(hi)
+    return lo, hi
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for ``b`` and ``c`` discordant pairs.
+
+    Under the null hypothesis each discordant image is equally likely to favour either side, so
+    b ~ Binomial(b + c, 1/2); the p-value is min(1, 2·P(X <= min(b, c))), the two-sided binomial
+    test at 0.5 (equal to ``scipy.stats.binomtest(b, b + c).pvalue``). 1.0 when b + c = 0.
+
+    Args:
+        b: images only the first attack/defense gets right.
+        c: images only the second gets right.
+    """
+    for name, value in (("b", b), ("c", c)):
+        if isinstance(value, bool) or int(value) != value or value < 0:
+            raise ValueError(f"mcnemar_exact: {name} must be a non-negative integer, got {value!r}")
+    b, c = int(b), int(c)
+    if b + c == 0:
+        return 1.0
+    return min(1.0, 2.0 * float(_st.binom.cdf(min(b, c), b + c, 0.5)))
+
+
+def _as_bool(values: Any, name: str) -> np.ndarray:
+    arr = np.asarray(values.cpu() if hasattr(values, "cpu") else values)
+    if arr.ndim != 1:
+        raise ValueError(f"paired_difference: {name} must be 1-D, got shape {arr.shape}")
+    if arr.dtype != bool:
+        if not np.isin(arr, (0, 1)).all():
+            raise ValueError(f"paired_difference: {name} must hold booleans (or 0/1)")
+        arr = arr.astype(bool)
+    return arr
+
+
+def paired_difference(a_correct: Any, b_correct: Any, z: float = Z95) -> dict[str, float | int]:
+    """Compare two attacks or defenses scored on the SAME images, image by image.
+
+    Args:
+        a_correct: per image, whether A gets it right (bool array, tensor, list or Series).
+        b_correct: the same for B, in the same image order.
+        z: standard-normal quantile of the interval (95 % by default).
+
+    Returns:
+        A dict of numbers:
+        ``n`` images; ``acc_a`` and ``acc_b``; ``diff`` = acc_b - acc_a; ``b`` images only A gets
+        right and ``c`` images only B gets right (the discordant pairs); ``p_value`` the exact
+        McNemar test on b and c; ``ci_low`` and ``ci_high`` Newcombe's square-and-add interval
+        (1998, method 10) for ``diff``: the Wilson intervals (l_a, u_a), (l_b, u_b) of the two
+        accuracies are combined as
+        diff - sqrt((acc_b - l_b)² + (u_a - acc_a)² - 2ψ(acc_b - l_b)(u_a - acc_a)) and
+        diff + sqrt((acc_a - l_a)² + (u_b - acc_b)² - 2ψ(acc_a - l_a)(u_b - acc_b)),
+        where ψ is the continuity-corrected phi coefficient of the paired 2x2 table:
+        with A = n_both·n_neither - b·c, ψ = (A - n/2)/sqrt(product of the four margins) if
+        A > n/2, 0 if 0 <= A <= n/2, A/sqrt(...) if A < 0, and 0 when a margin is empty.
+
+    Raises:
+        ValueError: for inputs of different lengths, no images, or non-boolean values.
+    """
+    a = _as_bool(a_correct, "a_correct")
+    b_arr = _as_bool(b_correct, "b_correct")
+    if a.shape != b_arr.shape:
+        raise ValueError(f"paired_difference: a_correct has {a.size} images, "
+                         f"b_correct {b_arr.size}; they must be the same images")
+    n = int(a.size)
+    if n == 0:
+        raise ValueError("paired_difference: no images")
+    both = int((a & b_arr).sum())
+    only_a = int((a & ~b_arr).sum())
+    only_b = int((~a & b_arr).sum())
+    neither = n - both - only_a - only_b
+    k_a, k_b = both + only_a, both + only_b
+    acc_a, acc_b = k_a / n, k_b / n
+    diff = acc_b - acc_a
+    l_a, u_a = wilson_interval(k_a, n, z)
+    l_b, u_b = wilson_interval(k_b, n, z)
+    margins = k_a * (n - k_a) * k_b * (n - k_b)
+    if margins == 0:
+        psi = 0.0
+    else:
+        cross = both * neither - only_a * only_b
+        if cross > n / 2:
+            psi = (cross - n / 2) / math.sqrt(margins)
+        elif cross >= 0:
+            psi = 0.0
+        else:
+            psi = cross / math.sqrt(margins)
+    down_b, up_a = acc_b - l_b, u_a - acc_a
+    down_a, up_b = acc_a - l_a, u_b - acc_b
+    ci_low = diff - math.sqrt(max(down_b**2 + up_a**2 - 2 * psi * down_b * up_a, 0.0))
+    ci_high = diff + math.sqrt(max(down_a**2 + up_b**2 - 2 * psi * down_a * up_b, 0.0))
+    return {
+        "n": n, "acc_a": acc_a, "acc_b": acc_b, "diff": diff, "b": only_a, "c": only_b,
+        "p_value": mcnemar_exact(only_a, only_b), "ci_low": ci_low, "ci_high": ci_high,
+    }
+
+
+def seed_interval(values: Any, confidence: float = 0.95) -> tuple[float, float, float, float]:
+    """Mean, sample standard deviation (ddof 1) and Student-t interval over seeds.
+
+    The interval is mean ± t_{(1+confidence)/2, m-1} · s/sqrt(m) for m values (Student 1908,
+    "The probable error of a mean", Biometrika 6:1-25). It treats the seeds as independent draws;
+    with a handful of seeds it is wide, as it should be.
+
+    Returns:
+        ``(mean, std, lo, hi)``; for a single value std, lo and hi are nan.
+
+    Raises:
+        ValueError: for no values, non-finite values, or confidence outside (0, 1).
+    """
+    arr = np.asarray(values, dtype=float).ravel()
+    if arr.size == 0:
+        raise ValueError("seed_interval: no values")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"seed_interval: values must be finite, got {arr.tolist()}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"seed_interval: confidence must be in (0, 1), got {confidence}")
+    mean = float(arr.mean())
+    if arr.size == 1:
+        return mean, math.nan, math.nan, math.nan
+    std = float(arr.std(ddof=1))
+    half = float(_st.t.ppf((1 + confidence) / 2, arr.size - 1)) * std / math.sqrt(arr.size)
+    return mean, std, mean - half, mean + half
