@@ -95,6 +95,10 @@ def _check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | No
     out: list[dict[str, Any]] = []
     clean = float(rows["clean_acc"].iloc[0])
 
+    above = rows[rows["robust_acc"] > rows["clean_acc"] + 1e-12]
+    out.append(_row(defense, "robust_le_clean", "fail" if len(above) else "pass",
+                    f"{len(above)} of {len(rows)} rows have robust accuracy above clean accuracy "
+                    "(robust means correct before and after the attack)"))
     zero_eps = rows[rows["eps"] == 0]
     if not zero_eps.empty:
         bad = zero_eps[zero_eps["robust_acc"] != zero_eps["clean_acc"]]

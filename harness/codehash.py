@@ -8,6 +8,9 @@ and the modules that define the classes, functions and objects in their globals.
 register plugins, so editing one attack file changes the hash of that attack's cells only.
 Over-approximation is safe (a recomputation); under-approximation is not, so plugins that
 look other plugins up by name at run time declare them (``Defense.code_dependencies``).
+A module that cannot change a number (messages, progress bars, name lookup) says so with
+``AFFECTS_RESULTS = False``: it is neither hashed nor followed, so rewording an error message
+does not invalidate every cached model.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def _uses(module: ModuleType, tops: frozenset[str]) -> list[ModuleType]:
         if is_package and isinstance(value, ModuleType):
             continue  # a package imports its submodules to register them, not to use them
         dep = _module_of(value)
-        if dep is not None and dep is not module and _top(dep) in tops:
+        if (dep is not None and dep is not module and _top(dep) in tops
+                and getattr(dep, "AFFECTS_RESULTS", True)):
             used.append(dep)
     return used
 

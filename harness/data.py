@@ -26,18 +26,28 @@ class Split:
 
     images: torch.Tensor  # float32, (N, C, H, W), values in [0, 1]
     labels: torch.Tensor  # int64, (N,)
+    #: each image's index in the split it was taken from (None: 0..N-1), on the CPU
+    index: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def ids(self) -> torch.Tensor:
+        """Each image's index in the original split (what per-image outcomes are keyed by)."""
+        return self.index if self.index is not None else torch.arange(len(self))
+
     def head(self, n: int | None) -> Split:
-        return self if n is None or n >= len(self) else Split(self.images[:n], self.labels[:n])
+        """The first ``n`` images (all when ``n`` is None)."""
+        if n is None or n >= len(self):
+            return self
+        return Split(self.images[:n], self.labels[:n], self.ids[:n])
 
     def subset(self, index: torch.Tensor) -> Split:
-        return Split(self.images[index], self.labels[index])
+        return Split(self.images[index], self.labels[index], self.ids[index.cpu()])
 
     def to(self, device: torch.device) -> Split:
-        return Split(self.images.to(device), self.labels.to(device))
+        return Split(self.images.to(device), self.labels.to(device), self.index)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+#: error messages only: editing this module changes no result (see robench.codehash)
+AFFECTS_RESULTS = False
+
 
 class UserError(Exception):
     """A mistake in the user's input (suite file, CLI option, environment).

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from robench.attacks.base import Attack
@@ -19,33 +20,49 @@ EVAL_BATCH_SIZE = 1000
 
 @dataclass
 class AttackOutcome:
-    """Counts for one (attack, eps) cell over ``n`` images."""
+    """One (attack, eps) cell over ``n`` images, image by image.
+
+    ``clean_ok[i]``: image i is classified correctly as given; ``adv_ok[i]``: correctly after
+    the attack. An image is *robust* only if both hold (correct before and after, as RobustBench
+    and AutoAttack count it): an image the model gets wrong is never robust, even if the attack
+    happens to flip it to the right class.
+    """
 
     eps: float
-    n: int
-    clean_correct: int
-    robust_correct: int
-    fooled: int  # images correct before the attack and wrong after it
+    clean_ok: torch.Tensor   # bool (n,), on the CPU
+    adv_ok: torch.Tensor     # bool (n,), on the CPU
     seconds: float
 
     @property
+    def n(self) -> int:
+        return int(self.clean_ok.numel())
+
+    @property
+    def robust(self) -> torch.Tensor:
+        return self.clean_ok & self.adv_ok
+
+    @property
     def clean_acc(self) -> float:
-        return self.clean_correct / self.n
+        return int(self.clean_ok.sum()) / self.n
 
     @property
     def robust_acc(self) -> float:
-        return self.robust_correct / self.n
+        return int(self.robust.sum()) / self.n
 
     @property
     def attack_success_rate(self) -> float:
-        # over the images the model classified correctly before the attack
-        return self.fooled / self.clean_correct if self.clean_correct else float("nan")
+        """Share of the images correct before the attack that it makes wrong."""
+        clean = int(self.clean_ok.sum())
+        return int((self.clean_ok & ~self.adv_ok).sum()) / clean if clean else float("nan")
 
 
 def evaluate_attack(model: nn.Module, attack: Attack, eps_list: Sequence[float], data: Split,
                     batch_size: int = EVAL_BATCH_SIZE, reporter: Reporter | None = None,
                     desc: str = "attack") -> list[AttackOutcome]:
     """Attack ``data`` at every eps; returns one outcome per eps, in order.
+
+    Every eps goes through the attack and a fresh forward pass, eps 0 included, so a model
+    whose predictions change between passes (randomness) shows up as eps 0 != clean.
 
     Timing: each eps is charged the time to craft and classify its examples. When the attack
     shares work across the sweep (FGSM's single gradient), the sweep's total time is split
@@ -54,30 +71,27 @@ def evaluate_attack(model: nn.Module, attack: Attack, eps_list: Sequence[float],
     reporter = reporter or Reporter(quiet=True)
     eps_list = [float(e) for e in eps_list]
     n = len(data)
-    clean_correct = 0
-    robust = [0] * len(eps_list)
-    fooled = [0] * len(eps_list)
+    clean_parts: list[torch.Tensor] = []
+    adv_parts: list[list[torch.Tensor]] = [[] for _ in eps_list]
     seconds = [0.0] * len(eps_list)
     steps = (n + batch_size - 1) // batch_size
     with reporter.progress(total=steps, desc=desc) as bar:
         for start in range(0, n, batch_size):
             x = data.images[start:start + batch_size]
             y = data.labels[start:start + batch_size]
-            clean_ok = predict(model, x) == y
-            clean_correct += int(clean_ok.sum())
+            clean_parts.append((predict(model, x) == y).cpu())
             sweep = attack.sweep(x, y, eps_list)
             for i in range(len(eps_list)):
                 t0 = time.perf_counter()
-                eps, x_adv = next(sweep)
-                # eps 0 leaves x unchanged (the base class guarantees it): reuse the clean pass
-                adv_ok = clean_ok if eps == 0 else predict(model, x_adv) == y
+                _, x_adv = next(sweep)
+                adv_parts[i].append((predict(model, x_adv) == y).cpu())
                 seconds[i] += time.perf_counter() - t0
-                robust[i] += int(adv_ok.sum())
-                fooled[i] += int((clean_ok & ~adv_ok).sum())
             bar.update(1)
     if attack.shares_work_across_eps:
         seconds = [sum(seconds) / len(seconds)] * len(seconds)
-    return [AttackOutcome(eps, n, clean_correct, robust[i], fooled[i], seconds[i])
+    clean_ok = torch.cat(clean_parts) if clean_parts else torch.zeros(0, dtype=torch.bool)
+    return [AttackOutcome(eps, clean_ok, torch.cat(adv_parts[i]) if adv_parts[i]
+                          else torch.zeros(0, dtype=torch.bool), seconds[i])
             for i, eps in enumerate(eps_list)]
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+#: progress bars and the run log only: editing this module changes no result (see robench.codehash)
+AFFECTS_RESULTS = False
+
 
 class Reporter:
     """Prints one-line messages (unless quiet), mirrors them into a log file, draws tqdm bars."""

@@ -18,6 +18,9 @@ from typing import Any, Generic, TypeVar
 
 from robench.errors import UserError
 
+#: name lookup only: editing this module changes no result (see robench.codehash)
+AFFECTS_RESULTS = False
+
 T = TypeVar("T")
 
 

@@ -41,7 +41,11 @@ class ResultRow:
     seed: int                 # the suite seed
     n: int                    # images attacked
     clean_acc: float
-    robust_acc: float
+    clean_acc_lo: float       # 95 % Wilson score interval of clean_acc (robench.stats)
+    clean_acc_hi: float
+    robust_acc: float         # correct before AND after the attack
+    robust_acc_lo: float      # 95 % Wilson score interval of robust_acc
+    robust_acc_hi: float
     attack_success_rate: float
     attack_seconds: float
     defense_seconds: float

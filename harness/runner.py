@@ -30,6 +30,7 @@ from robench.errors import UserError
 from robench.evaluation import evaluate_attack
 from robench.finalize import DIAGNOSTICS_FILE, finalize
 from robench.models import weights_hash
+from robench.outcomes import OUTCOMES_FILE, OutcomeTable
 from robench.plan import AttackSpec, DefenseSpec, Plan, resolve
 from robench.progress import Reporter
 from robench.results import (
@@ -40,6 +41,7 @@ from robench.results import (
     write_csv,
     write_json,
 )
+from robench.stats import wilson_interval
 from robench.training import accuracy, train
 
 
@@ -123,6 +125,7 @@ class Runner:
         self.reporter = Reporter(quiet=opts.quiet, log_path=out_dir / "run.log")
         self.cache = ModelCache(enabled=opts.use_cache and not opts.force)
         self.table = ResultTable(out_dir / "results.csv")
+        self.outcomes = OutcomeTable(out_dir / OUTCOMES_FILE)
         self.metric_rows: list[dict[str, Any]] = []
         self.diagnostics: dict[str, dict[str, float]] = {}
 
@@ -150,6 +153,7 @@ class Runner:
                 planned.update((defense.label, attack.label, eps, plan.seed)
                                for eps in attack.eps)
         dropped = self.table.keep_only(planned)
+        self.outcomes.keep_only(planned)
         if dropped:
             self.reporter.info(f"discarded {dropped} rows of {self.table.path.name} that are no "
                                "cell of this suite")
@@ -208,7 +212,7 @@ class Runner:
             defense=defense.label, attack=attack.label, seed=self.plan.seed,
             defense_params=defense.params_json, attack_params=attack.params_json,
             role=attack.role, n=len(data), model_hash=model_hash, code_hash=attack.code_hash)
-        if all(self.table.verified(expect, eps) is not None for eps in attack.eps):
+        if all(self._done(expect, eps) for eps in attack.eps):
             self.reporter.info(f"[{defense.label}] {attack.label}: already in results.csv, "
                                "skipped")
             return
@@ -222,14 +226,25 @@ class Runner:
             defense=defense.label, defense_name=defense.name,
             defense_params=defense.params_json, attack=attack.label, attack_name=attack.name,
             attack_params=attack.params_json, backend=attack.backend, eps=o.eps,
-            seed=self.plan.seed, n=o.n, clean_acc=o.clean_acc, robust_acc=o.robust_acc,
+            seed=self.plan.seed, n=o.n, clean_acc=o.clean_acc,
+            **_interval("clean_acc", int(o.clean_ok.sum()), o.n), robust_acc=o.robust_acc,
+            **_interval("robust_acc", int(o.robust.sum()), o.n),
             attack_success_rate=o.attack_success_rate, attack_seconds=o.seconds,
             defense_seconds=defense_seconds, robench_version=robench.__version__,
             torch_version=torch.__version__, created_at=now, role=attack.role,
             model_hash=model_hash, code_hash=attack.code_hash) for o in outcomes]
+        self.outcomes.replace_cells(defense.label, attack.label, self.plan.seed,
+                                    data.ids.tolist(), outcomes)
         self.table.replace_cells(rows)
         curve = ", ".join(f"{eps_text(o.eps)}: {o.robust_acc:.3f}" for o in outcomes)
         self.reporter.info(f"[{defense.label}] {attack.label} robust accuracy {{{curve}}}")
+
+    def _done(self, expect: CellExpectation, eps: float) -> bool:
+        """A cell is done when its row verifies and its per-image outcomes agree with it."""
+        row = self.table.verified(expect, eps)
+        return row is not None and self.outcomes.matches(
+            expect.defense, expect.attack, eps, expect.seed, expect.n,
+            float(row["clean_acc"]), float(row["robust_acc"]))
 
     # -- bookkeeping ----------------------------------------------------------------------
     def _warn(self, problem: str | None) -> None:
@@ -248,6 +263,9 @@ class Runner:
             if self.table.rows:
                 self.reporter.info(f"resuming: {len(self.table.rows)} rows in "
                                    f"{self.table.path} are checked against this suite")
+            if not self.outcomes.load_existing():
+                self.reporter.info(f"{OUTCOMES_FILE} could not be read as robench outcomes; "
+                                   "not trusted (its cells are recomputed)")
         plan = self.plan
         write_json(self.out_dir / "run.json", {
             "suite": plan.suite.model_dump(mode="json"), "source": plan.source,
@@ -272,6 +290,11 @@ class Runner:
             cols = DEFENSE_METRIC_COLUMNS + [c for c in frame.columns
                                              if c not in DEFENSE_METRIC_COLUMNS]
             write_csv(self.out_dir / "defense_metrics.csv", frame[cols])
+
+
+def _interval(name: str, k: int, n: int) -> dict[str, float]:
+    lo, hi = wilson_interval(k, n)
+    return {f"{name}_lo": float(lo), f"{name}_hi": float(hi)}
 
 
 def _versions() -> dict[str, str | None]:

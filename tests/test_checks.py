@@ -215,3 +215,9 @@ def test_a_new_attack_gets_the_checks_of_its_family(monkeypatch):
     names = set(run_checks(unknown)["check"])
     assert not any(n.startswith(("single_step", "iterative", "converged", "large_eps"))
                    for n in names)
+
+
+def test_robust_above_clean_fails():
+    assert status_of(rows(("fgsm", "fgsm", 0.1, 0.5)), "robust_le_clean") == ["pass"]
+    assert status_of(rows(("fgsm", "fgsm", 0.1, 0.995), clean=0.99), "robust_le_clean") == [
+        "fail"]

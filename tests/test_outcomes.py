@@ -1,0 +1,106 @@
+"""Per-image outcomes: robust means correct before AND after the attack; eps 0 goes through the
+attack path; outcomes.parquet agrees with results.csv and resume checks that it does."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from robench.attacks import Attack
+from robench.data import Split
+from robench.evaluation import evaluate_attack
+from robench.training import predict
+
+
+class Swap(Attack):
+    """Test attack: replaces every image by ``target`` (reachable at eps 1)."""
+
+    def __init__(self, model, target):
+        super().__init__(model)
+        self.target = target
+
+    def perturb(self, x, y, eps):
+        return self.target.expand_as(x).clone()
+
+
+def test_an_image_wrong_before_the_attack_is_never_robust(trained_lenet, mnist):
+    test = mnist.test.head(2000)
+    pred = predict(trained_lenet, test.images)
+    wrong = (pred != test.labels).nonzero().squeeze(1)
+    assert len(wrong) > 0
+    label = int(test.labels[wrong[0]])
+    # a correctly classified image of that class: the "attack" turns x into it
+    right = ((pred == test.labels) & (test.labels == label)).nonzero().squeeze(1)[0]
+    data = Split(test.images[torch.tensor([wrong[0], right])],
+                 test.labels[torch.tensor([wrong[0], right])])
+    (outcome,) = evaluate_attack(trained_lenet, Swap(trained_lenet, test.images[right]), [1.0],
+                                 data)
+    assert outcome.clean_ok.tolist() == [False, True]
+    assert outcome.adv_ok.tolist() == [True, True]        # the attack "fixed" image 0
+    assert outcome.robust.tolist() == [False, True]       # but it is not robust
+    assert outcome.robust_acc == 0.5 and outcome.robust_acc <= outcome.clean_acc
+
+
+def test_eps_zero_goes_through_the_attack_path(trained_lenet, batch):
+    x, y = batch
+    calls = []
+
+    class Noisy(torch.nn.Module):
+        """A model whose every forward pass after the first flips its answers."""
+
+        def forward(self, inputs):
+            calls.append(1)
+            logits = trained_lenet(inputs)
+            return logits if len(calls) == 1 else -logits
+
+    model = Noisy()
+    (zero,) = evaluate_attack(model, Swap(model, x[0]), [0.0], Split(x[:100], y[:100]))
+    assert zero.clean_acc > 0.5 and zero.robust_acc < zero.clean_acc  # eps 0 != clean: visible
+
+
+@pytest.mark.slow
+def test_outcomes_parquet_matches_results_and_is_verified_on_resume(tmp_path, cli_env):
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: o\ndata: {dataset: mnist, eval_limit: 300}\ntrain: {epochs: 1}\n"
+                     "attacks:\n  - name: fgsm\n    eps: [0.0, 0.1]\n"
+                     "  - name: pgd\n    eps: [0.1]\n    limit: 100\n"
+                     "    params: {steps: 3, alpha: 0.05}\n")
+    out = tmp_path / "out"
+
+    def run():
+        proc = subprocess.run([sys.executable, "-m", "robench.cli", "run", str(suite), "--out",
+                               str(out), "--quiet"], env=cli_env, cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        return (out / "run.log").read_text().split("suite o:")[-1]
+
+    run()
+    results = pd.read_csv(out / "results.csv")
+    outcomes = pd.read_parquet(out / "outcomes.parquet")
+    assert len(outcomes) == 300 * 2 + 100
+    for row in results.itertuples():
+        cell = outcomes[(outcomes["attack"] == row.attack) & (outcomes["eps"] == row.eps)]
+        assert len(cell) == row.n and sorted(cell["image"]) == list(range(row.n))
+        assert cell["clean_correct"].mean() == pytest.approx(row.clean_acc)
+        assert (cell["clean_correct"] & cell["adv_correct"]).mean() == pytest.approx(
+            row.robust_acc)
+        assert row.robust_acc_lo <= row.robust_acc <= row.robust_acc_hi
+
+    # outcomes that disagree with results.csv are not trusted: that attack is recomputed
+    tampered = outcomes.copy()
+    pgd = tampered["attack"] == "pgd"
+    tampered.loc[pgd, "adv_correct"] = ~tampered.loc[pgd, "adv_correct"]
+    tampered.to_parquet(out / "outcomes.parquet", index=False)
+    log = run()
+    assert "[none] fgsm: already in results.csv, skipped" in log
+    assert "[none] pgd robust accuracy" in log
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "outcomes.parquet")
+                                  .sort_values(["attack", "eps", "image"]).reset_index(drop=True),
+                                  outcomes.sort_values(["attack", "eps", "image"])
+                                  .reset_index(drop=True), check_categorical=False)
