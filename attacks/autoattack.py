@@ -53,13 +53,12 @@ earlier robench results, which used it.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
 
-from robench.attacks.base import ATTACKS, Attack, AttackParams, project
+from robench.attacks.base import ATTACKS, Attack, AttackParams, own_rng, project
 
 if TYPE_CHECKING:
     import torchattacks
@@ -103,6 +102,11 @@ class AutoAttack(Attack):
 
     Params = AutoAttackParams
     family = "ensemble"
+    label_params = ("version",)
+
+    @classmethod
+    def reduced_variant(cls, params: AutoAttackParams) -> str | None:
+        return None if params.version == "standard" else f"version={params.version}"
 
     def components(self, eps: float, n_classes: int) -> list[Component]:
         """The configured components, in the order they run, for a model with ``n_classes``."""
@@ -136,7 +140,7 @@ class AutoAttack(Attack):
         with torch.no_grad():
             logits = self.model(x)  # one pass: the class count and the clean predictions
         n_classes, clean_pred = int(logits.shape[1]), logits.argmax(1)
-        with _own_rng(x.device):
+        with own_rng(x.device):
             if self.params.version == "fast":
                 return self._torchattacks_autoattack(eps, n_classes)(x, y)
             return self._cascade(self.components(eps, n_classes), x, y, eps, clean_pred)
@@ -163,11 +167,3 @@ class AutoAttack(Attack):
 
         return torchattacks.AutoAttack(self.model, norm="Linf", eps=eps, version="standard",
                                        n_classes=n_classes, seed=self.seed)
-
-
-@contextlib.contextmanager
-def _own_rng(device: torch.device) -> Iterator[None]:
-    """Restore torch's global generator(s) afterwards: the components call manual_seed on it."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        yield

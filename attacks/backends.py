@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from robench.attacks.base import own_rng
 from robench.models import output_classes
 
 
@@ -36,7 +37,7 @@ def _torchattacks(attack: str, model: nn.Module, x: torch.Tensor, y: torch.Tenso
                                random_start=params.random_start)
     atk.set_device(x.device)
     # torchattacks draws its random start from the global generator: seed it for repeatability
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+    with own_rng(x.device):
         torch.manual_seed(seed)
         return atk(x, y)
 

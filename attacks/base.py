@@ -13,6 +13,7 @@ they treat PGD, and so on, so a third-party attack gets the checks of its family
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -21,8 +22,10 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.nn import functional as F
 
+from robench.eps import eps_text
 from robench.models import eval_mode, output_classes
 from robench.registry import Registry
+from robench.seeds import derive_seed
 
 #: single_step: one gradient step (FGSM); iterative: many gradient steps (PGD); ensemble: a
 #: fixed ensemble of strong attacks (AutoAttack); black_box: never reads gradients (Square)
@@ -32,7 +35,7 @@ Family = Literal["single_step", "iterative", "ensemble", "black_box"]
 class AttackParams(BaseModel):
     """Base for every attack's parameter schema: unknown keys and wrong types are rejected."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -43,6 +46,14 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
         value = F.cross_entropy(model(x), y, reduction="sum")
         (grad,) = torch.autograd.grad(value, x, only_inputs=True)
     return grad
+
+
+@contextlib.contextmanager
+def own_rng(device: torch.device) -> Iterator[None]:
+    """Run library code that reseeds torch's global generator without changing the caller's
+    random stream (torchattacks' AutoAttack components and Square call ``manual_seed``)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -67,6 +78,9 @@ class Attack:
     #: allowed |native - backend| accuracy difference per reference backend; 0 means the
     #: backend must agree exactly (a failed check, not a warning, when it does not)
     backend_tolerance: ClassVar[dict[str, float]] = {}
+    #: params that always appear in an automatic label when they differ from their default
+    #: (a reduced variant must never pass for the real thing: ``autoattack[version=fast]``)
+    label_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module, params: AttackParams | None = None, seed: int = 0) -> None:
         self.model = model
@@ -74,6 +88,8 @@ class Attack:
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)  # CPU: same noise on every device
         self._num_classes: int | None = None
+        self._image_ids: list[int] | None = None
+        self._draws: dict[float, int] = {}
 
     # -- traits read from params (override when a plugin has such params) ------------------
     @classmethod
@@ -89,6 +105,12 @@ class Attack:
     def backend(cls, params: Any) -> str:
         """Which implementation computes the examples (``native`` = robench's own)."""
         return str(getattr(params, "backend", "native"))
+
+    @classmethod
+    def reduced_variant(cls, params: Any) -> str | None:
+        """If these params make a weaker variant of the published attack, a short marker of it
+        (``version=fast``) that must appear in its label; else None."""
+        return None
 
     # -- what a plugin writes -------------------------------------------------------------
     def perturb(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
@@ -107,6 +129,9 @@ class Attack:
         # library attacks (torchattacks' AutoAttack) call loss.backward(): undo what they leave
         for param, grad in zip(params, saved_grads, strict=True):
             param.grad = grad
+        if x_adv.shape != x.shape:
+            raise RuntimeError(f"{type(self).__name__}.perturb returned shape "
+                               f"{tuple(x_adv.shape)} for inputs of shape {tuple(x.shape)}")
         return project(x_adv.detach(), x, float(eps))
 
     def sweep(self, x: torch.Tensor, y: torch.Tensor,
@@ -121,9 +146,27 @@ class Attack:
             self._num_classes = output_classes(self.model, x)
         return self._num_classes
 
+    def set_images(self, image_ids: Sequence[int] | None) -> None:
+        """Name the images of the next batch (their dataset indices): random draws are then
+        per image, so an image gets the same random start whatever batch, subset or eps list
+        it is attacked in (the evaluation loop calls this before each batch)."""
+        self._image_ids = None if image_ids is None else [int(i) for i in image_ids]
+        self._draws = {}
+
     def uniform_noise(self, like: torch.Tensor, eps: float) -> torch.Tensor:
-        """Uniform noise in [-eps, eps] from the attack's seeded generator."""
-        noise = torch.rand(like.shape, generator=self.generator, dtype=like.dtype)
+        """Uniform noise in [-eps, eps]: per image from ``(seed, eps, draw, image id)`` when
+        the images are named (``set_images``), else from the attack's seeded generator. The
+        k-th draw at an eps (a restart) differs from the previous ones."""
+        if self._image_ids is None or len(self._image_ids) != like.shape[0]:
+            noise = torch.rand(like.shape, generator=self.generator, dtype=like.dtype)
+        else:
+            draw = self._draws.get(eps, 0)
+            self._draws[eps] = draw + 1
+            key = eps_text(eps)
+            noise = torch.stack([
+                torch.rand(like.shape[1:], dtype=like.dtype, generator=torch.Generator()
+                           .manual_seed(derive_seed(self.seed, key, draw, image)))
+                for image in self._image_ids])
         return noise.mul_(2 * eps).sub_(eps).to(like.device)
 
     def __repr__(self) -> str:
@@ -134,4 +177,4 @@ ATTACKS: Registry[type[Attack]] = Registry("attack", entry_point_group="robench.
                                            base=Attack)
 
 __all__ = ["ATTACKS", "Attack", "AttackParams", "Family", "eval_mode", "input_gradient",
-           "project"]
+           "own_rng", "project"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from robench.attacks.base import ATTACKS, Attack, AttackParams
+from robench.attacks.base import ATTACKS, Attack, AttackParams, own_rng
 
 
 class SquareParams(AttackParams):
@@ -35,4 +35,5 @@ class Square(Attack):
         p = self.params
         attack = torchattacks.Square(self.model, norm="Linf", eps=eps, n_queries=p.n_queries,
                                      n_restarts=p.restarts, p_init=p.p_init, seed=self.seed)
-        return attack(x, y)
+        with own_rng(x.device):  # torchattacks' Square reseeds the global generator
+            return attack(x, y)

@@ -29,7 +29,7 @@ from robench.training import TrainConfig
 class DefenseParams(BaseModel):
     """Base for every defense's parameter schema."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from torch import nn
 from robench.attacks import ATTACKS, Attack
 from robench.data import Split
 from robench.eps import eps_text, same_eps
+from robench.errors import UserError
 from robench.models import eval_mode
 
 TOL = 0.01            # 1 pp between attacks on the same images
@@ -50,6 +51,11 @@ def _tol(a: pd.Series, b: pd.Series) -> float:
     return TOL + 2 * math.sqrt(max(p * (1 - p), 1e-4) / float(small["n"]))
 
 
+#: what ``model_diagnostics`` measures (``sample``, the number of images, is optional)
+DIAGNOSTIC_KEYS = ("zero_grad_fraction", "nonfinite_grad_fraction", "random_output",
+                   "softmax_output")
+
+
 def model_diagnostics(model: nn.Module, data: Split) -> dict[str, float]:
     """Gradient and output statistics of a model on a small sample (AutoAttack-style flags)."""
     x = data.images[:GRADIENT_SAMPLE].detach().clone().requires_grad_(True)
@@ -67,6 +73,7 @@ def model_diagnostics(model: nn.Module, data: Split) -> dict[str, float]:
     probs_like = bool(((logits >= 0) & (logits <= 1)).all()) and bool(
         torch.allclose(logits.sum(1), torch.ones_like(logits[:, 0]), atol=1e-4))
     return {
+        "sample": float(x.shape[0]),
         "zero_grad_fraction": zero.float().mean().item(),
         "nonfinite_grad_fraction": (~finite).float().mean().item(),
         "random_output": float(not torch.equal(logits.detach(), again)),
@@ -79,8 +86,12 @@ def _row(defense: str, check: str, status: str, detail: str) -> dict[str, Any]:
 
 
 def plugin_of(attack_name: str) -> type[Attack] | None:
-    """The installed attack plugin of a results row, or None (a row from elsewhere)."""
-    return ATTACKS.get(attack_name) if attack_name in ATTACKS else None
+    """The installed attack plugin of a results row, or None (a row from elsewhere, or a
+    plugin that is installed but broken)."""
+    try:
+        return ATTACKS.get(attack_name)
+    except UserError:
+        return None
 
 
 def with_traits(results: pd.DataFrame) -> pd.DataFrame:
@@ -93,7 +104,8 @@ def with_traits(results: pd.DataFrame) -> pd.DataFrame:
 def _check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | None
                    ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    clean = float(rows["clean_acc"].iloc[0])
+    clean = float(rows.loc[rows["n"].idxmax(), "clean_acc"])  # on the most images
+    out += _reduced_variants(defense, rows)
 
     above = rows[rows["robust_acc"] > rows["clean_acc"] + 1e-12]
     out.append(_row(defense, "robust_le_clean", "fail" if len(above) else "pass",
@@ -124,11 +136,37 @@ def _check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | No
     out += _backends(defense, rows)
     if diag is not None:
         out += _diagnostics(defense, diag)
+    else:
+        out.append(_row(defense, "input_gradients", "warn",
+                        "not measured (no diagnostics for this defense in diagnostics.json): "
+                        "gradient masking is not checked"))
     if clean < MIN_CLEAN_ACC:
         out.append(_row(defense, "clean_accuracy", "fail",
                         f"clean accuracy {clean:.3f} < {MIN_CLEAN_ACC}: the model is near chance, "
                         "its robust accuracy means nothing"))
     return out
+
+
+def _reduced_variants(defense: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """A weaker variant of a published attack (``Attack.reduced_variant``, e.g. a
+    10-iteration AutoAttack) must say so in its label wherever it feeds the worst case."""
+    hidden = []
+    for (name, label, params), _ in rows[rows["role"] != "check"].groupby(
+            ["attack_name", "attack", "attack_params"], sort=False):
+        plugin = plugin_of(str(name))
+        if plugin is None or not isinstance(params, str):
+            continue
+        try:
+            marker = plugin.reduced_variant(plugin.Params.model_validate_json(params))
+        except ValueError:
+            continue
+        if marker and marker not in str(label):
+            hidden.append(f"{label} is {name} with {marker}")
+    if not hidden:
+        return []
+    return [_row(defense, "reduced_variant_labelled", "fail",
+                 "; ".join(hidden) + ": a reduced variant feeds the worst case under the name "
+                 "of the standard attack")]
 
 
 def _ordering(defense: str, rows: pd.DataFrame, weaker: str, stronger: str, name: str
@@ -196,8 +234,9 @@ def _stability(defense: str, iterative: pd.DataFrame) -> list[dict[str, Any]]:
         if same["attack"].nunique() < 2:
             continue
         plugin = plugin_of(str(name))
-        budget = same["attack_params"].map(
-            lambda text, plugin=plugin: plugin.budget(plugin.Params.model_validate_json(text)))
+        budget = same["attack_params"].map(lambda text, plugin=plugin: _budget(plugin, text))
+        if budget.isna().any():
+            continue
         weakest, strongest = same.loc[budget.idxmin()], same.loc[budget.idxmax()]
         change = float(weakest["robust_acc"]) - float(strongest["robust_acc"])
         tol = _tol(weakest, strongest) + TOL
@@ -207,6 +246,13 @@ def _stability(defense: str, iterative: pd.DataFrame) -> list[dict[str, Any]]:
                         f"{strongest['attack']} {strongest['robust_acc']:.3f} "
                         f"(tolerance {100 * tol:.1f} pp)"))
     return out
+
+
+def _budget(plugin: type[Attack], params_json: Any) -> float:
+    try:
+        return float(plugin.budget(plugin.Params.model_validate_json(str(params_json))))
+    except ValueError:  # pydantic's ValidationError is a ValueError: not this plugin's params
+        return float("nan")
 
 
 def _backends(defense: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
@@ -238,8 +284,10 @@ def _backends(defense: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
 
 def _diagnostics(defense: str, diag: dict[str, float]) -> list[dict[str, Any]]:
     zero, nonfinite = diag["zero_grad_fraction"], diag["nonfinite_grad_fraction"]
-    out = [_row(defense, "input_gradients", "fail" if zero + nonfinite > 0.01 else "pass",
-                f"{100 * zero:.1f}% of {GRADIENT_SAMPLE} images have an all-zero input gradient, "
+    sample = int(diag.get("sample", GRADIENT_SAMPLE))
+    healthy = math.isfinite(zero + nonfinite) and zero + nonfinite <= 0.01
+    out = [_row(defense, "input_gradients", "pass" if healthy else "fail",
+                f"{100 * zero:.1f}% of {sample} images have an all-zero input gradient, "
                 f"{100 * nonfinite:.1f}% a non-finite one")]
     if diag["random_output"]:
         out.append(_row(defense, "deterministic_output", "warn",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -59,7 +60,7 @@ def run(
     Example: robench run suites/fgsm_lenet.yaml --data-dir ../shared/data
     """
     from robench.leaderboard import to_markdown
-    from robench.runner import RunOptions, run_suite
+    from robench.runner import Interrupted, RunOptions, run_suite
 
     if device is not None and device not in ("auto", "cpu", "cuda"):
         _fail(UserError(f"unknown device {device!r}; use auto, cpu or cuda", where="--device"))
@@ -69,6 +70,12 @@ def run(
         out_dir, board = run_suite(suite, opts)
     except UserError as err:
         _fail(err)
+    except Interrupted as stop:
+        typer.echo(f"robench: {stop}", err=True)
+        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt:
+        typer.echo("robench: interrupted before any result was written", err=True)
+        raise typer.Exit(code=130) from None
     if not quiet:
         typer.echo(to_markdown(board))
         typer.echo(f"results: {out_dir}")
@@ -103,14 +110,26 @@ def leaderboard(
 
     Example: robench leaderboard results/fgsm_lenet/results.csv
     """
-    from robench.finalize import finalize
     from robench.leaderboard import to_markdown
 
     try:
-        board = finalize(results_csv, out_dir=out)
+        board = _finalize(results_csv, out)
     except UserError as err:
         _fail(err)
     typer.echo(to_markdown(board))
+
+
+def _finalize(results: Path, out: Path | None):
+    """The run's finalize step on a results folder or CSV, written into ``out`` (default: the
+    results' own folder), which robench locks and writes only its own files into."""
+    from robench.finalize import finalize
+    from robench.outdir import OutputFolder
+
+    if not results.exists():
+        raise UserError("results file not found", where=str(results))
+    folder = results if results.is_dir() else results.parent
+    with OutputFolder.open(out if out is not None else folder) as target:
+        return finalize(results, target)
 
 
 @app.command()
@@ -149,13 +168,12 @@ def report(
 
     Example: robench report results/fgsm_lenet
     """
-    from robench.finalize import finalize
-
     try:
-        finalize(results_dir)
+        _finalize(results_dir, None)
     except UserError as err:
         _fail(err)
-    typer.echo(f"wrote {results_dir / 'report.md'} and {results_dir / 'report.html'}")
+    folder = results_dir if results_dir.is_dir() else results_dir.parent
+    typer.echo(f"wrote {folder / 'report.md'} and {folder / 'report.html'}")
 
 
 cache_app = typer.Typer(no_args_is_help=True, help="The model cache (trained and defended "
@@ -189,7 +207,12 @@ def cache_clear() -> None:
     typer.echo(f"removed {removed} entries from {cache.root}")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a run like Ctrl-C: same line, same exit code
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except KeyboardInterrupt:

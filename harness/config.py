@@ -23,7 +23,7 @@ Eps = Annotated[float, Field(ge=0.0, le=1.0), AfterValidator(canonical_eps)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -36,7 +36,25 @@ class ModelConfig(_Strict):
     name: str = "lenet5"
 
 
-Label = Annotated[str, Field(min_length=1, max_length=80)]
+RESERVED_LABELS = ("worst", "rank", "defense", "clean_acc", "status", "reason")
+
+
+def _valid_label(label: str) -> str:
+    """A label names a leaderboard row or column and part of file names."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in label):
+        raise ValueError("must not contain line breaks or control characters")
+    if label != label.strip():
+        raise ValueError("must not start or end with a space")
+    if label[0] in "=+-@":
+        raise ValueError("must not start with = + - @ (a spreadsheet would run it as a formula)")
+    if "@" in label:
+        raise ValueError("must not contain '@' (leaderboard columns are named attack@eps)")
+    if label in RESERVED_LABELS:
+        raise ValueError(f"{label!r} is a leaderboard column name; choose another label")
+    return label
+
+
+Label = Annotated[str, Field(min_length=1, max_length=80), AfterValidator(_valid_label)]
 
 
 class DefenseEntry(_Strict):
@@ -66,15 +84,15 @@ class AttackEntry(_Strict):
 
 
 class Suite(_Strict):
-    name: str
+    name: str = Field(max_length=100)
     seed: int = Field(0, ge=0, lt=2**63)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     defenses: list[DefenseEntry] = Field(
-        default_factory=lambda: [DefenseEntry(name="none")], min_length=1)
-    attacks: list[AttackEntry] = Field(min_length=1)
+        default_factory=lambda: [DefenseEntry(name="none")], min_length=1, max_length=200)
+    attacks: list[AttackEntry] = Field(min_length=1, max_length=200)
 
     @field_validator("name")
     @classmethod
@@ -92,7 +110,8 @@ def _describe(err: dict[str, Any]) -> str:
         return "required key is missing"
     value = err.get("input")
     if err["type"] not in ("missing",) and not isinstance(value, dict | list):
-        msg += f" (got {value!r})"
+        shown = repr(value)
+        msg += f" (got {shown[:60] + '...' if len(shown) > 60 else shown})"
     return msg
 
 
@@ -136,6 +155,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: let the constructor report it
                 pass
         return super().construct_mapping(node, deep=deep)
+
+
+# PyYAML follows YAML 1.1, where ``3e-1`` and ``1e-10`` (no dot) are strings: read them as the
+# numbers a user means
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def load_suite(path: str | Path) -> Suite:

@@ -7,8 +7,10 @@ any, lives inside the model so attacks work in input scale [0, 1].
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -56,6 +58,19 @@ class Dataset:
     train: Split
     test: Split
     num_classes: int
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A short sha256 of every image and label of both splits: the cache keys and result
+        rows name exactly which data they come from (another copy of the files, another
+        dataset under the same name)."""
+        digest = hashlib.sha256(self.name.encode())
+        for split in (self.train, self.test):
+            for tensor in (split.images, split.labels):
+                value = tensor.detach().cpu().contiguous()
+                digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
+                digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
 
 
 DATASETS: Registry = Registry("dataset")

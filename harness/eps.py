@@ -19,7 +19,10 @@ def canonical_eps(value: float) -> float:
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"eps must be a finite number (got {value!r})")
-    return round(value, EPS_DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
+    canonical = round(value, EPS_DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
+    if value != 0 and canonical == 0:
+        raise ValueError(f"eps {value!r} is below the resolution 1e-{EPS_DECIMALS}")
+    return canonical
 
 
 def same_eps(a: float, b: float) -> bool:

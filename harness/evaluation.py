@@ -80,6 +80,7 @@ def evaluate_attack(model: nn.Module, attack: Attack, eps_list: Sequence[float],
             x = data.images[start:start + batch_size]
             y = data.labels[start:start + batch_size]
             clean_parts.append((predict(model, x) == y).cpu())
+            attack.set_images(data.ids[start:start + batch_size].tolist())
             sweep = attack.sweep(x, y, eps_list)
             for i in range(len(eps_list)):
                 t0 = time.perf_counter()

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from robench.checks import run_checks, summarise
+from robench.checks import DIAGNOSTIC_KEYS, run_checks, summarise
 from robench.errors import UserError
 from robench.leaderboard import write_leaderboard
+from robench.outdir import OutputFolder
 from robench.progress import Reporter
 from robench.report import write_report
 from robench.results import read_results, write_csv
@@ -33,24 +34,29 @@ def read_diagnostics(folder: Path) -> dict[str, dict[str, float]]:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
             raise ValueError("not a mapping of defense -> diagnostics")
-        return {str(k): {str(m): float(x) for m, x in v.items()} for k, v in data.items()}
+        out = {str(k): {str(m): float(x) for m, x in v.items()} for k, v in data.items()}
+        for values in out.values():
+            missing = [m for m in DIAGNOSTIC_KEYS if m not in values]
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)}")
+        return out
     except (OSError, UnicodeDecodeError, ValueError, TypeError) as err:
-        raise UserError(f"not a robench diagnostics file ({type(err).__name__})",
-                        where=str(path)) from None
+        raise UserError(f"not a robench diagnostics file ({type(err).__name__}: "
+                        f"{str(err)[:80]})", where=str(path)) from None
 
 
-def finalize(results_dir: Path, out_dir: Path | None = None,
-             reporter: Reporter | None = None) -> pd.DataFrame:
-    """Checks, leaderboard, plots and report of a results folder; returns the leaderboard."""
+def finalize(results_dir: Path, out: OutputFolder, reporter: Reporter | None = None
+             ) -> pd.DataFrame:
+    """Checks, leaderboard, plots and report of the results in ``results_dir`` (a folder or a
+    results.csv), written into the open folder ``out``; returns the leaderboard."""
     results_dir = Path(results_dir)
-    folder = results_dir if results_dir.is_dir() else results_dir.parent
-    out_dir = Path(out_dir) if out_dir is not None else folder
+    source = results_dir if results_dir.is_dir() else results_dir.parent
     results = read_results(results_dir)
-    checks = run_checks(results, read_diagnostics(folder))
-    write_csv(out_dir / "checks.csv", checks)
-    board = write_leaderboard(results, out_dir, title=str(results["suite"].iloc[0]),
+    checks = run_checks(results, read_diagnostics(source))
+    write_csv(out, "checks.csv", checks)
+    board = write_leaderboard(results, out, title=str(results["suite"].iloc[0]),
                               status=summarise(checks))
-    write_report(out_dir, results, checks, board, source=folder)
+    write_report(out, results, checks, board, source=source)
     if reporter is not None:
         for _, check in checks[checks["status"] != "pass"].iterrows():
             reporter.info(f"check {check['status']}: [{check['defense']}] {check['check']}: "

@@ -31,9 +31,24 @@ def output_classes(model: nn.Module, x: torch.Tensor) -> int:
         return int(model(x[:1]).shape[1])
 
 
+def model_hash(model: nn.Module) -> str:
+    """What a result row was computed on: the model's weights and the source of every module
+    class in it (so a wrapper whose weights are the baseline's, such as an input
+    transformation, still changes the hash when its ``forward`` is edited)."""
+    import hashlib
+
+    from robench.codehash import code_hash
+
+    # torch's own layers are covered by torch's version (part of every cell's code hash)
+    classes = sorted({type(m) for m in model.modules()
+                      if type(m).__module__.split(".")[0] not in ("torch", "torchvision")},
+                     key=lambda c: f"{c.__module__}.{c.__qualname__}")
+    text = f"{weights_hash(model)}:{code_hash(*classes) if classes else ''}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def weights_hash(model: nn.Module) -> str:
-    """A short sha256 of a model's state dict (names, dtypes, shapes and bytes), so a result
-    row can name exactly which weights it was computed on."""
+    """A short sha256 of a model's state dict (names, dtypes, shapes and bytes)."""
     import hashlib
 
     digest = hashlib.sha256()

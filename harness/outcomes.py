@@ -11,8 +11,6 @@ what a true worst case over attacks and paired tests between defenses need.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pandas as pd
 from robench.eps import canonical_eps
 from robench.errors import UserError
 from robench.evaluation import AttackOutcome
+from robench.outdir import OutputFolder
 
 OUTCOMES_FILE = "outcomes.parquet"
 OUTCOME_COLUMNS = ["defense", "attack", "eps", "seed", "image", "clean_correct", "adv_correct"]
@@ -29,8 +28,9 @@ OUTCOME_COLUMNS = ["defense", "attack", "eps", "seed", "image", "clean_correct",
 class OutcomeTable:
     """The per-image outcomes of a run, one block of rows per cell."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, folder: OutputFolder) -> None:
+        self.folder = folder
+        self.path = folder.path / OUTCOMES_FILE
         self.frame = pd.DataFrame({c: pd.Series(dtype=t) for c, t in _DTYPES.items()})
 
     def load_existing(self) -> bool:
@@ -51,15 +51,15 @@ class OutcomeTable:
         return f[(f["defense"] == defense) & (f["attack"] == attack)
                  & (f["eps"] == canonical_eps(eps)) & (f["seed"] == seed)]
 
-    def matches(self, defense: str, attack: str, eps: float, seed: int, n: int,
-                clean_acc: float, robust_acc: float) -> bool:
-        """Whether the stored outcomes of a cell agree with its results.csv row."""
+    def counts(self, defense: str, attack: str, eps: float, seed: int,
+               image_ids: Sequence[int]) -> tuple[int, int, int] | None:
+        """(clean correct, robust, fooled) of a cell whose stored outcomes are for exactly these
+        images in this order; None when they are missing or for other images."""
         rows = self.cell(defense, attack, eps, seed)
-        if len(rows) != n or rows["image"].duplicated().any():
-            return False
-        robust = int((rows["clean_correct"] & rows["adv_correct"]).sum())
-        return (int(rows["clean_correct"].sum()) == round(clean_acc * n)
-                and robust == round(robust_acc * n))
+        if len(rows) != len(image_ids) or rows["image"].tolist() != list(image_ids):
+            return None
+        clean, adv = rows["clean_correct"], rows["adv_correct"]
+        return int(clean.sum()), int((clean & adv).sum()), int((clean & ~adv).sum())
 
     def replace_cells(self, defense: str, attack: str, seed: int, image_ids: Sequence[int],
                       outcomes: list[AttackOutcome]) -> None:
@@ -75,19 +75,16 @@ class OutcomeTable:
 
     def keep_only(self, cells: set[tuple[str, str, float, int]]) -> None:
         f = self.frame
-        keys = list(zip(f["defense"], f["attack"], f["eps"], f["seed"], strict=True))
-        self.frame = f[[k in cells for k in keys]].reset_index(drop=True)
-        self.flush()
+        keys = pd.MultiIndex.from_arrays([f["defense"].astype(str), f["attack"].astype(str),
+                                          f["eps"], f["seed"]])
+        keep = keys.isin(list(cells)) if cells else [False] * len(f)
+        if not all(keep):
+            self.frame = f[keep].reset_index(drop=True)
+            self.flush()
 
     def flush(self) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                   dir=self.path.parent)
-        os.close(fd)
-        try:
+        with self.folder.temp_file(OUTCOMES_FILE) as tmp:
             self.frame.to_parquet(tmp, index=False, compression="zstd")
-            os.replace(tmp, self.path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
 
 
 _DTYPES = {"defense": "category", "attack": "category", "eps": "float64", "seed": "int64",

@@ -302,22 +302,25 @@ class OutputFolder:
             os.close(fd)
         raise UserError(f"could not take the folder lock {LOCK_NAME}", where=where)
 
+    def _create_unique(self, prefix: str, suffix: str = "") -> tuple[str, int]:
+        """A new file with a random name, created exclusively and without following links."""
+        for _ in range(_ATTEMPTS):
+            name = f"{prefix}{_token()}{suffix}"
+            try:
+                return name, os.open(name, _CREATE_FLAGS, 0o666, dir_fd=self._dirfd)
+            except FileExistsError:
+                continue
+        raise OSError(errno.EEXIST, f"no free temporary name starting {prefix!r}")
+
     def _probe(self) -> None:
         """Prove the folder is writable with a unique, exclusively created file."""
         try:
-            for _ in range(_ATTEMPTS):
-                name = f"{PROBE_PREFIX}{_token()}"
-                try:
-                    fd = os.open(name, _CREATE_FLAGS, 0o666, dir_fd=self._dirfd)
-                except FileExistsError:
-                    continue
-                try:
-                    _write_all(fd, b"ok\n")
-                finally:
-                    os.close(fd)
-                    os.unlink(name, dir_fd=self._dirfd)
-                return
-            raise OSError(errno.EEXIST, "no free probe name")
+            name, fd = self._create_unique(PROBE_PREFIX)
+            try:
+                _write_all(fd, b"ok\n")
+            finally:
+                os.close(fd)
+                os.unlink(name, dir_fd=self._dirfd)
         except OSError as err:
             raise UserError(f"results folder is not writable ({_why(err)})",
                             where=str(self.path)) from None
@@ -917,15 +920,7 @@ class OutputFolder:
                     else _empty_manifest(self.created))
         change(manifest)
         data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8")
-        for _ in range(_ATTEMPTS):
-            temp = f"{MANIFEST_TEMP_PREFIX}{_token()}.tmp"
-            try:
-                fd = os.open(temp, _CREATE_FLAGS, 0o666, dir_fd=self._dirfd)
-            except FileExistsError:
-                continue
-            break
-        else:
-            raise OSError(errno.EEXIST, "no free temporary name for the manifest")
+        temp, fd = self._create_unique(MANIFEST_TEMP_PREFIX, ".tmp")
         try:
             try:
                 _write_all(fd, data)

@@ -10,7 +10,9 @@ again. Every problem is a ``UserError`` naming the file and key path.
 
 Seeds: the baseline and every defense use the suite seed itself (common random numbers: all
 unlearning methods see the same forget samples, so their differences are theirs); each attack
-uses ``derive_seed(seed, "attack", label)`` (the same random starts against every defense).
+uses ``derive_seed(seed, "attack", name, canonical params)``, from what it is rather than from
+its label or position (the same random starts against every defense, and adding another entry
+changes no existing entry's numbers; per-image draws: ``Attack.uniform_noise``).
 """
 
 from __future__ import annotations
@@ -136,24 +138,27 @@ def _shown(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def automatic_labels(name: str, raw: list[dict[str, Any]]) -> list[str]:
-    """Labels for unlabelled entries of one plugin: the bare name when it is listed once, else
-    the name plus the settings the user wrote that tell the entries apart."""
-    if len(raw) == 1:
-        return [name]
+def automatic_labels(name: str, raw: list[dict[str, Any]],
+                     always: list[dict[str, Any]] | None = None) -> list[str]:
+    """Labels for unlabelled entries of one plugin: the plugin name plus the settings the user
+    wrote that tell its entries apart (none when it is listed once), plus ``always[i]``: the
+    settings the plugin wants in every label (``Attack.label_params``, e.g. a reduced
+    variant's ``version=fast``)."""
     flat = [_flat(r) for r in raw]
     keys = sorted({k for f in flat for k in f})
     differing = [k for k in keys if len({json.dumps(f.get(k, "\0"), sort_keys=True)
-                                         for f in flat}) > 1]
+                                         for f in flat}) > 1] if len(raw) > 1 else []
     labels = []
-    for f in flat:
-        shown = ",".join(f"{k}={_shown(f[k])}" for k in differing if k in f)
+    for i, f in enumerate(flat):
+        pairs = {k: f[k] for k in differing if k in f}
+        pairs.update((always or [{}] * len(raw))[i])
+        shown = ",".join(f"{k}={_shown(v)}" for k, v in sorted(pairs.items()))
         labels.append(f"{name}[{shown}]" if shown else name)
     return labels
 
 
 def _labels(entries: list[Any], raws: list[dict[str, Any]], identities: list[str],
-            section: str, source: str) -> list[str]:
+            section: str, source: str, always: list[dict[str, Any]] | None = None) -> list[str]:
     """Explicit or automatic labels; identical entries and colliding labels are errors."""
     first: dict[str, int] = {}
     for i, identity in enumerate(identities):
@@ -169,7 +174,8 @@ def _labels(entries: list[Any], raws: list[dict[str, Any]], identities: list[str
         if entry.label is None:
             unlabelled.setdefault(entry.name, []).append(i)
     for name, indices in unlabelled.items():
-        for i, label in zip(indices, automatic_labels(name, [raws[i] for i in indices]),
+        forced = [(always or [{}] * len(entries))[i] for i in indices]
+        for i, label in zip(indices, automatic_labels(name, [raws[i] for i in indices], forced),
                             strict=True):
             labels[i] = label
     seen: dict[str, int] = {}
@@ -249,13 +255,37 @@ def _attacks(suite: Suite, source: str) -> tuple[AttackSpec, ...]:
                      [json.dumps([e.name, params_json(p), e.limit, e.role]
                                  + ([e.eps] if e.label else []))
                       for e, (_, p) in zip(suite.attacks, resolved, strict=True)],
-                     "attacks", source)
-    evaluation = code_hash(evaluate_attack)
-    return tuple(
-        AttackSpec(label, entry.name, plugin, params, params_json(params), tuple(entry.eps),
-                   entry.limit, entry.role, derive_seed(suite.seed, "attack", label),
-                   code_hash(plugin, evaluation))
-        for label, entry, (plugin, params) in zip(labels, suite.attacks, resolved, strict=True))
+                     "attacks", source, [_always_shown(plugin, params)
+                                         for plugin, params in resolved])
+    libraries = _library_versions()
+    specs = []
+    for label, entry, (plugin, params) in zip(labels, suite.attacks, resolved, strict=True):
+        text = params_json(params)
+        # the attack, the evaluation loop, the seed derivation and the libraries that may
+        # compute the examples: any change makes its cells new cells
+        code = cache_key(code=code_hash(plugin, evaluate_attack, derive_seed), libs=libraries)
+        specs.append(AttackSpec(label, entry.name, plugin, params, text, tuple(entry.eps),
+                                entry.limit, entry.role,
+                                derive_seed(suite.seed, "attack", entry.name, text), code[:16]))
+    return tuple(specs)
+
+
+def _always_shown(plugin: type[Attack], params: AttackParams) -> dict[str, Any]:
+    defaults = plugin.Params().model_dump(mode="json")
+    values = params.model_dump(mode="json")
+    return {k: values[k] for k in plugin.label_params if values.get(k) != defaults.get(k)}
+
+
+def _library_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for dist in ("torch", "torchattacks", "adversarial-robustness-toolbox"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
 
 
 def resolve(suite: Suite, source: str) -> Plan:
@@ -265,12 +295,9 @@ def resolve(suite: Suite, source: str) -> Plan:
                 _attacks(suite, source))
 
 
-def load_plan(path: str | Path, suite_update: dict[str, Any] | None = None) -> Plan:
-    """Read, validate and resolve a suite file (``suite_update``: command-line overrides)."""
-    suite = load_suite(path)
-    if suite_update:
-        suite = suite.model_copy(update=suite_update)
-    return resolve(suite, str(path))
+def load_plan(path: str | Path) -> Plan:
+    """Read, validate and resolve a suite file."""
+    return resolve(load_suite(path), str(path))
 
 
 def resolve_raw(raw: Any, source: str) -> Plan:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -15,19 +14,22 @@ AFFECTS_RESULTS = False
 
 
 class Reporter:
-    """Prints one-line messages (unless quiet), mirrors them into a log file, draws tqdm bars."""
+    """Prints one-line messages (unless quiet), mirrors them into a log, draws tqdm bars.
 
-    def __init__(self, quiet: bool = False, log_path: Path | None = None) -> None:
+    ``log`` receives each timestamped line (the runner passes its results folder's
+    ``append_line``, which never writes through a symbolic link).
+    """
+
+    def __init__(self, quiet: bool = False, log: Callable[[str], None] | None = None) -> None:
         self.quiet = quiet
-        self.log_path = log_path
+        self.log = log
 
     def info(self, message: str) -> None:
         if not self.quiet:
             tqdm.write(message, file=sys.stderr)
-        if self.log_path is not None:
+        if self.log is not None:
             stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            with open(self.log_path, "a", encoding="utf-8") as log:
-                log.write(f"{stamp} {message}\n")
+            self.log(f"{stamp} {message}")
 
     @contextlib.contextmanager
     def progress(self, total: int, desc: str) -> Iterator[tqdm]:

@@ -74,12 +74,15 @@ class Registry(Generic[T]):
                 self.broken[ep.name] = (f"entry point {ep.value!r} re-registers the existing "
                                         f"{self.kind} {ep.name!r}; ignored")
                 continue
+            before = set(self._entries)
             try:
                 # Loading the module runs its @register decorator; a bare object is added.
                 obj = ep.load()
                 if ep.name not in self._entries:
                     self.add(ep.name, obj)
-            except Exception as err:  # noqa: BLE001 - any failure of foreign code is reported
+            except (Exception, SystemExit) as err:  # noqa: BLE001 - foreign code: report it
+                for name in set(self._entries) - before:  # half-registered: not usable
+                    del self._entries[name]
                 self.broken[ep.name] = (f"entry point {ep.value!r} failed to load "
                                         f"({type(err).__name__}: {_short(err)})")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 from pathlib import Path
@@ -10,12 +11,13 @@ from pathlib import Path
 import pandas as pd
 
 from robench.errors import UserError
-from robench.leaderboard import subset_notes, to_markdown
-from robench.results import atomic_write_text
+from robench.leaderboard import escape_markdown, subset_notes, to_markdown
+from robench.outdir import OutputFolder
 
 
-def plot_curves(results: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """One figure per attack: robust accuracy vs eps, one line per defense."""
+def plot_curves(results: pd.DataFrame, out: OutputFolder) -> list[Path]:
+    """One figure per attack: robust accuracy vs eps, one line per defense. Curve files of
+    attacks no longer in the results (robench's own files only) are removed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,19 +41,26 @@ def plot_curves(results: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2 if rows["defense"].nunique() > 6 else 1)
         fig.tight_layout()
-        stem = out_dir / f"curve_{_safe(attack)}"
         for ext in ("png", "svg"):
-            path = stem.with_suffix(f".{ext}")
-            tmp = path.with_name(f".{path.name}.tmp")
-            fig.savefig(tmp, format=ext)
-            tmp.replace(path)
-            written.append(path)
+            name = f"curve_{_safe(str(attack))}.{ext}"
+            with out.temp_file(name) as tmp:
+                fig.savefig(tmp, format=ext)
+            written.append(out.path / name)
         plt.close(fig)
+    keep = {p.name for p in written}
+    for path in sorted(out.path.glob("curve_*")):
+        if path.name not in keep and path.suffix in (".png", ".svg") and out.owns(path.name):
+            out.remove(path.name)
     return written
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    """A file-name form of a label: readable, and distinct for distinct labels (a short hash
+    is added whenever characters had to be replaced)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]
+    if safe == name:
+        return safe
+    return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
 
 
 def _read_optional(path: Path) -> pd.DataFrame | None:
@@ -76,29 +85,29 @@ def _read_run_record(path: Path) -> dict:
     return record
 
 
-def write_report(out_dir: Path, results: pd.DataFrame, checks: pd.DataFrame,
+def write_report(out: OutputFolder, results: pd.DataFrame, checks: pd.DataFrame,
                  board: pd.DataFrame, source: Path) -> tuple[Path, Path]:
-    """report.md and a self-contained report.html (images inlined) in ``out_dir``, from the
-    finalized tables (see ``robench.finalize``) and the run's files in ``source``."""
+    """report.md and a self-contained report.html (images inlined) in the folder ``out``, from
+    the finalized tables (see ``robench.finalize``) and the run's files in ``source``."""
     metrics = _read_optional(source / "defense_metrics.csv")
     run = _read_run_record(source / "run.json")
-    pngs = [p for p in plot_curves(results, out_dir) if p.suffix == ".png"]
+    pngs = [p for p in plot_curves(results, out) if p.suffix == ".png"]
     title = str(results["suite"].iloc[0])
 
-    md = [f"# robench report: {title}", "", "## Leaderboard", "",
+    md = [f"# robench report: {escape_markdown(title)}", "", "## Leaderboard", "",
           to_markdown(board, notes=subset_notes(results)), "## Curves", ""]
     md += [f"![{p.stem}]({p.name})" for p in pngs]
     bad = checks[checks["status"] != "pass"]
     md += ["", "## Checks", "", f"{len(checks)} checks, {len(bad)} warned or failed.", ""]
     if not bad.empty:
-        md.append(bad.to_markdown(index=False))
+        md.append(_escaped(bad).to_markdown(index=False))
     if metrics is not None:
         last = metrics.sort_values("step").groupby(["defense", "metric"], sort=False).tail(1)
-        md += ["", "## Defense metrics (last step of each)", "", last.to_markdown(index=False)]
+        md += ["", "## Defense metrics (last step of each)", "",
+               _escaped(last).to_markdown(index=False)]
     provenance = {k: run.get(k) for k in ("versions", "git_revision", "git_dirty", "device")}
     md += ["", "## Versions", "", "```json", json.dumps(provenance, indent=2), "```", ""]
-    md_path = out_dir / "report.md"
-    atomic_write_text(md_path, "\n".join(md))
+    out.write_text("report.md", "\n".join(md))
 
     def table(frame: pd.DataFrame) -> str:
         return frame.to_html(index=False, border=0, classes="t", na_rep="")
@@ -124,6 +133,11 @@ def write_report(out_dir: Path, results: pd.DataFrame, checks: pd.DataFrame,
              "img{max-width:48%;margin:4px}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             f"</title><style>{style}</style></head><body>{''.join(sections)}</body></html>\n")
-    html_path = out_dir / "report.html"
-    atomic_write_text(html_path, page)
-    return md_path, html_path
+    out.write_text("report.html", page)
+    return out.path / "report.md", out.path / "report.html"
+
+
+def _escaped(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text cells escaped for a markdown table."""
+    return frame.assign(**{c: frame[c].map(escape_markdown) for c in frame.columns
+                           if frame[c].dtype == object})

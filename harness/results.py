@@ -1,10 +1,11 @@
 """Result rows and their files.
 
 ``ResultRow`` is the one definition of a results.csv row: its field list is the column list of
-results.csv, of ``robench compare`` and of the README's table (a test keeps them in step).
-Every file is written atomically (temp file + rename), so a killed run never leaves a torn CSV.
-Resume trusts a stored row only when it is exactly the cell the plan is about to compute (see
-``ResultTable.verified``).
+results.csv and of the README's table (a test keeps them in step). Every file goes through the
+run's ``OutputFolder`` (atomic, link-safe, only robench's own files replaced), so a killed run
+never leaves a torn CSV. Resume trusts a stored row only when it is exactly the cell the plan is
+about to compute and its numbers are exactly what its per-image outcomes give (see
+``ResultTable.verified`` and ``robench.runner``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pandas as pd
 
 from robench.eps import FLOAT_FORMAT, canonical_eps
 from robench.errors import UserError
+from robench.outdir import OutputFolder
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class ResultRow:
 
     suite: str
     dataset: str
+    data_hash: str            # sha256 prefix of the dataset's images and labels
     model: str
     defense: str              # the defense entry's label
     defense_name: str         # its plugin
@@ -58,13 +61,14 @@ class ResultRow:
 
 
 RESULT_COLUMNS: list[str] = [f.name for f in fields(ResultRow)]
-#: the columns that name a cell; with the plan's expectations they decide what resume trusts
-CELL_KEY = ["defense", "attack", "eps", "seed"]
+#: text columns are read as text (a hash like "0123e4" must not become a number)
+TEXT_DTYPES = {f.name: str for f in fields(ResultRow) if f.type == "str"}
 DEFENSE_METRIC_COLUMNS = ["defense", "method", "step", "metric", "value"]
 TIMING_COLUMNS = ["attack_seconds", "defense_seconds", "created_at"]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file the user named (``compare --out``): temp file + fsync + rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -78,12 +82,17 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def write_csv(path: Path, frame: pd.DataFrame) -> None:
-    atomic_write_text(path, frame.to_csv(index=False, float_format=FLOAT_FORMAT))
+def csv_text(frame: pd.DataFrame) -> str:
+    """The CSV text of a table as robench writes every CSV (floats round-trip eps exactly)."""
+    return frame.to_csv(index=False, float_format=FLOAT_FORMAT)
 
 
-def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+def write_csv(folder: OutputFolder, name: str, frame: pd.DataFrame) -> None:
+    folder.write_text(name, csv_text(frame))
+
+
+def write_json(folder: OutputFolder, name: str, data: Any) -> None:
+    folder.write_text(name, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,7 @@ class CellExpectation:
     defense: str
     attack: str
     seed: int
+    data_hash: str
     defense_params: str
     attack_params: str
     role: str
@@ -104,8 +114,11 @@ class CellExpectation:
 class ResultTable:
     """The rows of results.csv, rewritten atomically after every finished cell."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    NAME = "results.csv"
+
+    def __init__(self, folder: OutputFolder) -> None:
+        self.folder = folder
+        self.path = folder.path / self.NAME
         self.rows: list[dict[str, Any]] = []
 
     def load_existing(self) -> int:
@@ -113,8 +126,9 @@ class ResultTable:
         if not self.path.exists() or self.path.stat().st_size == 0:
             return 0
         try:
-            frame = pd.read_csv(self.path, dtype={"defense": str, "attack": str})
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError):
+            frame = _read_csv(self.path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError,
+                ValueError):
             return -1
         if not set(RESULT_COLUMNS) <= set(frame.columns):
             return len(frame)
@@ -129,7 +143,8 @@ class ResultTable:
                 continue
             if canonical_eps(row["eps"]) != canonical_eps(eps) or int(row["seed"]) != expect.seed:
                 continue
-            if (str(row["defense_params"]) == expect.defense_params
+            if (str(row["data_hash"]) == expect.data_hash
+                    and str(row["defense_params"]) == expect.defense_params
                     and str(row["attack_params"]) == expect.attack_params
                     and str(row["role"]) == expect.role and int(row["n"]) == expect.n
                     and str(row["model_hash"]) == expect.model_hash
@@ -159,8 +174,12 @@ class ResultTable:
         frame = pd.DataFrame(self.rows, columns=RESULT_COLUMNS)
         return frame[RESULT_COLUMNS]
 
+    def keys(self) -> set[tuple[str, str, float, int]]:
+        return {(str(r["defense"]), str(r["attack"]), canonical_eps(r["eps"]), int(r["seed"]))
+                for r in self.rows}
+
     def flush(self) -> None:
-        write_csv(self.path, self.frame())
+        write_csv(self.folder, self.NAME, self.frame())
 
 
 def _complete(row: dict[str, Any]) -> bool:
@@ -183,18 +202,32 @@ def read_results(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise UserError("results file not found", where=str(path))
     try:
-        frame = pd.read_csv(path, dtype={"defense": str, "attack": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        frame = _read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError,
+            ValueError) as err:
         raise UserError(f"not a readable CSV ({' '.join(str(err).split())[:120]})",
                         where=str(path)) from None
-    required = ("defense", "attack", "attack_name", "eps", "n", "clean_acc", "robust_acc")
-    missing = [c for c in required if c not in frame]
+    missing = [c for c in RESULT_COLUMNS if c not in frame]
     if missing or frame.empty:
-        raise UserError(f"not a robench results table (missing columns: {missing or 'rows'})",
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise UserError(f"not a robench results table (missing columns: {shown or 'rows'})",
                         where=str(path))
-    for column in ("eps", "n", "clean_acc", "robust_acc"):
+    for column in ("eps", "seed", "n", "clean_acc", "robust_acc"):
         if (not pd.api.types.is_numeric_dtype(frame[column])
                 or not frame[column].map(math.isfinite).all()):
             raise UserError(f"not a robench results table (column {column!r} holds values that "
                             "are not numbers)", where=str(path))
+    bad = ~(frame["clean_acc"].between(0, 1) & frame["robust_acc"].between(0, 1)
+            & (frame["n"] > 0) & (frame["eps"] >= 0))
+    if bad.any():
+        raise UserError(f"not a robench results table (row {int(bad.idxmax()) + 2}: accuracies "
+                        "must be in [0, 1], n > 0, eps >= 0)", where=str(path))
+    if frame[["defense", "attack", "attack_name"]].isna().any().any():
+        raise UserError("not a robench results table (empty defense, attack or attack_name)",
+                        where=str(path))
     return frame.assign(eps=frame["eps"].map(canonical_eps))
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """Text columns as text, and only an empty field is missing (a label "NA" stays "NA")."""
+    return pd.read_csv(path, dtype=TEXT_DTYPES, keep_default_na=False, na_values=[""])

@@ -7,6 +7,9 @@ Nothing here knows about a particular attack or defense: it runs the typed plan 
 from __future__ import annotations
 
 import copy
+import io
+import math
+import os
 import subprocess
 import sys
 import time
@@ -20,7 +23,7 @@ import torch
 from torch import nn
 
 import robench
-from robench.cache import ModelCache
+from robench.cache import ModelCache, cache_key
 from robench.checks import model_diagnostics
 from robench.config import Suite, load_suite, parse_suite
 from robench.data import Dataset, Split, load_dataset
@@ -28,9 +31,10 @@ from robench.defenses import DefenseContext
 from robench.eps import eps_text
 from robench.errors import UserError
 from robench.evaluation import evaluate_attack
-from robench.finalize import DIAGNOSTICS_FILE, finalize
-from robench.models import weights_hash
+from robench.finalize import DIAGNOSTICS_FILE, finalize, read_diagnostics
+from robench.models import model_hash as fingerprint
 from robench.outcomes import OUTCOMES_FILE, OutcomeTable
+from robench.outdir import OutputFolder
 from robench.plan import AttackSpec, DefenseSpec, Plan, resolve
 from robench.progress import Reporter
 from robench.results import (
@@ -83,19 +87,6 @@ def resolve_device(name: str, where: str = "device") -> torch.device:
     return torch.device(name)
 
 
-def prepare_out_dir(path: Path) -> Path:
-    """Create the results folder and prove it is writable before any work starts."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".robench-write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"results folder is not writable ({err.strerror})",
-                        where=str(path)) from None
-    return path
-
-
 def git_state() -> dict[str, Any]:
     """The git revision of the robench source and whether it has uncommitted changes."""
     here = Path(__file__).resolve().parent
@@ -109,31 +100,41 @@ def git_state() -> dict[str, Any]:
         return out.stdout.strip() if out.returncode == 0 else None
 
     revision = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no") if revision else None
+    top = git("rev-parse", "--show-toplevel")
+    if not top or not (Path(top) / "harness" / "plan.py").is_file():
+        return {"git_revision": None, "git_dirty": None}  # not robench's own checkout
+    # untracked files count too (a new module the run imports), but only in the code folders
+    dirty = git("status", "--porcelain", "--", ":/harness", ":/attacks", ":/defenses")
     return {"git_revision": revision or None,
             "git_dirty": None if dirty is None else bool(dirty)}
 
 
 class Runner:
-    """Runs one resolved plan into one results folder."""
+    """Runs one resolved plan into one results folder (an open ``OutputFolder``)."""
 
-    def __init__(self, plan: Plan, out_dir: Path, opts: RunOptions) -> None:
+    def __init__(self, plan: Plan, folder: OutputFolder, opts: RunOptions) -> None:
         self.plan = plan
-        self.out_dir = out_dir
+        self.folder = folder
+        self.out_dir = folder.path
         self.opts = opts
         self.device = resolve_device(plan.suite.device)
-        self.reporter = Reporter(quiet=opts.quiet, log_path=out_dir / "run.log")
+        self.reporter = Reporter(quiet=opts.quiet,
+                                 log=lambda line: folder.append_line("run.log", line))
         self.cache = ModelCache(enabled=opts.use_cache and not opts.force)
-        self.table = ResultTable(out_dir / "results.csv")
-        self.outcomes = OutcomeTable(out_dir / OUTCOMES_FILE)
+        self.table = ResultTable(folder)
+        self.outcomes = OutcomeTable(folder)
+        self.cells_done = 0
         self.metric_rows: list[dict[str, Any]] = []
         self.diagnostics: dict[str, dict[str, float]] = {}
+        self._image_ids: list[int] = []
+        self.data_hash = ""
 
     # -- stages ---------------------------------------------------------------------------
     def run(self, dataset: Dataset) -> pd.DataFrame:
         started = time.perf_counter()
         plan = self.plan
         self._start_run_record()
+        self.data_hash = dataset.fingerprint
         train_split = dataset.train.to(self.device)
         test_split = dataset.test.head(plan.suite.data.eval_limit).to(self.device)
         self.reporter.info(f"suite {plan.name}: {plan.baseline.dataset} train "
@@ -146,18 +147,20 @@ class Runner:
             self.reporter.info(f"[{defense.label}] clean accuracy "
                                f"{accuracy(model, test_split):.4f}")
             self.diagnostics[defense.label] = model_diagnostics(model, test_split)
-            write_json(self.out_dir / DIAGNOSTICS_FILE, self.diagnostics)
-            model_hash = weights_hash(model)
+            write_json(self.folder, DIAGNOSTICS_FILE, self.diagnostics)
+            model_hash = fingerprint(model)
             for attack in plan.attacks:
                 self.attack(defense, attack, model, model_hash, test_split, seconds)
                 planned.update((defense.label, attack.label, eps, plan.seed)
                                for eps in attack.eps)
-        dropped = self.table.keep_only(planned)
+        self.table.keep_only(planned)
         self.outcomes.keep_only(planned)
-        if dropped:
-            self.reporter.info(f"discarded {dropped} rows of {self.table.path.name} that are no "
-                               "cell of this suite")
-        board = finalize(self.out_dir, reporter=self.reporter)
+        self.diagnostics = {k: v for k, v in self.diagnostics.items()
+                            if k in {d.label for d in plan.defenses}}
+        write_json(self.folder, DIAGNOSTICS_FILE, self.diagnostics)
+        self._write_metrics()
+        board = finalize(self.out_dir, self.folder, reporter=self.reporter)
+        self.reporter.info(reproduction_line(self.out_dir, self.table.frame()))
         self.reporter.info(f"done in {time.perf_counter() - started:.1f}s; "
                            f"results in {self.out_dir}")
         return board
@@ -166,9 +169,9 @@ class Runner:
         spec = self.plan.baseline
         torch.manual_seed(spec.seed)
         model = spec.model_cls(num_classes=dataset.num_classes).to(self.device)
-        if self.cache.load(spec.cache_key, model) is not None:
-            self.reporter.info(f"baseline {spec.model}: loaded from cache "
-                               f"({spec.cache_key[:10]})")
+        key = self._with_data(spec.cache_key)
+        if self.cache.load(key, model) is not None:
+            self.reporter.info(f"baseline {spec.model}: loaded from cache ({key[:10]})")
             return model.to(self.device).eval()
         t0 = time.perf_counter()
         train(model, train_split, spec.train, seed=spec.seed, reporter=self.reporter,
@@ -176,16 +179,16 @@ class Runner:
         seconds = time.perf_counter() - t0
         self.reporter.info(f"baseline {spec.model}: trained {spec.train.epochs} epochs "
                            f"in {seconds:.1f}s")
-        self._warn(self.cache.save(spec.cache_key, model, {"seconds": seconds}))
+        self._warn(self.cache.save(key, model, {"seconds": seconds}))
         return model.eval()
 
     def defend(self, spec: DefenseSpec, baseline: nn.Module, train_split: Split,
                test_split: Split, dataset: Dataset) -> tuple[nn.Module, float]:
         model = copy.deepcopy(baseline)
-        meta = self.cache.load(spec.cache_key, model) if spec.plugin.cacheable else None
+        key = self._with_data(spec.cache_key)
+        meta = self.cache.load(key, model) if spec.plugin.cacheable else None
         if meta is not None:
-            self.reporter.info(f"[{spec.label}] defended model loaded from cache "
-                               f"({spec.cache_key[:10]})")
+            self.reporter.info(f"[{spec.label}] defended model loaded from cache ({key[:10]})")
             self._add_metrics(spec, meta.get("metrics", []))
             return model.to(self.device).eval(), float(meta["seconds"])
         ctx = DefenseContext(model=model, train=train_split, test=test_split,
@@ -200,7 +203,7 @@ class Runner:
             p.grad = None
         self.reporter.info(f"[{spec.label}] defense {spec.name} took {seconds:.1f}s")
         if spec.plugin.cacheable:
-            self._warn(self.cache.save(spec.cache_key, defended,
+            self._warn(self.cache.save(key, defended,
                                        {"seconds": seconds, "metrics": result.metrics}))
         self._add_metrics(spec, result.metrics)
         return defended, seconds
@@ -208,8 +211,10 @@ class Runner:
     def attack(self, defense: DefenseSpec, attack: AttackSpec, model: nn.Module,
                model_hash: str, test_split: Split, defense_seconds: float) -> None:
         data = test_split.head(attack.limit)
+        self._image_ids = data.ids.tolist()
         expect = CellExpectation(
             defense=defense.label, attack=attack.label, seed=self.plan.seed,
+            data_hash=self.data_hash,
             defense_params=defense.params_json, attack_params=attack.params_json,
             role=attack.role, n=len(data), model_hash=model_hash, code_hash=attack.code_hash)
         if all(self._done(expect, eps) for eps in attack.eps):
@@ -222,7 +227,8 @@ class Runner:
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         suite = self.plan.suite
         rows = [ResultRow(
-            suite=suite.name, dataset=suite.data.dataset, model=suite.model.name,
+            suite=suite.name, dataset=suite.data.dataset, data_hash=self.data_hash,
+            model=suite.model.name,
             defense=defense.label, defense_name=defense.name,
             defense_params=defense.params_json, attack=attack.label, attack_name=attack.name,
             attack_params=attack.params_json, backend=attack.backend, eps=o.eps,
@@ -234,40 +240,58 @@ class Runner:
             torch_version=torch.__version__, created_at=now, role=attack.role,
             model_hash=model_hash, code_hash=attack.code_hash) for o in outcomes]
         self.outcomes.replace_cells(defense.label, attack.label, self.plan.seed,
-                                    data.ids.tolist(), outcomes)
+                                    self._image_ids, outcomes)
         self.table.replace_cells(rows)
+        self.cells_done += len(rows)
         curve = ", ".join(f"{eps_text(o.eps)}: {o.robust_acc:.3f}" for o in outcomes)
         self.reporter.info(f"[{defense.label}] {attack.label} robust accuracy {{{curve}}}")
 
     def _done(self, expect: CellExpectation, eps: float) -> bool:
-        """A cell is done when its row verifies and its per-image outcomes agree with it."""
+        """A cell is done when its row is exactly this cell and every number in it is what its
+        per-image outcomes (for exactly these images) give."""
         row = self.table.verified(expect, eps)
-        return row is not None and self.outcomes.matches(
-            expect.defense, expect.attack, eps, expect.seed, expect.n,
-            float(row["clean_acc"]), float(row["robust_acc"]))
+        if row is None:
+            return False
+        counts = self.outcomes.counts(expect.defense, expect.attack, eps, expect.seed,
+                                      self._image_ids)
+        return counts is not None and consistent(row, *counts, n=len(self._image_ids))
 
     # -- bookkeeping ----------------------------------------------------------------------
+    def _with_data(self, key: str) -> str:
+        """A plan's cache key joined with the fingerprint of the data actually loaded."""
+        return cache_key(plan=key, data=self.data_hash)
+
     def _warn(self, problem: str | None) -> None:
         if problem:
             self.reporter.info(f"warning: {problem}")
 
     def _start_run_record(self) -> None:
-        for leftover in self.out_dir.glob(".*.tmp"):  # from a run killed mid-write
-            leftover.unlink(missing_ok=True)
+        """Load what resume may reuse, move earlier outputs aside when this run will drop some
+        of their cells, and write run.json."""
         if not self.opts.force:
             unreadable = self.table.load_existing()
             if unreadable:
                 what = "the file" if unreadable < 0 else f"{unreadable} rows"
-                self.reporter.info(f"{self.table.path.name}: {what} could not be read as "
-                                   "robench results; not trusted")
+                self.reporter.info(f"{ResultTable.NAME}: {what} could not be read as robench "
+                                   "results; not trusted")
             if self.table.rows:
                 self.reporter.info(f"resuming: {len(self.table.rows)} rows in "
                                    f"{self.table.path} are checked against this suite")
             if not self.outcomes.load_existing():
                 self.reporter.info(f"{OUTCOMES_FILE} could not be read as robench outcomes; "
                                    "not trusted (its cells are recomputed)")
+            self._load_diagnostics()
+        stale = self.table.keys() - self.plan_cells() if not self.opts.force else {"force"}
+        present = [n for n in output_names(self.out_dir) if self.folder.owns(n)]
+        if stale and present and ResultTable.NAME in present:
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            aside = self.folder.set_aside(present, stamp)
+            if aside is not None:
+                what = "all of them" if self.opts.force else "some of their cells"
+                self.reporter.info(f"earlier outputs moved to {aside} (this run replaces "
+                                   f"{what})")
         plan = self.plan
-        write_json(self.out_dir / "run.json", {
+        write_json(self.folder, "run.json", {
             "suite": plan.suite.model_dump(mode="json"), "source": plan.source,
             "baseline": {"cache_key": plan.baseline.cache_key,
                          "code_hash": plan.baseline.code_hash},
@@ -281,15 +305,32 @@ class Runner:
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
 
+    def plan_cells(self) -> set[tuple[str, str, float, int]]:
+        return {(d.label, a.label, eps, self.plan.seed)
+                for d in self.plan.defenses for a in self.plan.attacks for eps in a.eps}
+
+    def _load_diagnostics(self) -> None:
+        try:
+            self.diagnostics = read_diagnostics(self.out_dir)
+        except UserError:
+            self.diagnostics = {}
+
     def _add_metrics(self, spec: DefenseSpec, metrics: list[dict[str, Any]]) -> None:
         self.metric_rows = [r for r in self.metric_rows if r["defense"] != spec.label]
         self.metric_rows += [{"defense": spec.label, "method": m.get("method", spec.name), **m}
                              for m in metrics]
-        if self.metric_rows:
-            frame = pd.DataFrame(self.metric_rows)
-            cols = DEFENSE_METRIC_COLUMNS + [c for c in frame.columns
-                                             if c not in DEFENSE_METRIC_COLUMNS]
-            write_csv(self.out_dir / "defense_metrics.csv", frame[cols])
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        """defense_metrics.csv holds this suite's defenses only (no file when none logs)."""
+        if not self.metric_rows:
+            if self.folder.owns(METRICS_FILE):
+                self.folder.remove(METRICS_FILE)
+            return
+        frame = pd.DataFrame(self.metric_rows)
+        cols = DEFENSE_METRIC_COLUMNS + [c for c in frame.columns
+                                         if c not in DEFENSE_METRIC_COLUMNS]
+        write_csv(self.folder, METRICS_FILE, frame[cols])
 
 
 def _interval(name: str, k: int, n: int) -> dict[str, float]:
@@ -312,13 +353,89 @@ def _versions() -> dict[str, str | None]:
             "python": sys.version.split()[0]}
 
 
+OUTPUT_NAMES = ("results.csv", OUTCOMES_FILE, "run.json", "run.log", DIAGNOSTICS_FILE,
+                "defense_metrics.csv", "checks.csv", "leaderboard.csv", "leaderboard.md",
+                "report.md", "report.html")
+METRICS_FILE = "defense_metrics.csv"
+
+
+def output_names(folder: Path) -> list[str]:
+    """The names robench writes in a results folder that exist there now."""
+    names = [n for n in OUTPUT_NAMES if os.path.lexists(folder / n)]
+    if folder.is_dir():
+        names += sorted(p.name for p in folder.iterdir()
+                        if p.name.startswith("curve_") and p.suffix in (".png", ".svg"))
+    return names
+
+
+def consistent(row: dict[str, Any], clean: int, robust: int, fooled: int, n: int) -> bool:
+    """Whether every number of a stored row is what its per-image outcomes give."""
+    expected = {"clean_acc": clean / n, "robust_acc": robust / n,
+                "attack_success_rate": fooled / clean if clean else float("nan")}
+    expected.update(_interval("clean_acc", clean, n))
+    expected.update(_interval("robust_acc", robust, n))
+    for column, value in expected.items():
+        stored = float(row[column])
+        if math.isnan(value) != math.isnan(stored):
+            return False
+        if not math.isnan(value) and abs(stored - value) > 1e-9 * max(1.0, abs(value)):
+            return False
+    return True
+
+
+def reproduction_line(folder: Path, results: pd.DataFrame) -> str:
+    """Whether this run reproduced the results.csv committed in git for this folder."""
+    from robench.compare import compare_frames
+
+    try:
+        prefix = subprocess.run(["git", "rev-parse", "--show-prefix"], cwd=folder, timeout=5,
+                                capture_output=True, text=True)
+        shown = subprocess.run(["git", "show", f"HEAD:{prefix.stdout.strip()}results.csv"],
+                               cwd=folder, timeout=10, capture_output=True, text=True)
+    except (OSError, subprocess.SubprocessError):
+        return "reproduction: no committed results to compare with (git not available)"
+    if prefix.returncode or shown.returncode:
+        return "reproduction: no committed results.csv for this folder in git"
+    try:
+        committed = pd.read_csv(io.StringIO(shown.stdout))
+        cells = compare_frames(committed, results).cells
+    except (ValueError, KeyError, pd.errors.ParserError):
+        return "reproduction: the committed results.csv is not comparable"
+    if cells.empty:
+        return "reproduction: no cell in common with the committed results.csv"
+    worst = cells["diff_pp"].abs()
+    differ = int((worst > 1e-9).sum())
+    if not differ:
+        return f"reproduced: largest difference 0.0 pp over {len(cells)} cells"
+    return (f"not reproduced: {differ} of {len(cells)} cells differ from the committed "
+            f"results.csv (largest {worst.max():.2f} pp); see robench compare")
+
+
+class Interrupted(Exception):
+    """A run stopped by Ctrl-C or SIGTERM; its message says what was kept."""
+
+
 def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, pd.DataFrame]:
     """Load, resolve and run a suite file. Returns the results folder and the leaderboard."""
     opts = opts or RunOptions()
     plan = resolve(apply_overrides(load_suite(path), opts, str(path)), str(path))
     # user mistakes fail before anything is written
     resolve_device(plan.suite.device, where="--device" if opts.device else f"{path}: device")
+    if opts.out is not None and not opts.out.strip():
+        raise UserError("empty folder name", where="--out")
     dataset = load_dataset(plan.suite.data.dataset, plan.suite.data.root)
-    out_dir = prepare_out_dir(Path(opts.out) if opts.out else Path("results") / plan.name)
-    board = Runner(plan, out_dir, opts).run(dataset)
+    out_dir = Path(opts.out) if opts.out else Path("results") / plan.name
+    with OutputFolder.open(out_dir) as folder:
+        foreign = folder.foreign_conflicts(output_names(folder.path))
+        if foreign:
+            raise UserError("results folder holds files robench did not write: "
+                            f"{', '.join(foreign[:6])}{' ...' if len(foreign) > 6 else ''}; "
+                            "choose another --out or move them away", where=str(out_dir))
+        runner = Runner(plan, folder, opts)
+        try:
+            board = runner.run(dataset)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted: {runner.cells_done} cells finished in this run "
+                              f"and every earlier verified cell are kept in {out_dir}; run "
+                              "the same command again to resume") from None
     return out_dir, board

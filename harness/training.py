@@ -20,7 +20,7 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 class TrainConfig(BaseModel):
     """The suite's ``train:`` section (also the default optimiser settings of defenses)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     epochs: int = Field(5, ge=0)
     batch_size: int = Field(128, ge=1)

@@ -63,3 +63,35 @@ def cli_env(tmp_path, mnist_root) -> dict[str, str]:
     env["ROBENCH_DATA_DIR"] = str(mnist_root)
     env["ROBENCH_CACHE_DIR"] = str(tmp_path / "cache")
     return env
+
+
+def plugin_site(tmp_path: Path, module: str, source: str, group: str, entry: str,
+                env: dict[str, str]) -> dict[str, str]:
+    """A third-party plugin in a plain folder on PYTHONPATH, found through a dist-info entry
+    point (no install step); returns ``env`` with that folder on PYTHONPATH."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{module}-0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\n{entry}\n")
+    return dict(env, OMP_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])]))
+
+
+def result_row(defense: str, attack: str, eps: float, clean: float, robust: float,
+               n: int = 500, seed: int = 0, **extra) -> dict:
+    """A complete results.csv row (every ResultRow column) for table-level tests."""
+    from robench.results import RESULT_COLUMNS
+
+    row = {c: "" for c in RESULT_COLUMNS}
+    row.update(suite="s", dataset="mnist", model="lenet5", defense=defense,
+               defense_name=defense.split(":")[0], defense_params="{}", attack=attack,
+               attack_name=attack.split("[")[0], attack_params="{}", backend="native",
+               eps=eps, seed=seed, n=n, clean_acc=clean, robust_acc=robust, role="eval",
+               clean_acc_lo=clean, clean_acc_hi=clean, robust_acc_lo=robust,
+               robust_acc_hi=robust, attack_success_rate=0.0, attack_seconds=0.0,
+               defense_seconds=0.0, data_hash="d", model_hash="m", code_hash="c")
+    row.update(extra)
+    return row

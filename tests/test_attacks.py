@@ -105,3 +105,22 @@ def test_seeded_pgd_repeats(trained_lenet, batch):
     a = create_attack("pgd", trained_lenet, {"steps": 3, "alpha": 0.05}, seed=7)(x, y, 0.2)
     b = create_attack("pgd", trained_lenet, {"steps": 3, "alpha": 0.05}, seed=7)(x, y, 0.2)
     assert torch.equal(a, b)
+
+
+def test_random_starts_are_per_image_whatever_the_batch_or_eps_list(trained_lenet, batch):
+    """Named images get the same random start in any batch, subset or eps list, so adding an
+    eps or changing a subset changes no other cell (the evaluation loop names the images)."""
+    x, y = batch
+    ids = list(range(100, 140))
+    attack = create_attack("pgd", trained_lenet, {"steps": 3, "alpha": 0.05}, seed=5)
+    attack.set_images(ids)
+    both = dict(attack.sweep(x[:40], y[:40], [0.1, 0.3]))
+    attack.set_images(ids)
+    alone = dict(attack.sweep(x[:40], y[:40], [0.3]))
+    torch.testing.assert_close(both[0.3], alone[0.3], rtol=0, atol=0)
+    attack.set_images(ids[10:20])                     # a sub-batch of the same images
+    part = attack(x[10:20], y[10:20], 0.3)
+    torch.testing.assert_close(part, both[0.3][10:20], rtol=0, atol=0)
+    other = create_attack("pgd", trained_lenet, {"steps": 3, "alpha": 0.05}, seed=6)
+    other.set_images(ids)
+    assert not torch.equal(other(x[:40], y[:40], 0.3), both[0.3])  # the seed matters

@@ -32,9 +32,14 @@ def status_of(frame, check):
 def test_healthy_table_passes():
     frame = rows(("fgsm", "fgsm", 0.0, 0.99), ("fgsm", "fgsm", 0.1, 0.7),
                  ("fgsm", "fgsm", 0.3, 0.1), ("pgd", "pgd", 0.1, 0.5), ("pgd", "pgd", 0.3, 0.0))
-    checks = run_checks(frame)
+    healthy = {"zero_grad_fraction": 0.0, "nonfinite_grad_fraction": 0.0,
+               "random_output": 0.0, "softmax_output": 0.0}
+    checks = run_checks(frame, {"d": healthy})
     assert set(checks["status"]) == {"pass"}
     assert summarise(checks)["status"].tolist() == ["pass"]
+    # without diagnostics the gradient check is not silently passed
+    unmeasured = run_checks(frame).set_index("check")["status"]
+    assert unmeasured["input_gradients"] == "warn"
 
 
 def test_eps0_not_clean_fails():
@@ -221,3 +226,14 @@ def test_robust_above_clean_fails():
     assert status_of(rows(("fgsm", "fgsm", 0.1, 0.5)), "robust_le_clean") == ["pass"]
     assert status_of(rows(("fgsm", "fgsm", 0.1, 0.995), clean=0.99), "robust_le_clean") == [
         "fail"]
+
+
+def test_a_reduced_autoattack_must_say_so_in_its_label():
+    fast = {"params": {"version": "fast"}}
+    labelled = rows(("autoattack[version=fast]", "autoattack", 0.3, 0.1, dict(fast)))
+    names = set(run_checks(labelled)["check"])
+    assert "reduced_variant_labelled" not in names
+    hidden = rows(("autoattack", "autoattack", 0.3, 0.1, dict(fast)))
+    assert status_of(hidden, "reduced_variant_labelled") == ["fail"]
+    standard = rows(("autoattack", "autoattack", 0.3, 0.1))
+    assert "reduced_variant_labelled" not in set(run_checks(standard)["check"])

@@ -10,13 +10,18 @@ from robench.cli import app
 from robench.compare import compare_frames, compare_results
 from robench.errors import UserError
 
+from .conftest import result_row
+
 
 def _rows(cells, n=500, seed=0):
     """Results rows from (defense, attack, eps, clean_acc, robust_acc) tuples."""
-    return pd.DataFrame([{
-        "suite": "s", "defense": d, "attack": a, "attack_name": a.split("[")[0], "eps": e,
-        "seed": seed, "n": n, "clean_acc": c, "robust_acc": r,
-    } for d, a, e, c, r in cells])
+    return pd.DataFrame([result_row(d, a, e, c, r, n=n, seed=seed) for d, a, e, c, r in cells])
+
+
+def _csv_with(**changes) -> str:
+    """A one-row results.csv text with some fields replaced."""
+    return pd.DataFrame([{**result_row("none", "fgsm", 0.1, 0.9, 0.5), **changes}]).to_csv(
+        index=False)
 
 
 A = _rows([
@@ -80,10 +85,10 @@ def test_markdown_from_folders_and_csvs(tmp_path):
     (None, "results file not found"),
     ("defense,attack\nnone,fgsm\n", "not a robench results table"),
     ("", "not a readable CSV"),
-    ("defense,attack,attack_name,eps,n,clean_acc,robust_acc\nnone,fgsm,fgsm,high,9,0.9,0.5\n",
-     "column 'eps' holds values that are not numbers"),
-    ("defense,attack,attack_name,eps,n,clean_acc,robust_acc\nnone,fgsm,fgsm,nan,9,0.9,0.5\n",
-     "column 'eps' holds values that are not numbers"),
+    (_csv_with(eps="high"), "column 'eps' holds values that are not numbers"),
+    (_csv_with(eps="nan"), "column 'eps' holds values that are not numbers"),
+    (_csv_with(robust_acc=1.5), "accuracies must be in"),
+    (_csv_with(n=0), "n > 0"),
 ])
 def test_bad_input_is_a_user_error(tmp_path, content, fragment):
     good = tmp_path / "good.csv"

@@ -92,14 +92,25 @@ def test_outcomes_parquet_matches_results_and_is_verified_on_resume(tmp_path, cl
             row.robust_acc)
         assert row.robust_acc_lo <= row.robust_acc <= row.robust_acc_hi
 
-    # outcomes that disagree with results.csv are not trusted: that attack is recomputed
+    # a hand-edited outcomes file is no longer robench's: the run refuses, changing nothing
     tampered = outcomes.copy()
     pgd = tampered["attack"] == "pgd"
     tampered.loc[pgd, "adv_correct"] = ~tampered.loc[pgd, "adv_correct"]
     tampered.to_parquet(out / "outcomes.parquet", index=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    proc = subprocess.run([sys.executable, "-m", "robench.cli", "run", str(suite), "--out",
+                           str(out), "--quiet"], env=cli_env, cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "files robench did not write: outcomes.parquet" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+    # moved away, the outcomes are missing: every cell is recomputed, to the same outcomes
+    (out / "outcomes.parquet").unlink()
     log = run()
-    assert "[none] fgsm: already in results.csv, skipped" in log
-    assert "[none] pgd robust accuracy" in log
+    assert "already in results.csv, skipped" not in log
+    assert "[none] pgd robust accuracy" in log and "[none] fgsm robust accuracy" in log
     pd.testing.assert_frame_equal(pd.read_parquet(out / "outcomes.parquet")
                                   .sort_values(["attack", "eps", "image"]).reset_index(drop=True),
                                   outcomes.sort_values(["attack", "eps", "image"])

@@ -4,7 +4,6 @@ resumes without recomputing), and one finalize path for run, leaderboard and rep
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from robench.results import TIMING_COLUMNS
 
-from .conftest import REPO
+from .conftest import REPO, plugin_site
 
 BASE = """\
 name: reuse
@@ -61,21 +60,9 @@ def suite_text(defenses=DEFENSES, attacks=ATTACKS) -> str:
 
 @pytest.fixture
 def plugin_env(tmp_path, cli_env) -> dict[str, str]:
-    """A third-party defense in a plain folder on PYTHONPATH, found through a dist-info
-    entry point (no install step)."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "robench_tmp_defense.py").write_text(PLUGIN)
-    info = site / "robench_tmp_defense-0.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: robench-tmp-defense\n"
-                                   "Version: 0.0\n")
-    (info / "entry_points.txt").write_text("[robench.defenses]\n"
-                                           "tmp_defense = robench_tmp_defense:TmpDefense\n")
-    env = dict(cli_env)
-    env["OMP_NUM_THREADS"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
-    return env
+    """A third-party defense on PYTHONPATH, found through its entry point."""
+    return plugin_site(tmp_path, "robench_tmp_defense", PLUGIN, "robench.defenses",
+                       "tmp_defense = robench_tmp_defense:TmpDefense", cli_env)
 
 
 def robench(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -189,3 +176,34 @@ def test_seeds_derive_from_labels_not_positions():
     assert derive_seed(7, "attack", "pgd") != derive_seed(7, "attack", "fgsm")
     assert derive_seed(7, "attack", "pgd") != derive_seed(8, "attack", "pgd")
     assert 0 <= derive_seed(2**62, "x") < 2**31
+
+
+def test_code_hash_follows_every_import_form(tmp_path, monkeypatch):
+    """Modules used through ``import pkg.mod``, constants imported by name, and imports inside
+    functions are all part of the hash: editing any of them changes it."""
+    from robench.codehash import code_hash, modules_used
+
+    pkg = tmp_path / "hashpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helper.py").write_text("def f(x):\n    return x + 1\n")
+    (pkg / "consts.py").write_text("SCALE = 2.0\n")
+    (pkg / "inner.py").write_text("def g(x):\n    return x * 3\n")
+    (pkg / "plug.py").write_text(
+        "import hashpkg.helper\nfrom hashpkg.consts import SCALE\n\n\n"
+        "def plugin(x):\n    from hashpkg import inner\n"
+        "    return inner.g(hashpkg.helper.f(x)) * SCALE\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import hashpkg.plug
+
+    names = {m.__name__ for m in modules_used([hashpkg.plug.plugin])}
+    assert {"hashpkg.plug", "hashpkg.helper", "hashpkg.consts", "hashpkg.inner"} <= names
+    before = code_hash(hashpkg.plug.plugin)
+    for name in ("consts", "inner", "helper"):
+        path = pkg / f"{name}.py"
+        path.write_text(path.read_text() + "# edited\n")
+        after = code_hash(hashpkg.plug.plugin)
+        assert after != before, name
+        before = after
+    with pytest.raises(TypeError, match="needs modules, classes or functions"):
+        code_hash(hashpkg.plug.plugin, "a string")

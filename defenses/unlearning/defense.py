@@ -86,6 +86,7 @@ from robench.defenses.unlearning.method import (
     UnlearningData,
     UnlearningParams,
 )
+from robench.eps import canonical_eps
 from robench.errors import key_path
 from robench.evaluation import evaluate_attack
 from robench.seeds import derive_seed, generator
@@ -99,7 +100,7 @@ class UnlearningDefenseParams(DefenseParams):
     rounds: int = Field(5, ge=1)
     forget_size: int = Field(2000, ge=1)           # training images attacked per round
     retain_size: int | None = Field(10_000, ge=1)  # clean training images per round; None: all
-    eps: float | list[float] = Field(default_factory=lambda: list(DEFAULT_EPS))
+    eps: list[float] = Field(default_factory=lambda: list(DEFAULT_EPS))
     retain_adversarial: bool = False
     method: str = "neggrad_plus"
     method_params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
@@ -108,7 +109,8 @@ class UnlearningDefenseParams(DefenseParams):
 
     @field_validator("eps", mode="before")
     @classmethod
-    def _eps_range(cls, value: Any) -> Any:
+    def _eps_range(cls, value: Any) -> list[float]:
+        """Canonical: always a list of canonical eps (``0.3`` and ``[0.3]`` are one setting)."""
         values = value if isinstance(value, list) else [value]
         if not values:
             raise ValueError("eps list must not be empty")
@@ -117,7 +119,7 @@ class UnlearningDefenseParams(DefenseParams):
                 raise ValueError(f"eps must be a number or a list of numbers (got {eps!r})")
             if not 0 < eps <= 1:
                 raise ValueError(f"eps must be in (0, 1], input scale (got {eps!r})")
-        return value
+        return [canonical_eps(e) for e in values]
 
     @field_validator("method")
     @classmethod
@@ -159,7 +161,7 @@ class UnlearningDefenseParams(DefenseParams):
 
     @property
     def eps_values(self) -> list[float]:
-        return [float(e) for e in (self.eps if isinstance(self.eps, list) else [self.eps])]
+        return list(self.eps)
 
 
 def adversarial_examples(attack: Attack, images: torch.Tensor, labels: torch.Tensor,

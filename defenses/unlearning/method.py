@@ -49,7 +49,7 @@ Batch = dict[str, tuple[torch.Tensor, torch.Tensor]]
 class UnlearningParams(BaseModel):
     """Base of every method's parameter schema: unknown keys and wrong types are rejected."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class LoopParams(UnlearningParams):

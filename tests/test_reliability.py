@@ -1,0 +1,150 @@
+"""Results that cannot be lost, corrupted or forged: the real CLI against planted links, foreign
+folders, changed suites, concurrent runs, broken plugins and interrupts. Each case asserts the
+exit code, a one-line message without traceback, and the files before and after."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from .conftest import REPO, plugin_site
+
+SUITE = """\
+name: rel
+data: {{dataset: mnist, eval_limit: {n}}}
+train: {{epochs: 0}}
+attacks:
+  - name: fgsm
+    eps: {eps}
+  - name: pgd
+    eps: [0.1]
+    params: {{steps: {steps}, alpha: 0.05}}
+"""
+
+
+def suite(tmp_path: Path, name: str = "s.yaml", n: int = 100, eps: str = "[0.0, 0.1]",
+          steps: int = 2) -> Path:
+    path = tmp_path / name
+    path.write_text(SUITE.format(n=n, eps=eps, steps=steps))
+    return path
+
+
+def robench(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "robench.cli", *args], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=600)
+
+
+def start_slow(tmp_path: Path, out: Path, env: dict[str, str]) -> subprocess.Popen:
+    """A run long enough to be interrupted (PGD-300 on 2000 images)."""
+    slow = suite(tmp_path, "slow.yaml", n=2000, steps=300)
+    return subprocess.Popen([sys.executable, "-m", "robench.cli", "run", str(slow), "--out",
+                             str(out), "-q"], env=env, cwd=REPO, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.is_symlink()}
+
+
+@pytest.mark.slow
+def test_a_planted_link_is_never_written_through(tmp_path, cli_env):
+    out, target = tmp_path / "out", tmp_path / "precious.txt"
+    out.mkdir()
+    target.write_text("keep me")
+    (out / "run.log").symlink_to(target)
+    line = one_line_error(robench("run", str(suite(tmp_path)), "--out", str(out), env=cli_env))
+    assert "run.log" in line
+    assert target.read_text() == "keep me" and (out / "run.log").is_symlink()
+
+
+@pytest.mark.slow
+def test_a_foreign_folder_keeps_every_file(tmp_path, cli_env):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "results.csv").write_text("my own table\n")
+    (out / "report.md").write_text("my notes\n")
+    (out / ".draft.tmp").write_text("half a thesis\n")
+    before = snapshot(out)
+    line = one_line_error(robench("run", str(suite(tmp_path)), "--out", str(out), "--force",
+                                  env=cli_env))
+    assert "did not write" in line and "results.csv" in line and "report.md" in line
+    assert snapshot(out) == before
+
+
+@pytest.mark.slow
+def test_a_changed_suite_moves_earlier_results_aside(tmp_path, cli_env):
+    out = tmp_path / "out"
+    assert robench("run", str(suite(tmp_path)), "--out", str(out), "-q",
+                   env=cli_env).returncode == 0
+    first = (out / "results.csv").read_text()
+    # another eps list into the same folder: the dropped cell (eps 0) survives in previous-*/
+    changed = suite(tmp_path, "changed.yaml", eps="[0.1, 0.2]")
+    assert robench("run", str(changed), "--out", str(out), "-q", env=cli_env).returncode == 0
+    aside = [p for p in out.iterdir() if p.name.startswith("previous-")]
+    assert len(aside) == 1 and (aside[0] / "results.csv").read_text() == first
+    rows = pd.read_csv(out / "results.csv")
+    assert sorted(rows.loc[rows["attack"] == "fgsm", "eps"]) == [0.1, 0.2]
+    log = (out / "run.log").read_text()
+    assert "[none] pgd: already in results.csv, skipped" in log  # unchanged cells reused
+
+
+@pytest.mark.slow
+def test_two_runs_into_one_folder_one_is_refused(tmp_path, cli_env):
+    out = tmp_path / "out"
+    first = start_slow(tmp_path, out, cli_env)
+    try:
+        deadline = time.time() + 120
+        while not (out / "run.json").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        line = one_line_error(robench("run", str(suite(tmp_path)), "--out", str(out),
+                                      env=cli_env))
+        assert "another robench run is writing this folder" in line
+    finally:
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 130
+    assert "interrupted:" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_sigterm_prints_what_was_kept(tmp_path, cli_env):
+    out = tmp_path / "out"
+    proc = start_slow(tmp_path, out, cli_env)
+    deadline = time.time() + 120
+    while not (out / "results.csv").exists() and time.time() < deadline:
+        time.sleep(0.1)  # fgsm finished: one attack's cells are on disk
+    proc.terminate()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert "interrupted: 2 cells finished in this run" in err
+    assert len(pd.read_csv(out / "results.csv")) == 2
+
+
+def test_a_broken_plugin_leaves_other_commands_working(tmp_path, cli_env):
+    env = plugin_site(tmp_path, "robench_broken_plugin",
+                      "raise ImportError('no module named x')\n", "robench.attacks",
+                      "broken = robench_broken_plugin:Broken", cli_env)
+    listed = robench("list", env=env)
+    assert listed.returncode == 0 and "fgsm" in listed.stdout
+    assert "broken" in listed.stdout and "UNUSABLE" in listed.stdout
+    uses = tmp_path / "uses.yaml"
+    uses.write_text("name: u\nattacks: [{name: broken, eps: [0.1]}]\n")
+    line = one_line_error(robench("run", str(uses), "--out", str(tmp_path / "o"), env=env))
+    assert "broken" in line and "failed to load" in line
+    assert not (tmp_path / "o").exists()
