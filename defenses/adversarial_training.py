@@ -43,7 +43,8 @@ Choices made here (documented because they change numbers):
   ``train:`` section, so a from-scratch run has the baseline's budget in epochs.
 - After each epoch (and once before the first) clean accuracy, FGSM accuracy and PGD-20
   accuracy (``alpha = 2.5 * eps / 20``, random start) at ``eps`` are measured on the first
-  ``monitor_limit`` images of the evaluation split and logged to ``defense_metrics.csv`` with
+  ``monitor_limit`` images of the evaluation split (``null``: all of it) and logged to
+  ``defense_metrics.csv`` with
   the mean training loss and the eps trained at. This is a monitor only, to make catastrophic
   overfitting visible (FGSM accuracy rising while PGD accuracy collapses, Wong et al. 2020); it
   is never used for training, early stopping or model selection. ``monitor_limit: 0`` turns
@@ -93,7 +94,7 @@ class AdversarialTrainingParams(DefenseParams):
     warmup_epochs: float = Field(1.0, ge=0)         # linear eps ramp-up, in epochs
     lr: float | None = Field(None, gt=0)            # default: the suite's train.lr
     optimizer: Literal["adam", "sgd"] | None = None  # default: the suite's train.optimizer
-    monitor_limit: int = Field(500, ge=0)           # monitor on the first N eval images
+    monitor_limit: int | None = Field(500, ge=0)    # monitor: first N eval images; 0 off
 
     @model_validator(mode="after")
     def _only_params_the_method_uses(self) -> AdversarialTrainingParams:
@@ -244,7 +245,7 @@ class AdversarialTraining(Defense):
             "steps": MONITOR_PGD_STEPS, "alpha": 2.5 * p.eps / MONITOR_PGD_STEPS})
 
         def log_epoch(step: int, values: dict[str, float]) -> None:
-            if p.monitor_limit > 0:
+            if p.monitor_limit != 0:
                 fgsm_outcome = evaluate_attack(model, fgsm, [p.eps], monitor)[0]
                 values["clean_acc"] = fgsm_outcome.clean_acc
                 values["fgsm_acc"] = fgsm_outcome.robust_acc

@@ -27,7 +27,7 @@ from torch import nn
 
 from robench.attacks import ATTACKS, Attack
 from robench.data import Split
-from robench.eps import eps_text, same_eps
+from robench.eps import canonical_eps, eps_text, same_eps
 from robench.errors import UserError
 from robench.models import eval_mode
 
@@ -40,6 +40,32 @@ LARGE_EPS_MAX_ACC = 0.15
 MIN_CLEAN_ACC = 0.5   # below this, robust accuracy says nothing (a constant model gets ~10 %)
 GRADIENT_SAMPLE = 500
 STATUS_ORDER = {"pass": 0, "warn": 1, "fail": 2}
+
+
+class Paired:
+    """Accuracies of two cells compared on the same images when per-image outcomes exist.
+
+    With outcomes, two attacks are compared on the images both evaluated (no sampling noise:
+    the tolerance is ``TOL``, attack randomness only); without, on their own image sets with
+    two binomial standard errors added for the smaller set (``_tol``)."""
+
+    def __init__(self, outcomes: pd.DataFrame | None) -> None:
+        self.robust: dict[tuple[str, str, float], pd.Series] = {}
+        if outcomes is not None:
+            frame = outcomes.assign(robust=outcomes["clean_correct"] & outcomes["adv_correct"])
+            for (d, a, e), rows in frame.groupby([frame["defense"].astype(str),
+                                                  frame["attack"].astype(str), "eps"]):
+                self.robust[(d, a, canonical_eps(e))] = rows.set_index("image")["robust"]
+
+    def accuracies(self, a: pd.Series, b: pd.Series) -> tuple[float, float, float, str]:
+        """(acc of a, acc of b, tolerance, "on N common images" or "")."""
+        ka = (str(a["defense"]), str(a["attack"]), canonical_eps(a["eps"]))
+        kb = (str(b["defense"]), str(b["attack"]), canonical_eps(b["eps"]))
+        if ka in self.robust and kb in self.robust:
+            x, y = self.robust[ka].align(self.robust[kb], join="inner")
+            if len(x):
+                return float(x.mean()), float(y.mean()), TOL, f" on {len(x)} common images"
+        return float(a["robust_acc"]), float(b["robust_acc"]), _tol(a, b), ""
 
 
 def _tol(a: pd.Series, b: pd.Series) -> float:
@@ -101,8 +127,8 @@ def with_traits(results: pd.DataFrame) -> pd.DataFrame:
     return results.assign(family=results["attack_name"].map(families))
 
 
-def _check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | None
-                   ) -> list[dict[str, Any]]:
+def _check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | None,
+                   paired: Paired) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     clean = float(rows.loc[rows["n"].idxmax(), "clean_acc"])  # on the most images
     out += _reduced_variants(defense, rows)
@@ -128,11 +154,12 @@ def _check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | No
                         f"{100 * FGSM_MONOTONE_TOL:.1f} pp)"))
 
     regular = native[native["role"] != "check"]
-    out += _ordering(defense, regular, "single_step", "iterative", "iterative_le_single_step")
-    out += _ordering(defense, regular, "iterative", "ensemble", "ensemble_le_iterative")
-    out += _blackbox(defense, rows)
+    out += _ordering(defense, regular, "single_step", "iterative", "iterative_le_single_step",
+                     paired)
+    out += _ordering(defense, regular, "iterative", "ensemble", "ensemble_le_iterative", paired)
+    out += _blackbox(defense, rows, paired)
     out += _large_eps(defense, rows)
-    out += _stability(defense, native[native["family"] == "iterative"])
+    out += _stability(defense, native[native["family"] == "iterative"], paired)
     out += _backends(defense, rows)
     if diag is not None:
         out += _diagnostics(defense, diag)
@@ -169,8 +196,8 @@ def _reduced_variants(defense: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
                  "of the standard attack")]
 
 
-def _ordering(defense: str, rows: pd.DataFrame, weaker: str, stronger: str, name: str
-              ) -> list[dict[str, Any]]:
+def _ordering(defense: str, rows: pd.DataFrame, weaker: str, stronger: str, name: str,
+              paired: Paired) -> list[dict[str, Any]]:
     """Attacks of the ``stronger`` family must not leave more accuracy than the ``weaker``."""
     weak = rows[rows["family"] == weaker]
     strong = rows[rows["family"] == stronger]
@@ -181,18 +208,20 @@ def _ordering(defense: str, rows: pd.DataFrame, weaker: str, stronger: str, name
     for _, s in strong.iterrows():
         for _, w in weak[weak["eps"].map(lambda e, s=s: same_eps(e, s["eps"]))].iterrows():
             compared += 1
-            excess = float(s["robust_acc"]) - float(w["robust_acc"]) - _tol(s, w)
+            acc_s, acc_w, tol, where = paired.accuracies(s, w)
+            excess = acc_s - acc_w - tol
             if excess > worst:
                 worst = excess
-                detail = (f"{s['attack']}@{eps_text(s['eps'])} = {s['robust_acc']:.3f} > "
-                          f"{w['attack']}@{eps_text(w['eps'])} = {w['robust_acc']:.3f}")
+                detail = (f"{s['attack']}@{eps_text(s['eps'])} = {acc_s:.3f} > "
+                          f"{w['attack']}@{eps_text(w['eps'])} = {acc_w:.3f}{where} "
+                          f"(tolerance {100 * tol:.1f} pp)")
     if not compared:
         return []
     return [_row(defense, name, "warn" if worst > 0 else "pass",
                  detail or f"{stronger} <= {weaker} at all {compared} shared eps (+tolerance)")]
 
 
-def _blackbox(defense: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
+def _blackbox(defense: str, rows: pd.DataFrame, paired: Paired) -> list[dict[str, Any]]:
     square = rows[rows["family"] == "black_box"]
     # pure gradient attacks only: an ensemble (AutoAttack) itself ends with a black-box attack
     white = rows[rows["family"].isin(["single_step", "iterative"]) & (rows["role"] != "check")]
@@ -202,14 +231,14 @@ def _blackbox(defense: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
         if same.empty:
             continue
         best = same.loc[same["robust_acc"].idxmin()]
-        masked = float(s["robust_acc"]) < float(best["robust_acc"]) - _tol(s, best)
+        acc_s, acc_best, tol, where = paired.accuracies(s, best)
+        masked = acc_s < acc_best - tol
         # a warning, as in AutoAttack's flags: masked gradients, or a gradient attack too weak
         out.append(_row(defense, f"blackbox_not_stronger@{eps_text(s['eps'])}",
                         "warn" if masked else "pass",
-                        f"{s['attack']} {s['robust_acc']:.3f} vs best gradient attack "
-                        f"{best['attack']} "
-                        f"{best['robust_acc']:.3f}" + (" (masked gradients or a weak gradient "
-                                                       "attack?)" if masked else "")))
+                        f"{s['attack']} {acc_s:.3f} vs best gradient attack {best['attack']} "
+                        f"{acc_best:.3f}{where} (tolerance {100 * tol:.1f} pp)"
+                        + (" (masked gradients or a weak gradient attack?)" if masked else "")))
     return out
 
 
@@ -226,7 +255,7 @@ def _large_eps(defense: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def _stability(defense: str, iterative: pd.DataFrame) -> list[dict[str, Any]]:
+def _stability(defense: str, iterative: pd.DataFrame, paired: Paired) -> list[dict[str, Any]]:
     """More steps / restarts should change little: variants of one iterative attack plugin at
     equal eps, compared by the plugin's ``budget`` trait."""
     out = []
@@ -238,13 +267,13 @@ def _stability(defense: str, iterative: pd.DataFrame) -> list[dict[str, Any]]:
         if budget.isna().any():
             continue
         weakest, strongest = same.loc[budget.idxmin()], same.loc[budget.idxmax()]
-        change = float(weakest["robust_acc"]) - float(strongest["robust_acc"])
-        tol = _tol(weakest, strongest) + TOL
+        acc_weak, acc_strong, tol, where = paired.accuracies(weakest, strongest)
+        tol += TOL  # two random attacks: their randomness adds up
+        change = acc_weak - acc_strong
         out.append(_row(defense, f"converged[{name}]@{eps_text(eps)}",
                         "warn" if abs(change) > tol else "pass",
-                        f"{weakest['attack']} {weakest['robust_acc']:.3f} vs "
-                        f"{strongest['attack']} {strongest['robust_acc']:.3f} "
-                        f"(tolerance {100 * tol:.1f} pp)"))
+                        f"{weakest['attack']} {acc_weak:.3f} vs {strongest['attack']} "
+                        f"{acc_strong:.3f}{where} (tolerance {100 * tol:.1f} pp)"))
     return out
 
 
@@ -298,16 +327,18 @@ def _diagnostics(defense: str, diag: dict[str, float]) -> list[dict[str, Any]]:
     return out
 
 
-def run_checks(results: pd.DataFrame, diagnostics: dict[str, dict[str, float]] | None = None
-               ) -> pd.DataFrame:
-    """All checks for every defense in a results table."""
+def run_checks(results: pd.DataFrame, diagnostics: dict[str, dict[str, float]] | None = None,
+               outcomes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """All checks for every defense in a results table (attack comparisons on the same images
+    when per-image ``outcomes`` are given)."""
     diagnostics = diagnostics or {}
+    paired = Paired(outcomes)
     rows: list[dict[str, Any]] = []
     defaults = {"backend": "native", "role": "eval"}
     results = with_traits(results.assign(**{c: results[c].fillna(v) if c in results else v
                                             for c, v in defaults.items()}))
     for defense, group in results.groupby("defense", sort=False):
-        rows += _check_defense(str(defense), group, diagnostics.get(str(defense)))
+        rows += _check_defense(str(defense), group, diagnostics.get(str(defense)), paired)
     return pd.DataFrame(rows, columns=["defense", "check", "status", "detail"])
 
 

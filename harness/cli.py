@@ -135,18 +135,31 @@ def _finalize(results: Path, out: Path | None):
 @app.command()
 def compare(
     a: Annotated[Path, typer.Argument(help="Run A: a results folder or results.csv.")],
-    b: Annotated[Path, typer.Argument(help="Run B: a results folder or results.csv.")],
+    b: Annotated[Path | None, typer.Argument(
+        help="Run B (omit with --defenses).")] = None,
+    defenses: Annotated[str | None, typer.Option(
+        help="Compare two defenses of run A instead: 'X,Y' (B - A = Y - X).")] = None,
     out: Annotated[Path | None, typer.Option(help="Also write the markdown to this file.")] = None,
 ) -> None:
-    """Compare two runs: robust accuracy per (defense, attack, eps) in A and B, and B - A.
+    """Compare two runs (or two defenses of one run): robust accuracy per cell in A and B,
+    B - A, and with per-image outcomes an exact McNemar test and a 95 % interval per cell.
 
-    Example: robench compare results/fgsm_lenet results/fgsm_lenet_seed1 --out diff.md
+    Example: robench compare results/fgsm_lenet results/fgsm_lenet_seed1 --out diff.md;
+    robench compare results/fgsm_lenet --defenses none,unlearning
     """
-    from robench.compare import compare_results
+    from robench.compare import compare_defenses, compare_results
     from robench.results import atomic_write_text
 
     try:
-        text = compare_results(a, b)
+        if defenses is not None:
+            names = [d.strip() for d in defenses.split(",")]
+            if len(names) != 2 or not all(names) or b is not None:
+                raise UserError("give two defense names 'X,Y' and one run", where="--defenses")
+            text = compare_defenses(a, names[0], names[1])
+        elif b is None:
+            raise UserError("give two runs, or one run and --defenses X,Y", where="compare")
+        else:
+            text = compare_results(a, b)
         if out is not None:
             try:
                 atomic_write_text(out, text)

@@ -1,9 +1,14 @@
-"""Compare two runs: robust accuracy per (defense, attack, eps) in A and in B, and B - A.
+"""Compare two runs, or two defenses of one run: robust accuracy per (defense, attack, eps) in A
+and in B, B - A, and a paired test where the same images were evaluated.
 
 A and B are results folders or results.csv files written by ``robench run`` (read with
-``robench.results.read_results``). Cells are matched on (defense, attack, eps); a cell with
-several rows on one side (several seeds) is their mean, and the table says so. Cells present
-on only one side are listed, never silently dropped. Differences are in percentage points.
+``robench.results.read_results``); ``compare_defenses`` makes A and B two defenses of one run.
+Cells are matched on (defense, attack, eps); a cell with several rows on one side (several
+seeds) is their mean, and the table says so. Cells present on only one side are listed, never
+silently dropped. Differences are in percentage points. When both sides have per-image
+outcomes (``outcomes.parquet``), each matched cell gets the exact McNemar p-value of the
+per-image robust outcomes on the images both evaluated and Newcombe's 95 % interval of the
+paired difference (``robench.stats.paired_difference``).
 """
 
 from __future__ import annotations
@@ -14,7 +19,11 @@ from pathlib import Path
 import pandas as pd
 
 from robench.eps import canonical_eps, eps_text
+from robench.errors import UserError
+from robench.leaderboard import escape_markdown, format_p
+from robench.outcomes import read_outcomes
 from robench.results import read_results
+from robench.stats import paired_difference
 
 KEY = ["defense", "attack", "eps"]
 
@@ -31,6 +40,33 @@ class Comparison:
     clean: pd.DataFrame
 
 
+def _paired(cells: pd.DataFrame, outcomes_a: pd.DataFrame | None,
+            outcomes_b: pd.DataFrame | None) -> pd.DataFrame:
+    """Add ``n_paired``, ``p_value``, ``diff_lo_pp``, ``diff_hi_pp`` to matched cells."""
+    cells = cells.assign(n_paired=0, p_value=float("nan"), diff_lo_pp=float("nan"),
+                         diff_hi_pp=float("nan"))
+    if outcomes_a is None or outcomes_b is None:
+        return cells
+    robust = {}
+    for side, frame in (("a", outcomes_a), ("b", outcomes_b)):
+        frame = frame.assign(robust=frame["clean_correct"] & frame["adv_correct"],
+                             eps=frame["eps"].map(canonical_eps))
+        robust[side] = {key: rows.groupby("image")["robust"].all()  # all seeds' images
+                        for key, rows in frame.groupby([frame["defense"].astype(str),
+                                                        frame["attack"].astype(str), "eps"])}
+    for i, row in cells.iterrows():
+        key = (str(row["defense"]), str(row["attack"]), canonical_eps(row["eps"]))
+        if key not in robust["a"] or key not in robust["b"]:
+            continue
+        a, b = robust["a"][key].align(robust["b"][key], join="inner")
+        if len(a) == 0:
+            continue
+        test = paired_difference(a.to_numpy(), b.to_numpy())
+        cells.loc[i, ["n_paired", "p_value", "diff_lo_pp", "diff_hi_pp"]] = [
+            len(a), test["p_value"], 100 * test["ci_low"], 100 * test["ci_high"]]
+    return cells
+
+
 def _cells(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.assign(eps=frame["eps"].map(canonical_eps),
                          n=frame["n"] if "n" in frame else float("nan"))
@@ -39,8 +75,10 @@ def _cells(frame: pd.DataFrame) -> pd.DataFrame:
                        n=("n", "first"), rows=("robust_acc", "size")).reset_index()
 
 
-def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> Comparison:
-    """Match the cells of two results tables (as read by ``read_results``)."""
+def compare_frames(a: pd.DataFrame, b: pd.DataFrame, outcomes_a: pd.DataFrame | None = None,
+                   outcomes_b: pd.DataFrame | None = None) -> Comparison:
+    """Match the cells of two results tables (as read by ``read_results``); with both sides'
+    per-image outcomes, test each matched cell's difference on the images both evaluated."""
     ca, cb = _cells(a), _cells(b)
     # left merges keep each side's own (suite) order; an outer merge would sort the keys
     from_a = ca.merge(cb, on=KEY, how="left", suffixes=("_a", "_b"), indicator=True)
@@ -56,8 +94,8 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> Comparison:
     clean = pd.DataFrame({"defense": names, "clean_a": clean_a.reindex(names).to_numpy(),
                           "clean_b": clean_b.reindex(names).to_numpy()})
     clean["diff_pp"] = 100 * (clean["clean_b"] - clean["clean_a"])
-    return Comparison(cells.reset_index(drop=True), only_a.reset_index(drop=True),
-                      only_b.reset_index(drop=True), clean)
+    cells = _paired(cells.reset_index(drop=True), outcomes_a, outcomes_b)
+    return Comparison(cells, only_a.reset_index(drop=True), only_b.reset_index(drop=True), clean)
 
 
 def _pct(value: float) -> str:
@@ -83,6 +121,13 @@ def to_markdown(result: Comparison, label_a: str, label_b: str) -> str:
         "A robust %": cells["robust_a"].map(_pct), "B robust %": cells["robust_b"].map(_pct),
         "B - A (pp)": cells["diff_pp"].map(_pp),
     })
+    if (cells["n_paired"] > 0).any():
+        table["95 % CI (pp)"] = [
+            f"[{lo:+.1f}, {hi:+.1f}]" if n else "–" for n, lo, hi in
+            zip(cells["n_paired"], cells["diff_lo_pp"], cells["diff_hi_pp"], strict=True)]
+        table["McNemar p"] = [format_p(p) if n else "–"
+                              for n, p in zip(cells["n_paired"], cells["p_value"], strict=True)]
+        table["paired n"] = [str(int(n)) if n else "–" for n in cells["n_paired"]]
     clean = pd.DataFrame({
         "defense": result.clean["defense"], "A clean %": result.clean["clean_a"].map(_pct),
         "B clean %": result.clean["clean_b"].map(_pct),
@@ -96,9 +141,16 @@ def to_markdown(result: Comparison, label_a: str, label_b: str) -> str:
                      "images in A and B (column `n`); their difference mixes in that change.")
     if (cells["rows_a"] > 1).any() or (cells["rows_b"] > 1).any():
         notes.append("- Some cells have several rows (seeds) on one side: those are means.")
+    if (cells["n_paired"] > 0).any():
+        notes.append("- Paired columns: per-image robust outcomes (correct before and after) on "
+                     "the images both sides evaluated; exact McNemar test (two-sided) and "
+                     "Newcombe's 95 % interval for the paired difference B - A.")
+    table["defense"] = table["defense"].map(escape_markdown)
+    table["attack"] = table["attack"].map(escape_markdown)
+    clean["defense"] = clean["defense"].map(escape_markdown)
     parts = [
         "# robench compare\n\n",
-        f"- A: {label_a}\n- B: {label_b}\n\n",
+        f"- A: {escape_markdown(label_a)}\n- B: {escape_markdown(label_b)}\n\n",
         "Robust accuracy in %; B - A in percentage points (positive: B is more robust).\n\n",
         table.to_markdown(index=False, disable_numparse=True) + "\n\n" if not table.empty
         else "No (defense, attack, eps) cell is present in both A and B.\n\n",
@@ -112,7 +164,31 @@ def to_markdown(result: Comparison, label_a: str, label_b: str) -> str:
     return "".join(parts)
 
 
+def _outcomes_of(path: Path) -> pd.DataFrame | None:
+    path = Path(path)
+    return read_outcomes(path if path.is_dir() else path.parent)
+
+
 def compare_results(path_a: Path, path_b: Path) -> str:
     """Markdown comparison of two results folders or CSVs; bad input raises ``UserError``."""
-    return to_markdown(compare_frames(read_results(path_a), read_results(path_b)), str(path_a),
-                       str(path_b))
+    return to_markdown(compare_frames(read_results(path_a), read_results(path_b),
+                                      _outcomes_of(path_a), _outcomes_of(path_b)),
+                       str(path_a), str(path_b))
+
+
+def compare_defenses(path: Path, defense_a: str, defense_b: str) -> str:
+    """Markdown comparison of two defenses of one run, cell by cell on the same images."""
+    results, outcomes = read_results(path), _outcomes_of(path)
+    sides = []
+    for name in (defense_a, defense_b):
+        if name not in set(results["defense"]):
+            raise UserError(f"no defense {name!r} in these results (defenses: "
+                            f"{', '.join(dict.fromkeys(results['defense']))[:200]})",
+                            where=str(path))
+        rows = results[results["defense"] == name].assign(defense="vs")
+        outs = None if outcomes is None else outcomes[
+            outcomes["defense"].astype(str) == name].assign(defense="vs")
+        sides.append((rows, outs))
+    (a, oa), (b, ob) = sides
+    return to_markdown(compare_frames(a, b, oa, ob), f"{path}: {defense_a}",
+                       f"{path}: {defense_b}")

@@ -2,10 +2,22 @@
 
 Columns: clean accuracy; each attack's accuracy at each eps (``fgsm@0.1``); for sweeps of a
 ``single_step`` attack (FGSM-like, by the plugin's ``family`` trait) the mean over the sweep's
-eps > 0 (``fgsm_mean``); and the worst case at the largest evaluated eps (minimum over all
-attacks run there). Ranked by worst case, then clean
-accuracy; a defense whose sanity checks failed (see ``robench.checks``) is listed last,
-without a rank, because its numbers cannot be trusted.
+eps > 0 (``fgsm_mean``); and the worst case at the threat eps (the largest eps of a regular,
+non-check attack).
+
+The worst case is per image, as RobustBench and AutoAttack report it: an image counts only if
+it is classified correctly and survives every regular attack run at that eps, on the images
+that all of those attacks evaluated (``worst_n``), with its 95 % Wilson interval
+(``worst@eps_lo``, ``worst@eps_hi``). Without per-image outcomes (a results.csv alone) it falls
+back to the minimum of the per-attack accuracies and says so (``worst_kind``).
+
+Ranks: defenses are ordered by worst case, then clean accuracy. A defense's rank is a range
+when an exact McNemar test on the per-image worst-case outcomes (two-sided, p < 0.05 per pair,
+not corrected for multiple comparisons) cannot separate it from its neighbours: its best rank
+is 1 + the number of defenses significantly better, its worst rank the number of ranked
+defenses minus those significantly worse (e.g. ``4–12``). ``p_vs_none`` is the same test
+against the undefended ``none`` row. A defense whose sanity checks failed (see
+``robench.checks``) is listed last, without a rank, because its numbers cannot be trusted.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from robench.checks import with_traits
 from robench.eps import eps_text, same_eps
 from robench.outdir import OutputFolder
 from robench.results import write_csv
+from robench.stats import mcnemar_exact, wilson_interval
 
 #: attack rows with this role are sanity checks (e.g. PGD at eps 1.0), not the threat model
 CHECK_ROLE = "check"
@@ -29,14 +42,19 @@ def threat_eps(results: pd.DataFrame) -> float | None:
     return float(rows["eps"].max()) if not rows.empty else None
 
 
-def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None
-                      ) -> pd.DataFrame:
+ALPHA = 0.05  # significance level of the pairwise McNemar tests behind shared ranks
+NONE_LABEL = "none"
+
+
+def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
+                      outcomes: pd.DataFrame | None = None) -> pd.DataFrame:
     if results.empty:
         raise ValueError("no result rows")
     eps_star = threat_eps(results)
     worst_col = "worst" if eps_star is None else f"worst@{eps_text(eps_star)}"
     results = with_traits(results)
     attacks = list(dict.fromkeys(results["attack"]))  # suite order
+    per_image = _worst_outcomes(results, outcomes, eps_star)
     records = []
     for defense, rows in results.groupby("defense", sort=False):
         # clean accuracy on the most images (a `limit` subset's clean accuracy differs)
@@ -56,24 +74,97 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None
             at_star = a_rows[a_rows["eps"].map(
                 lambda e: eps_star is not None and same_eps(e, eps_star))]
             if not is_check and not at_star.empty:
-                worst.append(float(at_star["robust_acc"].min()))
-        record[worst_col] = min(worst) if worst else float("nan")
+                worst.append((float(at_star["robust_acc"].min()), int(at_star["n"].min())))
+        record.update(_worst_columns(worst_col, per_image.get(str(defense)), worst))
         records.append(record)
     board = pd.DataFrame(records)
     board = board.sort_values([worst_col, "clean_acc"], ascending=False, kind="stable")
-    board.insert(0, "rank", range(1, len(board) + 1))
-    ordered = ["rank", "defense", "clean_acc"] + [c for c in board.columns
-                                                  if c not in ("rank", "defense", "clean_acc",
-                                                               worst_col)] + [worst_col]
+    extra = [f"{worst_col}_lo", f"{worst_col}_hi", "worst_n", "worst_kind"]
+    ordered = ["defense", "clean_acc"] + [c for c in board.columns
+                                         if c not in ("defense", "clean_acc", worst_col,
+                                                      *extra)] + [worst_col, *extra]
     board = board[ordered].reset_index(drop=True)
+    failed = pd.Series(False, index=board.index)
     if status is not None and not status.empty:
         board = board.merge(status[["defense", "status", "reason"]], on="defense", how="left")
         # a row whose checks failed cannot be trusted: listed last, without a rank
         failed = board["status"] == "fail"
         board = pd.concat([board[~failed], board[failed]], ignore_index=True)
-        board["rank"] = pd.array(list(range(1, int((~failed).sum()) + 1))
-                                 + [pd.NA] * int(failed.sum()), dtype="Int64")
+        failed = board["status"] == "fail"
+    board.insert(0, "rank", _ranks(board, worst_col, failed, per_image))
+    board.insert(board.columns.get_loc("worst_kind") + 1, "p_vs_none",
+                 [_p_value(per_image, str(d), NONE_LABEL) for d in board["defense"]])
     return board
+
+
+def _worst_outcomes(results: pd.DataFrame, outcomes: pd.DataFrame | None,
+                    eps_star: float | None) -> dict[str, pd.Series]:
+    """Per defense: robust (correct and unbroken by every regular attack at ``eps_star``) per
+    image, on the images all those attacks evaluated. {} without outcomes."""
+    if outcomes is None or eps_star is None:
+        return {}
+    regular = results[(results["role"] != CHECK_ROLE)
+                      & results["eps"].map(lambda e: same_eps(e, eps_star))]
+    wanted = set(zip(regular["defense"].astype(str), regular["attack"].astype(str),
+                     strict=True))
+    at_star = outcomes[outcomes["eps"].map(lambda e: same_eps(e, eps_star))]
+    out: dict[str, pd.Series] = {}
+    for defense, rows in at_star.groupby(at_star["defense"].astype(str), sort=False):
+        robust = {str(attack): (cell["clean_correct"] & cell["adv_correct"]).set_axis(
+            cell["image"].to_numpy())
+            for attack, cell in rows.groupby(rows["attack"].astype(str), sort=False)
+            if (defense, str(attack)) in wanted}
+        expected = {a for d, a in wanted if d == defense}
+        if not robust or set(robust) != expected:
+            continue  # outcomes incomplete for this defense: fall back to the table
+        common = sorted(set.intersection(*(set(s.index) for s in robust.values())))
+        out[defense] = pd.concat([s.reindex(common) for s in robust.values()], axis=1).all(axis=1)
+    return out
+
+
+def _worst_columns(worst_col: str, per_image: pd.Series | None,
+                   per_attack: list[tuple[float, int]]) -> dict[str, object]:
+    if per_image is not None and len(per_image):
+        k, n = int(per_image.sum()), len(per_image)
+        kind = "per image"
+    elif per_attack:
+        value, n = min(per_attack)
+        k = round(value * n)
+        kind = "min of attacks"
+    else:
+        return {worst_col: float("nan"), f"{worst_col}_lo": float("nan"),
+                f"{worst_col}_hi": float("nan"), "worst_n": 0, "worst_kind": ""}
+    lo, hi = wilson_interval(k, n)
+    return {worst_col: k / n, f"{worst_col}_lo": lo, f"{worst_col}_hi": hi, "worst_n": n,
+            "worst_kind": kind}
+
+
+def _p_value(per_image: dict[str, pd.Series], a: str, b: str) -> float:
+    """Exact McNemar p-value of two defenses' worst-case outcomes on their common images."""
+    if a == b or a not in per_image or b not in per_image:
+        return float("nan")
+    x, y = per_image[a].align(per_image[b], join="inner")
+    return mcnemar_exact(int((x & ~y).sum()), int((~x & y).sum()))
+
+
+def _ranks(board: pd.DataFrame, worst_col: str, failed: pd.Series,
+           per_image: dict[str, pd.Series]) -> list[str]:
+    """Rank ranges from pairwise tests (a plain position when outcomes are missing)."""
+    ranked = [i for i in board.index if not failed[i]]
+    names = [str(board.at[i, "defense"]) for i in ranked]
+    if not all(name in per_image for name in names):
+        out = {i: str(pos + 1) for pos, i in enumerate(ranked)}
+        return [out.get(i, "") for i in board.index]
+    worst = {name: float(board.at[i, worst_col]) for i, name in zip(ranked, names, strict=True)}
+    out = {}
+    for i, name in zip(ranked, names, strict=True):
+        better = sum(1 for other in names if worst[other] > worst[name]
+                     and _p_value(per_image, name, other) < ALPHA)
+        worse = sum(1 for other in names if worst[other] < worst[name]
+                    and _p_value(per_image, name, other) < ALPHA)
+        lo, hi = 1 + better, len(names) - worse
+        out[i] = str(lo) if lo == hi else f"{lo}–{hi}"
+    return [out.get(i, "") for i in board.index]
 
 
 def subset_notes(results: pd.DataFrame) -> list[str]:
@@ -92,29 +183,68 @@ def escape_markdown(text: object) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def format_p(p: float) -> str:
+    """A p-value for a table ("–" when there is none)."""
+    if pd.isna(p):
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def shown_table(board: pd.DataFrame) -> pd.DataFrame:
+    """The leaderboard as text cells: accuracies in % with one decimal, the worst case with its
+    95 % interval in one cell, p-values, "-" for no rank; labels not yet escaped."""
+    shown = board.copy()
+    worst_cols = [c for c in shown.columns if c.startswith("worst")
+                  and not c.endswith(("_lo", "_hi")) and c not in ("worst_n", "worst_kind")]
+    for col in worst_cols:
+        if f"{col}_lo" in shown:
+            shown[col] = [_with_interval(v, lo, hi) for v, lo, hi in
+                          zip(shown[col], shown[f"{col}_lo"], shown[f"{col}_hi"], strict=True)]
+            shown = shown.drop(columns=[f"{col}_lo", f"{col}_hi"])
+    shown["rank"] = shown["rank"].map(lambda v: "-" if pd.isna(v) or v == "" else str(v))
+    if "p_vs_none" in shown:
+        shown["p_vs_none"] = shown["p_vs_none"].map(format_p)
+    if "worst_n" in shown:
+        shown["worst_n"] = shown["worst_n"].map(lambda v: "" if pd.isna(v) else str(int(v)))
+    for column in shown.columns:
+        if pd.api.types.is_numeric_dtype(shown[column]):
+            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}")
+    return shown.fillna("")
+
+
+def _with_interval(value: float, lo: float, hi: float) -> str:
+    if pd.isna(value):
+        return ""
+    return f"{100 * value:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
 def to_markdown(board: pd.DataFrame, title: str | None = None,
                 notes: list[str] | None = None) -> str:
     """Accuracies as percentages with one decimal; labels escaped for markdown."""
-    shown = board.copy()
+    kinds = sorted(set(board["worst_kind"].dropna()) - {""}) if "worst_kind" in board else []
+    shown = shown_table(board.drop(columns=["worst_kind"], errors="ignore"))
     shown.columns = [escape_markdown(c) for c in shown.columns]
+    notes = [*(notes or []), *(f"worst case: {k}" + (" (an image counts only if it survives "
+                                                     "every regular attack at that eps)"
+                                                     if k == "per image" else
+                                                     " (no per-image outcomes)")
+                               for k in kinds)]
     for column in ("defense", "reason"):
         if column in shown:
-            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else escape_markdown(v))
-    shown["rank"] = shown["rank"].map(lambda v: "-" if pd.isna(v) else str(int(v)))
-    for column in shown.columns:
-        numeric = pd.api.types.is_numeric_dtype(shown[column])
-        if numeric and column not in ("rank", "defense", "status"):
-            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}")
+            shown[column] = shown[column].map(escape_markdown)
     head = (f"# Leaderboard: {escape_markdown(title)}\n\nAccuracy in % (robust accuracy under "
-            "each attack@eps).\n\n") if title else ""
+            "each attack@eps); the worst case with its 95 % Wilson interval; `p_vs_none`: exact "
+            "McNemar test of the worst case against `none` on the same images.\n\n"
+            ) if title else ""
     table = shown.to_markdown(index=False, disable_numparse=True) + "\n"
-    tail = "".join(f"\n- {escape_markdown(note)}" for note in notes or [])
-    return head + table + (f"\nSubsets:{tail}\n" if tail else "")
+    tail = "".join(f"\n- {escape_markdown(note)}" for note in notes)
+    return head + table + (f"\nNotes:{tail}\n" if tail else "")
 
 
 def write_leaderboard(results: pd.DataFrame, out: OutputFolder, title: str | None = None,
-                      status: pd.DataFrame | None = None) -> pd.DataFrame:
-    board = build_leaderboard(results, status)
+                      status: pd.DataFrame | None = None,
+                      outcomes: pd.DataFrame | None = None) -> pd.DataFrame:
+    board = build_leaderboard(results, status, outcomes)
     write_csv(out, "leaderboard.csv", board)
     out.write_text("leaderboard.md", to_markdown(board, title, subset_notes(results)))
     return board

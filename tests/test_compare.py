@@ -113,3 +113,28 @@ def test_cli_prints_writes_and_fails_cleanly(tmp_path):
     assert missing.exit_code == 2
     assert "robench: error:" in missing.output and "results file not found" in missing.output
     assert "Traceback" not in missing.output
+
+
+def test_two_defenses_of_one_run_are_compared_on_the_same_images(tmp_path):
+    import numpy as np
+
+    from robench.stats import mcnemar_exact
+
+    n = 100
+    a_ok = np.arange(n) < 60            # defense a: images 0-59 robust
+    b_ok = (np.arange(n) >= 10) & (np.arange(n) < 80)   # b: 10-79 (b=10 only a, c=20 only b)
+    rows, blocks = [], []
+    for name, ok in (("a", a_ok), ("b", b_ok)):
+        rows.append(result_row(name, "pgd", 0.3, 1.0, ok.mean(), n=n))
+        blocks.append(pd.DataFrame({"defense": name, "attack": "pgd", "eps": 0.3, "seed": 0,
+                                    "image": np.arange(n), "clean_correct": True,
+                                    "adv_correct": ok}))
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    pd.concat(blocks).to_parquet(tmp_path / "outcomes.parquet", index=False)
+    from robench.compare import compare_defenses
+
+    text = compare_defenses(tmp_path, "a", "b")
+    expected = mcnemar_exact(10, 20)
+    assert f"{expected:.3f}" in text and "+10.0" in text and "| 100 " in text
+    with pytest.raises(UserError, match="no defense 'c'"):
+        compare_defenses(tmp_path, "a", "c")

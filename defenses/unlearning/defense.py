@@ -48,7 +48,8 @@ public in what we could read), and why:
   cores, inside the one-minute budget per defense.
 - ``retain_adversarial: false``: the paper "unlearns" adversarial examples; training them
   towards their true labels would be adversarial training, a different defense.
-- ``monitor_limit: null``: the per-round metrics use the whole evaluation split, as the
+- ``monitor_limit: null``: the per-round metrics use the whole evaluation split (``0``: no
+  per-round clean/FGSM monitor; the same meaning as in ``adversarial_training``), as the
   harness's own evaluation does; big suites set e.g. 1000 (FGSM on 10 000 images every round
   would cost more than the unlearning itself). Monitoring never affects the defended weights.
 - The optimizer, learning rate and batch size default to the suite's ``train:`` section unless
@@ -104,7 +105,7 @@ class UnlearningDefenseParams(DefenseParams):
     retain_adversarial: bool = False
     method: str = "neggrad_plus"
     method_params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
-    monitor_limit: int | None = Field(None, ge=1)  # per-round metrics on the first N eval images
+    monitor_limit: int | None = Field(None, ge=0)  # per-round metrics: first N eval images; 0 off
     _method: UnlearningParams = PrivateAttr()
 
     @field_validator("eps", mode="before")
@@ -258,6 +259,8 @@ class UnlearningDefense(Defense):
     def _monitor(self, ctx: DefenseContext, model: nn.Module, monitor: Split,
                  step: int) -> tuple[float, float]:
         p: UnlearningDefenseParams = self.params
+        if p.monitor_limit == 0:
+            return math.nan, math.nan
         outcome = evaluate_attack(model, ctx.make_attack("fgsm", model), [max(p.eps_values)],
                                   monitor)[0]
         ctx.log_metric(step=step, metric="clean_acc", value=outcome.clean_acc, method=p.method)

@@ -32,6 +32,7 @@ from robench.defenses.unlearning.method import (
     UnlearningData,
     UnlearningMethod,
 )
+from robench.models import eval_mode
 
 
 class NegGradParams(LoopParams):
@@ -58,14 +59,11 @@ class NegGrad(UnlearningMethod):
     def stop(self, model: nn.Module, data: UnlearningData, epoch: int) -> bool:
         if len(data.forget) == 0:
             return True
-        with torch.no_grad():
-            was = model.training
-            model.eval()
+        with torch.no_grad(), eval_mode(model):
             losses = torch.cat([
                 F.cross_entropy(model(data.forget.images[i:i + 2000]),
                                 data.forget.labels[i:i + 2000], reduction="none")
                 for i in range(0, len(data.forget), 2000)])
-            model.train(was)
         return bool((losses >= self.bound(data)).all())
 
     def loss(self, model: nn.Module, batch: Batch, pass_name: str, epoch: int) -> torch.Tensor:
