@@ -63,9 +63,11 @@ class OutcomeTable:
 
     def replace_cells(self, defense: str, attack: str, seed: int, image_ids: Sequence[int],
                       outcomes: list[AttackOutcome]) -> None:
-        """Store the outcomes of one attack entry's cells (all its eps) and flush."""
+        """Store the outcomes of cells of one attack entry (one per eps) and flush."""
         f = self.frame
-        keep = ~((f["defense"] == defense) & (f["attack"] == attack) & (f["seed"] == seed))
+        eps = [canonical_eps(o.eps) for o in outcomes]
+        keep = ~((f["defense"] == defense) & (f["attack"] == attack) & (f["seed"] == seed)
+                 & f["eps"].isin(eps))
         blocks = [f[keep]] + [pd.DataFrame({
             "defense": defense, "attack": attack, "eps": canonical_eps(o.eps), "seed": seed,
             "image": list(image_ids), "clean_correct": o.clean_ok.numpy(),

@@ -154,10 +154,10 @@ class ResultTable:
 
     def replace_cells(self, rows: list[ResultRow]) -> None:
         """Store fresh rows, replacing any stored row of the same cells, and flush."""
-        keys = {tuple(str(getattr(r, k)) for k in ("defense", "attack")) + (r.seed,)
-                for r in rows}
+        keys = {(r.defense, r.attack, canonical_eps(r.eps), r.seed) for r in rows}
         self.rows = [r for r in self.rows
-                     if (str(r["defense"]), str(r["attack"]), int(r["seed"])) not in keys]
+                     if (str(r["defense"]), str(r["attack"]), canonical_eps(r["eps"]),
+                         int(r["seed"])) not in keys]
         self.rows.extend(asdict(r) for r in rows)
         self.flush()
 

@@ -101,6 +101,10 @@ def test_a_changed_suite_moves_earlier_results_aside(tmp_path, cli_env):
     assert sorted(rows.loc[rows["attack"] == "fgsm", "eps"]) == [0.1, 0.2]
     log = (out / "run.log").read_text()
     assert "[none] pgd: already in results.csv, skipped" in log  # unchanged cells reused
+    assert "[none] fgsm robust accuracy {0.2:" in log            # only the new eps computed
+    stamps = pd.read_csv(out / "results.csv").set_index(["attack", "eps"])["created_at"]
+    earlier = pd.read_csv(aside[0] / "results.csv").set_index(["attack", "eps"])["created_at"]
+    assert stamps[("fgsm", 0.1)] == earlier[("fgsm", 0.1)]
 
 
 @pytest.mark.slow
