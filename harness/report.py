@@ -312,7 +312,11 @@ def board_groups(board: pd.DataFrame, results: pd.DataFrame, worst: WorstCase
         if entry["mean"]:
             columns.append(Column("mean", entry["mean"]))
             used.add(entry["mean"])
-        groups.append(Group(label, _n_note(results, label), columns))
+        note = _n_note(results, label)
+        if "role" in results and (results.loc[results["attack"] == label, "role"]
+                                  == CHECK_ROLE).all():
+            note += " · sanity check"
+        groups.append(Group(label, note, columns))
     verified = [c for c in board.columns if str(c).startswith("verified")]
     if verified:
         groups.append(Group("verified", "", [Column(str(c).removeprefix("verified")
@@ -399,10 +403,11 @@ def _failed_checks(checks: pd.DataFrame, defense: str, status: str) -> list[str]
     return [str(c) for c in rows["check"]]
 
 
-def _worst_interval_from_results(results: pd.DataFrame, defense: str, eps: float
-                                 ) -> tuple[float | None, float | None, str]:
+def _worst_interval_from_results(results: pd.DataFrame, defense: str, eps: float,
+                                 value: float | None) -> tuple[float | None, float | None, str]:
     """When the leaderboard has no interval: the 95 % Wilson interval of the attack that
-    attains the minimum (``robust_acc_lo``/``_hi`` of its results row)."""
+    attains the minimum (``robust_acc_lo``/``_hi`` of its results row), only if the worst case
+    ``value`` is that attack's accuracy (a per-image worst case is not)."""
     from robench.eps import same_eps
 
     if not {"robust_acc_lo", "robust_acc_hi"} <= set(results.columns):
@@ -414,6 +419,8 @@ def _worst_interval_from_results(results: pd.DataFrame, defense: str, eps: float
     if rows.empty:
         return None, None, ""
     best = rows.loc[rows["robust_acc"].idxmin()]
+    if value is None or abs(float(best["robust_acc"]) - value) > 1e-9:
+        return None, None, ""
     return float(best["robust_acc_lo"]), float(best["robust_acc_hi"]), str(best["attack"])
 
 
@@ -441,7 +448,8 @@ def defense_lines(board: pd.DataFrame, checks: pd.DataFrame, results: pd.DataFra
             if threat in worst.lo:
                 lo, hi = _float(row.get(worst.lo[threat])), _float(row.get(worst.hi[threat]))
             elif value is not None and threat:
-                lo, hi, _ = _worst_interval_from_results(results, defense, float(threat))
+                lo, hi, _ = _worst_interval_from_results(results, defense, float(threat),
+                                                         value)
                 derived |= lo is not None
         rank = rank_text(row.get("rank"))
         failed = _failed_checks(checks, defense, "fail")
@@ -506,13 +514,18 @@ def _save(fig: Any, out: OutputFolder, name: str, written: list[str]) -> bytes:
     return pngs.getvalue()
 
 
+def _tex(label: Any) -> str:
+    """A label for matplotlib: ``$`` escaped, so a label is never read as mathtext."""
+    return str(label).replace("$", r"\$")
+
+
 def _legend_outside(ax: Any, entries: int) -> None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
               frameon=False, ncol=1 if entries <= 22 else 2)
 
 
-def plot_curves(results: pd.DataFrame, out: OutputFolder, board: pd.DataFrame | None = None,
-                checks: pd.DataFrame | None = None) -> list[Figure]:
+def plot_curves(results: pd.DataFrame, out: OutputFolder, board: pd.DataFrame | None = None
+                ) -> list[Figure]:
     """The report's figures, each written as PNG and SVG: the worst case per defense (from the
     leaderboard), accuracy vs eps per attack with eps sweeps, and one panel per defense when
     there are more than ``SMALL_MULTIPLES_ABOVE``. Earlier figure files that are no longer
@@ -538,14 +551,14 @@ def plot_curves(results: pd.DataFrame, out: OutputFolder, board: pd.DataFrame | 
         for defense in present:
             curve = _curve(rows[rows["defense"] == defense])
             style = _style(order.get(defense, 0))
-            ax.plot(curve["eps"], 100 * curve["robust_acc"], label=str(defense), **style)
+            ax.plot(curve["eps"], 100 * curve["robust_acc"], label=_tex(defense), **style)
             if "robust_acc_lo" in curve:
                 ax.fill_between(curve["eps"], 100 * curve["robust_acc_lo"],
                                 100 * curve["robust_acc_hi"], color=style["color"], alpha=0.15,
                                 lw=0)
         ax.set_xlabel("eps (L∞, input scale [0, 1])")
         ax.set_ylabel("accuracy under attack (%)")
-        ax.set_title(f"{attack} ({_n_note(results, attack)})", fontsize=10)
+        ax.set_title(f"{_tex(attack)} ({_n_note(results, attack)})", fontsize=10)
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
         _legend_outside(ax, len(present))
@@ -573,8 +586,9 @@ def _worst_case_figure(board: pd.DataFrame, results: pd.DataFrame, out: OutputFo
     if not worst.eps:
         return None
     status = board["status"] if "status" in board else pd.Series([""] * len(board))
-    labels = [str(d) + ("  (unranked)" if rank_text(r) == DASH else "")
-              for d, r in zip(board["defense"], board["rank"], strict=True)]
+    ranks = board["rank"] if "rank" in board else pd.Series([pd.NA] * len(board))
+    labels = [_tex(d) + ("  (unranked)" if rank_text(r) == DASH else "")
+              for d, r in zip(board["defense"], ranks, strict=True)]
     if len(worst.eps) == 1:
         eps, _ = worst.eps[0]
         values, los, his = [], [], []
@@ -584,7 +598,7 @@ def _worst_case_figure(board: pd.DataFrame, results: pd.DataFrame, out: OutputFo
                 lo, hi = _float(row.get(worst.lo[eps])), _float(row.get(worst.hi[eps]))
             else:
                 lo, hi, _ = _worst_interval_from_results(results, str(row["defense"]),
-                                                         float(eps))
+                                                         float(eps), v)
             values.append(v)
             los.append(lo)
             his.append(hi)
@@ -672,7 +686,11 @@ def _small_multiples(results: pd.DataFrame, sweeps: list[str], defenses: list[st
             if rows.empty:
                 continue
             c = _curve(rows)
-            ax.plot(c["eps"], 100 * c["robust_acc"], label=str(attack), **style)
+            if single and len(sweeps) > 1:  # earlier lines wider: agreeing attacks that
+                # coincide (e.g. one attack in several backends) stay visible under later ones
+                style = {**style, "lw": 1.2 + min(1.4, 7.0 / len(sweeps)) * (len(sweeps) - 1 - i),
+                         "alpha": 0.9}
+            ax.plot(c["eps"], 100 * c["robust_acc"], label=_tex(attack), **style)
             if "robust_acc_lo" in c:
                 ax.fill_between(c["eps"], 100 * c["robust_acc_lo"], 100 * c["robust_acc_hi"],
                                 color=style["color"], alpha=0.15, lw=0)
@@ -687,14 +705,14 @@ def _small_multiples(results: pd.DataFrame, sweeps: list[str], defenses: list[st
                 err = [100 * (c["robust_acc"] - c["robust_acc_lo"]).clip(lower=0),
                        100 * (c["robust_acc_hi"] - c["robust_acc"]).clip(lower=0)]
             ax.errorbar(c["eps"], 100 * c["robust_acc"], yerr=err, fmt=style["marker"],
-                        color=style["color"], ms=4, capsize=2, label=str(attack))
+                        color=style["color"], ms=4, capsize=2, label=_tex(attack))
         st = status.get(defense)
         tag = f" [{str(st).upper()}]" if isinstance(st, str) and st != "pass" else ""
-        ax.set_title(f"{defense}{tag}", fontsize=8,
+        ax.set_title(f"{_tex(defense)}{tag}", fontsize=8,
                      color={"fail": "#cf222e", "warn": "#9a6700"}.get(str(st), "black"))
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(labelsize=9 if single else 7)
     for i, ax in enumerate(axes):
         ax.set_visible(i < len(defenses))
         if i + ncols >= len(defenses):  # nothing drawn below: this panel shows its eps axis
@@ -708,10 +726,10 @@ def _small_multiples(results: pd.DataFrame, sweeps: list[str], defenses: list[st
         from matplotlib.lines import Line2D
 
         handles.append(Line2D([], [], color="grey", linestyle=":", alpha=0.6))
-        labels.append(f"{reference} (reference)")
+        labels.append(f"{_tex(reference)} (reference)")
     if single:
         ax = axes[0]
-        ax.set_title(f"{defenses[0]}: accuracy vs eps, every attack", fontsize=10)
+        ax.set_title(f"{_tex(defenses[0])}: accuracy vs eps, every attack", fontsize=10)
         ax.set_xlabel("eps (L∞, input scale [0, 1])")
         ax.set_ylabel("accuracy under attack (%)")
         _legend_outside(ax, len(labels))
@@ -820,7 +838,7 @@ def write_report(out: OutputFolder, results: pd.DataFrame, checks: pd.DataFrame,
     metrics = _read_optional(source / "defense_metrics.csv")
     run = _read_run_record(source / "run.json")
     log = _read_log(source / "run.log")
-    figures = plot_curves(results, out, board, checks)
+    figures = plot_curves(results, out, board)
     report = _Report(results, checks, board, metrics, run, log, figures)
     out.write_text("report.md", report.markdown())
     out.write_text("report.html", report.html())
@@ -939,7 +957,7 @@ class _Report:
         if self.metrics is not None:
             md += ["## Defense metrics (last step of each)", "",
                    _md_table([_md(c) for c in self.metrics.columns],
-                             [[_md(_number(v)) for v in row]
+                             [[_md(v) for v in row]
                               for row in self.metrics.itertuples(index=False)], numeric_from=1),
                    ""]
         md += ["## Provenance", ""] + [f"- **{k}**: {_md(v)}" for k, v in self.provenance]
@@ -1046,10 +1064,10 @@ class _Report:
 
     def _metrics_html(self) -> str:
         frame = self.metrics
-        head = "".join(f"<th class='{'num' if i else ''}'>{_h(c)}</th>"
+        head = "".join(f"<th class='{'num' if i else ''}'>{_hb(c)}</th>"
                        for i, c in enumerate(frame.columns))
         rows = "".join("<tr>" + "".join(
-            f"<td class='{'num' if i else 'name'}'>{_h(_number(v)) if i else _hb(v)}</td>"
+            f"<td class='{'num' if i else 'name'}'>{_h(v) if i else _hb(v)}</td>"
             for i, v in enumerate(row)) + "</tr>" for row in frame.itertuples(index=False))
         return f"<table class='metrics'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
@@ -1067,8 +1085,19 @@ def _last_metrics(metrics: pd.DataFrame | None, defenses: list[str]) -> pd.DataF
         rows = [d for d in defenses if d in set(wide.index)]
         rows += [d for d in dict.fromkeys(last["defense"]) if d not in rows]
         wide = wide.reindex(index=rows, columns=list(dict.fromkeys(last["metric"])))
+        # one format per column: whole numbers as such, else three decimals
+        wide = wide.apply(_column_text)
         return wide.reset_index()
-    return last[["defense", "metric", "value"]].reset_index(drop=True)
+    last = last[["defense", "metric", "value"]].reset_index(drop=True)
+    return last.assign(value=last["value"].map(_number))
+
+
+def _column_text(column: pd.Series) -> pd.Series:
+    values = pd.to_numeric(column, errors="coerce")
+    if values.isna().all():
+        return column.map(lambda v: DASH if _missing(v) else str(v))
+    whole = bool(((values.dropna() % 1) == 0).all())
+    return values.map(lambda v: DASH if _missing(v) else f"{v:.0f}" if whole else f"{v:.3f}")
 
 
 def _badge(status: str) -> str:
