@@ -196,7 +196,13 @@ def _md(value: Any) -> str:
 # -- the leaderboard's columns ----------------------------------------------------------------
 _WORST = re.compile(r"^worst(?:@(?P<eps>.+?))?(?P<side>_lo|_hi)?$")
 _FIXED = {"rank", "defense", "clean_acc", "status", "reason", "p_vs_none", "worst_n",
-          "clean_acc_lo", "clean_acc_hi"}
+          "worst_kind", "clean_acc_lo", "clean_acc_hi"}
+
+
+def _worst_kind(board: pd.DataFrame) -> str:
+    """How the leaderboard computed its worst case ("per image" or "min over attacks")."""
+    kinds = set(board["worst_kind"].dropna()) if "worst_kind" in board else set()
+    return "per image" if kinds == {"per image"} else "min over attacks"
 
 
 def _eps_of(text: str) -> float | None:
@@ -340,7 +346,8 @@ def board_groups(board: pd.DataFrame, results: pd.DataFrame, worst: WorstCase
             columns.append(Column(header, key, kind))
             used.add(key)
     if columns:
-        groups.append(Group("worst case", "min over attacks", columns))
+        used.add("worst_kind")
+        groups.append(Group("worst case", _worst_kind(board), columns))
     other = [str(c) for c in board.columns if c not in used and not str(c).startswith("clean_")]
     if other:
         groups.append(Group("other", "", [Column(c, c, _kind_of(board[c])) for c in other]))
@@ -885,9 +892,13 @@ class _Report:
         return f"worst case @ {eps}" if eps else "worst case"
 
     def ci_note(self) -> str:
-        text = ("Accuracy in % with 95 % Wilson score intervals in brackets; the worst case is "
-                "the minimum over the attacks run at the threat eps. A defense with a failed "
-                "check is unranked (–): its numbers cannot be trusted.")
+        how = ("per image: an image counts only if it is correct and survives every regular "
+               "attack at the threat eps, on the images all of them evaluated"
+               if _worst_kind(self.board) == "per image" else
+               "the minimum over the attacks run at the threat eps")
+        text = (f"Accuracy in % with 95 % Wilson score intervals in brackets; the worst case is "
+                f"{how}. A defense with a failed check is unranked (–): its numbers cannot be "
+                "trusted.")
         if self.derived_ci:
             text += (" The worst case's interval is that of the attack that attains the "
                      "minimum (the leaderboard has no per-image worst-case interval).")

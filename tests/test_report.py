@@ -69,18 +69,17 @@ def _checks() -> pd.DataFrame:
 
 
 def _future_board(board: pd.DataFrame) -> pd.DataFrame:
-    """The leaderboard as the next version will write it: rank ranges as strings, "" for the
+    """The leaderboard as a run with per-image outcomes writes it: rank ranges, "" for the
     unranked, per-image worst case with a Wilson interval, n and the p-value against none."""
     board = board.copy()
-    ranked = board["rank"].notna()
+    ranked = board["rank"].notna() & (board["rank"].astype(str) != "")
     labels = ["1", "2–3", "2–3"] + [str(i) for i in range(4, int(ranked.sum()) + 1)]
     board["rank"] = [labels[i] if ok else "" for i, ok in enumerate(ranked)]
     worst = next(c for c in board.columns if str(c).startswith("worst@"))
-    board.insert(board.columns.get_loc(worst) + 1, f"{worst}_lo",
-                 (board[worst] - 0.03).clip(lower=0))
-    board.insert(board.columns.get_loc(worst) + 2, f"{worst}_hi",
-                 (board[worst] + 0.03).clip(upper=1))
+    board[f"{worst}_lo"] = (board[worst] - 0.03).clip(lower=0)
+    board[f"{worst}_hi"] = (board[worst] + 0.03).clip(upper=1)
     board["worst_n"] = 200
+    board["worst_kind"] = "per image"
     board["p_vs_none"] = [float("nan") if d == "none" else 0.0004 * (i + 1)
                           for i, d in enumerate(board["defense"])]
     return board
@@ -172,7 +171,7 @@ def test_summary_lines(report):
     assert re.search(r"<td class='num'>–</td>", rows[-1])
     plain = [re.sub(r"<[^>]+>", "", r) for r in rows]
     assert all(len(re.findall(r"\d+\.\d \[\d+\.\d, \d+\.\d\]", r)) == 2 for r in plain)
-    if "p_vs_none" in report["board"]:
+    if report["board"]["p_vs_none"].notna().any():
         assert "&lt;0.001" in summary and "2–3" in summary
 
 
