@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 import robench
-from robench.errors import UserError
+from robench.errors import Interrupted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adversarial-robustness benchmarking: attacks x defenses, "
@@ -59,14 +59,15 @@ def run(
 
     Example: robench run suites/fgsm_lenet.yaml --data-dir ../shared/data
     """
-    from robench.leaderboard import to_markdown
-    from robench.runner import Interrupted, RunOptions, run_suite
-
     if device is not None and device not in ("auto", "cpu", "cuda"):
         _fail(UserError(f"unknown device {device!r}; use auto, cpu or cuda", where="--device"))
-    opts = RunOptions(data_dir=data_dir, out=out, device=device, eval_limit=eval_limit,
-                      epochs=epochs, seed=seed, quiet=quiet, use_cache=not no_cache, force=force)
     try:
+        from robench.leaderboard import to_markdown
+        from robench.runner import RunOptions, run_suite
+
+        opts = RunOptions(data_dir=data_dir, out=out, device=device, eval_limit=eval_limit,
+                          epochs=epochs, seed=seed, quiet=quiet, use_cache=not no_cache,
+                          force=force)
         out_dir, board = run_suite(suite, opts)
     except UserError as err:
         _fail(err)
@@ -124,10 +125,15 @@ def _finalize(results: Path, out: Path | None):
     results' own folder), which robench locks and writes only its own files into."""
     from robench.finalize import finalize
     from robench.outdir import OutputFolder
+    from robench.results import read_results
 
-    if not results.exists():
-        raise UserError("results file not found", where=str(results))
+    if out is not None and not str(out).strip():
+        raise UserError("empty folder name", where="--out")
+    read_results(results)  # a bad input stops here, before any folder is created
     folder = results if results.is_dir() else results.parent
+    if out is not None and out.resolve() != folder.resolve() and (out / "results.csv").exists():
+        raise UserError("holds another run's results.csv; write this leaderboard into an "
+                        "empty folder", where=str(out))
     with OutputFolder.open(out if out is not None else folder) as target:
         return finalize(results, target)
 

@@ -178,6 +178,9 @@ def compare_results(path_a: Path, path_b: Path) -> str:
 
 def compare_defenses(path: Path, defense_a: str, defense_b: str) -> str:
     """Markdown comparison of two defenses of one run, cell by cell on the same images."""
+    if defense_a == defense_b:
+        raise UserError(f"compare two different defenses (got {defense_a!r} twice)",
+                        where="--defenses")
     results, outcomes = read_results(path), _outcomes_of(path)
     sides = []
     for name in (defense_a, defense_b):

@@ -26,3 +26,7 @@ def key_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     return path or "(top level)"
+
+
+class Interrupted(Exception):
+    """A run stopped by Ctrl-C or SIGTERM; its message says what was kept (exit code 130)."""

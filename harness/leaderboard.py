@@ -16,11 +16,14 @@ when an exact McNemar test on the per-image worst-case outcomes (two-sided, p < 
 not corrected for multiple comparisons) cannot separate it from its neighbours: its best rank
 is 1 + the number of defenses significantly better, its worst rank the number of ranked
 defenses minus those significantly worse (e.g. ``4–12``). ``p_vs_none`` is the same test
-against the undefended ``none`` row. A defense whose sanity checks failed (see
-``robench.checks``) is listed last, without a rank, because its numbers cannot be trusted.
+against the undefended baseline (the entry of the ``none`` plugin, whatever its label). A
+defense whose sanity checks failed (see ``robench.checks``) is listed last, without a rank,
+because its numbers cannot be trusted.
 """
 
 from __future__ import annotations
+
+import re
 
 import pandas as pd
 
@@ -92,8 +95,9 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
         board = pd.concat([board[~failed], board[failed]], ignore_index=True)
         failed = board["status"] == "fail"
     board.insert(0, "rank", _ranks(board, worst_col, failed, per_image))
+    reference = _undefended_label(results)
     board.insert(board.columns.get_loc("worst_kind") + 1, "p_vs_none",
-                 [_p_value(per_image, str(d), NONE_LABEL) for d in board["defense"]])
+                 [_p_value(per_image, str(d), reference) for d in board["defense"]])
     return board
 
 
@@ -139,6 +143,17 @@ def _worst_columns(worst_col: str, per_image: pd.Series | None,
             "worst_kind": kind}
 
 
+def _undefended_label(results: pd.DataFrame) -> str:
+    """The label of the undefended baseline: the entry of the ``none`` plugin (by plugin, not
+    by label: another plugin may be labelled "none")."""
+    if "defense_name" in results:
+        labels = results.loc[results["defense_name"] == NONE_LABEL, "defense"]
+        if not labels.empty:
+            return str(labels.iloc[0])
+        return "\0no undefended baseline"
+    return NONE_LABEL
+
+
 def _p_value(per_image: dict[str, pd.Series], a: str, b: str) -> float:
     """Exact McNemar p-value of two defenses' worst-case outcomes on their common images."""
     if a == b or a not in per_image or b not in per_image:
@@ -179,8 +194,13 @@ def subset_notes(results: pd.DataFrame) -> list[str]:
 
 
 def escape_markdown(text: object) -> str:
-    """A cell of a markdown table: ``|`` escaped, line breaks as spaces."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """Text for a markdown table cell: line breaks as spaces, ``|``, ``[`` and ``]`` escaped (no
+    table breaks, no links), and no raw HTML (a ``<`` that could open a tag and a ``&`` that
+    could start an entity become entities)."""
+    text = " ".join(str(text).split())
+    text = re.sub(r"&(?=#?\w+;)", "&amp;", text)
+    text = re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
+    return text.replace("|", "\\|").replace("[", "\\[").replace("]", "\\]")
 
 
 def format_p(p: float) -> str:

@@ -187,10 +187,8 @@ def _plural(n: int, word: str) -> str:
 
 
 def _md(value: Any) -> str:
-    """Text in markdown: ``|`` escaped (``escape_markdown``), and no raw HTML: a ``<`` that
-    could open a tag and an ``&`` that could start an entity become entities."""
-    text = re.sub(r"&(?=#?\w+;)", "&amp;", escape_markdown(value))
-    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
+    """Text in markdown (``robench.leaderboard.escape_markdown``)."""
+    return escape_markdown(value)
 
 
 # -- the leaderboard's columns ----------------------------------------------------------------

@@ -68,9 +68,19 @@ TIMING_COLUMNS = ["attack_seconds", "defense_seconds", "created_at"]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file the user named (``compare --out``): temp file + fsync + rename."""
+    """Write a new file the user named (``compare --out``): never over an existing file or link,
+    never into a robench results folder; temp file (with the umask's mode) + fsync + rename."""
+    if os.path.lexists(path):
+        raise UserError("exists; choose a new file name (robench does not overwrite it)",
+                        where=str(path))
+    if (path.parent / ".robench-manifest.json").exists():
+        raise UserError("is inside a robench results folder; write the comparison elsewhere",
+                        where=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)

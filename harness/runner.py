@@ -28,8 +28,8 @@ from robench.checks import model_diagnostics
 from robench.config import Suite, load_suite, parse_suite
 from robench.data import Dataset, Split, load_dataset
 from robench.defenses import DefenseContext
-from robench.eps import eps_text
-from robench.errors import UserError
+from robench.eps import canonical_eps, eps_text
+from robench.errors import Interrupted, UserError
 from robench.evaluation import evaluate_attack
 from robench.finalize import DIAGNOSTICS_FILE, finalize, read_diagnostics
 from robench.models import model_hash as fingerprint
@@ -133,10 +133,10 @@ class Runner:
     def run(self, dataset: Dataset) -> pd.DataFrame:
         started = time.perf_counter()
         plan = self.plan
-        self._start_run_record()
         self.data_hash = dataset.fingerprint
         train_split = dataset.train.to(self.device)
         test_split = dataset.test.head(plan.suite.data.eval_limit).to(self.device)
+        self._start_run_record(len(test_split))
         self.reporter.info(f"suite {plan.name}: {plan.baseline.dataset} train "
                            f"{len(train_split)}, eval {len(test_split)} images, "
                            f"device {self.device}")
@@ -159,11 +159,11 @@ class Runner:
                             if k in {d.label for d in plan.defenses}}
         write_json(self.folder, DIAGNOSTICS_FILE, self.diagnostics)
         self._write_metrics()
-        board = finalize(self.out_dir, self.folder, reporter=self.reporter)
+        # logged before the report, which shows both lines (as a later `robench report` does)
         self.reporter.info(reproduction_line(self.out_dir, self.table.frame()))
-        self.reporter.info(f"done in {time.perf_counter() - started:.1f}s; "
-                           f"results in {self.out_dir}")
-        return board
+        self.reporter.info(f"done in {time.perf_counter() - started:.1f}s (checks and report "
+                           f"follow); results in {self.out_dir}")
+        return finalize(self.out_dir, self.folder, reporter=self.reporter)
 
     def baseline(self, dataset: Dataset, train_split: Split) -> nn.Module:
         spec = self.plan.baseline
@@ -268,7 +268,7 @@ class Runner:
         if problem:
             self.reporter.info(f"warning: {problem}")
 
-    def _start_run_record(self) -> None:
+    def _start_run_record(self, n_eval: int) -> None:
         """Load what resume may reuse, move earlier outputs aside when this run will drop some
         of their cells, and write run.json."""
         if not self.opts.force:
@@ -284,7 +284,8 @@ class Runner:
                 self.reporter.info(f"{OUTCOMES_FILE} could not be read as robench outcomes; "
                                    "not trusted (its cells are recomputed)")
             self._load_diagnostics()
-        stale = self.table.keys() - self.plan_cells() if not self.opts.force else {"force"}
+        stale = (self.table.keys() - self.plan_cells()) | self._changed_cells(n_eval) \
+            if not self.opts.force else {"force"}
         present = [n for n in output_names(self.out_dir) if self.folder.owns(n)]
         if stale and present and ResultTable.NAME in present:
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -307,6 +308,22 @@ class Runner:
             "threads": torch.get_num_threads(),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
+
+    def _changed_cells(self, n_eval: int) -> set[tuple[str, str, float, int]]:
+        """Stored cells of this plan whose settings changed (params, role, number of images):
+        this run replaces them, so the earlier outputs are moved aside first."""
+        defenses = {d.label: d for d in self.plan.defenses}
+        attacks = {a.label: a for a in self.plan.attacks}
+        changed = set()
+        for row in self.table.rows:
+            d, a = defenses.get(str(row["defense"])), attacks.get(str(row["attack"]))
+            if d is None or a is None:
+                continue
+            n = min(n_eval, a.limit) if a.limit else n_eval
+            if (str(row["defense_params"]), str(row["attack_params"]), str(row["role"]),
+                    int(row["n"])) != (d.params_json, a.params_json, a.role, n):
+                changed.add((d.label, a.label, canonical_eps(row["eps"]), int(row["seed"])))
+        return changed
 
     def plan_cells(self) -> set[tuple[str, str, float, int]]:
         return {(d.label, a.label, eps, self.plan.seed)
@@ -360,14 +377,16 @@ OUTPUT_NAMES = ("results.csv", OUTCOMES_FILE, "run.json", "run.log", DIAGNOSTICS
                 "defense_metrics.csv", "checks.csv", "leaderboard.csv", "leaderboard.md",
                 "report.md", "report.html")
 METRICS_FILE = "defense_metrics.csv"
+#: the report's figure files (robench.report): curve_<attack>, worst_case, curves_by_defense
+FIGURE_PREFIXES = ("curve_", "worst_case.", "curves_by_defense.")
 
 
 def output_names(folder: Path) -> list[str]:
     """The names robench writes in a results folder that exist there now."""
     names = [n for n in OUTPUT_NAMES if os.path.lexists(folder / n)]
     if folder.is_dir():
-        names += sorted(p.name for p in folder.iterdir()
-                        if p.name.startswith("curve_") and p.suffix in (".png", ".svg"))
+        names += sorted(p.name for p in folder.iterdir() if p.suffix in (".png", ".svg")
+                        and p.name.startswith(FIGURE_PREFIXES))
     return names
 
 
@@ -412,10 +431,6 @@ def reproduction_line(folder: Path, results: pd.DataFrame) -> str:
         return f"reproduced: largest difference 0.0 pp over {len(cells)} cells"
     return (f"not reproduced: {differ} of {len(cells)} cells differ from the committed "
             f"results.csv (largest {worst.max():.2f} pp); see robench compare")
-
-
-class Interrupted(Exception):
-    """A run stopped by Ctrl-C or SIGTERM; its message says what was kept."""
 
 
 def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, pd.DataFrame]:

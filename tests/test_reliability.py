@@ -152,3 +152,27 @@ def test_a_broken_plugin_leaves_other_commands_working(tmp_path, cli_env):
     line = one_line_error(robench("run", str(uses), "--out", str(tmp_path / "o"), env=env))
     assert "broken" in line and "failed to load" in line
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_changed_settings_and_foreign_targets_never_lose_results(tmp_path, cli_env):
+    out, other = tmp_path / "out", tmp_path / "other"
+    s = suite(tmp_path)
+    assert robench("run", str(s), "--out", str(out), "-q", env=cli_env).returncode == 0
+    first = (out / "results.csv").read_text()
+    # the same cells with other settings (fewer images): earlier results are moved aside
+    assert robench("run", str(s), "--out", str(out), "-q", "--eval-limit", "50",
+                   env=cli_env).returncode == 0
+    aside = [p for p in out.iterdir() if p.name.startswith("previous-")]
+    assert len(aside) == 1 and (aside[0] / "results.csv").read_text() == first
+    assert set(pd.read_csv(out / "results.csv")["n"]) == {50}
+    # a leaderboard into another run's folder would overwrite that run's report: refused
+    assert robench("run", str(s), "--out", str(other), "-q", env=cli_env).returncode == 0
+    before = snapshot(other)
+    line = one_line_error(robench("leaderboard", str(out / "results.csv"), "--out",
+                                  str(other), env=cli_env))
+    assert "another run's results.csv" in line and snapshot(other) == before
+    # compare --out never overwrites a file, nor writes into a results folder
+    line = one_line_error(robench("compare", str(out), str(other), "--out",
+                                  str(other / "results.csv"), env=cli_env))
+    assert "exists" in line and snapshot(other) == before

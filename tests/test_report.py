@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from robench.checks import summarise
-from robench.leaderboard import build_leaderboard
+from robench.leaderboard import build_leaderboard, escape_markdown
 from robench.outdir import OutputFolder
 from robench.report import (
     CHECK_MEANING,
@@ -157,9 +157,9 @@ def test_every_defense_and_attack_appears_and_is_escaped(report):
     assert "&lt;suite&gt;" in page and "<suite>" not in report["html"]
     md = report["md"]
     assert "&lt;b>evil\\|def&lt;/b>" in md and "<b>" not in md and "<i>" not in md
-    assert "pgd[steps=<5>\\|x]" in md.replace("&lt;", "<")
+    assert "pgd\\[steps=<5>\\|x\\]" in md.replace("&lt;", "<")  # no table break, no link
     for defense in DEFENSES:
-        assert defense.replace("|", "\\|").replace("<", "&lt;") in md
+        assert escape_markdown(defense) in md
 
 
 def test_summary_lines(report):
