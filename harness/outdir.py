@@ -312,6 +312,16 @@ class OutputFolder:
                 continue
         raise OSError(errno.EEXIST, f"no free temporary name starting {prefix!r}")
 
+    def _fill_and_place(self, fd: int, data: bytes, temp: str, name: str) -> None:
+        """Write ``data`` to the open temp file, fsync and close it, then rename it to ``name``
+        (the rename replaces a name, never the target of a link)."""
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, name, src_dir_fd=self._dirfd, dst_dir_fd=self._dirfd)
+
     def _probe(self) -> None:
         """Prove the folder is writable with a unique, exclusively created file."""
         try:
@@ -473,12 +483,7 @@ class OutputFolder:
         temp = None
         try:
             temp, fd = self._new_temp(name, pending=(size, digest))
-            try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, name, src_dir_fd=self._dirfd, dst_dir_fd=self._dirfd)
+            self._fill_and_place(fd, data, temp, name)
         except BaseException as err:
             self._abandon(temp, name, previous)
             if isinstance(err, OSError):
@@ -922,12 +927,7 @@ class OutputFolder:
         data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8")
         temp, fd = self._create_unique(MANIFEST_TEMP_PREFIX, ".tmp")
         try:
-            try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, MANIFEST_NAME, src_dir_fd=self._dirfd, dst_dir_fd=self._dirfd)
+            self._fill_and_place(fd, data, temp, MANIFEST_NAME)
         except BaseException:
             with suppress(OSError):
                 os.unlink(temp, dir_fd=self._dirfd)
