@@ -169,7 +169,7 @@ class Runner:
             for defense in seeded.defenses:
                 model, seconds = self.defend(defense, baseline, train_split, validation,
                                              dataset, seed)
-                self.reporter.info(f"[{defense.label}] seed {seed}: clean accuracy "
+                self.reporter.info(f"[{defense.label}]{self._tag(seed)} clean accuracy "
                                    f"{accuracy(model, test_split):.4f}")
                 if seed == plan.seeds[0]:  # diagnostics of the first seed's models
                     self.diagnostics[defense.label] = model_diagnostics(model, test_split)
@@ -246,8 +246,8 @@ class Runner:
         # numbers do not depend on which other eps are attacked with it
         missing = [eps for eps in attack.eps if not self._done(expect, eps)]
         if not missing:
-            self.reporter.info(f"[{defense.label}] {attack.label} seed {seed}: already in "
-                               "results.csv, skipped")
+            self.reporter.info(f"[{defense.label}] {attack.label}{self._tag(seed)}: already "
+                               "in results.csv, skipped")
             return
         outcomes = evaluate_attack(model, attack.build(model), missing, data,
                                    reporter=self.reporter,
@@ -272,7 +272,7 @@ class Runner:
         self.table.replace_cells(rows)
         self.cells_done += len(rows)
         curve = ", ".join(f"{eps_text(o.eps)}: {o.robust_acc:.3f}" for o in outcomes)
-        self.reporter.info(f"[{defense.label}] {attack.label} seed {seed}: robust accuracy "
+        self.reporter.info(f"[{defense.label}] {attack.label}{self._tag(seed)} robust accuracy "
                            f"{{{curve}}}")
 
     def _done(self, expect: CellExpectation, eps: float) -> bool:
@@ -286,6 +286,10 @@ class Runner:
         return counts is not None and consistent(row, *counts, n=len(self._image_ids))
 
     # -- bookkeeping ----------------------------------------------------------------------
+    def _tag(self, seed: int) -> str:
+        """" seed N" in log lines of a run with several seeds."""
+        return f" seed {seed}" if len(self.plan.seeds) > 1 else ""
+
     def _with_data(self, key: str) -> str:
         """A plan's cache key joined with the fingerprint of the data actually loaded."""
         return cache_key(plan=key, data=self.data_hash)
