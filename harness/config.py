@@ -34,6 +34,11 @@ class DataConfig(_Strict):
 
 class ModelConfig(_Strict):
     name: str = "lenet5"
+    # a checkpoint to evaluate instead of training the baseline (robench.weights); a relative
+    # path is relative to the suite file's folder
+    weights: str | None = Field(None, min_length=1)
+    # for a model whose forward returns a tuple/list or a dict: the index or key of the logits
+    logits: int | str | None = None
 
 
 RESERVED_LABELS = ("worst", "rank", "defense", "clean_acc", "status", "reason")
