@@ -49,6 +49,20 @@ class DataConfig(_Strict):
 
 class ModelConfig(_Strict):
     name: str = "lenet5"
+    # a checkpoint to evaluate instead of training the baseline (robench.weights); a relative
+    # path is relative to the suite file's folder
+    weights: str | None = Field(None, min_length=1)
+    # for a model whose forward returns a tuple/list or a dict: the index or key of the logits
+    logits: int | str | None = None
+
+    @field_validator("logits", mode="before")
+    @classmethod
+    def _index_or_key(cls, value: Any) -> Any:
+        # one message instead of pydantic's one per member of the union
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | str)):
+            raise ValueError("must be an index (an integer) or a key (a string) of the "
+                             "model's output")
+        return value
 
 
 RESERVED_LABELS = ("worst", "rank", "defense", "clean_acc", "status", "reason")

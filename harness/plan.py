@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
@@ -33,13 +34,14 @@ from robench.attacks import ATTACKS, Attack, AttackParams
 from robench.cache import cache_key
 from robench.codehash import code_hash
 from robench.config import AttackEntry, Suite, load_suite, parse_suite, raise_validation
-from robench.data import DATASETS
+from robench.data import DATASETS, Dataset
 from robench.defenses import DEFENSES, Defense, DefenseParams
 from robench.errors import UserError
 from robench.evaluation import evaluate_attack
-from robench.models import MODELS
+from robench.models import MODELS, LogitsKey, SelectOutput, check_logits
 from robench.seeds import derive_seed
 from robench.training import TrainConfig, train
+from robench.weights import WeightsFile, weights_file
 
 MAX_LABEL = 80
 
@@ -62,6 +64,25 @@ class BaselineSpec:
     seed: int
     code_hash: str
     cache_key: str
+    weights: WeightsFile | None = None      # model.weights: a checkpoint instead of training
+    logits: LogitsKey | None = None         # model.logits: which output holds the logits
+    source: str = ""                        # the suite file, for error messages
+
+    def build(self, num_classes: int) -> nn.Module:
+        """The baseline's architecture on the CPU: with the checkpoint's weights loaded when
+        ``model.weights`` is set, wrapped to return the ``model.logits`` output when set."""
+        model = self.model_cls(num_classes=num_classes)
+        if self.weights is not None:
+            self.weights.load_into(model, self.model)
+        return model if self.logits is None else SelectOutput(model, self.logits)
+
+    def check(self, dataset: Dataset) -> None:
+        """Before anything is written: the checkpoint fits the architecture and the model
+        returns logits for the dataset's classes (a ``UserError`` otherwise)."""
+        with torch.random.fork_rng(devices=[]):  # leaves the global RNG as it was
+            model = self.build(dataset.num_classes)
+        check_logits(model, dataset.test.images[:2], dataset.num_classes, self.model,
+                     self.logits, self.source)
 
 
 @dataclass(frozen=True)
@@ -219,13 +240,21 @@ def _params(plugin: Any, raw: dict[str, Any], source: str, where: str) -> Any:
 def _baseline(suite: Suite, source: str, seed: int) -> BaselineSpec:
     _plugin(DATASETS, suite.data.dataset, f"{source}: data.dataset")
     model_cls = _plugin(MODELS, suite.model.name, f"{source}: model.name")
-    code = code_hash(model_cls, train, DATASETS.get(suite.data.dataset))
+    weights = None if suite.model.weights is None else weights_file(suite.model.weights, source)
+    # only set options join the key, so the keys of suites without them stay as they were
+    extra: dict[str, Any] = {}
+    if weights is not None:
+        extra["weights_sha256"] = weights.sha256
+    if suite.model.logits is not None:
+        extra["logits"] = suite.model.logits
+    code = code_hash(model_cls, train, DATASETS.get(suite.data.dataset),
+                     *([WeightsFile] if weights is not None else []))
     key = cache_key(kind="baseline", dataset=suite.data.dataset, model=suite.model.name,
                     train=suite.train.model_dump(), seed=derive_seed(seed),
                     code=code, robench=robench.__version__,
-                    validation=[suite.data.validation_size, suite.data.split_seed])
+                    validation=[suite.data.validation_size, suite.data.split_seed], **extra)
     return BaselineSpec(suite.data.dataset, suite.model.name, model_cls, suite.train,
-                        derive_seed(seed), code, key)
+                        derive_seed(seed), code, key, weights, suite.model.logits, source)
 
 
 def _resolve_entries(entries: list[Any], registry: Any, section: str, source: str

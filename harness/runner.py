@@ -193,7 +193,11 @@ class Runner:
 
     def baseline(self, spec: BaselineSpec, dataset: Dataset, train_split: Split) -> nn.Module:
         torch.manual_seed(spec.seed)
-        model = spec.model_cls(num_classes=dataset.num_classes).to(self.device)
+        model = spec.build(dataset.num_classes).to(self.device)
+        if spec.weights is not None:  # model.weights: a user's checkpoint, not trained or cached
+            self.reporter.info(f"baseline {spec.model}: weights {spec.weights.path} "
+                               f"(sha256 {spec.weights.sha256[:12]})")
+            return model.eval()
         key = self._with_data(spec.cache_key)
         if self.cache.load(key, model) is not None:
             self.reporter.info(f"baseline {spec.model}: loaded from cache ({key[:10]})")
@@ -328,7 +332,8 @@ class Runner:
         write_json(self.folder, "run.json", {
             "suite": plan.suite.model_dump(mode="json"), "source": plan.source,
             "baseline": {"cache_key": plan.baseline.cache_key,
-                         "code_hash": plan.baseline.code_hash},
+                         "code_hash": plan.baseline.code_hash,
+                         "weights": plan.baseline.weights and plan.baseline.weights.record()},
             "defenses": {d.label: {"name": d.name, "params": d.params_json,
                                    "cache_key": d.cache_key, "code_hash": d.code_hash}
                          for d in plan.defenses},
@@ -497,6 +502,7 @@ def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, p
         raise UserError("empty folder name", where="--out")
     dataset = load_dataset(plan.suite.data.dataset, plan.suite.data.root)
     data_splits(plan, dataset)  # sizes checked before the folder is opened
+    plan.baseline.check(dataset)  # checkpoint fits, model returns logits: before any write
     out_dir = Path(opts.out) if opts.out else Path("results") / plan.name
     with OutputFolder.open(out_dir) as folder:
         foreign = folder.foreign_conflicts(output_names(folder.path))
