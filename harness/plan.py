@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
@@ -259,15 +260,48 @@ def _attacks(suite: Suite, source: str) -> tuple[AttackSpec, ...]:
                                          for plugin, params in resolved])
     libraries = _library_versions()
     specs = []
-    for label, entry, (plugin, params) in zip(labels, suite.attacks, resolved, strict=True):
+    for i, (label, entry, (plugin, params)) in enumerate(zip(labels, suite.attacks, resolved,
+                                                             strict=True)):
         text = params_json(params)
+        role = _role(plugin, entry, f"{source}: attacks[{i}].role")
         # the attack, the evaluation loop, the seed derivation and the libraries that may
         # compute the examples: any change makes its cells new cells
         code = cache_key(code=code_hash(plugin, evaluate_attack, derive_seed), libs=libraries)
         specs.append(AttackSpec(label, entry.name, plugin, params, text, tuple(entry.eps),
-                                entry.limit, entry.role,
+                                entry.limit, role,
                                 derive_seed(suite.seed, "attack", entry.name, text), code[:16]))
     return tuple(specs)
+
+
+#: the role of every verifier's rows (a lower bound: never part of the worst case)
+BOUND_ROLE = "bound"
+#: the output size of the throw-away model a verifier inspects (its layers do not depend on it)
+INSPECTED_CLASSES = 10
+
+
+def _role(plugin: type[Attack], entry: AttackEntry, where: str) -> str:
+    """A verifier's rows are bounds, whatever the suite says; an attack's role is the suite's."""
+    if plugin.family != "verifier":
+        return entry.role
+    if entry.role != "eval":  # the default (command-line overrides mark every key as set)
+        raise UserError(f"{entry.name} is a verifier: its rows always have role "
+                        f"{BOUND_ROLE!r}; remove `role`", where=where)
+    return BOUND_ROLE
+
+
+def _check_verifiers(baseline: BaselineSpec, attacks: tuple[AttackSpec, ...],
+                     source: str) -> None:
+    """Every verifier can bound the suite's model (layers, libraries), before any work."""
+    verifiers = [(i, a) for i, a in enumerate(attacks) if a.plugin.family == "verifier"]
+    if not verifiers:
+        return
+    with torch.random.fork_rng(devices=[]):  # building a model draws weights: not the run's
+        model = baseline.model_cls(num_classes=INSPECTED_CLASSES)
+    for i, spec in verifiers:
+        try:
+            spec.plugin.check_model(model, baseline.model, spec.params)
+        except UserError as err:
+            raise UserError(err.message, where=f"{source}: attacks[{i}]") from None
 
 
 def _always_shown(plugin: type[Attack], params: AttackParams) -> dict[str, Any]:
@@ -291,8 +325,9 @@ def _library_versions() -> dict[str, str | None]:
 def resolve(suite: Suite, source: str) -> Plan:
     """The typed plan of a structurally valid suite (plugins, params, labels, seeds, keys)."""
     baseline = _baseline(suite, source)
-    return Plan(suite, source, baseline, _defenses(suite, source, baseline),
-                _attacks(suite, source))
+    attacks = _attacks(suite, source)
+    _check_verifiers(baseline, attacks, source)
+    return Plan(suite, source, baseline, _defenses(suite, source, baseline), attacks)
 
 
 def load_plan(path: str | Path) -> Plan:
