@@ -305,14 +305,14 @@ def test_bad_params_fail_at_suite_load(params, fragment):
 
 @pytest.mark.slow
 def test_short_ibp_training_certifies_what_a_normal_lenet_cannot(mnist, trained_lenet):
-    """5000 real training images, 5 epochs (about 40 s on one core): verified accuracy at
+    """10 000 real training images, 5 epochs (about 35 s on one core): verified accuracy at
     eps 0.1 on 1000 test images is far above a normally trained LeNet-5's 0 %."""
     torch.manual_seed(0)
     from robench.models import LeNet5
 
     params = CertifiedTrainingParams(eps=0.1, epochs=5, warmup_epochs=1, rampup_epochs=3,
                                      monitor_limit=0)
-    ctx = DefenseContext(model=LeNet5(), train=mnist.train.head(5000),
+    ctx = DefenseContext(model=LeNet5(), train=mnist.train.head(10_000),
                          test=mnist.test.head(1000), params=params, seed=0,
                          device=torch.device("cpu"), train_config=TrainConfig(epochs=5))
     started = time.perf_counter()
@@ -327,6 +327,6 @@ def test_short_ibp_training_certifies_what_a_normal_lenet_cannot(mnist, trained_
           f"pgd20@0.1 {pgd.robust_acc:.3f}; normal LeNet-5 verified@0.1 {normal.robust_acc:.3f}"
           f" (n = 1000; training {seconds:.0f} s)")
     assert normal.robust_acc == 0.0
-    assert trained.robust_acc >= 0.3
+    assert trained.robust_acc >= 0.5
     assert pgd.robust_acc >= trained.robust_acc                    # the tie, on real data
     assert not (trained.adv_ok & ~(pgd.clean_ok & pgd.adv_ok)).any()
