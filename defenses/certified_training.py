@@ -37,9 +37,9 @@ Choices (documented because they change numbers):
   the trained baseline.
 - After each epoch (and once before the first) clean accuracy, IBP-verified accuracy at ``eps``
   and PGD-20 accuracy at ``eps`` (``alpha = 2.5 * eps / 20``, random start) on the first
-  ``monitor_limit`` images of the validation split (``ctx.validation``; the evaluation split
-  where the context has no validation split yet) go to ``defense_metrics.csv`` with the mean
-  training loss, eps_t and kappa. A monitor only: never used for training or selection.
+  ``monitor_limit`` images of the validation split (``ctx.validation``, held out of training)
+  go to ``defense_metrics.csv`` with the mean training loss, eps_t and kappa. A monitor only:
+  never used for training or selection.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ from torch.nn import functional as F
 
 from robench.attacks import ATTACKS
 from robench.attacks.ibp import Network, trace, worst_case_logits
-from robench.data import Split
 from robench.defenses.adversarial_training import fresh_init
 from robench.defenses.base import (
     DEFENSES,
@@ -135,13 +134,6 @@ class IBPLoss:
         return {"train_loss": mean, "train_eps": self.last[0], "kappa": self.last[1]}
 
 
-def monitor_split(ctx: DefenseContext) -> Split:
-    """The split monitors may read: the validation split, or the evaluation split in trees
-    whose ``DefenseContext`` has none yet."""
-    validation = getattr(ctx, "validation", None)
-    return ctx.test if validation is None else validation
-
-
 @DEFENSES.register("certified_training")
 class CertifiedTraining(Defense):
     """Certified training (IBP, Gowal et al. 2018): robustness proved by the ``ibp`` verifier."""
@@ -163,7 +155,7 @@ class CertifiedTraining(Defense):
         })
         net = trace(model, type(model).__name__)
         loss_fn = IBPLoss(p, net, config.epochs, math.ceil(len(ctx.train) / config.batch_size))
-        monitor = monitor_split(ctx).head(p.monitor_limit)
+        monitor = ctx.validation.head(p.monitor_limit)
         ibp = ctx.make_attack("ibp", model=model)
         pgd = ctx.make_attack("pgd", model=model, params={
             "steps": MONITOR_PGD_STEPS, "alpha": 2.5 * p.eps / MONITOR_PGD_STEPS})

@@ -368,6 +368,9 @@ def _beats_bound(attack: pd.Series, bound: pd.Series, paired: Paired) -> str:
     return ""
 
 
+DIAGNOSTIC_CHECKS = ("input_gradients", "deterministic_output", "logit_output")
+
+
 def _diagnostics(defense: str, diag: dict[str, float]) -> list[dict[str, Any]]:
     zero, nonfinite = diag["zero_grad_fraction"], diag["nonfinite_grad_fraction"]
     sample = int(diag.get("sample", GRADIENT_SAMPLE))
@@ -387,15 +390,27 @@ def _diagnostics(defense: str, diag: dict[str, float]) -> list[dict[str, Any]]:
 def run_checks(results: pd.DataFrame, diagnostics: dict[str, dict[str, float]] | None = None,
                outcomes: pd.DataFrame | None = None) -> pd.DataFrame:
     """All checks for every defense in a results table (attack comparisons on the same images
-    when per-image ``outcomes`` are given)."""
+    when per-image ``outcomes`` are given). With several seeds every check runs per seed (a
+    seed's rows against that seed's outcomes) and names the seed in its detail."""
     diagnostics = diagnostics or {}
-    paired = Paired(outcomes)
     rows: list[dict[str, Any]] = []
     defaults = {"backend": "native", "role": "eval"}
     results = with_traits(results.assign(**{c: results[c].fillna(v) if c in results else v
                                             for c, v in defaults.items()}))
-    for defense, group in results.groupby("defense", sort=False):
-        rows += _check_defense(str(defense), group, diagnostics.get(str(defense)), paired)
+    seeds = list(dict.fromkeys(results["seed"].astype(int))) if "seed" in results else [None]
+    for seed in seeds:
+        of_seed = results if seed is None else results[results["seed"] == seed]
+        paired = Paired(outcomes if outcomes is None or seed is None
+                        else outcomes[outcomes["seed"] == seed])
+        found = []
+        for defense, group in of_seed.groupby("defense", sort=False):
+            # model diagnostics are measured on the first seed's models only
+            diag = diagnostics.get(str(defense)) if seed == seeds[0] else None
+            found += [r for r in _check_defense(str(defense), group, diag, paired)
+                      if seed == seeds[0] or r["check"] not in DIAGNOSTIC_CHECKS]
+        if len(seeds) > 1:
+            found = [{**r, "detail": f"seed {seed}: {r['detail']}"} for r in found]
+        rows += found
     return pd.DataFrame(rows, columns=["defense", "check", "status", "detail"])
 
 

@@ -8,7 +8,10 @@ seed and its label (never its position) and hashes the code that will produce it
 runner, the cache, resume and the checks consume the plan; nothing downstream parses params
 again. Every problem is a ``UserError`` naming the file and key path.
 
-Seeds: the baseline and every defense use the suite seed itself (common random numbers: all
+Seeds: a suite runs once per seed of ``Suite.seed_list`` (``seed: N`` or ``seeds: [..]``); a
+``Plan`` is the plan of one of them (``plan.seed``, the first by default; ``plan.for_seed(s)``
+gives another, with its own seeds and cache keys). Within one seed, the baseline and every
+defense use that seed itself (common random numbers: all
 unlearning methods see the same forget samples, so their differences are theirs); each attack
 uses ``derive_seed(seed, "attack", name, canonical params)``, from what it is rather than from
 its label or position (the same random starts against every defense, and adding another entry
@@ -111,14 +114,22 @@ class Plan:
     baseline: BaselineSpec
     defenses: tuple[DefenseSpec, ...]
     attacks: tuple[AttackSpec, ...]
+    seed: int               # the seed this plan runs (one of ``seeds``)
 
     @property
     def name(self) -> str:
         return self.suite.name
 
     @property
-    def seed(self) -> int:
-        return self.suite.seed
+    def seeds(self) -> tuple[int, ...]:
+        """Every seed of the suite, in order: the runner runs ``for_seed`` of each."""
+        return self.suite.seed_list
+
+    def for_seed(self, seed: int) -> Plan:
+        """The same suite resolved for another seed (baseline, defenses and attack starts)."""
+        if seed == self.seed:
+            return self
+        return resolve(self.suite, self.source, seed)
 
 
 # -- labels ------------------------------------------------------------------------------------
@@ -206,15 +217,16 @@ def _params(plugin: Any, raw: dict[str, Any], source: str, where: str) -> Any:
         raise_validation(err, source, prefix=f"{where}.params")
 
 
-def _baseline(suite: Suite, source: str) -> BaselineSpec:
+def _baseline(suite: Suite, source: str, seed: int) -> BaselineSpec:
     _plugin(DATASETS, suite.data.dataset, f"{source}: data.dataset")
     model_cls = _plugin(MODELS, suite.model.name, f"{source}: model.name")
     code = code_hash(model_cls, train, DATASETS.get(suite.data.dataset))
     key = cache_key(kind="baseline", dataset=suite.data.dataset, model=suite.model.name,
-                    train=suite.train.model_dump(), seed=derive_seed(suite.seed),
-                    code=code, robench=robench.__version__)
+                    train=suite.train.model_dump(), seed=derive_seed(seed),
+                    code=code, robench=robench.__version__,
+                    validation=[suite.data.validation_size, suite.data.split_seed])
     return BaselineSpec(suite.data.dataset, suite.model.name, model_cls, suite.train,
-                        derive_seed(suite.seed), code, key)
+                        derive_seed(seed), code, key)
 
 
 def _resolve_entries(entries: list[Any], registry: Any, section: str, source: str
@@ -226,13 +238,14 @@ def _resolve_entries(entries: list[Any], registry: Any, section: str, source: st
     return out
 
 
-def _defenses(suite: Suite, source: str, baseline: BaselineSpec) -> tuple[DefenseSpec, ...]:
+def _defenses(suite: Suite, source: str, baseline: BaselineSpec, seed: int
+              ) -> tuple[DefenseSpec, ...]:
     resolved = _resolve_entries(suite.defenses, DEFENSES, "defenses", source)
     labels = _labels(suite.defenses, [dict(e.params) for e in suite.defenses],
                      [f"{e.name}\0{params_json(p)}"
                       for e, (_, p) in zip(suite.defenses, resolved, strict=True)],
                      "defenses", source)
-    seed = derive_seed(suite.seed)
+    seed = derive_seed(seed)
     specs = []
     for label, entry, (plugin, params) in zip(labels, suite.defenses, resolved, strict=True):
         text = params_json(params)
@@ -249,7 +262,7 @@ def _attack_raw(entry: AttackEntry) -> dict[str, Any]:
     return {**entry.params, **extra}
 
 
-def _attacks(suite: Suite, source: str) -> tuple[AttackSpec, ...]:
+def _attacks(suite: Suite, source: str, seed: int) -> tuple[AttackSpec, ...]:
     resolved = _resolve_entries(suite.attacks, ATTACKS, "attacks", source)
     labels = _labels(suite.attacks, [_attack_raw(e) for e in suite.attacks],
                      # labelled entries may repeat settings at other eps (their own columns)
@@ -269,7 +282,7 @@ def _attacks(suite: Suite, source: str) -> tuple[AttackSpec, ...]:
         code = cache_key(code=code_hash(plugin, evaluate_attack, derive_seed), libs=libraries)
         specs.append(AttackSpec(label, entry.name, plugin, params, text, tuple(entry.eps),
                                 entry.limit, role,
-                                derive_seed(suite.seed, "attack", entry.name, text), code[:16]))
+                                derive_seed(seed, "attack", entry.name, text), code[:16]))
     return tuple(specs)
 
 
@@ -322,12 +335,14 @@ def _library_versions() -> dict[str, str | None]:
     return out
 
 
-def resolve(suite: Suite, source: str) -> Plan:
-    """The typed plan of a structurally valid suite (plugins, params, labels, seeds, keys)."""
-    baseline = _baseline(suite, source)
-    attacks = _attacks(suite, source)
+def resolve(suite: Suite, source: str, seed: int | None = None) -> Plan:
+    """The typed plan of a structurally valid suite (plugins, params, labels, seeds, keys) for
+    ``seed`` (default: the suite's first seed)."""
+    seed = suite.seed_list[0] if seed is None else seed
+    baseline = _baseline(suite, source, seed)
+    attacks = _attacks(suite, source, seed)
     _check_verifiers(baseline, attacks, source)
-    return Plan(suite, source, baseline, _defenses(suite, source, baseline), attacks)
+    return Plan(suite, source, baseline, _defenses(suite, source, baseline, seed), attacks, seed)
 
 
 def load_plan(path: str | Path) -> Plan:

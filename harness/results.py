@@ -63,7 +63,7 @@ class ResultRow:
 RESULT_COLUMNS: list[str] = [f.name for f in fields(ResultRow)]
 #: text columns are read as text (a hash like "0123e4" must not become a number)
 TEXT_DTYPES = {f.name: str for f in fields(ResultRow) if f.type == "str"}
-DEFENSE_METRIC_COLUMNS = ["defense", "method", "step", "metric", "value"]
+DEFENSE_METRIC_COLUMNS = ["defense", "seed", "method", "step", "metric", "value"]
 TIMING_COLUMNS = ["attack_seconds", "defense_seconds", "created_at"]
 
 

@@ -259,7 +259,8 @@ def test_ibp_rows_and_certificates_through_the_runner(tmp_path, mnist, monkeypat
     monkeypatch.setenv("ROBENCH_CACHE_DIR", str(tmp_path / "cache"))
     plan = resolve_raw(_suite([{"name": "fgsm", "eps": [0.0, 0.1]},
                                {"name": "ibp", "eps": [0.0, 0.01, 0.1]}],
-                              train={"epochs": 1}, device="cpu", data={"eval_limit": 300}),
+                              train={"epochs": 1}, device="cpu",
+                              data={"eval_limit": 300, "validation_size": 500}),
                        "s.yaml")
     small = Dataset(name="mnist", train=mnist.train.head(3000), test=mnist.test, num_classes=10)
     with OutputFolder.open(tmp_path / "out") as folder:
@@ -313,7 +314,8 @@ def test_short_ibp_training_certifies_what_a_normal_lenet_cannot(mnist, trained_
     params = CertifiedTrainingParams(eps=0.1, epochs=5, warmup_epochs=1, rampup_epochs=3,
                                      monitor_limit=0)
     ctx = DefenseContext(model=LeNet5(), train=mnist.train.head(10_000),
-                         test=mnist.test.head(1000), params=params, seed=0,
+                         validation=mnist.train.subset(torch.arange(50_000, 51_000)),
+                         params=params, seed=0,
                          device=torch.device("cpu"), train_config=TrainConfig(epochs=5))
     started = time.perf_counter()
     model = CertifiedTraining(params).apply(ctx).model
