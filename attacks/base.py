@@ -28,8 +28,9 @@ from robench.registry import Registry
 from robench.seeds import derive_seed
 
 #: single_step: one gradient step (FGSM); iterative: many gradient steps (PGD); ensemble: a
-#: fixed ensemble of strong attacks (AutoAttack); black_box: never reads gradients (Square)
-Family = Literal["single_step", "iterative", "ensemble", "black_box"]
+#: fixed ensemble of strong attacks (AutoAttack); black_box: never reads gradients (Square);
+#: verifier: proves robustness instead of attacking (IBP; see ``robench.attacks.verifier``)
+Family = Literal["single_step", "iterative", "ensemble", "black_box", "verifier"]
 
 
 class AttackParams(BaseModel):

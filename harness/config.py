@@ -99,7 +99,8 @@ class AttackEntry(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     # optional: attack only the first N evaluation images (for expensive attacks)
     limit: int | None = Field(None, ge=1)
-    # "check": a sanity-check attack (e.g. PGD at eps 0.5), kept out of the worst case
+    # "check": a sanity-check attack (e.g. PGD at eps 0.5), kept out of the worst case; a
+    # verifier's rows get the role "bound" (robench.plan), never written here
     role: Literal["eval", "check"] = "eval"
 
     @field_validator("eps")

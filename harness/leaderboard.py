@@ -3,7 +3,9 @@
 Columns: clean accuracy; each attack's accuracy at each eps (``fgsm@0.1``); for sweeps of a
 ``single_step`` attack (FGSM-like, by the plugin's ``family`` trait) the mean over the sweep's
 eps > 0 (``fgsm_mean``); and the worst case at the threat eps (the largest eps of a regular,
-non-check attack).
+non-check attack); ``verified@eps`` for each eps a verifier ran at (its rows have role
+``bound``: a lower bound on robust accuracy, shown just before the worst case and never part
+of it; see ``add_verified_columns``).
 
 The worst case is per image, as RobustBench and AutoAttack report it: an image counts only if
 it is classified correctly and survives every regular attack run at that eps, on the images
@@ -36,13 +38,15 @@ import re
 import pandas as pd
 
 from robench.checks import with_traits
-from robench.eps import eps_text, same_eps
+from robench.eps import canonical_eps, eps_text, same_eps
 from robench.outdir import OutputFolder
 from robench.results import write_csv
 from robench.stats import paired_over_seeds, seed_interval, wilson_interval
 
 #: attack rows with this role are sanity checks (e.g. PGD at eps 1.0), not the threat model
 CHECK_ROLE = "check"
+#: a verifier's rows: certified accuracy, a lower bound (``verified@eps``), never an attack
+BOUND_ROLE = "bound"
 
 
 def threat_eps(results: pd.DataFrame) -> float | None:
@@ -61,11 +65,15 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
                       outcomes: pd.DataFrame | None = None) -> pd.DataFrame:
     if results.empty:
         raise ValueError("no result rows")
-    eps_star = threat_eps(results)
+    # a verifier's rows are lower bounds, not attacks: their own columns, never the worst case
+    bounds = bound_rows(results)
+    attack_rows = results.drop(bounds.index)
+    eps_star = threat_eps(attack_rows)
     worst_col = "worst" if eps_star is None else f"worst@{eps_text(eps_star)}"
     results = with_traits(results if "seed" in results else results.assign(seed=0))
-    attacks = list(dict.fromkeys(results["attack"]))  # suite order
-    per_image = _worst_outcomes(results, outcomes, eps_star)
+    attack_rows = results.drop(bounds.index)
+    attacks = list(dict.fromkeys(attack_rows["attack"]))  # suite order
+    per_image = _worst_outcomes(attack_rows, outcomes, eps_star)
     records = []
     several = results["seed"].nunique() > 1
     for defense, rows in results.groupby("defense", sort=False):
@@ -100,7 +108,8 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
     ordered = ["defense", "clean_acc"] + [c for c in board.columns
                                          if c not in ("defense", "clean_acc", worst_col,
                                                       *extra)] + [worst_col, *extra]
-    board = board[ordered].reset_index(drop=True)
+    board = add_verified_columns(board[ordered].reset_index(drop=True), bounds, outcomes,
+                                 before=worst_col)
     failed = pd.Series(False, index=board.index)
     if status is not None and not status.empty:
         board = board.merge(status[["defense", "status", "reason"]], on="defense", how="left")
@@ -113,6 +122,58 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
     board.insert(board.columns.get_loc("worst_kind") + 1, "p_vs_none",
                  [_p_value(per_image, str(d), reference) for d in board["defense"]])
     return board
+
+
+def bound_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows of verifiers (role ``bound``, see ``robench.plan``)."""
+    if "role" not in results:
+        return results.iloc[:0]
+    return results[results["role"].fillna("") == BOUND_ROLE]
+
+
+def add_verified_columns(board: pd.DataFrame, bounds: pd.DataFrame,
+                         outcomes: pd.DataFrame | None, before: str) -> pd.DataFrame:
+    """``verified@eps`` for every eps a verifier ran at, placed just before column ``before``
+    (the worst case): the share of images certified, a lower bound on robust accuracy where the
+    worst case is an upper bound. With several verifiers an image counts when any of them
+    certified it (on the images all of them evaluated); without per-image outcomes, the best
+    verifier's accuracy. NaN for a defense no verifier ran on."""
+    if bounds.empty:
+        return board
+    at = board.columns.get_loc(before) if before in board else len(board.columns)
+    board = board.copy()
+    for eps in sorted({canonical_eps(e) for e in bounds["eps"]}, reverse=True):
+        cells = bounds[bounds["eps"].map(lambda e, eps=eps: same_eps(e, eps))]
+        values = {str(d): _verified(rows, outcomes) for d, rows in
+                  cells.groupby(cells["defense"].astype(str), sort=False)}
+        board.insert(at, f"verified@{eps_text(eps)}",
+                     [values.get(str(d), float("nan")) for d in board["defense"]])
+    return board
+
+
+def _verified(cells: pd.DataFrame, outcomes: pd.DataFrame | None) -> float:
+    """Verified accuracy of one defense at one eps from its verifier rows ``cells`` (the mean
+    over seeds when there are several, as every accuracy of the leaderboard)."""
+    seeds = cells["seed"].astype(int) if "seed" in cells else pd.Series(0, index=cells.index)
+    return float(pd.Series([_verified_one_seed(rows, outcomes, int(seed))
+                            for seed, rows in cells.groupby(seeds)]).mean())
+
+
+def _verified_one_seed(cells: pd.DataFrame, outcomes: pd.DataFrame | None, seed: int) -> float:
+    if outcomes is not None:
+        defense, eps = str(cells["defense"].iloc[0]), float(cells["eps"].iloc[0])
+        mine = outcomes[(outcomes["defense"].astype(str) == defense)
+                        & (outcomes["seed"].astype(int) == seed)
+                        & outcomes["eps"].map(lambda e: same_eps(e, eps))
+                        & outcomes["attack"].astype(str).isin(set(cells["attack"].astype(str)))]
+        per_verifier = [(g["clean_correct"] & g["adv_correct"]).set_axis(g["image"].to_numpy())
+                        for _, g in mine.groupby(mine["attack"].astype(str))]
+        if len(per_verifier) == cells["attack"].nunique() and per_verifier:
+            common = sorted(set.intersection(*(set(s.index) for s in per_verifier)))
+            if common:
+                return float(pd.concat([s.reindex(common) for s in per_verifier], axis=1)
+                             .any(axis=1).mean())
+    return float(cells["robust_acc"].max())
 
 
 #: per defense, per seed: robust (correct and unbroken by every regular attack) per image

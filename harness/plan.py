@@ -301,15 +301,48 @@ def _attacks(suite: Suite, source: str, seed: int) -> tuple[AttackSpec, ...]:
                                          for plugin, params in resolved])
     libraries = _library_versions()
     specs = []
-    for label, entry, (plugin, params) in zip(labels, suite.attacks, resolved, strict=True):
+    for i, (label, entry, (plugin, params)) in enumerate(zip(labels, suite.attacks, resolved,
+                                                             strict=True)):
         text = params_json(params)
+        role = _role(plugin, entry, f"{source}: attacks[{i}].role")
         # the attack, the evaluation loop, the seed derivation and the libraries that may
         # compute the examples: any change makes its cells new cells
         code = cache_key(code=code_hash(plugin, evaluate_attack, derive_seed), libs=libraries)
         specs.append(AttackSpec(label, entry.name, plugin, params, text, tuple(entry.eps),
-                                entry.limit, entry.role,
+                                entry.limit, role,
                                 derive_seed(seed, "attack", entry.name, text), code[:16]))
     return tuple(specs)
+
+
+#: the role of every verifier's rows (a lower bound: never part of the worst case)
+BOUND_ROLE = "bound"
+#: the output size of the throw-away model a verifier inspects (its layers do not depend on it)
+INSPECTED_CLASSES = 10
+
+
+def _role(plugin: type[Attack], entry: AttackEntry, where: str) -> str:
+    """A verifier's rows are bounds, whatever the suite says; an attack's role is the suite's."""
+    if plugin.family != "verifier":
+        return entry.role
+    if entry.role != "eval":  # the default (command-line overrides mark every key as set)
+        raise UserError(f"{entry.name} is a verifier: its rows always have role "
+                        f"{BOUND_ROLE!r}; remove `role`", where=where)
+    return BOUND_ROLE
+
+
+def _check_verifiers(baseline: BaselineSpec, attacks: tuple[AttackSpec, ...],
+                     source: str) -> None:
+    """Every verifier can bound the suite's model (layers, libraries), before any work."""
+    verifiers = [(i, a) for i, a in enumerate(attacks) if a.plugin.family == "verifier"]
+    if not verifiers:
+        return
+    with torch.random.fork_rng(devices=[]):  # building a model draws weights: not the run's
+        model = baseline.model_cls(num_classes=INSPECTED_CLASSES)
+    for i, spec in verifiers:
+        try:
+            spec.plugin.check_model(model, baseline.model, spec.params)
+        except UserError as err:
+            raise UserError(err.message, where=f"{source}: attacks[{i}]") from None
 
 
 def _always_shown(plugin: type[Attack], params: AttackParams) -> dict[str, Any]:
@@ -335,8 +368,9 @@ def resolve(suite: Suite, source: str, seed: int | None = None) -> Plan:
     ``seed`` (default: the suite's first seed)."""
     seed = suite.seed_list[0] if seed is None else seed
     baseline = _baseline(suite, source, seed)
-    return Plan(suite, source, baseline, _defenses(suite, source, baseline, seed),
-                _attacks(suite, source, seed), seed)
+    attacks = _attacks(suite, source, seed)
+    _check_verifiers(baseline, attacks, source)
+    return Plan(suite, source, baseline, _defenses(suite, source, baseline, seed), attacks, seed)
 
 
 def load_plan(path: str | Path) -> Plan:

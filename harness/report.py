@@ -80,6 +80,8 @@ CHECK_MEANING = {
                       "nothing",
     "reduced_variant_labelled": "a weaker variant of a published attack feeds the worst case "
                                 "under the standard attack's name",
+    "bounds_hold": "an attack broke an image a verifier certified (attack accuracy below "
+                   "verified accuracy): the attack, the verifier or the model plumbing is wrong",
 }
 
 
