@@ -22,7 +22,7 @@ import pandas as pd
 from robench.eps import canonical_eps, eps_text
 from robench.errors import UserError
 from robench.leaderboard import escape_markdown, format_p
-from robench.outcomes import read_outcomes
+from robench.outcomes import OUTCOMES_FILE, read_outcomes
 from robench.results import read_results
 from robench.stats import paired_over_seeds
 
@@ -198,6 +198,10 @@ def compare_defenses(path: Path, defense_a: str, defense_b: str) -> str:
         raise UserError(f"compare two different defenses (got {defense_a!r} twice)",
                         where="--defenses")
     results, outcomes = read_results(path), _outcomes_of(path)
+    if outcomes is None:  # two defenses of one run are compared image by image
+        folder = Path(path) if Path(path).is_dir() else Path(path).parent
+        raise UserError("missing; comparing two defenses needs the run's per-image outcomes "
+                        "(run the suite again to write them)", where=str(folder / OUTCOMES_FILE))
     sides = []
     for name in (defense_a, defense_b):
         if name not in set(results["defense"]):
