@@ -16,7 +16,9 @@ batch sizes, cell 30: settings, cell 34: the epoch loop) with
 ``optim adam``, ``sgda_learning_rate 5e-4``, ``sgda_weight_decay 0.1``, ``sgda_epochs 10``,
 ``msteps 3``, ``kd_T 2``, ``gamma 1``, ``alpha 0.5``, ``beta 0`` (``distill kd``: no third
 term), ``lr_decay_epochs [5, 8, 9]`` with ``lr_decay_rate 0.1`` (epoch e, 1-based, runs at
-``lr · 0.1^#{d : e > d}``), ``retain_bs 32``, ``forget_bs 64``. The weight decay is Adam's
+``lr · 0.1^#{d : e > d}``), ``retain_bs 32``, ``forget_bs 64`` (the cell's ``smoothing``,
+``clip`` and ``sstart`` are not read by ``train_distill``; its gradient clipping is commented
+out). The weight decay is Adam's
 coupled L2 (``grad += wd·θ`` before each step, as ``torch.optim.Adam(weight_decay=...)``); it is
 also what lets the very first max-step move the student, whose KL gradient is exactly zero
 while it still equals the teacher. (The large-scale notebook instead uses SGD, T = 4, 3 epochs,
