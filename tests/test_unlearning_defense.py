@@ -175,6 +175,7 @@ def test_the_method_receives_the_documented_forget_and_retain_sets(mnist, traine
     previous_retain = None
     for data, model_then in seen:
         forget = data.forget
+        assert data.train is ctx.train  # the whole training split (SSD's general data D)
         # built against the model of *that* round: it misclassifies every forget input so
         predicted = predict(model_then, forget.images)
         assert torch.equal(predicted, forget.labels)
