@@ -230,7 +230,7 @@ def test_unlearning_small_suite_end_to_end(tmp_path):
     assert sorted(board["defense"]) == sorted(defenses)
 
     metrics = pd.read_csv(out / "defense_metrics.csv")
-    assert list(metrics.columns[:5]) == ["defense", "method", "step", "metric", "value"]
+    assert list(metrics.columns[:6]) == ["defense", "seed", "method", "step", "metric", "value"]
     assert set(metrics["defense"]) == {"unlearning", "unlearning:scrub"}
     method_of = metrics.groupby("defense")["method"].unique()
     assert list(method_of["unlearning"]) == ["neggrad_plus"]
