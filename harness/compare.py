@@ -21,7 +21,7 @@ import pandas as pd
 
 from robench.eps import canonical_eps, eps_text
 from robench.errors import UserError
-from robench.leaderboard import escape_markdown, format_p
+from robench.leaderboard import escape_markdown, format_p, seed_pairs
 from robench.outcomes import OUTCOMES_FILE, read_outcomes
 from robench.results import read_results
 from robench.stats import paired_over_seeds
@@ -60,17 +60,15 @@ def _paired(cells: pd.DataFrame, outcomes_a: pd.DataFrame | None,
         key = (str(row["defense"]), str(row["attack"]), canonical_eps(row["eps"]))
         if key not in robust["a"] or key not in robust["b"]:
             continue
-        pairs = []  # per seed both sides have, the images both evaluated
-        for seed in sorted(set(robust["a"][key]) & set(robust["b"][key])):
-            a, b = robust["a"][key][seed].align(robust["b"][key][seed], join="inner")
-            if len(a):
-                pairs.append((a.to_numpy(dtype=bool), b.to_numpy(dtype=bool)))
+        pairs = seed_pairs(robust["a"][key], robust["b"][key])
         if not pairs:
             continue
         test = paired_over_seeds(pairs)
-        cells.loc[i, ["n_paired", "seeds_paired", "p_value", "diff_lo_pp", "diff_hi_pp"]] = [
-            sum(len(a) for a, _ in pairs) // len(pairs), len(pairs), test["p_value"],
-            100 * test["ci_low"], 100 * test["ci_high"]]
+        # the difference shown is the paired one (the seeds and images the test used)
+        cells.loc[i, ["n_paired", "seeds_paired", "p_value", "diff_lo_pp", "diff_hi_pp",
+                      "robust_a", "robust_b", "diff_pp"]] = [
+            len(pairs[0][0]), len(pairs), test["p_value"], 100 * test["ci_low"],
+            100 * test["ci_high"], test["acc_a"], test["acc_b"], 100 * test["diff"]]
     return cells
 
 
@@ -154,13 +152,17 @@ def to_markdown(result: Comparison, label_a: str, label_b: str) -> str:
     if (cells["n_paired"] > 0).any():
         notes.append("- Paired columns: per-image robust outcomes (correct before and after) on "
                      "the images both sides evaluated; exact McNemar test (two-sided) and "
-                     "Newcombe's 95 % interval for the paired difference B - A. `paired n`: "
-                     "images per seed.")
+                     "Newcombe's 95 % interval for the paired difference B - A; the accuracies "
+                     "and difference shown are then those on these images. `paired n`: images "
+                     "per seed.")
     if (cells["seeds_paired"] > 1).any():
-        notes.append("- With several seeds on both sides (`seeds`): the interval is the "
-                     "Student-t 95 % interval of the per-seed differences (paired over seeds) "
-                     "and p is the larger of the McNemar test pooled over seeds and the t-test "
-                     "of the per-seed differences (robench.stats.paired_over_seeds).")
+        notes.append("- With several seeds on both sides (`seeds`): the accuracies and their "
+                     "difference are means over the seeds both sides have, on the images all "
+                     "of them evaluated; the interval covers both the Student-t interval of the "
+                     "per-seed differences and Newcombe's interval of the seed-averaged table, "
+                     "and p is the larger of a sign test on the per-image mean differences and "
+                     "the t-test over seeds (robench.stats.paired_over_seeds, paired over "
+                     "seeds).")
     table["defense"] = table["defense"].map(escape_markdown)
     table["attack"] = table["attack"].map(escape_markdown)
     clean["defense"] = clean["defense"].map(escape_markdown)

@@ -16,10 +16,11 @@ back to the minimum of the per-attack accuracies and says so (``worst_kind``).
 Seeds: a run with several seeds shows, per defense, the mean over seeds of every accuracy; the
 worst case is computed per seed (on that seed's images) and averaged, with ``worst_sd`` (the
 sample standard deviation over seeds) and ``seeds``; its interval is then the hull of the
-Student-t 95 % interval over the per-seed values and the Wilson interval of the images pooled
-over seeds (seed-to-seed spread and image sampling both covered). Comparisons with several
-seeds use ``robench.stats.paired_over_seeds`` (a difference counts only when both the pooled
-McNemar test and the t-test over seeds find it).
+Student-t 95 % interval over the per-seed values and the Wilson interval of the mean count on
+one seed's images (seed-to-seed spread and image sampling both covered; every seed scores the
+same images, so they are not pooled as new ones). Comparisons with several seeds use
+``robench.stats.paired_over_seeds`` (a difference counts only when both a sign test on the
+per-image mean differences and the t-test over seeds find it).
 
 Ranks: defenses are ordered by worst case, then clean accuracy. A defense's rank is a range
 when an exact McNemar test on the per-image worst-case outcomes (two-sided, p < 0.05 per pair,
@@ -226,8 +227,10 @@ def _worst_columns(worst_col: str, per_image: dict[int, pd.Series] | None,
         return {worst_col: nan, f"{worst_col}_lo": nan, f"{worst_col}_hi": nan,
                 **({"worst_sd": nan, "seeds": 0} if several else {}),
                 "worst_n": 0, "worst_kind": ""}
-    k, n = sum(c[0] for c in counts), sum(c[1] for c in counts)
-    lo, hi = wilson_interval(k, n)
+    # image sampling: the Wilson interval of the mean count on one seed's images (the seeds
+    # score the same images, so pooling them would not add information about images)
+    k = sum(c[0] for c in counts) / len(counts)
+    lo, hi = wilson_interval(k, counts[0][1])
     values = [ki / ni for ki, ni in counts]
     mean, sd, t_lo, t_hi = seed_interval(values)
     if len(values) > 1:
@@ -255,12 +258,22 @@ def _p_value(per_image: PerImage, a: str, b: str) -> float:
     with one seed, ``paired_over_seeds`` over the seeds both have."""
     if a == b or a not in per_image or b not in per_image:
         return float("nan")
-    pairs = []
-    for seed in sorted(set(per_image[a]) & set(per_image[b])):
-        x, y = per_image[a][seed].align(per_image[b][seed], join="inner")
-        if len(x):
-            pairs.append((x.to_numpy(dtype=bool), y.to_numpy(dtype=bool)))
+    pairs = seed_pairs(per_image[a], per_image[b])
     return float(paired_over_seeds(pairs)["p_value"]) if pairs else float("nan")
+
+
+def seed_pairs(a: dict[int, pd.Series], b: dict[int, pd.Series]
+               ) -> list[tuple[pd.Series, pd.Series]]:
+    """Per seed both sides have, the two sides' per-image outcomes on the images that every one
+    of those seeds evaluated on both sides, in one image order (``paired_over_seeds``)."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return []
+    common = sorted(set.intersection(*(set(a[s].index) & set(b[s].index) for s in seeds)))
+    if not common:
+        return []
+    return [(a[s].reindex(common).to_numpy(dtype=bool), b[s].reindex(common).to_numpy(dtype=bool))
+            for s in seeds]
 
 
 def _ranks(board: pd.DataFrame, worst_col: str, failed: pd.Series,
@@ -354,10 +367,18 @@ def to_markdown(board: pd.DataFrame, title: str | None = None,
     for column in ("defense", "reason"):
         if column in shown:
             shown[column] = shown[column].map(escape_markdown)
-    head = (f"# Leaderboard: {escape_markdown(title)}\n\nAccuracy in % (robust accuracy under "
-            "each attack@eps); the worst case with its 95 % Wilson interval; `p_vs_none`: exact "
-            "McNemar test of the worst case against `none` on the same images.\n\n"
-            ) if title else ""
+    if "seeds" in board:
+        how = ("mean over seeds (`seeds`) of the accuracy in % (robust accuracy under each "
+               "attack@eps); the worst case with `worst_sd` (sd over seeds) and a 95 % interval "
+               "covering both the Student-t interval over seeds and the Wilson interval of the "
+               "mean count; `p_vs_none`: the worst case against `none` on the same images, "
+               "paired over seeds (sign test on per-image mean differences and t-test over "
+               "seeds, the larger p).")
+    else:
+        how = ("Accuracy in % (robust accuracy under each attack@eps); the worst case with its "
+               "95 % Wilson interval; `p_vs_none`: exact McNemar test of the worst case against "
+               "`none` on the same images.")
+    head = f"# Leaderboard: {escape_markdown(title)}\n\n{how}\n\n" if title else ""
     table = shown.to_markdown(index=False, disable_numparse=True) + "\n"
     tail = "".join(f"\n- {escape_markdown(note)}" for note in notes)
     return head + table + (f"\nNotes:{tail}\n" if tail else "")

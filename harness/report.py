@@ -503,9 +503,11 @@ def _style(i: int) -> dict[str, Any]:
 
 
 def _curve(rows: pd.DataFrame) -> pd.DataFrame:
-    """One point per eps (the mean over seeds), with the interval columns when present."""
+    """One point per eps (the mean over seeds), with the interval columns when present: with
+    several seeds the band is the envelope of the per-seed Wilson intervals."""
     cols = [c for c in ("robust_acc", "robust_acc_lo", "robust_acc_hi") if c in rows]
-    return rows.groupby("eps", sort=True)[cols].mean().reset_index()
+    how = {"robust_acc": "mean", "robust_acc_lo": "min", "robust_acc_hi": "max"}
+    return rows.groupby("eps", sort=True)[cols].agg({c: how[c] for c in cols}).reset_index()
 
 
 def _save(fig: Any, out: OutputFolder, name: str, written: list[str]) -> bytes:
@@ -900,6 +902,11 @@ class _Report:
         text = (f"Accuracy in % with 95 % Wilson score intervals in brackets; the worst case is "
                 f"{how}. A defense with a failed check is unranked (–): its numbers cannot be "
                 "trusted.")
+        if "seeds" in self.board:
+            text += (" Several seeds: accuracies are means over seeds; the worst case's "
+                     "interval covers both the Student-t interval over seeds and the Wilson "
+                     "interval of the mean count, and p vs none is paired over seeds; curve "
+                     "bands are the envelope of the per-seed Wilson intervals.")
         if self.derived_ci:
             text += (" The worst case's interval is that of the attack that attains the "
                      "minimum (the leaderboard has no per-image worst-case interval).")

@@ -17,8 +17,9 @@ defenses on the same images, and spread over seeds.
   ch. 8. It is one of the intervals they recommend, it stays inside [-1, 1] and needs no
   iteration; the Wald interval they advise against for small or extreme counts.
 - ``seed_interval``: mean, sample standard deviation and Student-t interval over seeds.
-- ``paired_over_seeds``: a paired comparison repeated over seeds (the t interval of the
-  per-seed differences; a p-value that needs both the pooled McNemar and the seed t-test).
+- ``paired_over_seeds``: a paired comparison repeated over seeds that scored the same images
+  (a sign test on per-image mean differences and a t-test over seeds; an interval covering
+  both image sampling and seed-to-seed spread).
 """
 
 from __future__ import annotations
@@ -138,13 +139,28 @@ def paired_difference(a_correct: Any, b_correct: Any, z: float = Z95) -> dict[st
     only_a = int((a & ~b_arr).sum())
     only_b = int((~a & b_arr).sum())
     neither = n - both - only_a - only_b
+    acc_a, acc_b = (both + only_a) / n, (both + only_b) / n
+    diff = acc_b - acc_a
+    ci_low, ci_high = newcombe_interval(both, only_a, only_b, neither, z)
+    return {
+        "n": n, "acc_a": acc_a, "acc_b": acc_b, "diff": diff, "b": only_a, "c": only_b,
+        "p_value": mcnemar_exact(only_a, only_b), "ci_low": ci_low, "ci_high": ci_high,
+    }
+
+
+def newcombe_interval(both: float, only_a: float, only_b: float, neither: float,
+                      z: float = Z95) -> tuple[float, float]:
+    """Newcombe's square-and-add interval (1998, method 10) for acc_b - acc_a from a paired
+    2x2 table (formula in ``paired_difference``). Counts may be averages (e.g. over seeds that
+    scored the same images): the interval is then that of one average table of n images."""
+    n = both + only_a + only_b + neither
     k_a, k_b = both + only_a, both + only_b
     acc_a, acc_b = k_a / n, k_b / n
     diff = acc_b - acc_a
     l_a, u_a = wilson_interval(k_a, n, z)
     l_b, u_b = wilson_interval(k_b, n, z)
     margins = k_a * (n - k_a) * k_b * (n - k_b)
-    if margins == 0:
+    if margins <= 0:
         psi = 0.0
     else:
         cross = both * neither - only_a * only_b
@@ -156,12 +172,8 @@ def paired_difference(a_correct: Any, b_correct: Any, z: float = Z95) -> dict[st
             psi = cross / math.sqrt(margins)
     down_b, up_a = acc_b - l_b, u_a - acc_a
     down_a, up_b = acc_a - l_a, u_b - acc_b
-    ci_low = diff - math.sqrt(max(down_b**2 + up_a**2 - 2 * psi * down_b * up_a, 0.0))
-    ci_high = diff + math.sqrt(max(down_a**2 + up_b**2 - 2 * psi * down_a * up_b, 0.0))
-    return {
-        "n": n, "acc_a": acc_a, "acc_b": acc_b, "diff": diff, "b": only_a, "c": only_b,
-        "p_value": mcnemar_exact(only_a, only_b), "ci_low": ci_low, "ci_high": ci_high,
-    }
+    return (diff - math.sqrt(max(down_b**2 + up_a**2 - 2 * psi * down_b * up_a, 0.0)),
+            diff + math.sqrt(max(down_a**2 + up_b**2 - 2 * psi * down_a * up_b, 0.0)))
 
 
 def seed_interval(values: Any, confidence: float = 0.95) -> tuple[float, float, float, float]:
@@ -192,38 +204,47 @@ def seed_interval(values: Any, confidence: float = 0.95) -> tuple[float, float, 
     return mean, std, mean - half, mean + half
 
 
-def paired_over_seeds(pairs: list[tuple[Any, Any]]) -> dict[str, float | int]:
-    """Compare B with A over several seeds, each seed scored on the same images for A and B.
+def paired_over_seeds(pairs: list[tuple[Any, Any]], z: float = Z95) -> dict[str, float | int]:
+    """Compare B with A over several seeds that scored the SAME images (robench draws the
+    evaluation images from ``split_seed`` alone), each seed aligned image by image.
 
-    ``pairs``: per seed, (A correct per image, B correct per image), aligned image by image.
-    With one seed this is ``paired_difference``. With m >= 2 seeds:
+    ``pairs``: per seed, (A correct per image, B correct per image), every seed in the same
+    image order. With one seed this is ``paired_difference``. With m >= 2 seeds the images are
+    not new draws per seed, so nothing is pooled as if they were:
 
     - ``diff``: the mean over seeds of the per-seed differences acc_b - acc_a;
-    - ``ci_low``, ``ci_high``: the Student-t 95 % interval of those m differences
-      (``seed_interval``: the paired interval over seeds, which carries the training and attack
-      randomness from seed to seed);
-    - ``p_value``: the larger of two two-sided tests, so a difference counts only when both
-      agree: the exact McNemar test on the discordant pairs pooled over seeds (image sampling)
-      and the one-sample t-test of the per-seed differences (seed randomness; p = 0 when every
-      seed gives the same non-zero difference, 1 when all are zero);
-    - ``n``: images summed over seeds; ``seeds``: m; ``b``, ``c``: pooled discordant pairs.
+    - ``p_value``: the larger of two two-sided tests, so a difference counts only when both the
+      images and the seeds support it: (1) an exact sign test on the per-image mean differences
+      d_i = mean over seeds of (b_i - a_i) (images with d_i > 0 against d_i < 0, binomial with
+      p = 1/2; with one seed it is the exact McNemar test), and (2) the one-sample t-test of
+      the m per-seed differences (when they are all equal it says nothing: p = 1 if they are
+      0, else only test (1) decides);
+    - ``ci_low``, ``ci_high``: the hull of the Student-t 95 % interval of the m per-seed
+      differences (seed randomness) and Newcombe's interval of the seed-averaged 2x2 table on
+      n images (image sampling), so it is never narrower than one seed's;
+    - ``n``: images per seed; ``seeds``: m; ``b``, ``c``: images with d_i < 0 and d_i > 0.
     """
     if not pairs:
         raise ValueError("paired_over_seeds: no seeds")
-    per_seed = [paired_difference(a, b) for a, b in pairs]
-    if len(per_seed) == 1:
-        return {**per_seed[0], "seeds": 1}
-    diffs = np.array([float(r["diff"]) for r in per_seed])
-    b = sum(int(r["b"]) for r in per_seed)
-    c = sum(int(r["c"]) for r in per_seed)
-    mean, _, lo, hi = seed_interval(diffs)
-    spread = float(diffs.std(ddof=1))
-    if spread == 0.0:
-        p_seeds = 1.0 if mean == 0.0 else 0.0
+    if len(pairs) == 1:
+        return {**paired_difference(*pairs[0], z=z), "seeds": 1}
+    a = np.stack([_as_bool(x, "a_correct") for x, _ in pairs]).astype(float)
+    b = np.stack([_as_bool(y, "b_correct") for _, y in pairs]).astype(float)
+    if a.shape != b.shape:
+        raise ValueError("paired_over_seeds: A and B must score the same images in every seed")
+    m, n = a.shape
+    diffs = b.mean(axis=1) - a.mean(axis=1)
+    per_image = (b - a).mean(axis=0)
+    worse, better = int((per_image < 0).sum()), int((per_image > 0).sum())
+    mean, _, t_lo, t_hi = seed_interval(diffs)
+    if np.ptp(diffs) <= 1e-12:  # identical per-seed differences: no seed variance to test
+        p_seeds = 1.0 if abs(mean) <= 1e-12 else 0.0
     else:
         p_seeds = float(_st.ttest_1samp(diffs, 0.0).pvalue)
-    return {"n": sum(int(r["n"]) for r in per_seed), "seeds": len(per_seed),
-            "acc_a": float(np.mean([r["acc_a"] for r in per_seed])),
-            "acc_b": float(np.mean([r["acc_b"] for r in per_seed])), "diff": mean,
-            "b": b, "c": c, "p_value": max(mcnemar_exact(b, c), p_seeds),
-            "ci_low": lo, "ci_high": hi}
+    table = [float(((x > 0) & (y > 0)).sum()) / m for x, y in
+             ((a, b), (a, 1 - b), (1 - a, b), (1 - a, 1 - b))]
+    lo, hi = newcombe_interval(*table, z=z)
+    return {"n": n, "seeds": m, "acc_a": float(a.mean()), "acc_b": float(b.mean()),
+            "diff": float(mean), "b": worse, "c": better,
+            "p_value": max(mcnemar_exact(worse, better), p_seeds),
+            "ci_low": min(lo, t_lo), "ci_high": max(hi, t_hi)}

@@ -18,7 +18,7 @@ from robench.errors import UserError
 from robench.leaderboard import build_leaderboard
 from robench.plan import resolve_raw
 from robench.runner import RunOptions, apply_overrides
-from robench.stats import mcnemar_exact, paired_over_seeds, wilson_interval
+from robench.stats import mcnemar_exact, newcombe_interval, paired_over_seeds, wilson_interval
 
 from .conftest import REPO, result_row
 
@@ -129,13 +129,35 @@ def test_paired_over_seeds_by_hand():
     result = paired_over_seeds(list(zip(a, b, strict=True)))
     diffs = np.array([0.2, 0.2, 0.3])  # per-seed B - A
     assert result["diff"] == pytest.approx(diffs.mean())
-    half = st.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
-    assert result["ci_low"] == pytest.approx(diffs.mean() - half)
-    assert result["ci_high"] == pytest.approx(diffs.mean() + half)
-    assert (result["b"], result["c"]) == (0, 7)
+    # per-image mean differences: images 1, 2, 3, 4, 5 gain, none lose -> sign test 5 vs 0
+    assert (result["b"], result["c"]) == (0, 5)
     p_t = st.ttest_1samp(diffs, 0).pvalue
-    assert result["p_value"] == pytest.approx(max(mcnemar_exact(0, 7), p_t))
-    assert result["seeds"] == 3 and result["n"] == 30
+    assert result["p_value"] == pytest.approx(max(mcnemar_exact(0, 5), p_t))
+    half = st.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
+    lo, hi = newcombe_interval(both=12 / 3, only_a=0, only_b=7 / 3, neither=11 / 3)
+    assert result["ci_low"] == pytest.approx(min(diffs.mean() - half, lo))
+    assert result["ci_high"] == pytest.approx(max(diffs.mean() + half, hi))
+    assert result["seeds"] == 3 and result["n"] == 10
+
+
+def test_seeds_on_the_same_images_are_not_counted_as_new_images():
+    a = np.zeros(1000, bool)
+    b = a.copy()
+    b[:3] = True  # B wins the same 3 images in every seed
+    one, three = paired_over_seeds([(a, b)]), paired_over_seeds([(a, b)] * 3)
+    assert three["p_value"] == pytest.approx(one["p_value"]) == pytest.approx(0.25)
+    assert three["ci_low"] <= one["ci_low"] and three["ci_high"] >= one["ci_high"]
+
+
+def test_paired_over_seeds_holds_its_level_when_defenses_are_equal():
+    """Equal defenses, images with their own difficulty, 3 seeds: p < 0.05 at most ~5 %."""
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(200):
+        p = rng.beta(0.3, 0.3, 500)
+        pairs = [(rng.random(500) < p, rng.random(500) < p) for _ in range(3)]
+        hits += paired_over_seeds(pairs)["p_value"] < 0.05
+    assert hits / 200 <= 0.08
 
 
 def _two_seed_run(tmp_path):
@@ -165,8 +187,8 @@ def test_leaderboard_reports_mean_spread_and_pairs_over_seeds(tmp_path):
         assert board.loc[d, "worst@0.3"] == pytest.approx(np.mean(values))
         assert board.loc[d, "worst_sd"] == pytest.approx(np.std(values, ddof=1))
         assert board.loc[d, "seeds"] == 2 and board.loc[d, "worst_n"] == 100
-        # the hull of the t interval over seeds and the pooled Wilson interval
-        lo, hi = wilson_interval(round(sum(values) * 100), 200)
+        # the hull of the t interval over seeds and the Wilson interval of the mean count
+        lo, hi = wilson_interval(np.mean(values) * 100, 100)
         assert board.loc[d, "worst@0.3_lo"] <= min(lo, np.mean(values))
         assert board.loc[d, "worst@0.3_hi"] >= max(hi, np.mean(values))
     pairs = [(outcomes[(outcomes["defense"] == "a") & (outcomes["seed"] == s)]["adv_correct"]
