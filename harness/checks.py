@@ -60,6 +60,11 @@ class Paired:
                                                   frame["attack"].astype(str), "eps"]):
                 self.robust[(d, a, canonical_eps(e))] = rows.set_index("image")["robust"]
 
+    def series(self, row: pd.Series) -> pd.Series | None:
+        """Robust (correct before and after) per image of one results row, if outcomes exist."""
+        return self.robust.get((str(row["defense"]), str(row["attack"]),
+                                canonical_eps(row["eps"])))
+
     def accuracies(self, a: pd.Series, b: pd.Series) -> tuple[float, float, float, str]:
         """(acc of a, acc of b, tolerance, "on N common images" or "")."""
         ka = (str(a["defense"]), str(a["attack"]), canonical_eps(a["eps"]))
@@ -136,10 +141,13 @@ def _check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | No
     clean = float(rows.loc[rows["n"].idxmax(), "clean_acc"])  # on the most images
     out += _reduced_variants(defense, rows)
 
+    # robench's own rows satisfy this by construction (robust = correct before and after); it
+    # catches tables from elsewhere or edited by hand
     above = rows[rows["robust_acc"] > rows["clean_acc"] + 1e-12]
     out.append(_row(defense, "robust_le_clean", "fail" if len(above) else "pass",
                     f"{len(above)} of {len(rows)} rows have robust accuracy above clean accuracy "
                     "(robust means correct before and after the attack)"))
+    out += _rows_match_outcomes(defense, rows, paired)
     zero_eps = rows[rows["eps"] == 0]
     if not zero_eps.empty:
         bad = zero_eps[zero_eps["robust_acc"] != zero_eps["clean_acc"]]
@@ -234,6 +242,17 @@ def _blackbox(defense: str, rows: pd.DataFrame, paired: Paired) -> list[dict[str
         same = white[white["eps"].map(lambda e, s=s: same_eps(e, s["eps"]))]
         if same.empty:
             continue
+        per_image = _only_blackbox_breaks(paired, s, same)
+        if per_image is not None:
+            k, n, names = per_image
+            masked = k > TOL * n
+            out.append(_row(defense, f"blackbox_not_stronger@{eps_text(s['eps'])}",
+                            "warn" if masked else "pass",
+                            f"{s['attack']} breaks {k} of {n} common images that every gradient "
+                            f"attack ({names}) leaves robust (tolerance {100 * TOL:.1f} % of "
+                            "the images)" + (" (masked gradients or a weak gradient attack?)"
+                                             if masked else "")))
+            continue
         best = same.loc[same["robust_acc"].idxmin()]
         acc_s, acc_best, tol, where = paired.accuracies(s, best)
         masked = acc_s < acc_best - tol
@@ -244,6 +263,43 @@ def _blackbox(defense: str, rows: pd.DataFrame, paired: Paired) -> list[dict[str
                         f"{acc_best:.3f}{where} (tolerance {100 * tol:.1f} pp)"
                         + (" (masked gradients or a weak gradient attack?)" if masked else "")))
     return out
+
+
+def _rows_match_outcomes(defense: str, rows: pd.DataFrame, paired: Paired
+                         ) -> list[dict[str, Any]]:
+    """Every row with per-image outcomes must say what they say (n and robust accuracy)."""
+    checked, wrong = 0, []
+    for _, row in rows.iterrows():
+        robust = paired.series(row)
+        if robust is None:
+            continue
+        checked += 1
+        if len(robust) != int(row["n"]) or abs(float(robust.mean()) - float(row["robust_acc"])) \
+                > 1e-9:
+            wrong.append(f"{row['attack']}@{eps_text(row['eps'])}")
+    if not checked:
+        return []
+    return [_row(defense, "rows_match_outcomes", "fail" if wrong else "pass",
+                 f"{len(wrong)} of {checked} rows differ from their per-image outcomes"
+                 + (f" ({', '.join(wrong[:4])})" if wrong else ""))]
+
+
+def _only_blackbox_breaks(paired: Paired, square: pd.Series, white: pd.DataFrame
+                          ) -> tuple[int, int, str] | None:
+    """(images the black-box attack breaks that every gradient attack leaves robust, common
+    images, gradient attacks) from per-image outcomes; None without them."""
+    s = paired.series(square)
+    others = [paired.series(w) for _, w in white.iterrows()]
+    if s is None or any(o is None for o in others):
+        return None
+    common = s.index
+    for o in others:
+        common = common.intersection(o.index)
+    if not len(common):
+        return None
+    survive = pd.concat([o.reindex(common) for o in others], axis=1).all(axis=1)
+    broken = int((survive & ~s.reindex(common)).sum())
+    return broken, len(common), ", ".join(map(str, white["attack"]))
 
 
 def _large_eps(defense: str, rows: pd.DataFrame) -> list[dict[str, Any]]:

@@ -55,6 +55,8 @@ STATUS_RANK = {"fail": 0, "warn": 1, "pass": 2}
 CHECK_MEANING = {
     "robust_le_clean": "robust accuracy above clean accuracy is impossible (robust = correct "
                        "before and after): a bookkeeping or data bug",
+    "rows_match_outcomes": "a results row disagrees with its per-image outcomes: the table was "
+                           "edited or mixed with another run",
     "eps0_equals_clean": "eps 0 changes accuracy: the attack path alters unperturbed inputs "
                          "(randomness, preprocessing or a bug)",
     "single_step_monotone": "FGSM-like accuracy rises with eps: catastrophic overfitting or "

@@ -260,3 +260,37 @@ def test_attack_comparisons_use_the_same_images_when_outcomes_exist():
     checks = run_checks(frame, outcomes=outcomes).set_index("check")
     assert checks.loc["ensemble_le_iterative", "status"] == "warn"
     assert "on 100 common images" in checks.loc["ensemble_le_iterative", "detail"]
+
+
+def test_blackbox_check_counts_images_only_the_blackbox_attack_breaks():
+    """Net accuracies tie (Square 60 %, PGD 60 %), but Square breaks 30 images PGD leaves
+    robust (and PGD 30 others): per image, the black-box attack is stronger somewhere."""
+    import numpy as np
+
+    pgd = np.zeros(100, bool)
+    pgd[:60] = True
+    square = np.zeros(100, bool)
+    square[30:90] = True
+    frame = rows(("pgd", "pgd", 0.3, 0.6), ("square", "square", 0.3, 0.6), clean=1.0, n=100)
+    assert status_of(frame, "blackbox_not_stronger") == ["pass"]  # net accuracies tie
+    outcomes = pd.concat([
+        pd.DataFrame({"defense": "d", "attack": name, "eps": 0.3, "seed": 0,
+                      "image": np.arange(100), "clean_correct": True, "adv_correct": ok})
+        for name, ok in (("pgd", pgd), ("square", square))])
+    checks = run_checks(frame, outcomes=outcomes).set_index("check")
+    assert checks.loc["blackbox_not_stronger@0.3", "status"] == "warn"
+    assert "breaks 30 of 100 common images" in checks.loc["blackbox_not_stronger@0.3", "detail"]
+    assert checks.loc["rows_match_outcomes", "status"] == "pass"
+
+
+def test_rows_that_disagree_with_their_outcomes_fail():
+    import numpy as np
+
+    ok = np.arange(100) < 40
+    frame = rows(("pgd", "pgd", 0.3, 0.45), clean=1.0, n=100)   # the outcomes say 0.40
+    outcomes = pd.DataFrame({"defense": "d", "attack": "pgd", "eps": 0.3, "seed": 0,
+                             "image": np.arange(100), "clean_correct": True, "adv_correct": ok})
+    checks = run_checks(frame, outcomes=outcomes).set_index("check")
+    assert checks.loc["rows_match_outcomes", "status"] == "fail"
+    good = run_checks(rows(("pgd", "pgd", 0.3, 0.4), clean=1.0, n=100), outcomes=outcomes)
+    assert good.set_index("check").loc["rows_match_outcomes", "status"] == "pass"
