@@ -1,7 +1,15 @@
 """Attack plugins (installed as ``robench.attacks``). Importing this package registers the
 built-in attacks; third-party attacks register through the ``robench.attacks`` entry point."""
 
-from robench.attacks import autoattack, fgsm, pgd, square  # noqa: F401  (registers the built-ins)
+from robench.attacks import (  # noqa: F401  (registers the built-ins)
+    autoattack,
+    bim,
+    fgsm,
+    pgd,
+    rfgsm,
+    square,
+    transfer,
+)
 from robench.attacks.base import ATTACKS, Attack, AttackParams
 
 __all__ = ["ATTACKS", "Attack", "AttackParams", "create_attack"]

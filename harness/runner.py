@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import robench
+from robench.attacks import Attack
 from robench.cache import ModelCache, cache_key
 from robench.checks import model_diagnostics
 from robench.config import Suite, load_suite, parse_suite
@@ -128,6 +129,8 @@ class Runner:
         self.diagnostics: dict[str, dict[str, float]] = {}
         self._image_ids: list[int] = []
         self.data_hash = ""
+        #: defended models that transfer attacks craft on, by label (``defend_sources``)
+        self.sources: dict[str, tuple[nn.Module, float]] = {}
 
     # -- stages ---------------------------------------------------------------------------
     def run(self, dataset: Dataset) -> pd.DataFrame:
@@ -141,9 +144,11 @@ class Runner:
                            f"{len(train_split)}, eval {len(test_split)} images, "
                            f"device {self.device}")
         baseline = self.baseline(dataset, train_split)
+        self.sources = self.defend_sources(baseline, train_split, test_split, dataset)
         planned: set[tuple[str, str, float, int]] = set()
         for defense in plan.defenses:
-            model, seconds = self.defend(defense, baseline, train_split, test_split, dataset)
+            model, seconds = self.sources.get(defense.label) or self.defend(
+                defense, baseline, train_split, test_split, dataset)
             self.reporter.info(f"[{defense.label}] clean accuracy "
                                f"{accuracy(model, test_split):.4f}")
             self.diagnostics[defense.label] = model_diagnostics(model, test_split)
@@ -208,6 +213,23 @@ class Runner:
         self._add_metrics(spec, result.metrics)
         return defended, seconds
 
+    def defend_sources(self, baseline: nn.Module, train_split: Split, test_split: Split,
+                       dataset: Dataset) -> dict[str, tuple[nn.Module, float]]:
+        """(model, seconds) of every defense a transfer attack crafts on (``AttackSpec.source``),
+        defended before the loop so a source listed after its targets is ready; the loop
+        reuses them, so no defense is applied twice. They stay in memory for the whole run."""
+        wanted = {a.source for a in self.plan.attacks if a.source is not None}
+        return {d.label: self.defend(d, baseline, train_split, test_split, dataset)
+                for d in self.plan.defenses if d.label in wanted}
+
+    def build_attack(self, spec: AttackSpec, model: nn.Module) -> Attack:
+        """The attack of ``spec`` against ``model``, given its source model if it crafts on one
+        (a transfer attack; the plan validated the source label)."""
+        built = spec.build(model)
+        if spec.source is not None:
+            built.set_source(self.sources[spec.source][0])
+        return built
+
     def attack(self, defense: DefenseSpec, attack: AttackSpec, model: nn.Module,
                model_hash: str, test_split: Split, defense_seconds: float) -> None:
         data = test_split.head(attack.limit)
@@ -224,7 +246,7 @@ class Runner:
             self.reporter.info(f"[{defense.label}] {attack.label}: already in results.csv, "
                                "skipped")
             return
-        outcomes = evaluate_attack(model, attack.build(model), missing, data,
+        outcomes = evaluate_attack(model, self.build_attack(attack, model), missing, data,
                                    reporter=self.reporter,
                                    desc=f"{defense.label} / {attack.label}")
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
