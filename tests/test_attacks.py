@@ -82,8 +82,11 @@ def test_every_attack_restores_mode_and_leaks_no_gradients(trained_lenet, batch,
         seen_modes = []
         hook = trained_lenet.register_forward_pre_hook(
             lambda module, inputs: seen_modes.append(module.training))
+        attack = create_attack(name, trained_lenet, params)
+        if attack.needs_source_model:  # transfer: crafts on the model it is handed
+            attack.set_source(trained_lenet)
         # eps 0.3 breaks every image early: standard AutoAttack stops after APGD-CE
-        create_attack(name, trained_lenet, params)(x[:50], y[:50], 0.3)
+        attack(x[:50], y[:50], 0.3)
         hook.remove()
         assert seen_modes and not any(seen_modes)   # attacked in eval mode
         assert trained_lenet.training               # and the caller's mode restored
