@@ -4,7 +4,9 @@ built-in attacks; third-party attacks register through the ``robench.attacks`` e
 from robench.attacks import (  # noqa: F401  (registers the built-ins)
     autoattack,
     bim,
+    crown,
     fgsm,
+    ibp,
     pgd,
     rfgsm,
     square,

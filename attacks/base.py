@@ -29,8 +29,9 @@ from robench.seeds import derive_seed
 
 #: single_step: one gradient step (FGSM); iterative: many gradient steps (PGD); ensemble: a
 #: fixed ensemble of strong attacks (AutoAttack); black_box: never reads gradients (Square);
-#: transfer: crafted on another model of the suite, never reads the target's gradients
-Family = Literal["single_step", "iterative", "ensemble", "black_box", "transfer"]
+#: transfer: crafted on another model of the suite, never reads the target's gradients;
+#: verifier: proves robustness instead of attacking (IBP; see ``robench.attacks.verifier``)
+Family = Literal["single_step", "iterative", "ensemble", "black_box", "transfer", "verifier"]
 
 
 class AttackParams(BaseModel):

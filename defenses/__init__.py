@@ -4,6 +4,7 @@ built-in defenses; third-party defenses register through the ``robench.defenses`
 from robench.defenses import (  # noqa: F401  (registers the built-ins)
     adversarial_training,
     bit_depth,
+    certified_training,
     none,
     unlearning,
 )

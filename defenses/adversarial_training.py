@@ -42,8 +42,9 @@ Choices made here (documented because they change numbers):
   trained baseline instead. ``epochs``, ``lr`` and ``optimizer`` default to the suite's
   ``train:`` section, so a from-scratch run has the baseline's budget in epochs.
 - After each epoch (and once before the first) clean accuracy, FGSM accuracy and PGD-20
-  accuracy (``alpha = 2.5 * eps / 20``, random start) at ``eps`` are measured on the first
-  ``monitor_limit`` images of the evaluation split (``null``: all of it) and logged to
+  accuracy (``alpha = 2.5 * eps / 20``, random start) at ``eps`` are measured on
+  ``monitor_limit`` random images of the validation split (held out of the training split;
+  ``null``: all of it; never the test split) and logged to
   ``defense_metrics.csv`` with
   the mean training loss and the eps trained at. This is a monitor only, to make catastrophic
   overfitting visible (FGSM accuracy rising while PGD accuracy collapses, Wong et al. 2020); it
@@ -94,7 +95,7 @@ class AdversarialTrainingParams(DefenseParams):
     warmup_epochs: float = Field(1.0, ge=0)         # linear eps ramp-up, in epochs
     lr: float | None = Field(None, gt=0)            # default: the suite's train.lr
     optimizer: Literal["adam", "sgd"] | None = None  # default: the suite's train.optimizer
-    monitor_limit: int | None = Field(500, ge=0)    # monitor: first N eval images; 0 off
+    monitor_limit: int | None = Field(500, ge=0)    # monitor: N validation images; 0 off
 
     @model_validator(mode="after")
     def _only_params_the_method_uses(self) -> AdversarialTrainingParams:
@@ -239,7 +240,7 @@ class AdversarialTraining(Defense):
         })
         steps_per_epoch = math.ceil(len(ctx.train) / config.batch_size)
         loss_fn = AdversarialLoss(p, steps_per_epoch, generator(ctx.seed, "noise"))
-        monitor = ctx.test.head(p.monitor_limit)
+        monitor = ctx.validation.head(p.monitor_limit)
         fgsm = ctx.make_attack("fgsm", model=model)
         pgd = ctx.make_attack("pgd", model=model, params={
             "steps": MONITOR_PGD_STEPS, "alpha": 2.5 * p.eps / MONITOR_PGD_STEPS})

@@ -36,7 +36,9 @@ class DefenseParams(BaseModel):
 class DefenseContext:
     model: nn.Module            # a private copy of the trained baseline; change it freely
     train: Split                # training split, on ``device``
-    test: Split                 # evaluation split (for monitoring metrics only, never to train)
+    # held out of the training split (data.validation_size): for monitors and tuning only;
+    # defenses never see the test split
+    validation: Split
     params: Any                 # the defense's validated Params instance
     seed: int
     device: torch.device

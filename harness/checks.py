@@ -5,7 +5,8 @@ randomness, softmax output, zero gradients, black-box beating white-box; a trans
 beating white-box ones likewise) and the checklist of Carlini et al. 2019, "On Evaluating
 Adversarial Robustness" (arXiv 1902.06705): eps 0 = clean, accuracy monotone in eps,
 iterative <= single-step, unbounded attacks reach ~0 %, more iterations/restarts change
-little, independent implementations agree.
+little, independent implementations agree; and no attack breaks an image a verifier certified
+(``bounds_hold``: attacks bound robust accuracy from above, verifiers from below).
 
 Tolerances (fractions): accuracies of attacks on the *same* images differ only by attack
 randomness, so ``TOL`` = 1 pp; when one side was evaluated on a subset of ``n`` images (``limit``)
@@ -41,6 +42,7 @@ LARGE_EPS_MAX_ACC = 0.15
 MIN_CLEAN_ACC = 0.5   # below this, robust accuracy says nothing (a constant model gets ~10 %)
 GRADIENT_SAMPLE = 500
 STATUS_ORDER = {"pass": 0, "warn": 1, "fail": 2}
+BOUND_ROLE = "bound"  # a verifier's rows (robench.plan): a lower bound, not an attack
 
 
 class Paired:
@@ -163,6 +165,7 @@ def _check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | No
     out += _large_eps(defense, rows)
     out += _stability(defense, native[native["family"] == "iterative"], paired)
     out += _backends(defense, rows)
+    out += _bounds_hold(defense, rows, paired)
     if diag is not None:
         out += _diagnostics(defense, diag)
     else:
@@ -337,6 +340,62 @@ def _backends(defense: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
+def _bounds_hold(defense: str, rows: pd.DataFrame, paired: Paired) -> list[dict[str, Any]]:
+    """The tie between proofs and attacks: no attack may break an image a verifier certified.
+
+    A verifier's accuracy is a lower bound and an attack's an upper bound on the true robust
+    accuracy, so on the same images every attack at the same eps (sanity-check attacks too)
+    must leave every certified image correct. With per-image outcomes a single certified image
+    that an attack breaks fails the check (no tolerance: it means a bug in the attack, the
+    verifier or the model plumbing); without, an attack's accuracy below the verified one fails
+    (on different image subsets, beyond two standard errors of sampling noise)."""
+    is_bound = (rows["family"] == "verifier") | (rows["role"] == BOUND_ROLE)
+    bounds, attacks = rows[is_bound], rows[~is_bound]
+    out = []
+    for label, cells in bounds.groupby("attack", sort=False):
+        problems, compared = [], 0
+        for _, b in cells.iterrows():
+            for _, a in attacks[attacks["eps"].map(lambda e, b=b: same_eps(e, b["eps"]))
+                                ].iterrows():
+                compared += 1
+                problem = _beats_bound(a, b, paired)
+                if problem:
+                    problems.append(problem)
+        if not compared:
+            continue
+        out.append(_row(defense, f"bounds_hold[{label}]", "fail" if problems else "pass",
+                        "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)"
+                                                   if len(problems) > 3 else "")
+                        if problems else f"every attack >= verified accuracy in all "
+                        f"{compared} comparisons at shared eps"))
+    return out
+
+
+def _beats_bound(attack: pd.Series, bound: pd.Series, paired: Paired) -> str:
+    """Why ``attack`` contradicts the verifier row ``bound`` ("" when it does not)."""
+    eps = eps_text(bound["eps"])
+    ka = (str(attack["defense"]), str(attack["attack"]), canonical_eps(attack["eps"]))
+    kb = (str(bound["defense"]), str(bound["attack"]), canonical_eps(bound["eps"]))
+    if ka in paired.robust and kb in paired.robust:
+        robust, certified = paired.robust[ka].align(paired.robust[kb], join="inner")
+        broken = int((certified & ~robust).sum())
+        if len(robust) and broken:
+            return (f"{attack['attack']}@{eps} breaks {broken} of the "
+                    f"{int(certified.sum())} images {bound['attack']} certified "
+                    f"(on {len(robust)} common images)")
+        if len(robust):
+            return ""
+    tol = 1e-12 if int(attack["n"]) == int(bound["n"]) else _tol(attack, bound) - TOL
+    acc_a, acc_b = float(attack["robust_acc"]), float(bound["robust_acc"])
+    if acc_a < acc_b - tol:
+        return (f"{attack['attack']}@{eps} = {acc_a:.3f} < verified {bound['attack']}@{eps} "
+                f"= {acc_b:.3f} (tolerance {100 * tol:.1f} pp)")
+    return ""
+
+
+DIAGNOSTIC_CHECKS = ("input_gradients", "deterministic_output", "logit_output")
+
+
 def _diagnostics(defense: str, diag: dict[str, float]) -> list[dict[str, Any]]:
     zero, nonfinite = diag["zero_grad_fraction"], diag["nonfinite_grad_fraction"]
     sample = int(diag.get("sample", GRADIENT_SAMPLE))
@@ -356,15 +415,27 @@ def _diagnostics(defense: str, diag: dict[str, float]) -> list[dict[str, Any]]:
 def run_checks(results: pd.DataFrame, diagnostics: dict[str, dict[str, float]] | None = None,
                outcomes: pd.DataFrame | None = None) -> pd.DataFrame:
     """All checks for every defense in a results table (attack comparisons on the same images
-    when per-image ``outcomes`` are given)."""
+    when per-image ``outcomes`` are given). With several seeds every check runs per seed (a
+    seed's rows against that seed's outcomes) and names the seed in its detail."""
     diagnostics = diagnostics or {}
-    paired = Paired(outcomes)
     rows: list[dict[str, Any]] = []
     defaults = {"backend": "native", "role": "eval"}
     results = with_traits(results.assign(**{c: results[c].fillna(v) if c in results else v
                                             for c, v in defaults.items()}))
-    for defense, group in results.groupby("defense", sort=False):
-        rows += _check_defense(str(defense), group, diagnostics.get(str(defense)), paired)
+    seeds = list(dict.fromkeys(results["seed"].astype(int))) if "seed" in results else [None]
+    for seed in seeds:
+        of_seed = results if seed is None else results[results["seed"] == seed]
+        paired = Paired(outcomes if outcomes is None or seed is None
+                        else outcomes[outcomes["seed"] == seed])
+        found = []
+        for defense, group in of_seed.groupby("defense", sort=False):
+            # model diagnostics are measured on the first seed's models only
+            diag = diagnostics.get(str(defense)) if seed == seeds[0] else None
+            found += [r for r in _check_defense(str(defense), group, diag, paired)
+                      if seed == seeds[0] or r["check"] not in DIAGNOSTIC_CHECKS]
+        if len(seeds) > 1:
+            found = [{**r, "detail": f"seed {seed}: {r['detail']}"} for r in found]
+        rows += found
     return pd.DataFrame(rows, columns=["defense", "check", "status", "detail"])
 
 

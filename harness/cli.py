@@ -45,9 +45,12 @@ def run(
         help="Results folder (default results/<name>).")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
     eval_limit: Annotated[int | None, typer.Option(
-        min=1, help="Evaluate on the first N test images.")] = None,
+        min=1, help="Evaluate on N random test images (data.split_seed).")] = None,
     epochs: Annotated[int | None, typer.Option(min=0, help="Override train.epochs.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Override the suite seed.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Run this one seed (replaces the suite's "
+                                                  "seed/seeds).")] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="Run these seeds, e.g. 0,1,2 (replaces the suite's seed/seeds).")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress bars or messages.")] = False,
     no_cache: Annotated[bool, typer.Option(
@@ -66,8 +69,8 @@ def run(
         from robench.runner import RunOptions, run_suite
 
         opts = RunOptions(data_dir=data_dir, out=out, device=device, eval_limit=eval_limit,
-                          epochs=epochs, seed=seed, quiet=quiet, use_cache=not no_cache,
-                          force=force)
+                          epochs=epochs, seed=seed, seeds=seeds, quiet=quiet,
+                          use_cache=not no_cache, force=force)
         out_dir, board = run_suite(suite, opts)
     except UserError as err:
         _fail(err)

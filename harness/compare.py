@@ -8,7 +8,8 @@ seeds) is their mean, and the table says so. Cells present on only one side are 
 silently dropped. Differences are in percentage points. When both sides have per-image
 outcomes (``outcomes.parquet``), each matched cell gets the exact McNemar p-value of the
 per-image robust outcomes on the images both evaluated and Newcombe's 95 % interval of the
-paired difference (``robench.stats.paired_difference``).
+paired difference (``robench.stats.paired_difference``); with several seeds on both sides,
+seed by seed (``robench.stats.paired_over_seeds``: a t interval over the per-seed differences).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import pandas as pd
 from robench.eps import canonical_eps, eps_text
 from robench.errors import UserError
 from robench.leaderboard import escape_markdown, format_p
-from robench.outcomes import read_outcomes
+from robench.outcomes import OUTCOMES_FILE, read_outcomes
 from robench.results import read_results
-from robench.stats import paired_difference
+from robench.stats import paired_over_seeds
 
 KEY = ["defense", "attack", "eps"]
 
@@ -43,27 +44,33 @@ class Comparison:
 def _paired(cells: pd.DataFrame, outcomes_a: pd.DataFrame | None,
             outcomes_b: pd.DataFrame | None) -> pd.DataFrame:
     """Add ``n_paired``, ``p_value``, ``diff_lo_pp``, ``diff_hi_pp`` to matched cells."""
-    cells = cells.assign(n_paired=0, p_value=float("nan"), diff_lo_pp=float("nan"),
+    cells = cells.assign(n_paired=0, seeds_paired=0, p_value=float("nan"), diff_lo_pp=float("nan"),
                          diff_hi_pp=float("nan"))
     if outcomes_a is None or outcomes_b is None:
         return cells
-    robust = {}
+    robust: dict[str, dict[tuple[str, str, float], dict[int, pd.Series]]] = {}
     for side, frame in (("a", outcomes_a), ("b", outcomes_b)):
         frame = frame.assign(robust=frame["clean_correct"] & frame["adv_correct"],
                              eps=frame["eps"].map(canonical_eps))
-        robust[side] = {key: rows.groupby("image")["robust"].all()  # all seeds' images
-                        for key, rows in frame.groupby([frame["defense"].astype(str),
-                                                        frame["attack"].astype(str), "eps"])}
+        robust[side] = {}
+        for (d, a, e, s), rows in frame.groupby([frame["defense"].astype(str),
+                                                 frame["attack"].astype(str), "eps", "seed"]):
+            robust[side].setdefault((d, a, e), {})[int(s)] = rows.set_index("image")["robust"]
     for i, row in cells.iterrows():
         key = (str(row["defense"]), str(row["attack"]), canonical_eps(row["eps"]))
         if key not in robust["a"] or key not in robust["b"]:
             continue
-        a, b = robust["a"][key].align(robust["b"][key], join="inner")
-        if len(a) == 0:
+        pairs = []  # per seed both sides have, the images both evaluated
+        for seed in sorted(set(robust["a"][key]) & set(robust["b"][key])):
+            a, b = robust["a"][key][seed].align(robust["b"][key][seed], join="inner")
+            if len(a):
+                pairs.append((a.to_numpy(dtype=bool), b.to_numpy(dtype=bool)))
+        if not pairs:
             continue
-        test = paired_difference(a.to_numpy(), b.to_numpy())
-        cells.loc[i, ["n_paired", "p_value", "diff_lo_pp", "diff_hi_pp"]] = [
-            len(a), test["p_value"], 100 * test["ci_low"], 100 * test["ci_high"]]
+        test = paired_over_seeds(pairs)
+        cells.loc[i, ["n_paired", "seeds_paired", "p_value", "diff_lo_pp", "diff_hi_pp"]] = [
+            sum(len(a) for a, _ in pairs) // len(pairs), len(pairs), test["p_value"],
+            100 * test["ci_low"], 100 * test["ci_high"]]
     return cells
 
 
@@ -128,6 +135,9 @@ def to_markdown(result: Comparison, label_a: str, label_b: str) -> str:
         table["McNemar p"] = [format_p(p) if n else "–"
                               for n, p in zip(cells["n_paired"], cells["p_value"], strict=True)]
         table["paired n"] = [str(int(n)) if n else "–" for n in cells["n_paired"]]
+        if (cells["seeds_paired"] > 1).any():
+            table["seeds"] = [str(int(s)) if s else "–" for s in cells["seeds_paired"]]
+            table = table.rename(columns={"McNemar p": "p"})
     clean = pd.DataFrame({
         "defense": result.clean["defense"], "A clean %": result.clean["clean_a"].map(_pct),
         "B clean %": result.clean["clean_b"].map(_pct),
@@ -144,7 +154,13 @@ def to_markdown(result: Comparison, label_a: str, label_b: str) -> str:
     if (cells["n_paired"] > 0).any():
         notes.append("- Paired columns: per-image robust outcomes (correct before and after) on "
                      "the images both sides evaluated; exact McNemar test (two-sided) and "
-                     "Newcombe's 95 % interval for the paired difference B - A.")
+                     "Newcombe's 95 % interval for the paired difference B - A. `paired n`: "
+                     "images per seed.")
+    if (cells["seeds_paired"] > 1).any():
+        notes.append("- With several seeds on both sides (`seeds`): the interval is the "
+                     "Student-t 95 % interval of the per-seed differences (paired over seeds) "
+                     "and p is the larger of the McNemar test pooled over seeds and the t-test "
+                     "of the per-seed differences (robench.stats.paired_over_seeds).")
     table["defense"] = table["defense"].map(escape_markdown)
     table["attack"] = table["attack"].map(escape_markdown)
     clean["defense"] = clean["defense"].map(escape_markdown)
@@ -182,6 +198,10 @@ def compare_defenses(path: Path, defense_a: str, defense_b: str) -> str:
         raise UserError(f"compare two different defenses (got {defense_a!r} twice)",
                         where="--defenses")
     results, outcomes = read_results(path), _outcomes_of(path)
+    if outcomes is None:  # two defenses of one run are compared image by image
+        folder = Path(path) if Path(path).is_dir() else Path(path).parent
+        raise UserError("missing; comparing two defenses needs the run's per-image outcomes "
+                        "(run the suite again to write them)", where=str(folder / OUTCOMES_FILE))
     sides = []
     for name in (defense_a, defense_b):
         if name not in set(results["defense"]):

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from robench.eps import canonical_eps
 from robench.errors import UserError, key_path
@@ -29,11 +37,32 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     dataset: str = "mnist"
     root: str | None = None
+    # a seeded random sample of the test split (null: all of it); an attack's `limit` takes a
+    # nested random sample of the same draw (robench.data.evaluation_split)
     eval_limit: int | None = Field(None, ge=1)
+    # images held out of the training split for defense monitors and tuning (never the test set)
+    validation_size: int = Field(5000, ge=0)
+    # seeds the validation hold-out and the evaluation subsets; independent of `seed`/`seeds`,
+    # so every seed of a run sees the same images (paired across seeds)
+    split_seed: int = Field(0, ge=0, lt=2**63)
 
 
 class ModelConfig(_Strict):
     name: str = "lenet5"
+    # a checkpoint to evaluate instead of training the baseline (robench.weights); a relative
+    # path is relative to the suite file's folder
+    weights: str | None = Field(None, min_length=1)
+    # for a model whose forward returns a tuple/list or a dict: the index or key of the logits
+    logits: int | str | None = None
+
+    @field_validator("logits", mode="before")
+    @classmethod
+    def _index_or_key(cls, value: Any) -> Any:
+        # one message instead of pydantic's one per member of the union
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | str)):
+            raise ValueError("must be an index (an integer) or a key (a string) of the "
+                             "model's output")
+        return value
 
 
 RESERVED_LABELS = ("worst", "rank", "defense", "clean_acc", "status", "reason")
@@ -70,7 +99,8 @@ class AttackEntry(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     # optional: attack only the first N evaluation images (for expensive attacks)
     limit: int | None = Field(None, ge=1)
-    # "check": a sanity-check attack (e.g. PGD at eps 0.5), kept out of the worst case
+    # "check": a sanity-check attack (e.g. PGD at eps 0.5), kept out of the worst case; a
+    # verifier's rows get the role "bound" (robench.plan), never written here
     role: Literal["eval", "check"] = "eval"
 
     @field_validator("eps")
@@ -83,9 +113,15 @@ class AttackEntry(_Strict):
         return values
 
 
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
+
+
 class Suite(_Strict):
     name: str = Field(max_length=100)
-    seed: int = Field(0, ge=0, lt=2**63)
+    # one seed (default 0) or a list: the whole grid repeats per seed (baseline training,
+    # defense randomness, attack starts); give one of the two keys, not both
+    seed: Seed | None = None
+    seeds: list[Seed] | None = Field(None, min_length=1, max_length=100)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -93,6 +129,24 @@ class Suite(_Strict):
     defenses: list[DefenseEntry] = Field(
         default_factory=lambda: [DefenseEntry(name="none")], min_length=1, max_length=200)
     attacks: list[AttackEntry] = Field(min_length=1, max_length=200)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, values: list[int] | None, info: ValidationInfo
+                        ) -> list[int] | None:
+        if values is not None and info.data.get("seed") is not None:
+            raise ValueError("give either `seed` or `seeds`, not both")
+        repeated = sorted({s for s in values or [] if values.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seed {', '.join(map(str, repeated))} listed twice")
+        return values
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """The seeds this suite runs, in order (``seeds``, else ``(seed,)``, else ``(0,)``)."""
+        if self.seeds is not None:
+            return tuple(self.seeds)
+        return (0 if self.seed is None else self.seed,)
 
     @field_validator("name")
     @classmethod
@@ -103,7 +157,7 @@ class Suite(_Strict):
 
 
 def _describe(err: dict[str, Any]) -> str:
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return "unknown key"
     if err["type"] == "missing":

@@ -18,6 +18,7 @@ from platformdirs import user_cache_dir
 
 from robench.errors import UserError
 from robench.registry import Registry
+from robench.seeds import generator
 
 DATA_DIR_ENV = "ROBENCH_DATA_DIR"
 
@@ -40,7 +41,9 @@ class Split:
         return self.index if self.index is not None else torch.arange(len(self))
 
     def head(self, n: int | None) -> Split:
-        """The first ``n`` images (all when ``n`` is None)."""
+        """The first ``n`` images (all when ``n`` is None). The one "first N" helper: the
+        evaluation split is already in a seeded random order (``evaluation_split``), so its
+        first N images are a random sample, nested in every larger N."""
         if n is None or n >= len(self):
             return self
         return Split(self.images[:n], self.labels[:n], self.ids[:n])
@@ -71,6 +74,29 @@ class Dataset:
                 digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
                 digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]
+
+
+def evaluation_split(test: Split, eval_limit: int | None, split_seed: int) -> Split:
+    """The test split in a seeded random order, cut to ``eval_limit`` images.
+
+    ``head(N)`` of the result is a uniform random sample of N test images; a smaller N is a
+    subset of a larger one (the first N of one permutation), and every defense, attack and
+    seed with the same N gets the same images. The order comes from ``split_seed`` alone."""
+    order = torch.randperm(len(test), generator=generator(split_seed, "evaluation order"))
+    return test.subset(order.to(test.labels.device)).head(eval_limit)
+
+
+def hold_out_validation(train: Split, size: int, split_seed: int) -> tuple[Split, Split]:
+    """(training split without the validation images, validation split): ``size`` training
+    images drawn with ``split_seed`` (in that random order, so ``head(N)`` is a random sample);
+    the rest keeps its original order."""
+    if size == 0:
+        return train, train.subset(torch.zeros(0, dtype=torch.long))
+    order = torch.randperm(len(train), generator=generator(split_seed, "validation"))
+    held = order[:size]  # in random order: a monitor's head(N) is a random sample
+    kept = order[size:].sort().values
+    device = train.labels.device
+    return train.subset(kept.to(device)), train.subset(held.to(device))
 
 
 DATASETS: Registry = Registry("dataset")

@@ -3,13 +3,23 @@
 Columns: clean accuracy; each attack's accuracy at each eps (``fgsm@0.1``); for sweeps of a
 ``single_step`` attack (FGSM-like, by the plugin's ``family`` trait) the mean over the sweep's
 eps > 0 (``fgsm_mean``); and the worst case at the threat eps (the largest eps of a regular,
-non-check attack).
+non-check attack); ``verified@eps`` for each eps a verifier ran at (its rows have role
+``bound``: a lower bound on robust accuracy, shown just before the worst case and never part
+of it; see ``add_verified_columns``).
 
 The worst case is per image, as RobustBench and AutoAttack report it: an image counts only if
 it is classified correctly and survives every regular attack run at that eps, on the images
 that all of those attacks evaluated (``worst_n``), with its 95 % Wilson interval
 (``worst@eps_lo``, ``worst@eps_hi``). Without per-image outcomes (a results.csv alone) it falls
 back to the minimum of the per-attack accuracies and says so (``worst_kind``).
+
+Seeds: a run with several seeds shows, per defense, the mean over seeds of every accuracy; the
+worst case is computed per seed (on that seed's images) and averaged, with ``worst_sd`` (the
+sample standard deviation over seeds) and ``seeds``; its interval is then the hull of the
+Student-t 95 % interval over the per-seed values and the Wilson interval of the images pooled
+over seeds (seed-to-seed spread and image sampling both covered). Comparisons with several
+seeds use ``robench.stats.paired_over_seeds`` (a difference counts only when both the pooled
+McNemar test and the t-test over seeds find it).
 
 Ranks: defenses are ordered by worst case, then clean accuracy. A defense's rank is a range
 when an exact McNemar test on the per-image worst-case outcomes (two-sided, p < 0.05 per pair,
@@ -28,13 +38,15 @@ import re
 import pandas as pd
 
 from robench.checks import with_traits
-from robench.eps import eps_text, same_eps
+from robench.eps import canonical_eps, eps_text, same_eps
 from robench.outdir import OutputFolder
 from robench.results import write_csv
-from robench.stats import mcnemar_exact, wilson_interval
+from robench.stats import paired_over_seeds, seed_interval, wilson_interval
 
 #: attack rows with this role are sanity checks (e.g. PGD at eps 1.0), not the threat model
 CHECK_ROLE = "check"
+#: a verifier's rows: certified accuracy, a lower bound (``verified@eps``), never an attack
+BOUND_ROLE = "bound"
 
 
 def threat_eps(results: pd.DataFrame) -> float | None:
@@ -53,40 +65,51 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
                       outcomes: pd.DataFrame | None = None) -> pd.DataFrame:
     if results.empty:
         raise ValueError("no result rows")
-    eps_star = threat_eps(results)
+    # a verifier's rows are lower bounds, not attacks: their own columns, never the worst case
+    bounds = bound_rows(results)
+    attack_rows = results.drop(bounds.index)
+    eps_star = threat_eps(attack_rows)
     worst_col = "worst" if eps_star is None else f"worst@{eps_text(eps_star)}"
-    results = with_traits(results)
-    attacks = list(dict.fromkeys(results["attack"]))  # suite order
-    per_image = _worst_outcomes(results, outcomes, eps_star)
+    results = with_traits(results if "seed" in results else results.assign(seed=0))
+    attack_rows = results.drop(bounds.index)
+    attacks = list(dict.fromkeys(attack_rows["attack"]))  # suite order
+    per_image = _worst_outcomes(attack_rows, outcomes, eps_star)
     records = []
+    several = results["seed"].nunique() > 1
     for defense, rows in results.groupby("defense", sort=False):
         # clean accuracy on the most images (a `limit` subset's clean accuracy differs)
-        record: dict[str, object] = {"defense": defense,
-                                     "clean_acc": rows.loc[rows["n"].idxmax(), "clean_acc"]}
-        worst = []
+        widest = rows[rows["n"] == rows["n"].max()]
+        record: dict[str, object] = {
+            "defense": defense,
+            "clean_acc": widest.groupby("seed")["clean_acc"].first().mean()}
+        worst: dict[int, list[tuple[float, int]]] = {}
         for attack in attacks:
-            a_rows = rows[rows["attack"] == attack].sort_values("eps")
+            a_rows = rows[rows["attack"] == attack]
             if a_rows.empty:
                 continue
-            for eps, acc in zip(a_rows["eps"], a_rows["robust_acc"], strict=True):
+            curve = a_rows.groupby("eps")["robust_acc"].mean().sort_index()  # mean over seeds
+            for eps, acc in curve.items():
                 record[f"{attack}@{eps_text(eps)}"] = acc
-            positive = a_rows[a_rows["eps"] > 0]
+            positive = curve[curve.index > 0]
             if a_rows["family"].iloc[0] == "single_step" and len(positive) > 1:
-                record[f"{attack}_mean"] = positive["robust_acc"].mean()
+                record[f"{attack}_mean"] = positive.mean()
             is_check = "role" in a_rows and (a_rows["role"] == CHECK_ROLE).all()
             at_star = a_rows[a_rows["eps"].map(
                 lambda e: eps_star is not None and same_eps(e, eps_star))]
-            if not is_check and not at_star.empty:
-                worst.append((float(at_star["robust_acc"].min()), int(at_star["n"].min())))
-        record.update(_worst_columns(worst_col, per_image.get(str(defense)), worst))
+            if not is_check:
+                for seed, row in zip(at_star["seed"], at_star.itertuples(), strict=True):
+                    worst.setdefault(int(seed), []).append((float(row.robust_acc), int(row.n)))
+        record.update(_worst_columns(worst_col, per_image.get(str(defense)), worst, several))
         records.append(record)
     board = pd.DataFrame(records)
     board = board.sort_values([worst_col, "clean_acc"], ascending=False, kind="stable")
-    extra = [f"{worst_col}_lo", f"{worst_col}_hi", "worst_n", "worst_kind"]
+    extra = [f"{worst_col}_lo", f"{worst_col}_hi", *(["worst_sd", "seeds"] if several else []),
+             "worst_n", "worst_kind"]
     ordered = ["defense", "clean_acc"] + [c for c in board.columns
                                          if c not in ("defense", "clean_acc", worst_col,
                                                       *extra)] + [worst_col, *extra]
-    board = board[ordered].reset_index(drop=True)
+    board = add_verified_columns(board[ordered].reset_index(drop=True), bounds, outcomes,
+                                 before=worst_col)
     failed = pd.Series(False, index=board.index)
     if status is not None and not status.empty:
         board = board.merge(status[["defense", "status", "reason"]], on="defense", how="left")
@@ -101,46 +124,119 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
     return board
 
 
+def bound_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows of verifiers (role ``bound``, see ``robench.plan``)."""
+    if "role" not in results:
+        return results.iloc[:0]
+    return results[results["role"].fillna("") == BOUND_ROLE]
+
+
+def add_verified_columns(board: pd.DataFrame, bounds: pd.DataFrame,
+                         outcomes: pd.DataFrame | None, before: str) -> pd.DataFrame:
+    """``verified@eps`` for every eps a verifier ran at, placed just before column ``before``
+    (the worst case): the share of images certified, a lower bound on robust accuracy where the
+    worst case is an upper bound. With several verifiers an image counts when any of them
+    certified it (on the images all of them evaluated); without per-image outcomes, the best
+    verifier's accuracy. NaN for a defense no verifier ran on."""
+    if bounds.empty:
+        return board
+    at = board.columns.get_loc(before) if before in board else len(board.columns)
+    board = board.copy()
+    for eps in sorted({canonical_eps(e) for e in bounds["eps"]}, reverse=True):
+        cells = bounds[bounds["eps"].map(lambda e, eps=eps: same_eps(e, eps))]
+        values = {str(d): _verified(rows, outcomes) for d, rows in
+                  cells.groupby(cells["defense"].astype(str), sort=False)}
+        board.insert(at, f"verified@{eps_text(eps)}",
+                     [values.get(str(d), float("nan")) for d in board["defense"]])
+    return board
+
+
+def _verified(cells: pd.DataFrame, outcomes: pd.DataFrame | None) -> float:
+    """Verified accuracy of one defense at one eps from its verifier rows ``cells`` (the mean
+    over seeds when there are several, as every accuracy of the leaderboard)."""
+    seeds = cells["seed"].astype(int) if "seed" in cells else pd.Series(0, index=cells.index)
+    return float(pd.Series([_verified_one_seed(rows, outcomes, int(seed))
+                            for seed, rows in cells.groupby(seeds)]).mean())
+
+
+def _verified_one_seed(cells: pd.DataFrame, outcomes: pd.DataFrame | None, seed: int) -> float:
+    if outcomes is not None:
+        defense, eps = str(cells["defense"].iloc[0]), float(cells["eps"].iloc[0])
+        mine = outcomes[(outcomes["defense"].astype(str) == defense)
+                        & (outcomes["seed"].astype(int) == seed)
+                        & outcomes["eps"].map(lambda e: same_eps(e, eps))
+                        & outcomes["attack"].astype(str).isin(set(cells["attack"].astype(str)))]
+        per_verifier = [(g["clean_correct"] & g["adv_correct"]).set_axis(g["image"].to_numpy())
+                        for _, g in mine.groupby(mine["attack"].astype(str))]
+        if len(per_verifier) == cells["attack"].nunique() and per_verifier:
+            common = sorted(set.intersection(*(set(s.index) for s in per_verifier)))
+            if common:
+                return float(pd.concat([s.reindex(common) for s in per_verifier], axis=1)
+                             .any(axis=1).mean())
+    return float(cells["robust_acc"].max())
+
+
+#: per defense, per seed: robust (correct and unbroken by every regular attack) per image
+PerImage = dict[str, dict[int, pd.Series]]
+
+
 def _worst_outcomes(results: pd.DataFrame, outcomes: pd.DataFrame | None,
-                    eps_star: float | None) -> dict[str, pd.Series]:
-    """Per defense: robust (correct and unbroken by every regular attack at ``eps_star``) per
-    image, on the images all those attacks evaluated. {} without outcomes."""
+                    eps_star: float | None) -> PerImage:
+    """Per defense and seed: robust (correct and unbroken by every regular attack at
+    ``eps_star``) per image, on the images all those attacks evaluated. {} without outcomes;
+    a defense lacking outcomes for one of its seeds' cells is left out (table fallback)."""
     if outcomes is None or eps_star is None:
         return {}
     regular = results[(results["role"] != CHECK_ROLE)
                       & results["eps"].map(lambda e: same_eps(e, eps_star))]
-    wanted = set(zip(regular["defense"].astype(str), regular["attack"].astype(str),
-                     strict=True))
+    wanted = set(zip(regular["defense"].astype(str), regular["seed"].astype(int),
+                     regular["attack"].astype(str), strict=True))
     at_star = outcomes[outcomes["eps"].map(lambda e: same_eps(e, eps_star))]
-    out: dict[str, pd.Series] = {}
-    for defense, rows in at_star.groupby(at_star["defense"].astype(str), sort=False):
+    out: PerImage = {}
+    incomplete: set[str] = set()
+    for (defense, seed), rows in at_star.groupby([at_star["defense"].astype(str),
+                                                  at_star["seed"].astype(int)], sort=False):
         robust = {str(attack): (cell["clean_correct"] & cell["adv_correct"]).set_axis(
             cell["image"].to_numpy())
             for attack, cell in rows.groupby(rows["attack"].astype(str), sort=False)
-            if (defense, str(attack)) in wanted}
-        expected = {a for d, a in wanted if d == defense}
+            if (defense, seed, str(attack)) in wanted}
+        expected = {a for d, s, a in wanted if (d, s) == (defense, seed)}
         if not robust or set(robust) != expected:
-            continue  # outcomes incomplete for this defense: fall back to the table
+            incomplete.add(defense)  # outcomes incomplete: fall back to the table
+            continue
         common = sorted(set.intersection(*(set(s.index) for s in robust.values())))
-        out[defense] = pd.concat([s.reindex(common) for s in robust.values()], axis=1).all(axis=1)
-    return out
+        out.setdefault(defense, {})[seed] = pd.concat(
+            [s.reindex(common) for s in robust.values()], axis=1).all(axis=1)
+    seeds = {d: {s for dd, s, _ in wanted if dd == d} for d in out}
+    return {d: v for d, v in out.items() if d not in incomplete and set(v) == seeds[d]}
 
 
-def _worst_columns(worst_col: str, per_image: pd.Series | None,
-                   per_attack: list[tuple[float, int]]) -> dict[str, object]:
-    if per_image is not None and len(per_image):
-        k, n = int(per_image.sum()), len(per_image)
+def _worst_columns(worst_col: str, per_image: dict[int, pd.Series] | None,
+                   per_attack: dict[int, list[tuple[float, int]]],
+                   several: bool) -> dict[str, object]:
+    """The worst case (mean over seeds), its interval, spread, n and how it was computed."""
+    if per_image and all(len(s) for s in per_image.values()):
+        counts = [(int(s.sum()), len(s)) for s in per_image.values()]
         kind = "per image"
     elif per_attack:
-        value, n = min(per_attack)
-        k = round(value * n)
+        counts = [(round(v * n), n) for v, n in (min(p) for p in per_attack.values())]
         kind = "min of attacks"
     else:
-        return {worst_col: float("nan"), f"{worst_col}_lo": float("nan"),
-                f"{worst_col}_hi": float("nan"), "worst_n": 0, "worst_kind": ""}
+        nan = float("nan")
+        return {worst_col: nan, f"{worst_col}_lo": nan, f"{worst_col}_hi": nan,
+                **({"worst_sd": nan, "seeds": 0} if several else {}),
+                "worst_n": 0, "worst_kind": ""}
+    k, n = sum(c[0] for c in counts), sum(c[1] for c in counts)
     lo, hi = wilson_interval(k, n)
-    return {worst_col: k / n, f"{worst_col}_lo": lo, f"{worst_col}_hi": hi, "worst_n": n,
-            "worst_kind": kind}
+    values = [ki / ni for ki, ni in counts]
+    mean, sd, t_lo, t_hi = seed_interval(values)
+    if len(values) > 1:
+        lo, hi = min(lo, max(t_lo, 0.0)), max(hi, min(t_hi, 1.0))
+    out: dict[str, object] = {worst_col: mean, f"{worst_col}_lo": lo, f"{worst_col}_hi": hi}
+    if several:
+        out.update(worst_sd=sd, seeds=len(values))
+    # images per seed (the same subset for every seed; the first seed's when they differ)
+    return {**out, "worst_n": counts[0][1], "worst_kind": kind}
 
 
 def _undefended_label(results: pd.DataFrame) -> str:
@@ -154,16 +250,21 @@ def _undefended_label(results: pd.DataFrame) -> str:
     return NONE_LABEL
 
 
-def _p_value(per_image: dict[str, pd.Series], a: str, b: str) -> float:
-    """Exact McNemar p-value of two defenses' worst-case outcomes on their common images."""
+def _p_value(per_image: PerImage, a: str, b: str) -> float:
+    """p-value of two defenses' worst-case outcomes on their common images: exact McNemar
+    with one seed, ``paired_over_seeds`` over the seeds both have."""
     if a == b or a not in per_image or b not in per_image:
         return float("nan")
-    x, y = per_image[a].align(per_image[b], join="inner")
-    return mcnemar_exact(int((x & ~y).sum()), int((~x & y).sum()))
+    pairs = []
+    for seed in sorted(set(per_image[a]) & set(per_image[b])):
+        x, y = per_image[a][seed].align(per_image[b][seed], join="inner")
+        if len(x):
+            pairs.append((x.to_numpy(dtype=bool), y.to_numpy(dtype=bool)))
+    return float(paired_over_seeds(pairs)["p_value"]) if pairs else float("nan")
 
 
 def _ranks(board: pd.DataFrame, worst_col: str, failed: pd.Series,
-           per_image: dict[str, pd.Series]) -> list[str]:
+           per_image: PerImage) -> list[str]:
     """Rank ranges from pairwise tests (a plain position when outcomes are missing)."""
     ranked = [i for i in board.index if not failed[i]]
     names = [str(board.at[i, "defense"]) for i in ranked]
@@ -224,8 +325,9 @@ def shown_table(board: pd.DataFrame) -> pd.DataFrame:
     shown["rank"] = shown["rank"].map(lambda v: "-" if pd.isna(v) or v == "" else str(v))
     if "p_vs_none" in shown:
         shown["p_vs_none"] = shown["p_vs_none"].map(format_p)
-    if "worst_n" in shown:
-        shown["worst_n"] = shown["worst_n"].map(lambda v: "" if pd.isna(v) else str(int(v)))
+    for column in ("worst_n", "seeds"):
+        if column in shown:
+            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else str(int(v)))
     for column in shown.columns:
         if pd.api.types.is_numeric_dtype(shown[column]):
             shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}")

@@ -61,6 +61,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import stat
 import threading
@@ -376,9 +377,11 @@ class OutputFolder:
         return data
 
     def _recover(self) -> None:
-        """After an interrupted run: remove the temp files its manifest names, settle entries."""
+        """After an interrupted run: remove the temp files its manifest names and the manifest
+        temp files it left (a kill between creating and renaming one), settle entries."""
         if self._manifest is None:
             return
+        self._drop_manifest_temps()
         temps = [t for t in self._manifest["temps"]
                  if isinstance(t, str) and t.startswith(TEMP_PREFIX) and "/" not in t]
         pending = [n for n, e in self._manifest["files"].items()
@@ -402,6 +405,16 @@ class OutputFolder:
         except OSError as err:
             raise UserError(f"could not tidy up after an interrupted run ({_why(err)})",
                             where=str(self.path)) from None
+
+    def _drop_manifest_temps(self) -> None:
+        """Remove ``.robench-manifest-<pid>-<16 hex>.tmp`` plain files: only robench makes names
+        with its reserved prefix, and only the run holding the lock writes the manifest."""
+        pattern = re.compile(re.escape(MANIFEST_TEMP_PREFIX) + r"\d+-[0-9a-f]{16}\.tmp")
+        for name in os.listdir(self._dirfd):
+            info = self._lstat(name) if pattern.fullmatch(name) else None
+            if info is not None and stat.S_ISREG(info.st_mode):
+                with suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=self._dirfd)
 
     def _settle(self, name: str, entry: dict[str, Any]) -> dict[str, Any]:
         """A pending entry becomes the new version if the file holds it, else the old one."""

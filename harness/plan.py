@@ -8,7 +8,10 @@ seed and its label (never its position) and hashes the code that will produce it
 runner, the cache, resume and the checks consume the plan; nothing downstream parses params
 again. Every problem is a ``UserError`` naming the file and key path.
 
-Seeds: the baseline and every defense use the suite seed itself (common random numbers: all
+Seeds: a suite runs once per seed of ``Suite.seed_list`` (``seed: N`` or ``seeds: [..]``); a
+``Plan`` is the plan of one of them (``plan.seed``, the first by default; ``plan.for_seed(s)``
+gives another, with its own seeds and cache keys). Within one seed, the baseline and every
+defense use that seed itself (common random numbers: all
 unlearning methods see the same forget samples, so their differences are theirs); each attack
 uses ``derive_seed(seed, "attack", name, canonical params)``, from what it is rather than from
 its label or position (the same random starts against every defense, and adding another entry
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
@@ -30,13 +34,14 @@ from robench.attacks import ATTACKS, Attack, AttackParams
 from robench.cache import cache_key
 from robench.codehash import code_hash
 from robench.config import AttackEntry, Suite, load_suite, parse_suite, raise_validation
-from robench.data import DATASETS
+from robench.data import DATASETS, Dataset
 from robench.defenses import DEFENSES, Defense, DefenseParams
 from robench.errors import UserError
 from robench.evaluation import evaluate_attack
-from robench.models import MODELS
+from robench.models import MODELS, LogitsKey, SelectOutput, check_logits
 from robench.seeds import derive_seed
 from robench.training import TrainConfig, train
+from robench.weights import WeightsFile, weights_file
 
 MAX_LABEL = 80
 
@@ -59,6 +64,25 @@ class BaselineSpec:
     seed: int
     code_hash: str
     cache_key: str
+    weights: WeightsFile | None = None      # model.weights: a checkpoint instead of training
+    logits: LogitsKey | None = None         # model.logits: which output holds the logits
+    source: str = ""                        # the suite file, for error messages
+
+    def build(self, num_classes: int) -> nn.Module:
+        """The baseline's architecture on the CPU: with the checkpoint's weights loaded when
+        ``model.weights`` is set, wrapped to return the ``model.logits`` output when set."""
+        model = self.model_cls(num_classes=num_classes)
+        if self.weights is not None:
+            self.weights.load_into(model, self.model)
+        return model if self.logits is None else SelectOutput(model, self.logits)
+
+    def check(self, dataset: Dataset) -> None:
+        """Before anything is written: the checkpoint fits the architecture and the model
+        returns logits for the dataset's classes (a ``UserError`` otherwise)."""
+        with torch.random.fork_rng(devices=[]):  # leaves the global RNG as it was
+            model = self.build(dataset.num_classes)
+        check_logits(model, dataset.test.images[:2], dataset.num_classes, self.model,
+                     self.logits, self.source)
 
 
 @dataclass(frozen=True)
@@ -113,14 +137,22 @@ class Plan:
     baseline: BaselineSpec
     defenses: tuple[DefenseSpec, ...]
     attacks: tuple[AttackSpec, ...]
+    seed: int               # the seed this plan runs (one of ``seeds``)
 
     @property
     def name(self) -> str:
         return self.suite.name
 
     @property
-    def seed(self) -> int:
-        return self.suite.seed
+    def seeds(self) -> tuple[int, ...]:
+        """Every seed of the suite, in order: the runner runs ``for_seed`` of each."""
+        return self.suite.seed_list
+
+    def for_seed(self, seed: int) -> Plan:
+        """The same suite resolved for another seed (baseline, defenses and attack starts)."""
+        if seed == self.seed:
+            return self
+        return resolve(self.suite, self.source, seed)
 
 
 # -- labels ------------------------------------------------------------------------------------
@@ -208,15 +240,24 @@ def _params(plugin: Any, raw: dict[str, Any], source: str, where: str) -> Any:
         raise_validation(err, source, prefix=f"{where}.params")
 
 
-def _baseline(suite: Suite, source: str) -> BaselineSpec:
+def _baseline(suite: Suite, source: str, seed: int) -> BaselineSpec:
     _plugin(DATASETS, suite.data.dataset, f"{source}: data.dataset")
     model_cls = _plugin(MODELS, suite.model.name, f"{source}: model.name")
-    code = code_hash(model_cls, train, DATASETS.get(suite.data.dataset))
+    weights = None if suite.model.weights is None else weights_file(suite.model.weights, source)
+    # only set options join the key, so the keys of suites without them stay as they were
+    extra: dict[str, Any] = {}
+    if weights is not None:
+        extra["weights_sha256"] = weights.sha256
+    if suite.model.logits is not None:
+        extra["logits"] = suite.model.logits
+    code = code_hash(model_cls, train, DATASETS.get(suite.data.dataset),
+                     *([WeightsFile] if weights is not None else []))
     key = cache_key(kind="baseline", dataset=suite.data.dataset, model=suite.model.name,
-                    train=suite.train.model_dump(), seed=derive_seed(suite.seed),
-                    code=code, robench=robench.__version__)
+                    train=suite.train.model_dump(), seed=derive_seed(seed),
+                    code=code, robench=robench.__version__,
+                    validation=[suite.data.validation_size, suite.data.split_seed], **extra)
     return BaselineSpec(suite.data.dataset, suite.model.name, model_cls, suite.train,
-                        derive_seed(suite.seed), code, key)
+                        derive_seed(seed), code, key, weights, suite.model.logits, source)
 
 
 def _resolve_entries(entries: list[Any], registry: Any, section: str, source: str
@@ -228,13 +269,14 @@ def _resolve_entries(entries: list[Any], registry: Any, section: str, source: st
     return out
 
 
-def _defenses(suite: Suite, source: str, baseline: BaselineSpec) -> tuple[DefenseSpec, ...]:
+def _defenses(suite: Suite, source: str, baseline: BaselineSpec, seed: int
+              ) -> tuple[DefenseSpec, ...]:
     resolved = _resolve_entries(suite.defenses, DEFENSES, "defenses", source)
     labels = _labels(suite.defenses, [dict(e.params) for e in suite.defenses],
                      [f"{e.name}\0{params_json(p)}"
                       for e, (_, p) in zip(suite.defenses, resolved, strict=True)],
                      "defenses", source)
-    seed = derive_seed(suite.seed)
+    seed = derive_seed(seed)
     specs = []
     for label, entry, (plugin, params) in zip(labels, suite.defenses, resolved, strict=True):
         text = params_json(params)
@@ -251,7 +293,7 @@ def _attack_raw(entry: AttackEntry) -> dict[str, Any]:
     return {**entry.params, **extra}
 
 
-def _attacks(suite: Suite, source: str,
+def _attacks(suite: Suite, source: str, seed: int,
              defenses: tuple[DefenseSpec, ...]) -> tuple[AttackSpec, ...]:
     resolved = _resolve_entries(suite.attacks, ATTACKS, "attacks", source)
     labels = _labels(suite.attacks, [_attack_raw(e) for e in suite.attacks],
@@ -263,9 +305,10 @@ def _attacks(suite: Suite, source: str,
                                          for plugin, params in resolved])
     libraries = _library_versions()
     specs = []
-    for i, (label, entry, (plugin, params)) in enumerate(
-            zip(labels, suite.attacks, resolved, strict=True)):
+    for i, (label, entry, (plugin, params)) in enumerate(zip(labels, suite.attacks, resolved,
+                                                             strict=True)):
         text = params_json(params)
+        role = _role(plugin, entry, f"{source}: attacks[{i}].role")
         # the attack, the evaluation loop, the seed derivation and the libraries that may
         # compute the examples: any change makes its cells new cells
         code = code_hash(plugin, evaluate_attack, derive_seed, *plugin.code_dependencies(params))
@@ -274,8 +317,8 @@ def _attacks(suite: Suite, source: str,
         extra = {"source": crafted_on.cache_key} if crafted_on is not None else {}
         code = cache_key(code=code, libs=libraries, **extra)
         specs.append(AttackSpec(label, entry.name, plugin, params, text, tuple(entry.eps),
-                                entry.limit, entry.role,
-                                derive_seed(suite.seed, "attack", entry.name, text), code[:16],
+                                entry.limit, role,
+                                derive_seed(seed, "attack", entry.name, text), code[:16],
                                 crafted_on.label if crafted_on is not None else None))
     return tuple(specs)
 
@@ -303,6 +346,37 @@ def _source_defense(plugin: type[Attack], params: AttackParams,
                     f"{known})", where=f"{where}.params.source")
 
 
+#: the role of every verifier's rows (a lower bound: never part of the worst case)
+BOUND_ROLE = "bound"
+#: the output size of the throw-away model a verifier inspects (its layers do not depend on it)
+INSPECTED_CLASSES = 10
+
+
+def _role(plugin: type[Attack], entry: AttackEntry, where: str) -> str:
+    """A verifier's rows are bounds, whatever the suite says; an attack's role is the suite's."""
+    if plugin.family != "verifier":
+        return entry.role
+    if entry.role != "eval":  # the default (command-line overrides mark every key as set)
+        raise UserError(f"{entry.name} is a verifier: its rows always have role "
+                        f"{BOUND_ROLE!r}; remove `role`", where=where)
+    return BOUND_ROLE
+
+
+def _check_verifiers(baseline: BaselineSpec, attacks: tuple[AttackSpec, ...],
+                     source: str) -> None:
+    """Every verifier can bound the suite's model (layers, libraries), before any work."""
+    verifiers = [(i, a) for i, a in enumerate(attacks) if a.plugin.family == "verifier"]
+    if not verifiers:
+        return
+    with torch.random.fork_rng(devices=[]):  # building a model draws weights: not the run's
+        model = baseline.model_cls(num_classes=INSPECTED_CLASSES)
+    for i, spec in verifiers:
+        try:
+            spec.plugin.check_model(model, baseline.model, spec.params)
+        except UserError as err:
+            raise UserError(err.message, where=f"{source}: attacks[{i}]") from None
+
+
 def _always_shown(plugin: type[Attack], params: AttackParams) -> dict[str, Any]:
     defaults = plugin.Params().model_dump(mode="json")
     values = params.model_dump(mode="json")
@@ -321,11 +395,15 @@ def _library_versions() -> dict[str, str | None]:
     return out
 
 
-def resolve(suite: Suite, source: str) -> Plan:
-    """The typed plan of a structurally valid suite (plugins, params, labels, seeds, keys)."""
-    baseline = _baseline(suite, source)
-    defenses = _defenses(suite, source, baseline)
-    return Plan(suite, source, baseline, defenses, _attacks(suite, source, defenses))
+def resolve(suite: Suite, source: str, seed: int | None = None) -> Plan:
+    """The typed plan of a structurally valid suite (plugins, params, labels, seeds, keys) for
+    ``seed`` (default: the suite's first seed)."""
+    seed = suite.seed_list[0] if seed is None else seed
+    baseline = _baseline(suite, source, seed)
+    defenses = _defenses(suite, source, baseline, seed)
+    attacks = _attacks(suite, source, seed, defenses)
+    _check_verifiers(baseline, attacks, source)
+    return Plan(suite, source, baseline, defenses, attacks, seed)
 
 
 def load_plan(path: str | Path) -> Plan:

@@ -83,6 +83,8 @@ CHECK_MEANING = {
                       "nothing",
     "reduced_variant_labelled": "a weaker variant of a published attack feeds the worst case "
                                 "under the standard attack's name",
+    "bounds_hold": "an attack broke an image a verifier certified (attack accuracy below "
+                   "verified accuracy): the attack, the verifier or the model plumbing is wrong",
 }
 
 
@@ -197,7 +199,7 @@ def _md(value: Any) -> str:
 # -- the leaderboard's columns ----------------------------------------------------------------
 _WORST = re.compile(r"^worst(?:@(?P<eps>.+?))?(?P<side>_lo|_hi)?$")
 _FIXED = {"rank", "defense", "clean_acc", "status", "reason", "p_vs_none", "worst_n",
-          "worst_kind", "clean_acc_lo", "clean_acc_hi"}
+          "worst_kind", "clean_acc_lo", "clean_acc_hi", "worst_sd", "seeds"}
 
 
 def _worst_kind(board: pd.DataFrame) -> str:
@@ -342,7 +344,8 @@ def board_groups(board: pd.DataFrame, results: pd.DataFrame, worst: WorstCase
                                   lambda r, lo=lo, hi=hi: interval_text(r.get(lo), r.get(hi))
                                   or DASH))
             used.update((lo, hi))
-    for key, header, kind in (("worst_n", "n", "int"), ("p_vs_none", "p vs none", "p")):
+    for key, header, kind in (("worst_sd", "sd over seeds", "pct"), ("seeds", "seeds", "int"),
+                              ("worst_n", "n", "int"), ("p_vs_none", "p vs none", "p")):
         if key in board.columns:
             columns.append(Column(header, key, kind))
             used.add(key)

@@ -46,7 +46,7 @@ class ResultRow:
     clean_acc: float
     clean_acc_lo: float       # 95 % Wilson score interval of clean_acc (robench.stats)
     clean_acc_hi: float
-    robust_acc: float         # correct before AND after the attack
+    robust_acc: float         # correct before AND after the attack (bound: certified)
     robust_acc_lo: float      # 95 % Wilson score interval of robust_acc
     robust_acc_hi: float
     attack_success_rate: float
@@ -55,7 +55,7 @@ class ResultRow:
     robench_version: str
     torch_version: str
     created_at: str
-    role: str                 # eval | check
+    role: str                 # eval | check | bound (a verifier's lower bound)
     model_hash: str           # sha256 prefix of the attacked model's weights
     code_hash: str            # of the attack's and the evaluation loop's source
 
@@ -63,7 +63,7 @@ class ResultRow:
 RESULT_COLUMNS: list[str] = [f.name for f in fields(ResultRow)]
 #: text columns are read as text (a hash like "0123e4" must not become a number)
 TEXT_DTYPES = {f.name: str for f in fields(ResultRow) if f.type == "str"}
-DEFENSE_METRIC_COLUMNS = ["defense", "method", "step", "metric", "value"]
+DEFENSE_METRIC_COLUMNS = ["defense", "seed", "method", "step", "metric", "value"]
 TIMING_COLUMNS = ["attack_seconds", "defense_seconds", "created_at"]
 
 

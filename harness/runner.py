@@ -27,7 +27,13 @@ from robench.attacks import Attack
 from robench.cache import ModelCache, cache_key
 from robench.checks import model_diagnostics
 from robench.config import Suite, load_suite, parse_suite
-from robench.data import Dataset, Split, load_dataset
+from robench.data import (
+    Dataset,
+    Split,
+    evaluation_split,
+    hold_out_validation,
+    load_dataset,
+)
 from robench.defenses import DefenseContext
 from robench.eps import canonical_eps, eps_text
 from robench.errors import Interrupted, UserError
@@ -36,7 +42,7 @@ from robench.finalize import DIAGNOSTICS_FILE, finalize, read_diagnostics
 from robench.models import model_hash as fingerprint
 from robench.outcomes import OUTCOMES_FILE, OutcomeTable
 from robench.outdir import OutputFolder
-from robench.plan import AttackSpec, DefenseSpec, Plan, resolve
+from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan, resolve
 from robench.progress import Reporter
 from robench.results import (
     DEFENSE_METRIC_COLUMNS,
@@ -60,6 +66,7 @@ class RunOptions:
     eval_limit: int | None = None
     epochs: int | None = None
     seed: int | None = None
+    seeds: str | None = None       # "0,1,2": replaces the suite's seed/seeds
     quiet: bool = False
     use_cache: bool = True
     force: bool = False
@@ -70,11 +77,25 @@ def apply_overrides(suite: Suite, opts: RunOptions, source: str) -> Suite:
     raw = suite.model_dump(mode="python")
     for section, key, value in (("data", "root", opts.data_dir),
                                 ("data", "eval_limit", opts.eval_limit),
-                                ("train", "epochs", opts.epochs), (None, "device", opts.device),
-                                (None, "seed", opts.seed)):
+                                ("train", "epochs", opts.epochs), (None, "device", opts.device)):
         if value is not None:
             (raw[section] if section else raw)[key] = value
+    if opts.seed is not None and opts.seeds is not None:
+        raise UserError("give either --seed or --seeds, not both", where="--seeds")
+    if opts.seed is not None:
+        raw["seed"], raw["seeds"] = opts.seed, None
+    if opts.seeds is not None:
+        raw["seed"], raw["seeds"] = None, parse_seed_list(opts.seeds)
     return parse_suite(raw, f"{source} (with command-line options)")
+
+
+def parse_seed_list(text: str) -> list[int]:
+    """``--seeds 0,1,2`` as integers (range, repeats: the suite's own validation)."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UserError(f"expected comma-separated integers such as 0,1,2 (got {text!r})",
+                        where="--seeds") from None
 
 
 def resolve_device(name: str, where: str = "device") -> torch.device:
@@ -137,27 +158,32 @@ class Runner:
         started = time.perf_counter()
         plan = self.plan
         self.data_hash = dataset.fingerprint
-        train_split = dataset.train.to(self.device)
-        test_split = dataset.test.head(plan.suite.data.eval_limit).to(self.device)
+        splits = data_splits(plan, dataset)
+        train_split, validation, test_split = (s.to(self.device) for s in splits)
         self._start_run_record(len(test_split))
+        seeds = ", ".join(map(str, plan.seeds))
         self.reporter.info(f"suite {plan.name}: {plan.baseline.dataset} train "
-                           f"{len(train_split)}, eval {len(test_split)} images, "
-                           f"device {self.device}")
-        baseline = self.baseline(dataset, train_split)
-        self.sources = self.defend_sources(baseline, train_split, test_split, dataset)
+                           f"{len(train_split)}, validation {len(validation)}, eval "
+                           f"{len(test_split)} images, seed {seeds}, device {self.device}")
         planned: set[tuple[str, str, float, int]] = set()
-        for defense in plan.defenses:
-            model, seconds = self.sources.get(defense.label) or self.defend(
-                defense, baseline, train_split, test_split, dataset)
-            self.reporter.info(f"[{defense.label}] clean accuracy "
-                               f"{accuracy(model, test_split):.4f}")
-            self.diagnostics[defense.label] = model_diagnostics(model, test_split)
-            write_json(self.folder, DIAGNOSTICS_FILE, self.diagnostics)
-            model_hash = fingerprint(model)
-            for attack in plan.attacks:
-                self.attack(defense, attack, model, model_hash, test_split, seconds)
-                planned.update((defense.label, attack.label, eps, plan.seed)
-                               for eps in attack.eps)
+        for seed in plan.seeds:
+            seeded = plan.for_seed(seed)
+            baseline = self.baseline(seeded.baseline, dataset, train_split)
+            self.sources = self.defend_sources(seeded, baseline, train_split, validation,
+                                               dataset, seed)
+            for defense in seeded.defenses:
+                model, seconds = self.sources.get(defense.label) or self.defend(
+                    defense, baseline, train_split, validation, dataset, seed)
+                self.reporter.info(f"[{defense.label}]{self._tag(seed)} clean accuracy "
+                                   f"{accuracy(model, test_split):.4f}")
+                if seed == plan.seeds[0]:  # diagnostics of the first seed's models
+                    self.diagnostics[defense.label] = model_diagnostics(model, test_split)
+                    write_json(self.folder, DIAGNOSTICS_FILE, self.diagnostics)
+                model_hash = fingerprint(model)
+                for attack in seeded.attacks:
+                    self.attack(seed, defense, attack, model, model_hash, test_split, seconds)
+                    planned.update((defense.label, attack.label, eps, seed)
+                                   for eps in attack.eps)
         self.table.keep_only(planned)
         self.outcomes.keep_only(planned)
         self.diagnostics = {k: v for k, v in self.diagnostics.items()
@@ -170,10 +196,13 @@ class Runner:
                            f"follow); results in {self.out_dir}")
         return finalize(self.out_dir, self.folder, reporter=self.reporter)
 
-    def baseline(self, dataset: Dataset, train_split: Split) -> nn.Module:
-        spec = self.plan.baseline
+    def baseline(self, spec: BaselineSpec, dataset: Dataset, train_split: Split) -> nn.Module:
         torch.manual_seed(spec.seed)
-        model = spec.model_cls(num_classes=dataset.num_classes).to(self.device)
+        model = spec.build(dataset.num_classes).to(self.device)
+        if spec.weights is not None:  # model.weights: a user's checkpoint, not trained or cached
+            self.reporter.info(f"baseline {spec.model}: weights {spec.weights.path} "
+                               f"(sha256 {spec.weights.sha256[:12]})")
+            return model.eval()
         key = self._with_data(spec.cache_key)
         if self.cache.load(key, model) is not None:
             self.reporter.info(f"baseline {spec.model}: loaded from cache ({key[:10]})")
@@ -188,15 +217,15 @@ class Runner:
         return model.eval()
 
     def defend(self, spec: DefenseSpec, baseline: nn.Module, train_split: Split,
-               test_split: Split, dataset: Dataset) -> tuple[nn.Module, float]:
+               validation: Split, dataset: Dataset, seed: int) -> tuple[nn.Module, float]:
         model = copy.deepcopy(baseline)
         key = self._with_data(spec.cache_key)
         meta = self.cache.load(key, model) if spec.plugin.cacheable else None
         if meta is not None:
             self.reporter.info(f"[{spec.label}] defended model loaded from cache ({key[:10]})")
-            self._add_metrics(spec, meta.get("metrics", []))
+            self._add_metrics(spec, seed, meta.get("metrics", []))
             return model.to(self.device).eval(), float(meta["seconds"])
-        ctx = DefenseContext(model=model, train=train_split, test=test_split,
+        ctx = DefenseContext(model=model, train=train_split, validation=validation,
                              params=spec.params, seed=spec.seed, device=self.device,
                              train_config=self.plan.suite.train, reporter=self.reporter,
                              num_classes=dataset.num_classes)
@@ -210,17 +239,18 @@ class Runner:
         if spec.plugin.cacheable:
             self._warn(self.cache.save(key, defended,
                                        {"seconds": seconds, "metrics": result.metrics}))
-        self._add_metrics(spec, result.metrics)
+        self._add_metrics(spec, seed, result.metrics)
         return defended, seconds
 
-    def defend_sources(self, baseline: nn.Module, train_split: Split, test_split: Split,
-                       dataset: Dataset) -> dict[str, tuple[nn.Module, float]]:
+    def defend_sources(self, plan: Plan, baseline: nn.Module, train_split: Split,
+                       validation: Split, dataset: Dataset,
+                       seed: int) -> dict[str, tuple[nn.Module, float]]:
         """(model, seconds) of every defense a transfer attack crafts on (``AttackSpec.source``),
         defended before the loop so a source listed after its targets is ready; the loop
         reuses them, so no defense is applied twice. They stay in memory for the whole run."""
-        wanted = {a.source for a in self.plan.attacks if a.source is not None}
-        return {d.label: self.defend(d, baseline, train_split, test_split, dataset)
-                for d in self.plan.defenses if d.label in wanted}
+        wanted = {a.source for a in plan.attacks if a.source is not None}
+        return {d.label: self.defend(d, baseline, train_split, validation, dataset, seed)
+                for d in plan.defenses if d.label in wanted}
 
     def build_attack(self, spec: AttackSpec, model: nn.Module) -> Attack:
         """The attack of ``spec`` against ``model``, given its source model if it crafts on one
@@ -230,12 +260,12 @@ class Runner:
             built.set_source(self.sources[spec.source][0])
         return built
 
-    def attack(self, defense: DefenseSpec, attack: AttackSpec, model: nn.Module,
+    def attack(self, seed: int, defense: DefenseSpec, attack: AttackSpec, model: nn.Module,
                model_hash: str, test_split: Split, defense_seconds: float) -> None:
         data = test_split.head(attack.limit)
         self._image_ids = data.ids.tolist()
         expect = CellExpectation(
-            defense=defense.label, attack=attack.label, seed=self.plan.seed,
+            defense=defense.label, attack=attack.label, seed=seed,
             data_hash=self.data_hash,
             defense_params=defense.params_json, attack_params=attack.params_json,
             role=attack.role, n=len(data), model_hash=model_hash, code_hash=attack.code_hash)
@@ -243,8 +273,8 @@ class Runner:
         # numbers do not depend on which other eps are attacked with it
         missing = [eps for eps in attack.eps if not self._done(expect, eps)]
         if not missing:
-            self.reporter.info(f"[{defense.label}] {attack.label}: already in results.csv, "
-                               "skipped")
+            self.reporter.info(f"[{defense.label}] {attack.label}{self._tag(seed)}: already "
+                               "in results.csv, skipped")
             return
         outcomes = evaluate_attack(model, self.build_attack(attack, model), missing, data,
                                    reporter=self.reporter,
@@ -257,19 +287,20 @@ class Runner:
             defense=defense.label, defense_name=defense.name,
             defense_params=defense.params_json, attack=attack.label, attack_name=attack.name,
             attack_params=attack.params_json, backend=attack.backend, eps=o.eps,
-            seed=self.plan.seed, n=o.n, clean_acc=o.clean_acc,
+            seed=seed, n=o.n, clean_acc=o.clean_acc,
             **_interval("clean_acc", int(o.clean_ok.sum()), o.n), robust_acc=o.robust_acc,
             **_interval("robust_acc", int(o.robust.sum()), o.n),
             attack_success_rate=o.attack_success_rate, attack_seconds=o.seconds,
             defense_seconds=defense_seconds, robench_version=robench.__version__,
             torch_version=torch.__version__, created_at=now, role=attack.role,
             model_hash=model_hash, code_hash=attack.code_hash) for o in outcomes]
-        self.outcomes.replace_cells(defense.label, attack.label, self.plan.seed,
+        self.outcomes.replace_cells(defense.label, attack.label, seed,
                                     self._image_ids, outcomes)
         self.table.replace_cells(rows)
         self.cells_done += len(rows)
         curve = ", ".join(f"{eps_text(o.eps)}: {o.robust_acc:.3f}" for o in outcomes)
-        self.reporter.info(f"[{defense.label}] {attack.label} robust accuracy {{{curve}}}")
+        self.reporter.info(f"[{defense.label}] {attack.label}{self._tag(seed)} robust accuracy "
+                           f"{{{curve}}}")
 
     def _done(self, expect: CellExpectation, eps: float) -> bool:
         """A cell is done when its row is exactly this cell and every number in it is what its
@@ -282,6 +313,10 @@ class Runner:
         return counts is not None and consistent(row, *counts, n=len(self._image_ids))
 
     # -- bookkeeping ----------------------------------------------------------------------
+    def _tag(self, seed: int) -> str:
+        """" seed N" in log lines of a run with several seeds."""
+        return f" seed {seed}" if len(self.plan.seeds) > 1 else ""
+
     def _with_data(self, key: str) -> str:
         """A plan's cache key joined with the fingerprint of the data actually loaded."""
         return cache_key(plan=key, data=self.data_hash)
@@ -320,12 +355,16 @@ class Runner:
         write_json(self.folder, "run.json", {
             "suite": plan.suite.model_dump(mode="json"), "source": plan.source,
             "baseline": {"cache_key": plan.baseline.cache_key,
-                         "code_hash": plan.baseline.code_hash},
+                         "code_hash": plan.baseline.code_hash,
+                         "weights": plan.baseline.weights and plan.baseline.weights.record()},
             "defenses": {d.label: {"name": d.name, "params": d.params_json,
                                    "cache_key": d.cache_key, "code_hash": d.code_hash}
                          for d in plan.defenses},
-            "attacks": {a.label: {"name": a.name, "params": a.params_json, "seed": a.seed,
-                                  "code_hash": a.code_hash} for a in plan.attacks},
+            "attacks": {a.label: {"name": a.name, "params": a.params_json,
+                                  "seeds": [plan.for_seed(s).attacks[i].seed
+                                            for s in plan.seeds],
+                                  "code_hash": a.code_hash}
+                        for i, a in enumerate(plan.attacks)},
             "versions": _versions(), **git_state(), "device": str(self.device),
             "threads": torch.get_num_threads(),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -348,7 +387,7 @@ class Runner:
         return changed
 
     def plan_cells(self) -> set[tuple[str, str, float, int]]:
-        return {(d.label, a.label, eps, self.plan.seed)
+        return {(d.label, a.label, eps, seed) for seed in self.plan.seeds
                 for d in self.plan.defenses for a in self.plan.attacks for eps in a.eps}
 
     def _load_diagnostics(self) -> None:
@@ -357,10 +396,11 @@ class Runner:
         except UserError:
             self.diagnostics = {}
 
-    def _add_metrics(self, spec: DefenseSpec, metrics: list[dict[str, Any]]) -> None:
-        self.metric_rows = [r for r in self.metric_rows if r["defense"] != spec.label]
-        self.metric_rows += [{"defense": spec.label, "method": m.get("method", spec.name), **m}
-                             for m in metrics]
+    def _add_metrics(self, spec: DefenseSpec, seed: int, metrics: list[dict[str, Any]]) -> None:
+        self.metric_rows = [r for r in self.metric_rows
+                            if (r["defense"], r["seed"]) != (spec.label, seed)]
+        self.metric_rows += [{"defense": spec.label, "seed": seed,
+                              "method": m.get("method", spec.name), **m} for m in metrics]
         self._write_metrics()
 
     def _write_metrics(self) -> None:
@@ -455,6 +495,26 @@ def reproduction_line(folder: Path, results: pd.DataFrame) -> str:
             f"results.csv (largest {worst.max():.2f} pp); see robench compare")
 
 
+def data_splits(plan: Plan, dataset: Dataset) -> tuple[Split, Split, Split]:
+    """(training, validation, evaluation) splits of a plan; sizes a suite asks for that the
+    dataset does not have are a ``UserError`` naming the key (before anything is written)."""
+    data, source = plan.suite.data, plan.source
+    if data.validation_size >= len(dataset.train):
+        raise UserError(f"validation_size {data.validation_size} leaves no training images "
+                        f"({dataset.name} has {len(dataset.train)})",
+                        where=f"{source}: data.validation_size")
+    if data.eval_limit is not None and data.eval_limit > len(dataset.test):
+        raise UserError(f"eval_limit {data.eval_limit} is larger than the {len(dataset.test)} "
+                        f"test images of {dataset.name}", where=f"{source}: data.eval_limit")
+    n_eval = min(data.eval_limit or len(dataset.test), len(dataset.test))
+    for i, attack in enumerate(plan.attacks):
+        if attack.limit is not None and attack.limit > n_eval:
+            raise UserError(f"limit {attack.limit} is larger than the {n_eval} evaluation "
+                            "images", where=f"{source}: attacks[{i}].limit")
+    train, validation = hold_out_validation(dataset.train, data.validation_size, data.split_seed)
+    return train, validation, evaluation_split(dataset.test, data.eval_limit, data.split_seed)
+
+
 def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, pd.DataFrame]:
     """Load, resolve and run a suite file. Returns the results folder and the leaderboard."""
     opts = opts or RunOptions()
@@ -464,6 +524,8 @@ def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, p
     if opts.out is not None and not opts.out.strip():
         raise UserError("empty folder name", where="--out")
     dataset = load_dataset(plan.suite.data.dataset, plan.suite.data.root)
+    data_splits(plan, dataset)  # sizes checked before the folder is opened
+    plan.baseline.check(dataset)  # checkpoint fits, model returns logits: before any write
     out_dir = Path(opts.out) if opts.out else Path("results") / plan.name
     with OutputFolder.open(out_dir) as folder:
         foreign = folder.foreign_conflicts(output_names(folder.path))

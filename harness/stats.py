@@ -17,6 +17,8 @@ defenses on the same images, and spread over seeds.
   ch. 8. It is one of the intervals they recommend, it stays inside [-1, 1] and needs no
   iteration; the Wald interval they advise against for small or extreme counts.
 - ``seed_interval``: mean, sample standard deviation and Student-t interval over seeds.
+- ``paired_over_seeds``: a paired comparison repeated over seeds (the t interval of the
+  per-seed differences; a p-value that needs both the pooled McNemar and the seed t-test).
 """
 
 from __future__ import annotations
@@ -188,3 +190,40 @@ def seed_interval(values: Any, confidence: float = 0.95) -> tuple[float, float, 
     std = float(arr.std(ddof=1))
     half = float(_st.t.ppf((1 + confidence) / 2, arr.size - 1)) * std / math.sqrt(arr.size)
     return mean, std, mean - half, mean + half
+
+
+def paired_over_seeds(pairs: list[tuple[Any, Any]]) -> dict[str, float | int]:
+    """Compare B with A over several seeds, each seed scored on the same images for A and B.
+
+    ``pairs``: per seed, (A correct per image, B correct per image), aligned image by image.
+    With one seed this is ``paired_difference``. With m >= 2 seeds:
+
+    - ``diff``: the mean over seeds of the per-seed differences acc_b - acc_a;
+    - ``ci_low``, ``ci_high``: the Student-t 95 % interval of those m differences
+      (``seed_interval``: the paired interval over seeds, which carries the training and attack
+      randomness from seed to seed);
+    - ``p_value``: the larger of two two-sided tests, so a difference counts only when both
+      agree: the exact McNemar test on the discordant pairs pooled over seeds (image sampling)
+      and the one-sample t-test of the per-seed differences (seed randomness; p = 0 when every
+      seed gives the same non-zero difference, 1 when all are zero);
+    - ``n``: images summed over seeds; ``seeds``: m; ``b``, ``c``: pooled discordant pairs.
+    """
+    if not pairs:
+        raise ValueError("paired_over_seeds: no seeds")
+    per_seed = [paired_difference(a, b) for a, b in pairs]
+    if len(per_seed) == 1:
+        return {**per_seed[0], "seeds": 1}
+    diffs = np.array([float(r["diff"]) for r in per_seed])
+    b = sum(int(r["b"]) for r in per_seed)
+    c = sum(int(r["c"]) for r in per_seed)
+    mean, _, lo, hi = seed_interval(diffs)
+    spread = float(diffs.std(ddof=1))
+    if spread == 0.0:
+        p_seeds = 1.0 if mean == 0.0 else 0.0
+    else:
+        p_seeds = float(_st.ttest_1samp(diffs, 0.0).pvalue)
+    return {"n": sum(int(r["n"]) for r in per_seed), "seeds": len(per_seed),
+            "acc_a": float(np.mean([r["acc_a"] for r in per_seed])),
+            "acc_b": float(np.mean([r["acc_b"] for r in per_seed])), "diff": mean,
+            "b": b, "c": c, "p_value": max(mcnemar_exact(b, c), p_seeds),
+            "ci_low": lo, "ci_high": hi}

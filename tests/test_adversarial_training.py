@@ -178,7 +178,7 @@ def test_eps_ramps_linearly_over_warmup_epochs():
 
 
 def _ctx(model, data, params, epochs=1, test=None):
-    return DefenseContext(model=model, train=data, test=test if test is not None else data,
+    return DefenseContext(model=model, train=data, validation=test if test is not None else data,
                           params=params, seed=0, device=torch.device("cpu"),
                           train_config=TrainConfig(epochs=epochs, batch_size=64))
 

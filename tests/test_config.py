@@ -39,7 +39,7 @@ _DELETE = object()
 def test_valid_suite_loads_with_defaults():
     plan = resolve_raw(BASE, "s.yaml")
     suite = plan.suite
-    assert suite.seed == 0 and suite.device == "auto"
+    assert suite.seed_list == (0,) and plan.seed == 0 and suite.device == "auto"
     assert suite.train.batch_size == 128 and suite.train.optimizer == "adam"
     assert [a.label for a in plan.attacks] == ["fgsm", "pgd"]
     assert plan.attacks[1].params.steps == 5 and plan.attacks[1].params.restarts == 1

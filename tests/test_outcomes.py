@@ -84,13 +84,17 @@ def test_outcomes_parquet_matches_results_and_is_verified_on_resume(tmp_path, cl
     results = pd.read_csv(out / "results.csv")
     outcomes = pd.read_parquet(out / "outcomes.parquet")
     assert len(outcomes) == 300 * 2 + 100
+    images = {}
     for row in results.itertuples():
         cell = outcomes[(outcomes["attack"] == row.attack) & (outcomes["eps"] == row.eps)]
-        assert len(cell) == row.n and sorted(cell["image"]) == list(range(row.n))
+        images[row.attack] = set(cell["image"])
+        assert len(cell) == row.n == cell["image"].nunique()
         assert cell["clean_correct"].mean() == pytest.approx(row.clean_acc)
         assert (cell["clean_correct"] & cell["adv_correct"]).mean() == pytest.approx(
             row.robust_acc)
         assert row.robust_acc_lo <= row.robust_acc <= row.robust_acc_hi
+    # random subsets (not the first test images), the smaller nested in the larger
+    assert images["pgd"] < images["fgsm"] and images["fgsm"] != set(range(300))
 
     # a hand-edited outcomes file is no longer robench's: the run refuses, changing nothing
     tampered = outcomes.copy()

@@ -597,3 +597,15 @@ def test_a_full_disk_in_a_third_party_writer_is_one_line(tmp_path):
         assert (folder.path / "curve.png").read_bytes() == b"old png"
         assert folder.owns("curve.png")
     assert temp_leftovers(tmp_path / "out") == []
+
+
+def test_manifest_temp_left_by_a_kill_is_removed_on_next_open(tmp_path):
+    with OutputFolder.open(tmp_path) as folder:
+        folder.write_text("results.csv", "a\n")
+    left = tmp_path / ".robench-manifest-123-0123456789abcdef.tmp"  # a kill before the rename
+    left.write_text("partial")
+    other = tmp_path / ".robench-manifest-notours.tmp"  # not robench's name pattern: kept
+    other.write_text("x")
+    with OutputFolder.open(tmp_path):
+        pass
+    assert not left.exists() and other.exists() and (tmp_path / "results.csv").exists()

@@ -118,7 +118,7 @@ def test_good_params_load_and_every_method_is_accepted():
 def _context(mnist, model, params: dict, seed: int = 0) -> DefenseContext:
     p = DEFENSES.get("unlearning").Params.model_validate(params)
     return DefenseContext(model=copy.deepcopy(model), train=mnist.train.head(3000),
-                          test=mnist.test.head(300), params=p, seed=seed,
+                          validation=mnist.test.head(300), params=p, seed=seed,
                           device=torch.device("cpu"), train_config=TrainConfig(epochs=1))
 
 
@@ -134,11 +134,11 @@ def test_rounds_log_every_metric_computed_on_the_current_model(mnist, trained_le
     for step in (1, 2):
         assert set(rows[rows["step"] == step]["metric"]) == METRICS
     value = rows.set_index(["step", "metric"])["value"]
-    assert value[(0, "clean_acc")] == pytest.approx(accuracy(trained_lenet, ctx.test))
+    assert value[(0, "clean_acc")] == pytest.approx(accuracy(trained_lenet, ctx.validation))
     # the last round's numbers are those of the returned model, at the largest eps
     model = result.model
-    assert value[(2, "clean_acc")] == pytest.approx(accuracy(model, ctx.test))
-    fgsm = evaluate_attack(model, create_attack("fgsm", model), [0.3], ctx.test)[0]
+    assert value[(2, "clean_acc")] == pytest.approx(accuracy(model, ctx.validation))
+    fgsm = evaluate_attack(model, create_attack("fgsm", model), [0.3], ctx.validation)[0]
     assert value[(2, "fgsm_acc")] == pytest.approx(fgsm.robust_acc)
     for step in (1, 2):
         assert 0 < value[(step, "forget_size")] <= 200

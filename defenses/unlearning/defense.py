@@ -23,8 +23,9 @@ Per-round metrics (``defense_metrics.csv``; ``step`` = round, step 0 = the basel
 unlearning, ``method`` = the method's name): ``forget_size``; ``forget_attack_success`` (share of
 this round's forget inputs still given their adversarial label after the round);
 ``forget_true_acc`` (true-label accuracy on them); ``clean_acc`` and ``fgsm_acc`` (a fresh FGSM
-at the largest eps against the current model) on the evaluation split, or its first
-``monitor_limit`` images; ``seconds`` (forget-set generation + unlearning; monitoring excluded).
+at the largest eps against the current model) on the validation split (held out of the
+training split, never the test split), or ``monitor_limit`` random images of it; ``seconds``
+(forget-set generation + unlearning; monitoring excluded).
 There is no "retrain without the forget set" reference: the adversarial examples were never
 training data, so that reference would be the baseline itself.
 
@@ -52,11 +53,11 @@ public in what we could read), and why:
   ``alpha = 2.5 * eps / 10`` at each image's eps (Madry et al.'s step rule 2.5·eps/steps, so
   the iterate can cross the ball and back; 10 steps as in the common PGD-10 training attack),
   random starts drawn per image from ``derive_seed(seed, "attack", r)`` and the image's
-  training index. PGD at every eps costs about 10 FGSMs per image (each image is attacked only
+  dataset index. PGD at every eps costs about 10 FGSMs per image (each image is attacked only
   at its own eps). The per-round ``fgsm_acc`` monitor stays FGSM either way.
 - ``retain_adversarial: false``: the paper "unlearns" adversarial examples; training them
   towards their true labels would be adversarial training, a different defense.
-- ``monitor_limit: null``: the per-round metrics use the whole evaluation split (``0``: no
+- ``monitor_limit: null``: the per-round metrics use the whole validation split (``0``: no
   per-round clean/FGSM monitor; the same meaning as in ``adversarial_training``), as the
   harness's own evaluation does; big suites set e.g. 1000 (FGSM on 10 000 images every round
   would cost more than the unlearning itself). Monitoring never affects the defended weights.
@@ -116,7 +117,7 @@ class UnlearningDefenseParams(DefenseParams):
     attack: Literal["fgsm", "pgd"] = "fgsm"         # which attack makes the forget set
     method: str = "neggrad_plus"
     method_params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
-    monitor_limit: int | None = Field(None, ge=0)  # per-round metrics: first N eval images; 0 off
+    monitor_limit: int | None = Field(None, ge=0)  # per-round metrics: N validation images; 0 off
     _method: UnlearningParams = PrivateAttr()
 
     @field_validator("eps", mode="before")
@@ -255,7 +256,7 @@ class UnlearningDefense(Defense):
         method_cls = UNLEARNING_METHODS.get(p.method)
         model = ctx.model.eval()
         train, eps_values = ctx.train, p.eps_values
-        monitor = ctx.test.head(p.monitor_limit)
+        monitor = ctx.validation.head(p.monitor_limit)
         self._monitor(ctx, model, monitor, step=0)
         for round_ in range(1, p.rounds + 1):
             started = time.perf_counter()
@@ -269,7 +270,7 @@ class UnlearningDefense(Defense):
                     model, ctx.make_attack("fgsm", model), clean, eps_values, eps_index)
             else:
                 x_adv = pgd_examples(model, clean.images, clean.labels, eps_values, eps_index,
-                                     sample, seed=derive_seed(ctx.seed, "attack", round_))
+                                     clean.ids, seed=derive_seed(ctx.seed, "attack", round_))
                 forget, true_labels = build_forget_set(model, None, clean, eps_values,
                                                        eps_index, x_adv=x_adv)
             retain_rows = torch.randperm(len(train), generator=draw)
