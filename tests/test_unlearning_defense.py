@@ -175,6 +175,7 @@ def test_the_method_receives_the_documented_forget_and_retain_sets(mnist, traine
     previous_retain = None
     for data, model_then in seen:
         forget = data.forget
+        assert data.train is ctx.train  # the whole training split (SSD's general data D)
         # built against the model of *that* round: it misclassifies every forget input so
         predicted = predict(model_then, forget.images)
         assert torch.equal(predicted, forget.labels)
@@ -229,7 +230,7 @@ def test_unlearning_small_suite_end_to_end(tmp_path):
     assert sorted(board["defense"]) == sorted(defenses)
 
     metrics = pd.read_csv(out / "defense_metrics.csv")
-    assert list(metrics.columns[:5]) == ["defense", "method", "step", "metric", "value"]
+    assert list(metrics.columns[:6]) == ["defense", "seed", "method", "step", "metric", "value"]
     assert set(metrics["defense"]) == {"unlearning", "unlearning:scrub"}
     method_of = metrics.groupby("defense")["method"].unique()
     assert list(method_of["unlearning"]) == ["neggrad_plus"]

@@ -2,7 +2,8 @@
 
 The task: LeNet-5 trained for one epoch on 10 000 MNIST images (conftest ``trained_lenet``); the
 forget set is FGSM (eps 0.2) examples of 300 other training images that the model misclassifies,
-labelled with the model's wrong answers; the retain set is 512 clean training images.
+labelled with the model's wrong answers; the retain set is 512 clean training images drawn from
+a 10 000-image "training split" (``train``, SSD's general data).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def task(mnist, trained_lenet) -> UnlearningData:
     assert len(forget) > 50  # enough misclassified examples for the mechanisms to show
     retain = mnist.train.subset(torch.arange(20_000, 20_512))
     return UnlearningData(retain=retain, forget=forget, forget_true_labels=true_labels,
-                          num_classes=10)
+                          num_classes=10, train=mnist.train.subset(torch.arange(20_000, 30_000)))
 
 
 def run(name: str, model, task: UnlearningData, seed: int = 0, **params):
@@ -202,8 +203,10 @@ def test_random_label_training_never_uses_the_true_or_forget_label(name, trained
 
 def test_scrub_moves_away_from_the_teacher_on_forget_and_stays_close_on_retain(trained_lenet,
                                                                               task):
-    # pure distillation (gamma 0) isolates SCRUB's two KL terms
-    settings = dict(epochs=6, lr=1e-3, alpha=1.0, gamma=0.0)
+    # pure distillation (gamma 0) isolates SCRUB's two KL terms; a constant lr, no weight
+    # decay and large batches make the max-steps' effect easy to see in a short run
+    settings = dict(epochs=6, lr=1e-3, alpha=1.0, gamma=0.0, temperature=4.0, weight_decay=0.0,
+                    lr_decay_epochs=[], batch_size=128, forget_batch_size=128)
     student, method = run("scrub", trained_lenet, task, max_epochs=3, **settings)
     control, _ = run("scrub", trained_lenet, task, max_epochs=0, **settings)
 
@@ -217,6 +220,67 @@ def test_scrub_moves_away_from_the_teacher_on_forget_and_stays_close_on_retain(t
     forget_kl, retain_kl = kl(student, task.forget.images), kl(student, task.retain.images)
     assert forget_kl > 3 * kl(control, task.forget.images)  # the max-steps moved it away ...
     assert retain_kl < 0.6 * forget_kl                      # ... mostly on the forget inputs
+
+
+SCRUB_SMALL_SCALE = {  # meghdadk/SCRUB small_scale_unlearning.ipynb, cells 26 and 30
+    "optimizer": "adam", "lr": 5e-4, "weight_decay": 0.1, "epochs": 10, "max_epochs": 3,
+    "temperature": 2.0, "gamma": 1.0, "alpha": 0.5, "lr_decay_epochs": [5, 8, 9],
+    "lr_decay_rate": 0.1, "batch_size": 32, "forget_batch_size": 64,
+}
+
+
+def test_scrub_defaults_are_the_reference_small_scale_setting():
+    assert UNLEARNING_METHODS.get("scrub").Params().model_dump() == SCRUB_SMALL_SCALE
+
+
+def test_scrub_runs_the_reference_schedule(trained_lenet, task, monkeypatch):
+    cls = UNLEARNING_METHODS.get("scrub")
+    seen: list[tuple[int, str, int, float]] = []
+    original = cls.loss
+
+    def recording_loss(self, model, batch, pass_name, epoch):
+        x, _ = batch["forget" if pass_name == "max" else "retain"]
+        seen.append((epoch, pass_name, x.shape[0], self.optimizer.param_groups[0]["lr"]))
+        return original(self, model, batch, pass_name, epoch)
+
+    monkeypatch.setattr(cls, "loss", recording_loss)
+    run("scrub", trained_lenet, task)
+    n_forget, n_retain = len(task.forget), len(task.retain)
+    expected = []
+    for epoch in range(10):
+        # adjust_learning_rate: 1-based epoch e runs at lr · 0.1^#{d in [5, 8, 9] : e > d}
+        lr = 5e-4 * 0.1 ** sum(epoch + 1 > d for d in (5, 8, 9))
+        if epoch < 3:  # msteps: a full forget pass (batch 64) before the retain pass
+            expected += [(epoch, "max", min(64, n_forget - s), lr) for s in range(0, n_forget, 64)]
+        expected += [(epoch, "min", min(32, n_retain - s), lr) for s in range(0, n_retain, 32)]
+    assert [row[:3] for row in seen] == [row[:3] for row in expected]
+    assert [row[3] for row in seen] == pytest.approx([row[3] for row in expected], rel=1e-12)
+
+
+def test_scrub_losses_and_weight_decay_are_the_references(trained_lenet, task):
+    _, method = run("scrub", trained_lenet, task, epochs=0)  # teacher set up, nothing trained
+    student = copy.deepcopy(trained_lenet)
+    with torch.no_grad():  # a student that differs from the teacher
+        for param in student.parameters():
+            param.mul_(1.1)
+    xf, xr, yr = task.forget.images[:64], task.retain.images[:32], task.retain.labels[:32]
+
+    def kl_t2(x):  # DistillKL(kd_T = 2): sum-KL · T² / batch
+        log_p_s = F.log_softmax(student(x) / 2, dim=1)
+        p_t = F.softmax(trained_lenet(x) / 2, dim=1)
+        return (p_t * (p_t.log() - log_p_s)).sum() * 4 / x.shape[0]
+
+    with torch.no_grad():
+        max_loss = method.loss(student, {"forget": (xf, task.forget.labels[:64])}, "max", 0)
+        min_loss = method.loss(student, {"retain": (xr, yr)}, "min", 0)
+        torch.testing.assert_close(max_loss, -kl_t2(xf))
+        torch.testing.assert_close(min_loss, F.cross_entropy(student(xr), yr) + 0.5 * kl_t2(xr))
+    # Adam's coupled weight decay: grad += 0.1·θ before every step
+    for param in student.parameters():
+        param.grad = torch.ones_like(param)
+    method.before_step(student)
+    for param in student.parameters():
+        torch.testing.assert_close(param.grad, 1 + 0.1 * param.detach())
 
 
 # -- SSD ------------------------------------------------------------------------------------------
@@ -240,7 +304,10 @@ def test_ssd_dampens_exactly_the_selected_parameters(trained_lenet, task):
     student, method = run("ssd", trained_lenet, task, alpha=alpha, lam=lam)
     reference = copy.deepcopy(trained_lenet)
     forget = _fisher(reference, task.forget.images, task.forget.labels, CFG.batch_size)
-    general = _fisher(reference, task.retain.images, task.retain.labels, CFG.batch_size)
+    # general importance on the full training data D, forget set included (the reference's
+    # ConcatDataset((retain, forget)) loader: in order, batches across the seam)
+    general = _fisher(reference, torch.cat([task.train.images, task.forget.images]),
+                      torch.cat([task.train.labels, task.forget.labels]), CFG.batch_size)
     n_selected = n_other = 0
     for (name, before), after, f, g in zip(trained_lenet.named_parameters(),
                                            student.parameters(), forget, general, strict=True):
@@ -255,6 +322,42 @@ def test_ssd_dampens_exactly_the_selected_parameters(trained_lenet, task):
         n_selected += int(selected.sum())
         n_other += int((~selected).sum())
     assert n_selected > 0 and n_other > n_selected
+
+
+def test_ssd_general_importance_includes_the_forget_set(trained_lenet, task):
+    from robench.data import Split
+
+    # D = train ∪ forget. With an empty training split D *is* the forget set, in the same
+    # minibatches, so []_D = []_F exactly and nothing is ever selected (alpha ≥ 1) ...
+    empty = Split(task.retain.images[:0], task.retain.labels[:0])
+    only_forget = UnlearningData(retain=task.retain, forget=task.forget,
+                                 forget_true_labels=task.forget_true_labels, train=empty)
+    student, method = run("ssd", trained_lenet, only_forget)
+    assert same_weights(student, trained_lenet)
+    assert not any(bool(sel.any()) for sel in method.selected.values())
+    # ... while a retain-only []_D (what the forget set is not part of) dampens weights
+    reference = copy.deepcopy(trained_lenet)
+    forget = _fisher(reference, task.forget.images, task.forget.labels, CFG.batch_size)
+    retain_only = _fisher(reference, task.retain.images, task.retain.labels, CFG.batch_size)
+    assert sum(int((f > 10 * g).sum()) for f, g in zip(forget, retain_only, strict=True)) > 0
+    # without a training split, D is the reference's ConcatDataset((retain, forget)) itself
+    no_train = UnlearningData(retain=task.retain, forget=task.forget,
+                              forget_true_labels=task.forget_true_labels)
+    _, method = run("ssd", trained_lenet, no_train)
+    general = _fisher(reference, torch.cat([task.retain.images, task.forget.images]),
+                      torch.cat([task.retain.labels, task.forget.labels]), CFG.batch_size)
+    for (name, _), f, g in zip(trained_lenet.named_parameters(), forget, general, strict=True):
+        assert torch.equal(method.selected[name], f > 10 * g), name
+
+
+def test_chained_batches_run_across_the_seam_like_a_concatenated_loader():
+    from robench.data import Split
+    from robench.defenses.unlearning.ssd import chained_batches
+
+    parts = [Split(torch.arange(n).float().view(n, 1, 1, 1) + base, torch.arange(n) + base)
+             for n, base in ((5, 0), (0, 100), (6, 200))]
+    got = [y.tolist() for _, y in chained_batches(parts, 4)]
+    assert got == [[0, 1, 2, 3], [4, 200, 201, 202], [203, 204, 205]]
 
 
 # -- SalUn ----------------------------------------------------------------------------------------
@@ -283,13 +386,38 @@ def test_salun_updates_only_the_masked_weights(trained_lenet, task):
 
 # -- l1-sparse ------------------------------------------------------------------------------------
 
-def test_l1_sparse_penalty_decays_to_zero_and_shrinks_the_weights(trained_lenet, task):
+def test_l1_sparse_one_epoch_call_applies_the_full_penalty_at_every_step(trained_lenet, task,
+                                                                         monkeypatch):
     from robench.defenses.unlearning.l1_sparse import l1_norm
 
-    sparse, method = run("l1_sparse", trained_lenet, task, epochs=2, gamma=5e-3)
-    weights = [method.penalty_weight(t) for t in range(method.steps + 1)]
-    assert weights[0] == pytest.approx(5e-3) and weights[-1] == 0.0
-    assert all(a > b for a, b in zip(weights, weights[1:], strict=False))  # strictly decaying
+    cls = UNLEARNING_METHODS.get("l1_sparse")
+    effective: list[tuple[int, float]] = []
+    original = cls.loss
+
+    def measuring_loss(self, model, batch, pass_name, epoch):
+        total = original(self, model, batch, pass_name, epoch)
+        x, y = batch["retain"]
+        with torch.no_grad():  # the alpha the loss really used: (loss − CE) / ‖θ‖₁
+            effective.append((epoch, float((total - F.cross_entropy(model(x), y))
+                                            / l1_norm(model))))
+        return total
+
+    monkeypatch.setattr(cls, "loss", measuring_loss)
+    run("l1_sparse", trained_lenet, task, gamma=5e-3)  # the default: one epoch per call
+    assert len(effective) == math.ceil(len(task.retain) / CFG.batch_size)
+    assert [a for _, a in effective] == pytest.approx([5e-3] * len(effective), rel=1e-3)
+    # several epochs: FT_iter's alpha · (1 − epoch / unlearn_epochs), constant within an epoch
+    effective.clear()
+    run("l1_sparse", trained_lenet, task, gamma=5e-3, epochs=4)
+    for epoch, alpha in effective:
+        assert alpha == pytest.approx(5e-3 * (1 - epoch / 4), rel=1e-3)
+    assert {epoch for epoch, _ in effective} == {0, 1, 2, 3}
+
+
+def test_l1_sparse_penalty_is_what_shrinks_the_weights(trained_lenet, task):
+    from robench.defenses.unlearning.l1_sparse import l1_norm
+
+    sparse, _ = run("l1_sparse", trained_lenet, task, epochs=2, gamma=5e-3)
     # same optimizer and shuffles without the penalty: gamma 0 is exactly plain fine-tuning ...
     plain, _ = run("l1_sparse", trained_lenet, task, epochs=2, gamma=0.0)
     finetuned, _ = run("finetune", trained_lenet, task, epochs=2, optimizer="sgd", lr=0.01)

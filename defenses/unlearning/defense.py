@@ -282,7 +282,7 @@ class UnlearningDefense(Defense):
             if len(forget):
                 data = UnlearningData(retain=retain, forget=forget,
                                       forget_true_labels=true_labels,
-                                      num_classes=ctx.num_classes)
+                                      num_classes=ctx.num_classes, train=ctx.train)
                 model = method_cls(p.method_config).unlearn(
                     model, data, seed=derive_seed(ctx.seed, "method", round_),
                     train_config=ctx.train_config)

@@ -13,7 +13,8 @@ A method subclasses it, declares a strict pydantic ``Params`` schema and writes 
 - optionally ``passes(epoch)`` (which sets one epoch sweeps, and in what order; a sweep that
   needs an empty set is skipped), ``setup`` (a frozen teacher, a saliency mask),
   ``epoch_data`` (relabelled sets), ``stop`` (early stopping), ``before_step`` /
-  ``after_step`` (gradient masks), or a whole ``unlearn`` for methods without gradient
+  ``after_step`` (gradient masks), ``batch_size_of`` (a set's own batch size), ``lr_scale``
+  (a per-epoch learning-rate schedule), or a whole ``unlearn`` for methods without gradient
   training (SSD).
 
 Third-party methods register with ``@UNLEARNING_METHODS.register("name")`` or through the
@@ -69,6 +70,7 @@ class UnlearningData:
     forget: Split                                  # inputs + the labels to unlearn
     forget_true_labels: torch.Tensor | None = None  # clean labels of the forget inputs, if known
     num_classes: int = 10
+    train: Split | None = None  # the whole training split the sets were drawn from (SSD's D)
 
     def split(self, name: str) -> Split:
         if name == "retain":
@@ -163,6 +165,14 @@ class UnlearningMethod:
     def after_step(self, model: nn.Module) -> None:
         """After ``optimizer.step`` (e.g. restore frozen weights)."""
 
+    def batch_size_of(self, name: str) -> int:
+        """The minibatch size for set ``name`` (``"retain"``, ``"forget"``)."""
+        return self.batch_size
+
+    def lr_scale(self, epoch: int) -> float:
+        """The learning rate of ``epoch`` as a multiple of the initial one (a step schedule)."""
+        return 1.0
+
     # -- what the base owns ---------------------------------------------------------------
     def unlearn(self, model: nn.Module, data: UnlearningData, seed: int,
                 train_config: TrainConfig) -> nn.Module:
@@ -174,13 +184,16 @@ class UnlearningMethod:
         self.batch_size = p.batch_size or train_config.batch_size
         self.steps = 0
         self.setup(model, data)
-        optimizer = make_optimizer(model, p.optimizer or train_config.optimizer,
-                                   p.lr or train_config.lr)
+        lr = p.lr or train_config.lr
+        self.optimizer = optimizer = make_optimizer(
+            model, p.optimizer or train_config.optimizer, lr)
         shuffles = {name: generator(seed, name) for name in ("retain", "forget")}
         model.train()
         for epoch in range(p.epochs):
             if self.stop(model, data, epoch):
                 break
+            for group in optimizer.param_groups:
+                group["lr"] = lr * self.lr_scale(epoch)
             model.train()
             sets = self.epoch_data(data, epoch)
             for sweep in self.passes(epoch):
@@ -199,9 +212,9 @@ class UnlearningMethod:
         drive = data.split(sweep.drive)
         if len(drive) == 0 or any(len(data.split(name)) == 0 for name in sweep.cycle):
             return
-        sides = {name: _cycled(data.split(name), self.batch_size, shuffles[name])
+        sides = {name: _cycled(data.split(name), self.batch_size_of(name), shuffles[name])
                  for name in sweep.cycle}
-        for xy in _shuffled(drive, self.batch_size, shuffles[sweep.drive]):
+        for xy in _shuffled(drive, self.batch_size_of(sweep.drive), shuffles[sweep.drive]):
             batch = {sweep.drive: xy}
             for name, source in sides.items():
                 batch[name] = next(source)
