@@ -3,11 +3,14 @@ built-in attacks; third-party attacks register through the ``robench.attacks`` e
 
 from robench.attacks import (  # noqa: F401  (registers the built-ins)
     autoattack,
+    bim,
     crown,
     fgsm,
     ibp,
     pgd,
+    rfgsm,
     square,
+    transfer,
 )
 from robench.attacks.base import ATTACKS, Attack, AttackParams
 

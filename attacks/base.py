@@ -29,8 +29,9 @@ from robench.seeds import derive_seed
 
 #: single_step: one gradient step (FGSM); iterative: many gradient steps (PGD); ensemble: a
 #: fixed ensemble of strong attacks (AutoAttack); black_box: never reads gradients (Square);
+#: transfer: crafted on another model of the suite, never reads the target's gradients;
 #: verifier: proves robustness instead of attacking (IBP; see ``robench.attacks.verifier``)
-Family = Literal["single_step", "iterative", "ensemble", "black_box", "verifier"]
+Family = Literal["single_step", "iterative", "ensemble", "black_box", "transfer", "verifier"]
 
 
 class AttackParams(BaseModel):
@@ -82,6 +83,9 @@ class Attack:
     #: params that always appear in an automatic label when they differ from their default
     #: (a reduced variant must never pass for the real thing: ``autoattack[version=fast]``)
     label_params: ClassVar[tuple[str, ...]] = ()
+    #: True when the examples are crafted on another defense's model of the suite (transfer):
+    #: the plan resolves ``source_label`` to a defense and the runner calls ``set_source``
+    needs_source_model: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, params: AttackParams | None = None, seed: int = 0) -> None:
         self.model = model
@@ -95,7 +99,8 @@ class Attack:
     # -- traits read from params (override when a plugin has such params) ------------------
     @classmethod
     def gradient_based(cls) -> bool:
-        return cls.family != "black_box"
+        """Whether the attack reads the attacked model's gradients."""
+        return cls.family not in ("black_box", "transfer")
 
     @classmethod
     def budget(cls, params: Any) -> int:
@@ -112,6 +117,22 @@ class Attack:
         """If these params make a weaker variant of the published attack, a short marker of it
         (``version=fast``) that must appear in its label; else None."""
         return None
+
+    @classmethod
+    def code_dependencies(cls, params: Any) -> list[object]:
+        """Plugins this attack looks up by name at run time (transfer's crafting attack): their
+        source joins the cells' code hash, as ``Defense.code_dependencies`` does for models."""
+        return []
+
+    @classmethod
+    def source_label(cls, params: Any) -> str | None:
+        """For ``needs_source_model`` attacks: the label of the defense whose model crafts the
+        examples; None means the suite's undefended entry (the ``none`` plugin's)."""
+        return None
+
+    def set_source(self, model: nn.Module) -> None:
+        """Hand a ``needs_source_model`` attack the source defense's model (the runner)."""
+        raise TypeError(f"{type(self).__name__} does not craft on a source model")
 
     # -- what a plugin writes -------------------------------------------------------------
     def perturb(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:

@@ -1,12 +1,12 @@
 """Sanity checks computed after every run, one verdict per (defense, check).
 
 Modelled on AutoAttack's automatic flags (Croce & Hein 2020, fra31/auto-attack `flags_doc.md`:
-randomness, softmax output, zero gradients, black-box beating white-box) and the checklist of
-Carlini et al. 2019, "On Evaluating Adversarial Robustness" (arXiv 1902.06705): eps 0 = clean,
-accuracy monotone in eps, iterative <= single-step, unbounded attacks reach ~0 %, more
-iterations/restarts change little, independent implementations agree; and no attack breaks an
-image a verifier certified (``bounds_hold``: attacks bound robust accuracy from above,
-verifiers from below).
+randomness, softmax output, zero gradients, black-box beating white-box; a transfer attack
+beating white-box ones likewise) and the checklist of Carlini et al. 2019, "On Evaluating
+Adversarial Robustness" (arXiv 1902.06705): eps 0 = clean, accuracy monotone in eps,
+iterative <= single-step, unbounded attacks reach ~0 %, more iterations/restarts change
+little, independent implementations agree; and no attack breaks an image a verifier certified
+(``bounds_hold``: attacks bound robust accuracy from above, verifiers from below).
 
 Tolerances (fractions): accuracies of attacks on the *same* images differ only by attack
 randomness, so ``TOL`` = 1 pp; when one side was evaluated on a subset of ``n`` images (``limit``)
@@ -169,6 +169,7 @@ def _check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | No
                      paired)
     out += _ordering(defense, regular, "iterative", "ensemble", "ensemble_le_iterative", paired)
     out += _blackbox(defense, rows, paired)
+    out += _transfer(defense, rows, paired)
     out += _large_eps(defense, rows)
     out += _stability(defense, native[native["family"] == "iterative"], paired)
     out += _backends(defense, rows)
@@ -300,6 +301,30 @@ def _only_blackbox_breaks(paired: Paired, square: pd.Series, white: pd.DataFrame
     survive = pd.concat([o.reindex(common) for o in others], axis=1).all(axis=1)
     broken = int((survive & ~s.reindex(common)).sum())
     return broken, len(common), ", ".join(map(str, white["attack"]))
+
+
+def _transfer(defense: str, rows: pd.DataFrame, paired: Paired) -> list[dict[str, Any]]:
+    """A transfer attack (crafted on another model, never reading this one's gradients) that
+    beats every white-box attack at its eps on the same images: this model's gradients are
+    masked, so its white-box numbers overstate its robustness (Tramèr et al. 2018, Athalye et
+    al. 2018). A warning, like ``_blackbox``."""
+    white = rows[rows["family"].isin(["single_step", "iterative", "ensemble"])
+                 & (rows["role"] != "check")]
+    out = []
+    for _, t in rows[rows["family"] == "transfer"].iterrows():
+        same = white[white["eps"].map(lambda e, t=t: same_eps(e, t["eps"]))]
+        if same.empty or not t["eps"]:
+            continue
+        best = same.loc[same["robust_acc"].idxmin()]
+        acc_t, acc_best, tol, where = paired.accuracies(t, best)
+        masked = acc_t < acc_best - tol
+        out.append(_row(defense, f"transfer_not_stronger[{t['attack']}]@{eps_text(t['eps'])}",
+                        "warn" if masked else "pass",
+                        f"{t['attack']} {acc_t:.3f} vs best white-box attack {best['attack']} "
+                        f"{acc_best:.3f}{where} (tolerance {100 * tol:.1f} pp)"
+                        + (" (masked gradients: the white-box numbers overstate robustness)"
+                           if masked else "")))
+    return out
 
 
 def _large_eps(defense: str, rows: pd.DataFrame) -> list[dict[str, Any]]:

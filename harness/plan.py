@@ -116,6 +116,9 @@ class AttackSpec:
     role: str
     seed: int
     code_hash: str          # of the attack and the evaluation loop: part of every cell's id
+    #: for ``needs_source_model`` attacks (transfer): the label of the defense whose model
+    #: crafts the examples (its cache key joins ``code_hash``); None for every other attack
+    source: str | None = None
 
     @property
     def backend(self) -> str:
@@ -290,7 +293,8 @@ def _attack_raw(entry: AttackEntry) -> dict[str, Any]:
     return {**entry.params, **extra}
 
 
-def _attacks(suite: Suite, source: str, seed: int) -> tuple[AttackSpec, ...]:
+def _attacks(suite: Suite, source: str, seed: int,
+             defenses: tuple[DefenseSpec, ...]) -> tuple[AttackSpec, ...]:
     resolved = _resolve_entries(suite.attacks, ATTACKS, "attacks", source)
     labels = _labels(suite.attacks, [_attack_raw(e) for e in suite.attacks],
                      # labelled entries may repeat settings at other eps (their own columns)
@@ -307,11 +311,39 @@ def _attacks(suite: Suite, source: str, seed: int) -> tuple[AttackSpec, ...]:
         role = _role(plugin, entry, f"{source}: attacks[{i}].role")
         # the attack, the evaluation loop, the seed derivation and the libraries that may
         # compute the examples: any change makes its cells new cells
-        code = cache_key(code=code_hash(plugin, evaluate_attack, derive_seed), libs=libraries)
+        code = code_hash(plugin, evaluate_attack, derive_seed, *plugin.code_dependencies(params))
+        crafted_on = _source_defense(plugin, params, defenses, f"{source}: attacks[{i}]")
+        # a transfer cell also changes with its source model (the source defense's key)
+        extra = {"source": crafted_on.cache_key} if crafted_on is not None else {}
+        code = cache_key(code=code, libs=libraries, **extra)
         specs.append(AttackSpec(label, entry.name, plugin, params, text, tuple(entry.eps),
                                 entry.limit, role,
-                                derive_seed(seed, "attack", entry.name, text), code[:16]))
+                                derive_seed(seed, "attack", entry.name, text), code[:16],
+                                crafted_on.label if crafted_on is not None else None))
     return tuple(specs)
+
+
+def _source_defense(plugin: type[Attack], params: AttackParams,
+                    defenses: tuple[DefenseSpec, ...], where: str) -> DefenseSpec | None:
+    """The defense a ``needs_source_model`` attack crafts on (None for other attacks); a
+    source that is not in the suite is the user's error, found before any work."""
+    if not plugin.needs_source_model:
+        return None
+    wanted = plugin.source_label(params)
+    if wanted is None:
+        undefended = [d for d in defenses if d.name == "none"]
+        if not undefended:
+            raise UserError("the default source is the undefended baseline (the `none` "
+                            "defense), which this suite does not list; add `- name: none` "
+                            "to defenses or name a defense label here",
+                            where=f"{where}.params.source")
+        return undefended[0]
+    for defense in defenses:
+        if defense.label == wanted:
+            return defense
+    known = ", ".join(d.label for d in defenses)
+    raise UserError(f"source {wanted!r} is not a defense label of this suite (labels: "
+                    f"{known})", where=f"{where}.params.source")
 
 
 #: the role of every verifier's rows (a lower bound: never part of the worst case)
@@ -368,9 +400,10 @@ def resolve(suite: Suite, source: str, seed: int | None = None) -> Plan:
     ``seed`` (default: the suite's first seed)."""
     seed = suite.seed_list[0] if seed is None else seed
     baseline = _baseline(suite, source, seed)
-    attacks = _attacks(suite, source, seed)
+    defenses = _defenses(suite, source, baseline, seed)
+    attacks = _attacks(suite, source, seed, defenses)
     _check_verifiers(baseline, attacks, source)
-    return Plan(suite, source, baseline, _defenses(suite, source, baseline, seed), attacks, seed)
+    return Plan(suite, source, baseline, defenses, attacks, seed)
 
 
 def load_plan(path: str | Path) -> Plan:

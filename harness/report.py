@@ -68,6 +68,9 @@ CHECK_MEANING = {
     "blackbox_not_stronger": "a black-box attack beats the gradient attacks: masked gradients, "
                              "or a gradient attack too weak; the white-box numbers overstate "
                              "robustness",
+    "transfer_not_stronger": "examples crafted on another model beat every white-box attack on "
+                             "this one: masked gradients; the white-box numbers overstate "
+                             "robustness",
     "large_eps_reaches_zero": "accuracy survives an eps that can turn any image grey: the "
                               "defense is broken (masked gradients), not robust",
     "converged": "more steps or restarts still change accuracy: the attack has not converged, "

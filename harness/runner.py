@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import robench
+from robench.attacks import Attack
 from robench.cache import ModelCache, cache_key
 from robench.checks import model_diagnostics
 from robench.config import Suite, load_suite, parse_suite
@@ -149,6 +150,8 @@ class Runner:
         self.diagnostics: dict[str, dict[str, float]] = {}
         self._image_ids: list[int] = []
         self.data_hash = ""
+        #: defended models that transfer attacks craft on, by label (``defend_sources``)
+        self.sources: dict[str, tuple[nn.Module, float]] = {}
 
     # -- stages ---------------------------------------------------------------------------
     def run(self, dataset: Dataset) -> pd.DataFrame:
@@ -166,9 +169,11 @@ class Runner:
         for seed in plan.seeds:
             seeded = plan.for_seed(seed)
             baseline = self.baseline(seeded.baseline, dataset, train_split)
+            self.sources = self.defend_sources(seeded, baseline, train_split, validation,
+                                               dataset, seed)
             for defense in seeded.defenses:
-                model, seconds = self.defend(defense, baseline, train_split, validation,
-                                             dataset, seed)
+                model, seconds = self.sources.get(defense.label) or self.defend(
+                    defense, baseline, train_split, validation, dataset, seed)
                 self.reporter.info(f"[{defense.label}]{self._tag(seed)} clean accuracy "
                                    f"{accuracy(model, test_split):.4f}")
                 if seed == plan.seeds[0]:  # diagnostics of the first seed's models
@@ -237,6 +242,24 @@ class Runner:
         self._add_metrics(spec, seed, result.metrics)
         return defended, seconds
 
+    def defend_sources(self, plan: Plan, baseline: nn.Module, train_split: Split,
+                       validation: Split, dataset: Dataset,
+                       seed: int) -> dict[str, tuple[nn.Module, float]]:
+        """(model, seconds) of every defense a transfer attack crafts on (``AttackSpec.source``),
+        defended before the loop so a source listed after its targets is ready; the loop
+        reuses them, so no defense is applied twice. They stay in memory for the whole run."""
+        wanted = {a.source for a in plan.attacks if a.source is not None}
+        return {d.label: self.defend(d, baseline, train_split, validation, dataset, seed)
+                for d in plan.defenses if d.label in wanted}
+
+    def build_attack(self, spec: AttackSpec, model: nn.Module) -> Attack:
+        """The attack of ``spec`` against ``model``, given its source model if it crafts on one
+        (a transfer attack; the plan validated the source label)."""
+        built = spec.build(model)
+        if spec.source is not None:
+            built.set_source(self.sources[spec.source][0])
+        return built
+
     def attack(self, seed: int, defense: DefenseSpec, attack: AttackSpec, model: nn.Module,
                model_hash: str, test_split: Split, defense_seconds: float) -> None:
         data = test_split.head(attack.limit)
@@ -253,7 +276,7 @@ class Runner:
             self.reporter.info(f"[{defense.label}] {attack.label}{self._tag(seed)}: already "
                                "in results.csv, skipped")
             return
-        outcomes = evaluate_attack(model, attack.build(model), missing, data,
+        outcomes = evaluate_attack(model, self.build_attack(attack, model), missing, data,
                                    reporter=self.reporter,
                                    desc=f"{defense.label} / {attack.label}")
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")

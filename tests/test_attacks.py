@@ -91,6 +91,8 @@ def test_every_attack_restores_mode_and_leaks_no_gradients(trained_lenet, batch,
                 pytest.skip(f"{name} cannot run here (optional library missing)")
             attack.certify(x[:50], y[:50], 0.3)
         else:
+            if attack.needs_source_model:  # transfer: crafts on the model it is handed
+                attack.set_source(trained_lenet)
             # eps 0.3 breaks every image early: standard AutoAttack stops after APGD-CE
             attack(x[:50], y[:50], 0.3)
         hook.remove()

@@ -6,8 +6,9 @@ FGSM adversarial examples against the current model → "unlearn" them → repea
 trains the baseline; this plugin runs the rounds on a private copy of it. Each round:
 
 1. **Sample** ``forget_size`` training images (a fresh seeded sample every round).
-2. **Attack** them with robench's FGSM against the *current* model, each image at an eps drawn
-   uniformly from ``eps`` (or at ``eps`` itself when it is a number).
+2. **Attack** them with robench's FGSM (``attack: fgsm``, the paper's) or PGD (``attack: pgd``)
+   against the *current* model, each image at an eps drawn uniformly from ``eps`` (or at
+   ``eps`` itself when it is a number).
 3. **Forget set** = the adversarial examples the current model misclassifies, labelled with the
    wrong class the model gives them: that input→answer association is what is unlearned.
    Their clean labels travel along (``forget_true_labels``) so methods can avoid them.
@@ -47,6 +48,13 @@ public in what we could read), and why:
   images) and a clean retain sample 5× the attacked sample. In ``suites/fgsm_lenet.yaml`` this
   measured 16 s per entry for the default method and 28 s for SCRUB (the slowest) on two CPU
   cores, inside the one-minute budget per defense.
+- ``attack: fgsm``: the paper's. ``attack: pgd`` asks whether unlearning stronger examples
+  helps: PGD (Madry et al. 2018) with a uniform random start, ``PGD_STEPS`` = 10 steps of
+  ``alpha = 2.5 * eps / 10`` at each image's eps (Madry et al.'s step rule 2.5·eps/steps, so
+  the iterate can cross the ball and back; 10 steps as in the common PGD-10 training attack),
+  random starts drawn per image from ``derive_seed(seed, "attack", r)`` and the image's
+  dataset index. PGD at every eps costs about 10 FGSMs per image (each image is attacked only
+  at its own eps). The per-round ``fgsm_acc`` monitor stays FGSM either way.
 - ``retain_adversarial: false``: the paper "unlearns" adversarial examples; training them
   towards their true labels would be adversarial training, a different defense.
 - ``monitor_limit: null``: the per-round metrics use the whole validation split (``0``: no
@@ -67,7 +75,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import (
@@ -80,7 +88,7 @@ from pydantic import (
 )
 from torch import nn
 
-from robench.attacks import ATTACKS, Attack
+from robench.attacks import ATTACKS, Attack, create_attack
 from robench.data import Split
 from robench.defenses.base import DEFENSES, Defense, DefenseContext, DefenseParams, DefenseResult
 from robench.defenses.unlearning.method import (
@@ -96,6 +104,8 @@ from robench.training import predict
 
 DEFAULT_EPS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 GENERATION_BATCH = 1000
+PGD_STEPS = 10          # attack: pgd (see the module docstring)
+PGD_STEP_FACTOR = 2.5   # alpha = PGD_STEP_FACTOR * eps / PGD_STEPS
 
 
 class UnlearningDefenseParams(DefenseParams):
@@ -104,6 +114,7 @@ class UnlearningDefenseParams(DefenseParams):
     retain_size: int | None = Field(10_000, ge=1)  # clean training images per round; None: all
     eps: list[float] = Field(default_factory=lambda: list(DEFAULT_EPS))
     retain_adversarial: bool = False
+    attack: Literal["fgsm", "pgd"] = "fgsm"         # which attack makes the forget set
     method: str = "neggrad_plus"
     method_params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
     monitor_limit: int | None = Field(None, ge=0)  # per-round metrics: N validation images; 0 off
@@ -181,14 +192,39 @@ def adversarial_examples(attack: Attack, images: torch.Tensor, labels: torch.Ten
     return out
 
 
-def build_forget_set(model: nn.Module, attack: Attack, clean: Split, eps_values: list[float],
-                     eps_index: torch.Tensor) -> tuple[Split, torch.Tensor]:
-    """The misclassified adversarial examples of ``clean``, labelled with the model's answers.
+def pgd_examples(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 eps_values: list[float], eps_index: torch.Tensor, image_ids: torch.Tensor,
+                 seed: int, batch_size: int = GENERATION_BATCH) -> torch.Tensor:
+    """Image ``i`` attacked by PGD at ``eps_values[eps_index[i]]`` only (``PGD_STEPS`` steps of
+    ``PGD_STEP_FACTOR * eps / PGD_STEPS``), its random start drawn from ``seed`` and its id."""
+    out = images.clone()
+    for k, eps in enumerate(eps_values):
+        rows = (eps_index == k).nonzero().squeeze(1)
+        if not rows.numel():
+            continue
+        attack = create_attack("pgd", model, {"steps": PGD_STEPS,
+                                              "alpha": PGD_STEP_FACTOR * eps / PGD_STEPS},
+                               seed=seed)
+        for start in range(0, rows.numel(), batch_size):
+            chunk = rows[start:start + batch_size]
+            attack.set_images(image_ids[chunk].tolist())
+            out[chunk] = attack(images[chunk], labels[chunk], eps)
+    return out
+
+
+def build_forget_set(model: nn.Module, attack: Attack | None, clean: Split,
+                     eps_values: list[float], eps_index: torch.Tensor,
+                     x_adv: torch.Tensor | None = None) -> tuple[Split, torch.Tensor]:
+    """The misclassified adversarial examples of ``clean``, labelled with the model's answers:
+    those ``attack`` makes at each image's eps, or the given ``x_adv`` (attack None).
 
     Returns ``(forget, true_labels)``: ``forget.labels`` are the model's (wrong) predictions,
     ``true_labels`` the clean labels of the same inputs.
     """
-    x_adv = adversarial_examples(attack, clean.images, clean.labels, eps_values, eps_index)
+    if x_adv is None:
+        if attack is None:
+            raise ValueError("build_forget_set needs an attack or the adversarial examples")
+        x_adv = adversarial_examples(attack, clean.images, clean.labels, eps_values, eps_index)
     predicted = predict(model, x_adv)
     wrong = (predicted != clean.labels).nonzero().squeeze(1)
     return Split(x_adv[wrong], predicted[wrong]), clean.labels[wrong]
@@ -204,13 +240,16 @@ def _rate(hits: torch.Tensor) -> float:
 
 @DEFENSES.register("unlearning")
 class UnlearningDefense(Defense):
-    """FGSM → unlearn the misclassified adversarial examples → repeat (Khorasani et al. 2025)."""
+    """FGSM (or PGD) → unlearn the misclassified adversarial examples → repeat (Khorasani et
+    al. 2025)."""
 
     Params = UnlearningDefenseParams
 
     @classmethod
     def code_dependencies(cls, params: UnlearningDefenseParams) -> list[object]:
-        return [UNLEARNING_METHODS.get(params.method), ATTACKS.get("fgsm")]
+        # FGSM always (the per-round monitor), PGD when it makes the forget set
+        attacks = ["fgsm"] + (["pgd"] if params.attack == "pgd" else [])
+        return [UNLEARNING_METHODS.get(params.method), *map(ATTACKS.get, attacks)]
 
     def apply(self, ctx: DefenseContext) -> DefenseResult:
         p: UnlearningDefenseParams = self.params
@@ -225,9 +264,15 @@ class UnlearningDefense(Defense):
             sample = torch.randperm(len(train), generator=draw)[:p.forget_size]
             eps_index = torch.randint(len(eps_values), (sample.numel(),), generator=draw)
             clean = train.subset(sample.to(train.labels.device))
-            attack = ctx.make_attack("fgsm", model)
-            forget, true_labels = build_forget_set(
-                model, attack, clean, eps_values, eps_index.to(train.labels.device))
+            eps_index = eps_index.to(train.labels.device)
+            if p.attack == "fgsm":
+                forget, true_labels = build_forget_set(
+                    model, ctx.make_attack("fgsm", model), clean, eps_values, eps_index)
+            else:
+                x_adv = pgd_examples(model, clean.images, clean.labels, eps_values, eps_index,
+                                     clean.ids, seed=derive_seed(ctx.seed, "attack", round_))
+                forget, true_labels = build_forget_set(model, None, clean, eps_values,
+                                                       eps_index, x_adv=x_adv)
             retain_rows = torch.randperm(len(train), generator=draw)
             if p.retain_size is not None:
                 retain_rows = retain_rows[:p.retain_size]
