@@ -1,0 +1,126 @@
+"""The L2 threat model: projection, FGM / PGD-L2 against torchattacks and ART, Square and
+AutoAttack with ``norm: l2``, labels, eps validation and the leaderboard's worst case."""
+
+import pytest
+import torch
+
+from robench.attacks import create_attack
+from robench.attacks.base import Attack, project
+
+from .conftest import accuracy_of as _acc
+
+
+def _l2(delta: torch.Tensor) -> torch.Tensor:
+    return delta.flatten(1).norm(dim=1)
+
+
+def test_l2_projection_keeps_ball_and_range():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 28, 28, generator=gen)
+    for scale in (0.1, 1.0, 10.0):
+        x_adv = x + scale * torch.randn(x.shape, generator=gen)
+        for eps in (0.5, 1.5, 3.0):
+            out = project(x_adv, x, eps, "l2")
+            assert (_l2(out - x) <= eps + 1e-6).all()
+            assert out.min().item() >= 0.0 and out.max().item() <= 1.0
+    # a point already inside both sets is left where it is
+    inside = (x + 1e-3 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+    assert torch.allclose(project(inside, x, 3.0, "l2"), inside)
+
+
+def test_l2_random_start_is_in_the_ball_and_per_image():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    attack = create_attack("pgd", model, {"norm": "l2", "alpha": 0.1}, seed=3)
+    x = torch.rand(8, 1, 28, 28)
+    attack.set_images(range(8))
+    start = attack.random_start(x, 2.0)
+    norms = _l2(start)
+    assert (norms <= 2.0 + 1e-5).all() and norms.std() > 0  # radius eps * U[0, 1]
+    attack.set_images(range(4, 8))  # the same image gets the same draw in another batch
+    assert torch.allclose(attack.random_start(x[4:], 2.0), start[4:])
+
+
+@pytest.mark.parametrize("eps", [0.5, 2.0])
+def test_fgm_l2_matches_art_and_stays_in_ball(trained_lenet, batch, eps):
+    x, y = batch
+    native = create_attack("fgsm", trained_lenet, {"norm": "l2"})(x, y, eps)
+    art = create_attack("fgsm", trained_lenet, {"norm": "l2", "backend": "art"})(x, y, eps)
+    assert (_l2(native - x) <= eps + 1e-5).all()
+    # ART divides by ||g|| + 1e-7 instead of max(||g||, 1e-12): float-level differences only
+    assert (native - art).abs().max().item() <= 1e-4
+    assert abs(_acc(trained_lenet, native, y) - _acc(trained_lenet, art, y)) <= 0.005
+    assert _acc(trained_lenet, native, y) < _acc(trained_lenet, x, y)
+    # the sweep (one gradient for all eps) gives what a single call gives
+    swept = dict(create_attack("fgsm", trained_lenet, {"norm": "l2"}).sweep(x, y, [eps]))
+    assert torch.allclose(swept[eps], native, atol=1e-6)
+
+
+def test_fgm_is_not_fgsm(trained_lenet, batch):
+    """At the same eps the L2 step moves much less than the L-inf step (eps vs eps * 28)."""
+    x, y = batch
+    l2 = create_attack("fgsm", trained_lenet, {"norm": "l2"})(x, y, 0.3)
+    linf = create_attack("fgsm", trained_lenet)(x, y, 0.3)
+    assert _l2(l2 - x).max() <= 0.3 + 1e-5 < _l2(linf - x).mean()
+
+
+def test_pgd_l2_matches_torchattacks_and_art(trained_lenet, batch):
+    x, y = batch[0][:300], batch[1][:300]
+    params = {"norm": "l2", "steps": 10, "alpha": 0.3, "random_start": False}
+    adv = {b: create_attack("pgd", trained_lenet, {**params, "backend": b})(x, y, 1.5)
+           for b in ("native", "torchattacks", "art")}
+    for b, x_adv in adv.items():
+        assert (_l2(x_adv - x) <= 1.5 + 1e-5).all(), b
+        assert x_adv.min().item() >= 0 and x_adv.max().item() <= 1, b
+    accs = {b: _acc(trained_lenet, a, y) for b, a in adv.items()}
+    assert accs["native"] < _acc(trained_lenet, x, y) - 0.1
+    # no random start: the same deterministic iteration up to float details
+    assert abs(accs["native"] - accs["torchattacks"]) <= 0.01
+    assert abs(accs["native"] - accs["art"]) <= 0.01
+    assert (adv["native"] - adv["torchattacks"]).abs().max().item() <= 1e-3
+
+
+def test_pgd_l2_random_start_and_strength(trained_lenet, batch):
+    x, y = batch[0][:300], batch[1][:300]
+    pgd = create_attack("pgd", trained_lenet, {"norm": "l2", "steps": 20, "alpha": 0.25},
+                        seed=0)
+    fgm = create_attack("fgsm", trained_lenet, {"norm": "l2"})
+    x_pgd, x_fgm = pgd(x, y, 2.0), fgm(x, y, 2.0)
+    assert (_l2(x_pgd - x) <= 2.0 + 1e-5).all()
+    assert _acc(trained_lenet, x_pgd, y) <= _acc(trained_lenet, x_fgm, y)
+    # seeded: the same attack repeats
+    again = create_attack("pgd", trained_lenet, {"norm": "l2", "steps": 20, "alpha": 0.25},
+                          seed=0)(x, y, 2.0)
+    assert torch.equal(x_pgd, again)
+
+
+def test_square_and_autoattack_l2_stay_in_ball(trained_lenet, batch):
+    x, y = batch[0][:40], batch[1][:40]
+    sq = create_attack("square", trained_lenet, {"norm": "l2", "n_queries": 100}, seed=0)
+    aa = create_attack("autoattack", trained_lenet, {"norm": "l2", "version": "fast"}, seed=0)
+    for x_adv in (sq(x, y, 1.5), aa(x, y, 1.5)):
+        assert (_l2(x_adv - x) <= 1.5 + 1e-5).all()
+        assert x_adv.min().item() >= 0 and x_adv.max().item() <= 1
+        assert _acc(trained_lenet, x_adv, y) < _acc(trained_lenet, x, y)
+    # the standard components are built with torchattacks' L2 norm
+    comps = create_attack("autoattack", trained_lenet, {"norm": "l2"}).components(1.5, 10)
+    assert [c.attack.norm for c in comps] == ["L2"] * 4
+
+
+def test_norm_trait_defaults_to_linf(trained_lenet):
+    assert Attack.norm_of(None) == "linf"
+    assert create_attack("pgd", trained_lenet).norm == "linf"
+    assert create_attack("ibp", trained_lenet).norm == "linf"
+
+
+def test_l2_params_are_validated():
+    from pydantic import ValidationError
+
+    from robench.attacks import ATTACKS
+
+    with pytest.raises(ValidationError, match="no L2 FGSM"):
+        ATTACKS.get("fgsm").Params(norm="l2", backend="torchattacks")
+    with pytest.raises(ValidationError, match="give `alpha`"):
+        ATTACKS.get("pgd").Params(norm="l2")
+    with pytest.raises(ValidationError, match="alpha 2 > 1"):
+        ATTACKS.get("pgd").Params(alpha=2.0)
+    assert ATTACKS.get("pgd").Params(norm="l2", alpha=2.0).alpha == 2.0
