@@ -124,3 +124,134 @@ def test_l2_params_are_validated():
     with pytest.raises(ValidationError, match="alpha 2 > 1"):
         ATTACKS.get("pgd").Params(alpha=2.0)
     assert ATTACKS.get("pgd").Params(norm="l2", alpha=2.0).alpha == 2.0
+
+
+# -- suites: norm validation, eps ranges, labels ---------------------------------------------
+SUITE = {"name": "t", "data": {"dataset": "mnist", "eval_limit": 100}, "train": {"epochs": 1},
+         "defenses": [{"name": "none"}], "attacks": [{"name": "fgsm", "eps": [0.1]}]}
+
+
+def _suite(*attacks):
+    return {**SUITE, "attacks": list(attacks)}
+
+
+def test_unknown_norm_is_one_user_error_naming_the_key():
+    from robench.errors import UserError
+    from robench.plan import resolve_raw
+
+    with pytest.raises(UserError) as info:
+        resolve_raw(_suite({"name": "pgd", "eps": [1.0], "params": {"norm": "l3"}}), "s.yaml")
+    assert info.value.where == "s.yaml: attacks[0].params.norm"
+    assert "'linf' or 'l2'" in info.value.message
+
+
+@pytest.mark.parametrize("entry, where, fragment", [
+    ({"name": "fgsm", "eps": [0.1, 1.5]}, "attacks[0].eps[1]", "less than or equal to 1"),
+    ({"name": "pgd", "eps": [1.5]}, "attacks[0].eps[0]", "less than or equal to 1"),
+    ({"name": "fgsm", "eps": [30.0], "params": {"norm": "l2"}}, "attacks[0].eps[0]",
+     "less than or equal to 28"),
+    ({"name": "pgd", "eps": [1.0], "params": {"norm": "l2"}}, "attacks[0].params", "`alpha`"),
+    ({"name": "fgsm", "eps": [1.0], "label": "fgm", "params": {"norm": "l2"}},
+     "attacks[0].label", "must name its norm"),
+])
+def test_eps_ranges_per_norm(entry, where, fragment):
+    from robench.errors import UserError
+    from robench.plan import resolve_raw
+
+    with pytest.raises(UserError) as info:
+        resolve_raw(_suite(entry), "s.yaml")
+    assert info.value.where == f"s.yaml: {where}"
+    assert fragment in info.value.message
+
+
+def test_l2_eps_grid_resolves_and_large_l2_eps_warns():
+    import warnings
+
+    from robench.plan import EpsWarning, resolve_raw
+
+    grid = [0.5, 1.0, 1.5, 2.0, 3.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the usual L2 grid: no warning
+        plan = resolve_raw(_suite({"name": "fgsm", "eps": [0.1, 0.3]},
+                                  {"name": "fgsm", "eps": grid, "params": {"norm": "l2"}},
+                                  {"name": "pgd", "eps": grid,
+                                   "params": {"norm": "l2", "alpha": 0.25, "steps": 20}},
+                                  {"name": "autoattack", "eps": [2.0], "params": {"norm": "l2"}},
+                                  {"name": "square", "eps": [2.0], "params": {"norm": "l2"}},
+                                  {"name": "pgd", "eps": [0.3]},
+                                  {"name": "fgsm", "eps": [1.0], "label": "fgm_l2",
+                                   "params": {"norm": "l2"}}), "s.yaml")
+    labels = [a.label for a in plan.attacks]
+    assert labels == ["fgsm", "fgsm[norm=l2]", "pgd[alpha=0.25,norm=l2,steps=20]",
+                      "autoattack[norm=l2]", "square[norm=l2]", "pgd", "fgm_l2"]
+    assert [a.plugin.norm_of(a.params) for a in plan.attacks] == [
+        "linf", "l2", "l2", "l2", "l2", "linf", "l2"]
+    with pytest.warns(EpsWarning, match=r"attacks\[0\].eps: L2 eps 8 above 5"):
+        resolve_raw(_suite({"name": "fgsm", "eps": [2.0, 8.0], "params": {"norm": "l2"}}),
+                    "s.yaml")
+
+
+# -- leaderboard and checks: L2 columns, never in the L-inf worst case -----------------------
+def _board_rows():
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from .conftest import result_row
+
+    l2 = json.dumps({"backend": "native", "norm": "l2"})
+    linf = json.dumps({"backend": "native", "norm": "linf"})
+    n = 100
+    rows, blocks = [], []
+    # L-inf fgsm@0.3 leaves 60 %; L2 fgsm@1.5 leaves 10 % (a larger eps on another scale)
+    for attack, eps, params, robust in (("fgsm", 0.3, linf, 0.6),
+                                        ("fgsm[norm=l2]", 1.5, l2, 0.1)):
+        adv = np.arange(n) < robust * n
+        rows.append(result_row("d", attack, eps, 1.0, robust, n=n, attack_params=params,
+                               attack_name="fgsm"))
+        blocks.append(pd.DataFrame({"defense": "d", "attack": attack, "eps": eps, "seed": 0,
+                                    "image": np.arange(n), "clean_correct": True,
+                                    "adv_correct": adv}))
+    return pd.DataFrame(rows), pd.concat(blocks, ignore_index=True)
+
+
+def test_leaderboard_worst_case_is_linf_only_and_labels_show_the_norm():
+    from robench.leaderboard import build_leaderboard, threat_eps
+
+    results, outcomes = _board_rows()
+    assert threat_eps(results) == 0.3  # the L2 eps 1.5 never sets the threat eps
+    board = build_leaderboard(results, outcomes=outcomes).set_index("defense")
+    assert board.loc["d", "fgsm@0.3"] == 0.6 and board.loc["d", "fgsm[norm=l2]@1.5"] == 0.1
+    assert "worst@0.3" in board.columns and "worst@1.5" not in board.columns
+    assert board.loc["d", "worst@0.3"] == 0.6  # not min(0.6, 0.1): norms are never mixed
+    columns = list(board.columns)
+    assert columns.index("fgsm@0.3") < columns.index("fgsm[norm=l2]@1.5")
+
+
+def test_checks_compare_attacks_within_one_norm():
+    import json
+
+    import pandas as pd
+
+    from robench.checks import run_checks
+
+    from .conftest import result_row
+
+    l2 = json.dumps({"norm": "l2", "alpha": 0.25, "steps": 20})
+    rows = pd.DataFrame([
+        result_row("d", "fgsm", 0.3, 0.99, 0.2, attack_params='{"norm": "linf"}'),
+        # an L2 PGD at "0.3" is a tiny budget: it must not be read as PGD weaker than FGSM
+        result_row("d", "pgd[norm=l2]", 0.3, 0.99, 0.9, attack_name="pgd", attack_params=l2),
+        # an L2 eps of 1.5 is no "large eps" (that bound is an L-inf one)
+        result_row("d", "pgd[norm=l2]", 1.5, 0.99, 0.5, attack_name="pgd", attack_params=l2),
+    ])
+    checks = run_checks(rows).set_index("check")
+    assert not any(c.startswith("iterative_le_single_step") for c in checks.index)
+    assert not any(c.startswith("large_eps") for c in checks.index)
+    assert checks.loc["single_step_monotone[fgsm]", "status"] == "pass"
+    # the same rows as L-inf attacks do get compared (and warned about)
+    linf = rows.assign(attack_params='{"norm": "linf"}')
+    linf_checks = run_checks(linf).set_index("check")
+    assert linf_checks.loc["iterative_le_single_step", "status"] == "warn"
+    assert linf_checks.loc["large_eps_reaches_zero@1.5", "status"] == "fail"
