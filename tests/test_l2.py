@@ -255,3 +255,56 @@ def test_checks_compare_attacks_within_one_norm():
     linf_checks = run_checks(linf).set_index("check")
     assert linf_checks.loc["iterative_le_single_step", "status"] == "warn"
     assert linf_checks.loc["large_eps_reaches_zero@1.5", "status"] == "fail"
+
+
+# -- adversarial training with norm: l2 -------------------------------------------------------
+@pytest.mark.parametrize("method", ["fgsm", "pgd"])
+def test_adversarial_training_l2_examples_are_in_the_l2_ball(method):
+    from robench.defenses.adversarial_training import AdversarialLoss, AdversarialTrainingParams
+    from robench.models import LeNet5
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g)
+    torch.manual_seed(0)
+    net = LeNet5()
+    seen = []  # every input the loss feeds the model
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, inp):
+            seen.append(inp.detach().clone())
+            return self.net(inp)
+
+    model = Recorder()
+    params = AdversarialTrainingParams(method=method, norm="l2", eps=2.0, warmup_epochs=0)
+    loss = AdversarialLoss(params, 10, torch.Generator().manual_seed(1))(model, x, y)
+    assert torch.isfinite(loss)
+    adv = seen[-1]
+    assert (_l2(adv - x) <= 2.0 + 1e-5).all() and adv.min() >= 0 and adv.max() <= 1
+    assert _l2(adv - x).max() > 1.0  # it moved, by an L2 and not an L-inf amount
+    assert (adv - x).abs().max() < 1.0
+    if method == "fgsm":  # the harness's FGM crafts the same example
+        assert torch.allclose(adv, create_attack("fgsm", net, {"norm": "l2"})(x, y, 2.0),
+                              atol=1e-6)
+
+
+@pytest.mark.parametrize("params, where, fragment", [
+    ({"method": "trades", "norm": "l2"}, ".params", "not implemented for method 'trades'"),
+    ({"norm": "l1"}, ".params.norm", "'linf' or 'l2'"),
+    ({"eps": 1.5}, ".params.eps", "less than or equal to 1"),
+])
+def test_adversarial_training_norm_params(params, where, fragment):
+    from robench.errors import UserError
+    from robench.plan import resolve_raw
+
+    raw = {**SUITE, "defenses": [{"name": "adversarial_training", "params": params}]}
+    with pytest.raises(UserError) as info:
+        resolve_raw(raw, "s.yaml")
+    assert info.value.where == f"s.yaml: defenses[0]{where}"
+    assert fragment in info.value.message
+    ok = {**SUITE, "defenses": [{"name": "adversarial_training",
+                                 "params": {"norm": "l2", "eps": 2.0, "method": "fgsm"}}]}
+    assert resolve_raw(ok, "s.yaml").defenses[0].params.eps == 2.0
