@@ -168,7 +168,8 @@ def _check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | No
     for norm, of_norm in rows.groupby(norms, sort=False):
         found = _compare_attacks(defense, of_norm, paired, str(norm))
         if norm != DEFAULT_NORM:
-            found = [{**r, "check": f"{r['check']}[norm={norm}]"} for r in found]
+            found = [{**r, "check": r["check"] if f"norm={norm}" in r["check"]
+                      else f"{r['check']}[norm={norm}]"} for r in found]
         out += found
     if diag is not None:
         out += _diagnostics(defense, diag)
