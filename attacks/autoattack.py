@@ -1,6 +1,10 @@
 """AutoAttack: Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of
-diverse parameter-free attacks", ICML 2020 (arXiv 2003.01690). L-infinity, untargeted in
-outcome, true labels, inputs in [0, 1].
+diverse parameter-free attacks", ICML 2020 (arXiv 2003.01690). L-infinity (default) or L2
+(``norm: l2``), untargeted in outcome, true labels, inputs in [0, 1].
+
+``norm: l2`` runs the same four components with torchattacks' ``norm='L2'`` (the reference's
+``set_version('standard')`` uses the same list, apgd-ce, apgd-t, fab-t, square, for Linf and
+L2); our driver and its projection are norm-aware (``robench.attacks.base.project``).
 
 ``version: standard`` (the default) is the paper's standard version as set by
 ``AutoAttack.set_version('standard')`` and run by ``run_standard_evaluation`` in the reference
@@ -58,7 +62,15 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
 
-from robench.attacks.base import ATTACKS, Attack, AttackParams, own_rng, project
+from robench.attacks.base import (
+    ATTACKS,
+    TORCHATTACKS_NORM,
+    Attack,
+    AttackParams,
+    Norm,
+    own_rng,
+    project,
+)
 
 if TYPE_CHECKING:
     import torchattacks
@@ -86,11 +98,12 @@ class Component(NamedTuple):
 
 class AutoAttackParams(AttackParams):
     version: Literal["standard", "fast"] = "standard"
+    norm: Norm = "linf"
 
 
 @ATTACKS.register("autoattack")
 class AutoAttack(Attack):
-    """AutoAttack (Croce & Hein 2020), L-inf, seeded.
+    """AutoAttack (Croce & Hein 2020), L-inf or L2 (``norm``), seeded.
 
     Params:
         version: ``"standard"`` (default): the paper's standard version, APGD-CE, APGD-T (9
@@ -102,7 +115,7 @@ class AutoAttack(Attack):
 
     Params = AutoAttackParams
     family = "ensemble"
-    label_params = ("version",)
+    label_params = ("version", "norm")
 
     @classmethod
     def reduced_variant(cls, params: AutoAttackParams) -> str | None:
@@ -120,7 +133,8 @@ class AutoAttack(Attack):
             raise ValueError(f"autoattack: the standard version needs at least {MIN_CLASSES} "
                              f"classes (targeted DLR loss), the model has {n_classes}")
         targets = min(STANDARD_TARGETS, n_classes - 1)
-        common = {"norm": "Linf", "eps": eps, "seed": self.seed, "n_restarts": 1}
+        common = {"norm": TORCHATTACKS_NORM[self.norm], "eps": eps, "seed": self.seed,
+                  "n_restarts": 1}
         return [
             Component("apgd-ce", torchattacks.APGD(
                 self.model, steps=STANDARD_ITERATIONS, loss="ce", eot_iter=1, rho=0.75,
@@ -155,7 +169,7 @@ class AutoAttack(Attack):
             if idx.numel() == 0:
                 break
             x_sub, y_sub = x[idx], y[idx]
-            adv = project(component.attack(x_sub, y_sub).detach(), x_sub, eps)
+            adv = project(component.attack(x_sub, y_sub).detach(), x_sub, eps, self.norm)
             with torch.no_grad():
                 fooled = self.model(adv).argmax(1) != y_sub
             x_adv[idx[fooled]] = adv[fooled]
@@ -165,5 +179,6 @@ class AutoAttack(Attack):
     def _torchattacks_autoattack(self, eps: float, n_classes: int) -> torchattacks.AutoAttack:
         import torchattacks
 
-        return torchattacks.AutoAttack(self.model, norm="Linf", eps=eps, version="standard",
+        return torchattacks.AutoAttack(self.model, norm=TORCHATTACKS_NORM[self.norm], eps=eps,
+                                       version="standard",
                                        n_classes=n_classes, seed=self.seed)

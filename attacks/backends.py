@@ -3,6 +3,9 @@
 Used by ``backend: torchattacks | art`` so one suite can cross-check implementations on the
 same model and inputs. ART is always given the true labels: without ``y`` it attacks the
 model's predicted labels and reports a higher accuracy.
+
+``params.norm`` (``linf`` or ``l2``) picks the library's attack: torchattacks ``PGD`` /
+``PGDL2`` (it has no L2 FGSM; the fgsm params refuse that pairing), ART ``norm=np.inf`` / ``2``.
 """
 
 from __future__ import annotations
@@ -30,8 +33,14 @@ def _torchattacks(attack: str, model: nn.Module, x: torch.Tensor, y: torch.Tenso
                   params: Any, seed: int) -> torch.Tensor:
     import torchattacks
 
+    norm = getattr(params, "norm", "linf")
     if attack == "fgsm":
+        if norm != "linf":
+            raise ValueError("torchattacks has no L2 FGSM")
         atk = torchattacks.FGSM(model, eps=eps)
+    elif norm == "l2":
+        atk = torchattacks.PGDL2(model, eps=eps, alpha=params.alpha, steps=params.steps,
+                                 random_start=params.random_start)
     else:
         atk = torchattacks.PGD(model, eps=eps, alpha=params.alpha, steps=params.steps,
                                random_start=params.random_start)
@@ -53,11 +62,12 @@ def _art(attack: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
         device_type="gpu" if x.device.type == "cuda" else "cpu",
     )
     batch = int(x.shape[0])
+    norm = 2 if getattr(params, "norm", "linf") == "l2" else np.inf
     if attack == "fgsm":
-        atk = FastGradientMethod(classifier, norm=np.inf, eps=eps, batch_size=batch)
+        atk = FastGradientMethod(classifier, norm=norm, eps=eps, batch_size=batch)
     else:
         atk = ProjectedGradientDescent(
-            classifier, norm=np.inf, eps=eps, eps_step=params.alpha, max_iter=params.steps,
+            classifier, norm=norm, eps=eps, eps_step=params.alpha, max_iter=params.steps,
             num_random_init=1 if params.random_start else 0, batch_size=batch, verbose=False,
         )
     np.random.seed(seed % 2**32)  # ART draws its random start from numpy's global generator

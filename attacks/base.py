@@ -1,9 +1,10 @@
 """The attack base class: owns the surroundings so a plugin writes only its math.
 
 Like torchattacks' ``Attack``, the base sets the model to eval mode (and restores it), keeps
-inputs in the valid range [0, 1], projects onto the L-infinity ball of radius ``eps`` (given in
-input scale, never 0-255), and computes input gradients without leaking gradients into the
-model's parameters. A plugin subclasses ``Attack``, declares a pydantic ``Params`` model and
+inputs in the valid range [0, 1], projects onto the eps-ball of the attack's threat model
+(``norm``: ``linf``, the default, or ``l2``; eps given in input scale, never 0-255), draws the
+random starts, and computes input gradients without leaking gradients into the model's
+parameters. A plugin subclasses ``Attack``, declares a pydantic ``Params`` model and
 its traits (``family``, ...), and implements ``perturb(x, y, eps)``.
 
 Traits are what the harness asks of an attack instead of testing its name: the checks and the
@@ -32,6 +33,12 @@ from robench.seeds import derive_seed
 #: transfer: crafted on another model of the suite, never reads the target's gradients;
 #: verifier: proves robustness instead of attacking (IBP; see ``robench.attacks.verifier``)
 Family = Literal["single_step", "iterative", "ensemble", "black_box", "transfer", "verifier"]
+#: the threat model: ``linf`` (max |delta_i| <= eps) or ``l2`` (||delta||_2 <= eps, per image)
+Norm = Literal["linf", "l2"]
+#: robench's norm names as torchattacks spells them
+TORCHATTACKS_NORM: dict[str, str] = {"linf": "Linf", "l2": "L2"}
+#: the default threat model of every attack (and of an attack with no ``norm`` param)
+DEFAULT_NORM: Norm = "linf"
 
 
 class AttackParams(BaseModel):
@@ -58,13 +65,37 @@ def own_rng(device: torch.device) -> Iterator[None]:
         yield
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Project onto the L-inf ball around x and onto the valid input range [0, 1]."""
-    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+def l2_norms(t: torch.Tensor) -> torch.Tensor:
+    """Per-image L2 norms of a batch, shaped to broadcast against it (B, 1, 1, ...)."""
+    return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def l2_normalize(g: torch.Tensor) -> torch.Tensor:
+    """Per-image g / ||g||_2 (a zero gradient stays zero: no step instead of NaN)."""
+    return g / l2_norms(g).clamp_min(1e-12)
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float,
+            norm: Norm = DEFAULT_NORM) -> torch.Tensor:
+    """Project onto the eps-ball around x (``norm``: L-inf or L2) and onto [0, 1].
+
+    L2 (as torchattacks' ``PGDL2`` and ART): delta is scaled by ``min(1, eps / ||delta||_2)``
+    per image, then clamped to [0, 1]. The clamp never increases ||delta||_2 (x is in [0, 1], so
+    clamping x + delta only moves each coordinate of delta towards 0), so the result is in both
+    sets.
+    """
+    if norm == "linf":
+        return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+    if norm == "l2":
+        delta = x_adv - x
+        factor = (eps / l2_norms(delta).clamp_min(1e-12)).clamp_(max=1.0)
+        return (x + delta * factor).clamp_(0.0, 1.0)
+    raise ValueError(f"unknown norm {norm!r}")
 
 
 class Attack:
-    """Base of every attack plugin (L-infinity, untargeted, true labels, inputs in [0, 1]).
+    """Base of every attack plugin (untargeted, true labels, inputs in [0, 1]; L-inf unless
+    the plugin's params have ``norm: l2``).
 
     Args:
         model: the (defended) model under attack; inputs in [0, 1], logits out.
@@ -113,6 +144,15 @@ class Attack:
         return str(getattr(params, "backend", "native"))
 
     @classmethod
+    def norm_of(cls, params: Any) -> Norm:
+        """The threat model of these params (an attack without a ``norm`` param is L-inf)."""
+        return getattr(params, "norm", DEFAULT_NORM)
+
+    @property
+    def norm(self) -> Norm:
+        return self.norm_of(self.params)
+
+    @classmethod
     def reduced_variant(cls, params: Any) -> str | None:
         """If these params make a weaker variant of the published attack, a short marker of it
         (``version=fast``) that must appear in its label; else None."""
@@ -154,7 +194,7 @@ class Attack:
         if x_adv.shape != x.shape:
             raise RuntimeError(f"{type(self).__name__}.perturb returned shape "
                                f"{tuple(x_adv.shape)} for inputs of shape {tuple(x.shape)}")
-        return project(x_adv.detach(), x, float(eps))
+        return project(x_adv.detach(), x, float(eps), self.norm)
 
     def sweep(self, x: torch.Tensor, y: torch.Tensor,
               eps_list: Sequence[float]) -> Iterator[tuple[float, torch.Tensor]]:
@@ -182,14 +222,39 @@ class Attack:
         if self._image_ids is None or len(self._image_ids) != like.shape[0]:
             noise = torch.rand(like.shape, generator=self.generator, dtype=like.dtype)
         else:
-            draw = self._draws.get(eps, 0)
-            self._draws[eps] = draw + 1
-            key = eps_text(eps)
-            noise = torch.stack([
-                torch.rand(like.shape[1:], dtype=like.dtype, generator=torch.Generator()
-                           .manual_seed(derive_seed(self.seed, key, draw, image)))
-                for image in self._image_ids])
+            noise = torch.stack([torch.rand(like.shape[1:], dtype=like.dtype, generator=gen)
+                                 for gen in self._image_generators(eps)])
         return noise.mul_(2 * eps).sub_(eps).to(like.device)
+
+    def random_start(self, like: torch.Tensor, eps: float) -> torch.Tensor:
+        """A random start in the eps-ball of the attack's norm, drawn as ``uniform_noise``
+        (per image when the images are named). L-inf: uniform in the cube. L2: as torchattacks'
+        ``PGDL2`` (``random_start``), a Gaussian direction scaled to radius ``eps * u`` with
+        u ~ U[0, 1]; NOT uniform in the ball (ART draws uniformly in the ball, which in 784
+        dimensions puts almost every start on the sphere; the robustness library starts on
+        the sphere)."""
+        if self.norm == "linf":
+            return self.uniform_noise(like, eps)
+        if self._image_ids is None or len(self._image_ids) != like.shape[0]:
+            direction = torch.randn(like.shape, generator=self.generator, dtype=like.dtype)
+            radius = torch.rand(like.shape[0], generator=self.generator, dtype=like.dtype)
+        else:
+            gens = self._image_generators(eps)
+            direction = torch.stack([torch.randn(like.shape[1:], dtype=like.dtype, generator=g)
+                                     for g in gens])
+            radius = torch.cat([torch.rand(1, dtype=like.dtype, generator=g) for g in gens])
+        radius = radius.view(-1, *([1] * (like.dim() - 1)))
+        return (l2_normalize(direction) * (eps * radius)).to(like.device)
+
+    def _image_generators(self, eps: float) -> list[torch.Generator]:
+        """One generator per named image, seeded by ``(seed, eps, draw, image id)``; the k-th
+        call at an eps (a restart) gives new seeds."""
+        assert self._image_ids is not None
+        draw = self._draws.get(eps, 0)
+        self._draws[eps] = draw + 1
+        key = eps_text(eps)
+        return [torch.Generator().manual_seed(derive_seed(self.seed, key, draw, image))
+                for image in self._image_ids]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
@@ -198,5 +263,5 @@ class Attack:
 ATTACKS: Registry[type[Attack]] = Registry("attack", entry_point_group="robench.attacks",
                                            base=Attack)
 
-__all__ = ["ATTACKS", "Attack", "AttackParams", "Family", "eval_mode", "input_gradient",
-           "own_rng", "project"]
+__all__ = ["ATTACKS", "DEFAULT_NORM", "TORCHATTACKS_NORM", "Attack", "AttackParams", "Family",
+           "Norm", "eval_mode", "input_gradient", "l2_normalize", "l2_norms", "own_rng", "project"]

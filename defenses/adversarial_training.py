@@ -1,6 +1,7 @@
 """Adversarial training: train on adversarial examples crafted against the model being trained.
 
-Four methods, all L-infinity, inputs in [0, 1], untargeted, true labels:
+Four methods, L-infinity by default, inputs in [0, 1], untargeted, true labels (``fgsm`` and
+``pgd`` also in L2, ``norm: l2``, see below):
 
 - ``fgsm``: Goodfellow, Shlens, Szegedy, "Explaining and Harnessing Adversarial Examples",
   ICLR 2015 (arXiv 1412.6572). ``mix * CE(f(x), y) + (1 - mix) * CE(f(x_fgsm), y)`` with
@@ -50,6 +51,14 @@ Choices made here (documented because they change numbers):
   overfitting visible (FGSM accuracy rising while PGD accuracy collapses, Wong et al. 2020); it
   is never used for training, early stopping or model selection. ``monitor_limit: 0`` turns
   it off.
+- ``norm: l2`` (methods ``fgsm`` and ``pgd`` only; minimal): the examples are those of the L2
+  attacks (``robench.attacks.fgsm`` FGM and ``robench.attacks.pgd`` PGD-L2): steps
+  ``alpha * g / ||g||_2``, projection onto the L2 ball of radius ``eps`` and [0, 1], PGD's random
+  start as torchattacks' ``PGDL2`` (Gaussian direction, radius ``eps * U[0, 1]``); ``eps`` and
+  ``alpha`` are then L2 radii (``eps`` up to 28, the diameter of [0, 1]^784), the default alpha
+  stays ``2.5 * eps / steps`` and the ramp is the same. The monitor then runs FGM and PGD-L2 at
+  ``eps`` (metrics ``fgm_l2_acc`` and ``pgd20_l2_acc``). Not validated against a published L2
+  adversarial-training result.
 """
 
 from __future__ import annotations
@@ -59,12 +68,19 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
 
 from robench.attacks import ATTACKS
-from robench.attacks.base import eval_mode, input_gradient, project
+from robench.attacks.base import (
+    DEFAULT_NORM,
+    Norm,
+    eval_mode,
+    input_gradient,
+    l2_normalize,
+    project,
+)
 from robench.defenses.base import (
     DEFENSES,
     Defense,
@@ -80,16 +96,22 @@ Method = Literal["fgsm", "fgsm_rs", "pgd", "trades"]
 #: which optional params each method reads; setting one a method ignores is a suite error
 _USES = {"steps": {"pgd", "trades"}, "alpha": {"fgsm_rs", "pgd", "trades"},
          "mix": {"fgsm"}, "beta": {"trades"}}
+#: the methods that accept ``norm: l2``
+L2_METHODS = {"fgsm", "pgd"}
+#: the largest L2 radius: the diameter of [0, 1]^784 (an MNIST image)
+MAX_L2 = 28.0
 MONITOR_PGD_STEPS = 20
 
 
 class AdversarialTrainingParams(DefenseParams):
     method: Method = "pgd"
-    eps: float = Field(0.3, gt=0, le=1)
+    # before eps and alpha: their L-inf limit (1) is checked against it
+    norm: Norm = DEFAULT_NORM                       # l2: methods fgsm and pgd only
+    eps: float = Field(0.3, gt=0, le=MAX_L2)             # L-inf: at most 1 (validated)
     epochs: int | None = Field(None, ge=1)          # default: the suite's train.epochs
     from_scratch: bool = True
     steps: int = Field(5, ge=1)                     # pgd, trades
-    alpha: float | None = Field(None, gt=0, le=1)   # step size; default depends on method
+    alpha: float | None = Field(None, gt=0, le=MAX_L2)  # step; default depends on method
     mix: float = Field(0.5, ge=0, le=1)             # fgsm: weight of the clean loss
     beta: float = Field(6.0, ge=0)                  # trades: weight of the KL term
     warmup_epochs: float = Field(1.0, ge=0)         # linear eps ramp-up, in epochs
@@ -103,7 +125,18 @@ class AdversarialTrainingParams(DefenseParams):
             if key in self.model_fields_set and self.method not in methods:
                 raise ValueError(f"{key} is not used by method {self.method!r} "
                                  f"(only by {', '.join(sorted(methods))})")
+        if self.norm == "l2" and self.method not in L2_METHODS:
+            raise ValueError(f"norm l2 is not implemented for method {self.method!r} "
+                             f"(only for {', '.join(sorted(L2_METHODS))})")
         return self
+
+    @field_validator("eps", "alpha")
+    @classmethod
+    def _linf_at_most_one(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if info.data.get("norm", DEFAULT_NORM) == "linf" and value is not None and value > 1:
+            raise ValueError("Input should be less than or equal to 1 for norm linf (inputs "
+                             "are in [0, 1]; an L2 radius needs norm: l2)")
+        return value
 
     def step_size(self, eps: float) -> float:
         """The attack step at training radius ``eps`` (scaled along with an eps ramp)."""
@@ -118,20 +151,31 @@ class AdversarialTrainingParams(DefenseParams):
 
 
 def signed_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
-                 steps: int, generator: torch.Generator | None) -> torch.Tensor:
+                 steps: int, generator: torch.Generator | None,
+                 norm: Norm = DEFAULT_NORM) -> torch.Tensor:
     """``steps`` signed CE-gradient steps of size ``alpha``, projected onto the eps-ball and
-    [0, 1]; from a uniform random start if ``generator`` is given, else from ``x``.
+    [0, 1]; from a uniform random start if ``generator`` is given, else from ``x``. With
+    ``norm: l2`` the steps are ``alpha * g / ||g||_2`` and the ball is the L2 ball (the start:
+    a Gaussian direction at radius ``eps * U[0, 1]``, as ``robench.attacks`` PGD-L2).
 
     fgsm = (1 step, alpha eps, no start); fgsm_rs = (1 step, 1.25 eps, start); pgd = (k, alpha).
     """
     x = x.detach()
     x_adv = x
     if generator is not None:
-        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).mul_(2 * eps).sub_(eps)
-        x_adv = project(x + noise.to(x.device), x, eps)
+        if norm == "linf":
+            noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).mul_(2 * eps)
+            noise = noise.sub_(eps)
+        else:
+            direction = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+            radius = torch.rand(x.shape[0], generator=generator, dtype=x.dtype)
+            noise = l2_normalize(direction) * (eps * radius).view(-1, *([1] * (x.dim() - 1)))
+        x_adv = project(x + noise.to(x.device), x, eps, norm)
     with eval_mode(model):
         for _ in range(steps):
-            x_adv = project(x_adv + alpha * input_gradient(model, x_adv, y).sign(), x, eps)
+            grad = input_gradient(model, x_adv, y)
+            step = grad.sign() if norm == "linf" else l2_normalize(grad)
+            x_adv = project(x_adv + alpha * step, x, eps, norm)
     return x_adv.detach()
 
 
@@ -182,12 +226,12 @@ class AdversarialLoss:
                           reduction="batchmean")
             loss = F.cross_entropy(logits, y) + p.beta * kl
         elif p.method == "fgsm":
-            x_adv = signed_steps(model, x, y, eps, alpha, 1, None)
+            x_adv = signed_steps(model, x, y, eps, alpha, 1, None, p.norm)
             loss = (p.mix * F.cross_entropy(model(x), y)
                     + (1 - p.mix) * F.cross_entropy(model(x_adv), y))
         else:
             steps = 1 if p.method == "fgsm_rs" else p.steps
-            x_adv = signed_steps(model, x, y, eps, alpha, steps, self.generator)
+            x_adv = signed_steps(model, x, y, eps, alpha, steps, self.generator, p.norm)
             loss = F.cross_entropy(model(x_adv), y)
         self.batches += 1
         self.loss_sum += float(loss.detach())
@@ -241,16 +285,20 @@ class AdversarialTraining(Defense):
         steps_per_epoch = math.ceil(len(ctx.train) / config.batch_size)
         loss_fn = AdversarialLoss(p, steps_per_epoch, generator(ctx.seed, "noise"))
         monitor = ctx.validation.head(p.monitor_limit)
-        fgsm = ctx.make_attack("fgsm", model=model)
+        fgsm = ctx.make_attack("fgsm", model=model, params={"norm": p.norm})
         pgd = ctx.make_attack("pgd", model=model, params={
-            "steps": MONITOR_PGD_STEPS, "alpha": 2.5 * p.eps / MONITOR_PGD_STEPS})
+            "steps": MONITOR_PGD_STEPS, "alpha": 2.5 * p.eps / MONITOR_PGD_STEPS,
+            "norm": p.norm})
+        # L-inf keeps its metric names; L2 ones say so (FGM is not FGSM)
+        fgsm_name, pgd_name = (("fgsm", f"pgd{MONITOR_PGD_STEPS}") if p.norm == "linf"
+                               else ("fgm_l2", f"pgd{MONITOR_PGD_STEPS}_l2"))
 
         def log_epoch(step: int, values: dict[str, float]) -> None:
             if p.monitor_limit != 0:
                 fgsm_outcome = evaluate_attack(model, fgsm, [p.eps], monitor)[0]
                 values["clean_acc"] = fgsm_outcome.clean_acc
-                values["fgsm_acc"] = fgsm_outcome.robust_acc
-                values[f"pgd{MONITOR_PGD_STEPS}_acc"] = evaluate_attack(
+                values[f"{fgsm_name}_acc"] = fgsm_outcome.robust_acc
+                values[f"{pgd_name}_acc"] = evaluate_attack(
                     model, pgd, [p.eps], monitor)[0].robust_acc
             for metric, value in values.items():
                 ctx.log_metric(step=step, metric=metric, value=value, method=p.method,

@@ -20,6 +20,7 @@ plugin is not installed get only the checks that need no traits.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from robench.attacks import ATTACKS, Attack
+from robench.attacks.base import DEFAULT_NORM
 from robench.data import Split
 from robench.eps import canonical_eps, eps_text, same_eps
 from robench.errors import UserError
@@ -129,10 +131,24 @@ def plugin_of(attack_name: str) -> type[Attack] | None:
 
 
 def with_traits(results: pd.DataFrame) -> pd.DataFrame:
-    """``results`` plus a ``family`` column (the attack plugin's trait; "" when unknown)."""
+    """``results`` plus a ``family`` column (the attack plugin's trait; "" when unknown) and a
+    ``norm`` column (the ``norm`` of the row's attack params; ``linf`` when it has none)."""
     families = {name: getattr(plugin_of(str(name)), "family", "")
                 for name in results["attack_name"].unique()}
-    return results.assign(family=results["attack_name"].map(families))
+    params = results["attack_params"] if "attack_params" in results else pd.Series(
+        "", index=results.index)
+    return results.assign(family=results["attack_name"].map(families),
+                          norm=params.map(norm_of_params))
+
+
+def norm_of_params(params_json: Any) -> str:
+    """The threat model of a row's canonical attack params (``linf`` unless they say ``l2``)."""
+    try:
+        params = json.loads(str(params_json))
+    except ValueError:
+        return DEFAULT_NORM
+    norm = params.get("norm") if isinstance(params, dict) else None
+    return norm if isinstance(norm, str) else DEFAULT_NORM
 
 
 def _check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | None,
@@ -154,6 +170,32 @@ def _check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | No
         out.append(_row(defense, "eps0_equals_clean", "fail" if len(bad) else "pass",
                         f"{len(bad)} of {len(zero_eps)} eps-0 rows differ from clean accuracy"))
 
+    # attacks are compared only within one threat model (an L2 eps is not an L-inf eps); the
+    # checks of a non-default norm carry it in their name
+    norms = rows["norm"] if "norm" in rows else pd.Series(DEFAULT_NORM, index=rows.index)
+    for norm, of_norm in rows.groupby(norms, sort=False):
+        found = _compare_attacks(defense, of_norm, paired, str(norm))
+        if norm != DEFAULT_NORM:
+            found = [{**r, "check": r["check"] if f"norm={norm}" in r["check"]
+                      else f"{r['check']}[norm={norm}]"} for r in found]
+        out += found
+    if diag is not None:
+        out += _diagnostics(defense, diag)
+    else:
+        out.append(_row(defense, "input_gradients", "warn",
+                        "not measured (no diagnostics for this defense in diagnostics.json): "
+                        "gradient masking is not checked"))
+    if clean < MIN_CLEAN_ACC:
+        out.append(_row(defense, "clean_accuracy", "fail",
+                        f"clean accuracy {clean:.3f} < {MIN_CLEAN_ACC}: the model is near chance, "
+                        "its robust accuracy means nothing"))
+    return out
+
+
+def _compare_attacks(defense: str, rows: pd.DataFrame, paired: Paired,
+                     norm: str) -> list[dict[str, Any]]:
+    """The checks that compare attacks (and eps) of one threat model ``norm``."""
+    out: list[dict[str, Any]] = []
     native = rows[rows["backend"].fillna("native") == "native"]
     for label, curve in native[native["family"] == "single_step"].groupby("attack"):
         curve = curve.sort_values("eps")
@@ -170,20 +212,11 @@ def _check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | No
     out += _ordering(defense, regular, "iterative", "ensemble", "ensemble_le_iterative", paired)
     out += _blackbox(defense, rows, paired)
     out += _transfer(defense, rows, paired)
-    out += _large_eps(defense, rows)
+    if norm == DEFAULT_NORM:  # LARGE_EPS is an L-inf budget
+        out += _large_eps(defense, rows)
     out += _stability(defense, native[native["family"] == "iterative"], paired)
     out += _backends(defense, rows)
     out += _bounds_hold(defense, rows, paired)
-    if diag is not None:
-        out += _diagnostics(defense, diag)
-    else:
-        out.append(_row(defense, "input_gradients", "warn",
-                        "not measured (no diagnostics for this defense in diagnostics.json): "
-                        "gradient masking is not checked"))
-    if clean < MIN_CLEAN_ACC:
-        out.append(_row(defense, "clean_accuracy", "fail",
-                        f"clean accuracy {clean:.3f} < {MIN_CLEAN_ACC}: the model is near chance, "
-                        "its robust accuracy means nothing"))
     return out
 
 

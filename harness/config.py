@@ -1,9 +1,10 @@
 """The suite file: a strict schema, loaded with ``yaml.safe_load``.
 
-This module checks structure (pydantic: unknown keys, wrong types, eps in [0, 1] and
-canonicalised, empty lists, repeated eps, duplicate YAML keys). ``robench.plan`` then resolves
-the plugins once (names, params, labels, seeds, cache keys). Every error becomes one
-``UserError`` naming the file and the key path, before any work starts.
+This module checks structure (pydantic: unknown keys, wrong types, eps in [0, 28] (L-inf:
+[0, 1], checked by ``robench.plan`` once the norm is known) and canonicalised, empty lists,
+repeated eps, duplicate YAML keys). ``robench.plan`` then resolves the plugins once (names,
+params, labels, seeds, cache keys). Every error becomes one ``UserError`` naming the file and
+the key path, before any work starts.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ from robench.eps import canonical_eps
 from robench.errors import UserError, key_path
 from robench.training import TrainConfig
 
-Eps = Annotated[float, Field(ge=0.0, le=1.0), AfterValidator(canonical_eps)]
+#: the largest eps of any norm: the L2 diameter of [0, 1]^784 (an MNIST image) is 28; the
+#: norm-specific limits (L-inf eps <= 1, an L2 warning above the dataset's sensible range) are
+#: checked once the attack's ``norm`` is known (``robench.plan``)
+MAX_EPS = 28.0
+Eps = Annotated[float, Field(ge=0.0, le=MAX_EPS), AfterValidator(canonical_eps)]
 
 
 class _Strict(BaseModel):

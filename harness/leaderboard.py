@@ -10,8 +10,11 @@ of it; see ``add_verified_columns``).
 The worst case is per image, as RobustBench and AutoAttack report it: an image counts only if
 it is classified correctly and survives every regular attack run at that eps, on the images
 that all of those attacks evaluated (``worst_n``), with its 95 % Wilson interval
-(``worst@eps_lo``, ``worst@eps_hi``). Without per-image outcomes (a results.csv alone) it falls
-back to the minimum of the per-attack accuracies and says so (``worst_kind``).
+(``worst@eps_lo``, ``worst@eps_hi``). The worst case is L-inf only: attacks with ``norm: l2``
+get their own columns (labelled ``[norm=l2]``, after the L-inf ones) but never set the threat
+eps nor enter the worst case, which would otherwise mix two threat models. Without per-image
+outcomes (a results.csv alone) it falls back to the minimum of the per-attack accuracies and
+says so (``worst_kind``).
 
 Seeds: a run with several seeds shows, per defense, the mean over seeds of every accuracy; the
 worst case is computed per seed (on that seed's images) and averaged, with ``worst_sd`` (the
@@ -38,7 +41,8 @@ import re
 
 import pandas as pd
 
-from robench.checks import with_traits
+from robench.attacks.base import DEFAULT_NORM
+from robench.checks import norm_of_params, with_traits
 from robench.eps import canonical_eps, eps_text, same_eps
 from robench.outdir import OutputFolder
 from robench.results import write_csv
@@ -51,11 +55,23 @@ BOUND_ROLE = "bound"
 
 
 def threat_eps(results: pd.DataFrame) -> float | None:
-    """The largest eps evaluated by a regular (non-check) attack; None when there is none."""
-    rows = results
+    """The largest eps evaluated by a regular (non-check) L-inf attack; None when there is
+    none (an L2 eps is on another scale: it never sets the threat eps)."""
+    rows = results[_is_linf(results)]
     if "role" in rows:
         rows = rows[rows["role"].fillna("") != CHECK_ROLE]
     return float(rows["eps"].max()) if not rows.empty else None
+
+
+def _is_linf(results: pd.DataFrame) -> pd.Series:
+    """Rows of L-inf attacks (the ``norm`` column of ``with_traits``, else the params)."""
+    if "norm" in results:
+        norms = results["norm"]
+    elif "attack_params" in results:
+        norms = results["attack_params"].map(norm_of_params)
+    else:
+        return pd.Series(True, index=results.index)
+    return norms == DEFAULT_NORM
 
 
 ALPHA = 0.05  # significance level of the pairwise McNemar tests behind shared ranks
@@ -68,12 +84,14 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
         raise ValueError("no result rows")
     # a verifier's rows are lower bounds, not attacks: their own columns, never the worst case
     bounds = bound_rows(results)
+    results = with_traits(results if "seed" in results else results.assign(seed=0))
     attack_rows = results.drop(bounds.index)
     eps_star = threat_eps(attack_rows)
     worst_col = "worst" if eps_star is None else f"worst@{eps_text(eps_star)}"
-    results = with_traits(results if "seed" in results else results.assign(seed=0))
-    attack_rows = results.drop(bounds.index)
-    attacks = list(dict.fromkeys(attack_rows["attack"]))  # suite order
+    # suite order, grouped by norm: the L-inf columns first, then those of each other norm
+    norm_of = dict(zip(attack_rows["attack"], attack_rows["norm"], strict=True))
+    attacks = sorted(dict.fromkeys(attack_rows["attack"]),
+                     key=lambda a: norm_of[a] != DEFAULT_NORM)
     per_image = _worst_outcomes(attack_rows, outcomes, eps_star)
     records = []
     several = results["seed"].nunique() > 1
@@ -94,7 +112,9 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
             positive = curve[curve.index > 0]
             if a_rows["family"].iloc[0] == "single_step" and len(positive) > 1:
                 record[f"{attack}_mean"] = positive.mean()
-            is_check = "role" in a_rows and (a_rows["role"] == CHECK_ROLE).all()
+            # the worst case is L-inf only: never a minimum over different threat models
+            is_check = ("role" in a_rows and (a_rows["role"] == CHECK_ROLE).all()) or \
+                norm_of[attack] != DEFAULT_NORM
             at_star = a_rows[a_rows["eps"].map(
                 lambda e: eps_star is not None and same_eps(e, eps_star))]
             if not is_check:
@@ -188,7 +208,7 @@ def _worst_outcomes(results: pd.DataFrame, outcomes: pd.DataFrame | None,
     a defense lacking outcomes for one of its seeds' cells is left out (table fallback)."""
     if outcomes is None or eps_star is None:
         return {}
-    regular = results[(results["role"] != CHECK_ROLE)
+    regular = results[(results["role"] != CHECK_ROLE) & _is_linf(results)
                       & results["eps"].map(lambda e: same_eps(e, eps_star))]
     wanted = set(zip(regular["defense"].astype(str), regular["seed"].astype(int),
                      regular["attack"].astype(str), strict=True))

@@ -21,6 +21,7 @@ changes no existing entry's numbers; per-image draws: ``Attack.uniform_noise``).
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from torch import nn
 
 import robench
 from robench.attacks import ATTACKS, Attack, AttackParams
+from robench.attacks.base import DEFAULT_NORM
 from robench.cache import cache_key
 from robench.codehash import code_hash
 from robench.config import AttackEntry, Suite, load_suite, parse_suite, raise_validation
@@ -309,6 +311,13 @@ def _attacks(suite: Suite, source: str, seed: int,
                                                              strict=True)):
         text = params_json(params)
         role = _role(plugin, entry, f"{source}: attacks[{i}].role")
+        norm = plugin.norm_of(params)
+        _check_eps(norm, entry.eps, f"{source}: attacks[{i}].eps")
+        if entry.label is not None and norm != DEFAULT_NORM and norm not in entry.label.lower():
+            # an automatic label shows the norm (``label_params``); a chosen one must too
+            raise UserError(f"the label of an {norm.upper()} attack must name its norm (contain "
+                            f"{norm!r}), so its columns cannot pass for L-inf ones",
+                            where=f"{source}: attacks[{i}].label")
         # the attack, the evaluation loop, the seed derivation and the libraries that may
         # compute the examples: any change makes its cells new cells
         code = code_hash(plugin, evaluate_attack, derive_seed, *plugin.code_dependencies(params))
@@ -344,6 +353,33 @@ def _source_defense(plugin: type[Attack], params: AttackParams,
     known = ", ".join(d.label for d in defenses)
     raise UserError(f"source {wanted!r} is not a defense label of this suite (labels: "
                     f"{known})", where=f"{where}.params.source")
+
+
+#: the largest L-inf eps: inputs are in [0, 1]
+MAX_LINF_EPS = 1.0
+#: above this L2 eps a warning (not an error): on 28x28 images (MNIST, Fashion-MNIST) L2
+#: budgets are 0.5-3 (e.g. 2.0 in Croce & Hein 2020's MNIST L2 experiments); at 5 most digits
+#: can be turned into another class by a human-visible change
+L2_SENSIBLE_EPS = 5.0
+
+
+class EpsWarning(UserWarning):
+    """An eps that is valid but outside the sensible range of its norm."""
+
+
+def _check_eps(norm: str, eps: list[float], where: str) -> None:
+    """L-inf eps in [0, 1] (an error, naming the entry); L2 eps above ``L2_SENSIBLE_EPS``
+    warned about (the schema already caps every eps at the L2 diameter of the image)."""
+    for j, value in enumerate(eps):
+        if norm == "linf" and value > MAX_LINF_EPS:
+            raise UserError(f"Input should be less than or equal to {MAX_LINF_EPS:g} for an "
+                            f"L-inf attack (got {value:g}; L2 needs params.norm: l2)",
+                            where=f"{where}[{j}]")
+    big = [e for e in eps if norm == "l2" and e > L2_SENSIBLE_EPS]
+    if big:
+        warnings.warn(f"{where}: L2 eps {', '.join(f'{e:g}' for e in big)} above "
+                      f"{L2_SENSIBLE_EPS:g}, outside the sensible range on 28x28 images "
+                      "(0.5-3 is usual)", EpsWarning, stacklevel=2)
 
 
 #: the role of every verifier's rows (a lower bound: never part of the worst case)

@@ -62,6 +62,14 @@ CASES = [
     ("missing_attack_name", mutate(**{"attacks/0": {"eps": [0.1]}}), [],
      ["attacks[0].name", "required"]),
     ("suite_missing", None, [], ["suite file not found"]),
+    ("unknown_norm", mutate(**{"attacks/1/params": {"steps": 2, "norm": "l1"}}), [],
+     ["attacks[1].params.norm", "'linf' or 'l2'"]),
+    ("l2_eps_above_diameter", mutate(**{"attacks/0/params": {"norm": "l2"},
+                                        "attacks/0/eps": [29]}), [],
+     ["attacks[0].eps[0]", "less than or equal to 28"]),
+    ("l2_label_without_norm", mutate(**{"attacks/0/params": {"norm": "l2"},
+                                        "attacks/0/label": "fgm"}), [],
+     ["attacks[0].label", "must name its norm"]),
 ]
 if not torch.cuda.is_available():
     CASES.append(("cuda_without_gpu", mutate(device="cuda"), [], [": device:", "no CUDA GPU"]))
