@@ -294,7 +294,7 @@ class AdversarialTraining(Defense):
                                else ("fgm_l2", f"pgd{MONITOR_PGD_STEPS}_l2"))
 
         def log_epoch(step: int, values: dict[str, float]) -> None:
-            if p.monitor_limit != 0:
+            if p.monitor_limit != 0 and len(monitor):  # no validation split: no monitor
                 fgsm_outcome = evaluate_attack(model, fgsm, [p.eps], monitor)[0]
                 values["clean_acc"] = fgsm_outcome.clean_acc
                 values[f"{fgsm_name}_acc"] = fgsm_outcome.robust_acc

@@ -161,7 +161,7 @@ class CertifiedTraining(Defense):
             "steps": MONITOR_PGD_STEPS, "alpha": 2.5 * p.eps / MONITOR_PGD_STEPS})
 
         def log_epoch(step: int, values: dict[str, float]) -> None:
-            if p.monitor_limit != 0:
+            if p.monitor_limit != 0 and len(monitor):  # no validation split: no monitor
                 verified = evaluate_attack(model, ibp, [p.eps], monitor)[0]
                 values["clean_acc"] = verified.clean_acc
                 values["verified_acc"] = verified.robust_acc

@@ -83,7 +83,12 @@ def _cells(frame: pd.DataFrame) -> pd.DataFrame:
 def compare_frames(a: pd.DataFrame, b: pd.DataFrame, outcomes_a: pd.DataFrame | None = None,
                    outcomes_b: pd.DataFrame | None = None) -> Comparison:
     """Match the cells of two results tables (as read by ``read_results``); with both sides'
-    per-image outcomes, test each matched cell's difference on the images both evaluated."""
+    per-image outcomes, test each matched cell's difference on the images both evaluated.
+    When both sides share some seeds, only those seeds are compared (means over different
+    seed sets would differ by chance)."""
+    shared = set(a["seed"]) & set(b["seed"]) if "seed" in a and "seed" in b else set()
+    if shared:
+        a, b = a[a["seed"].isin(shared)], b[b["seed"].isin(shared)]
     ca, cb = _cells(a), _cells(b)
     # left merges keep each side's own (suite) order; an outer merge would sort the keys
     from_a = ca.merge(cb, on=KEY, how="left", suffixes=("_a", "_b"), indicator=True)
@@ -210,9 +215,10 @@ def compare_defenses(path: Path, defense_a: str, defense_b: str) -> str:
             raise UserError(f"no defense {name!r} in these results (defenses: "
                             f"{', '.join(dict.fromkeys(results['defense']))[:200]})",
                             where=str(path))
-        rows = results[results["defense"] == name].assign(defense="vs")
+        both = f"{defense_a} vs {defense_b}"  # one key so the two sides' cells match
+        rows = results[results["defense"] == name].assign(defense=both)
         outs = None if outcomes is None else outcomes[
-            outcomes["defense"].astype(str) == name].assign(defense="vs")
+            outcomes["defense"].astype(str) == name].assign(defense=both)
         sides.append((rows, outs))
     (a, oa), (b, ob) = sides
     return to_markdown(compare_frames(a, b, oa, ob), f"{path}: {defense_a}",

@@ -247,4 +247,4 @@ def paired_over_seeds(pairs: list[tuple[Any, Any]], z: float = Z95) -> dict[str,
     return {"n": n, "seeds": m, "acc_a": float(a.mean()), "acc_b": float(b.mean()),
             "diff": float(mean), "b": worse, "c": better,
             "p_value": max(mcnemar_exact(worse, better), p_seeds),
-            "ci_low": min(lo, t_lo), "ci_high": max(hi, t_hi)}
+            "ci_low": max(min(lo, t_lo), -1.0), "ci_high": min(max(hi, t_hi), 1.0)}

@@ -60,7 +60,7 @@ def test_rows_missing_on_either_side_are_listed():
 
 
 def test_eps_matched_despite_float_noise_and_seeds_averaged():
-    a = _rows([("none", "fgsm", 0.1, 0.9, 0.5)])
+    a = _rows([("none", "fgsm", 0.1, 0.9, 0.5)], seed=5)   # no seed in common: all averaged
     b = pd.concat([_rows([("none", "fgsm", 0.1 + 1e-12, 0.9, 0.6)], seed=0),
                    _rows([("none", "fgsm", 0.1, 0.9, 0.8)], seed=1)])
     result = compare_frames(a, b)
@@ -68,6 +68,10 @@ def test_eps_matched_despite_float_noise_and_seeds_averaged():
     assert result.cells["robust_b"].iloc[0] == pytest.approx(0.7)
     assert result.cells["diff_pp"].iloc[0] == pytest.approx(20.0)
     assert result.cells["rows_b"].iloc[0] == 2
+    # shared seeds: only those are compared (seed 0 on both sides)
+    shared = compare_frames(_rows([("none", "fgsm", 0.1, 0.9, 0.5)], seed=0), b)
+    assert shared.cells["robust_b"].iloc[0] == pytest.approx(0.6)
+    assert shared.cells["rows_b"].iloc[0] == 1
 
 
 def test_markdown_from_folders_and_csvs(tmp_path):

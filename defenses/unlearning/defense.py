@@ -305,7 +305,7 @@ class UnlearningDefense(Defense):
     def _monitor(self, ctx: DefenseContext, model: nn.Module, monitor: Split,
                  step: int) -> tuple[float, float]:
         p: UnlearningDefenseParams = self.params
-        if p.monitor_limit == 0:
+        if p.monitor_limit == 0 or not len(monitor):  # off, or no validation split
             return math.nan, math.nan
         outcome = evaluate_attack(model, ctx.make_attack("fgsm", model), [max(p.eps_values)],
                                   monitor)[0]
