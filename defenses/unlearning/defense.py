@@ -207,7 +207,7 @@ def pgd_examples(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                                seed=seed)
         for start in range(0, rows.numel(), batch_size):
             chunk = rows[start:start + batch_size]
-            attack.set_images(image_ids[chunk].tolist())
+            attack.set_images(image_ids[chunk.cpu()].tolist())  # ids live on the CPU
             out[chunk] = attack(images[chunk], labels[chunk], eps)
     return out
 
