@@ -40,12 +40,13 @@ def main(folder: str) -> None:
     seeds = sorted(results["seed"].unique())
     defenses = [d for d in dict.fromkeys(results["defense"]) if d != "none"]
     print(f"seeds {', '.join(map(str, seeds))}; B − A with A = none; mean over seeds "
-          "[t 95 % interval over seeds]; p = max(pooled McNemar, t-test over seeds)\n")
+          "[95 % interval: hull of the t interval over seeds and Newcombe's]; p = the larger of "
+          "a sign test on per-image mean differences and the t-test over seeds\n")
     print("| defense | cell | n per seed | none | defense | B − A (pp) | p |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for d in defenses:
         c = _clean_pairs(outcomes, "none", d)
-        n = c["n"] // c["seeds"]
+        n = c["n"]  # images per seed
         print(f"| {d} | clean | {n} | {100 * c['acc_a']:.1f} | {100 * c['acc_b']:.1f} | "
               f"{100 * c['diff']:+.1f} [{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}] | "
               f"{_fmt(c['p_value'])} |")

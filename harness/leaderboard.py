@@ -317,13 +317,15 @@ def _ranks(board: pd.DataFrame, worst_col: str, failed: pd.Series,
 
 
 def subset_notes(results: pd.DataFrame) -> list[str]:
-    """Which attacks were run on fewer images than the rest (their ``limit``)."""
+    """Which attacks were run on fewer images than the rest (their ``limit``: a seeded random
+    sample, nested in every larger one, the same for every defense and seed)."""
     n_all = int(results["n"].max())
     notes = []
     for attack, rows in results.groupby("attack", sort=False):
         n = int(rows["n"].min())
         if n < n_all:
-            notes.append(f"{attack}: first {n} of the {n_all} evaluation images")
+            notes.append(f"{attack}: {n} random of the {n_all} evaluation images (the same "
+                         "for every defense and seed; smaller subsets nested in larger ones)")
     return notes
 
 
