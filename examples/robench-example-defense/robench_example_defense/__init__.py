@@ -50,8 +50,8 @@ class GaussianAugment(Defense):
 
 @torch.no_grad()
 def noisy_accuracy(ctx: DefenseContext, sigma: float, n: int = 500) -> float:
-    """Accuracy on the first ``n`` evaluation images with fixed Gaussian noise (a monitor)."""
-    x, y = ctx.test.images[:n], ctx.test.labels[:n]
+    """Accuracy on ``n`` validation images with fixed Gaussian noise (a monitor)."""
+    x, y = ctx.validation.images[:n], ctx.validation.labels[:n]
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(x.device)
     ctx.model.eval()
     return (ctx.model((x + sigma * noise).clamp(0, 1)).argmax(1) == y).float().mean().item()
