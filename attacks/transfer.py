@@ -42,7 +42,7 @@ from pydantic import (
 from torch import nn
 
 from robench.attacks.base import ATTACKS, Attack, AttackParams, project
-from robench.errors import key_path
+from robench.errors import nested_params_message
 
 
 class TransferParams(AttackParams):
@@ -70,13 +70,8 @@ class TransferParams(AttackParams):
         try:
             validated = ATTACKS.get(name).Params.model_validate(value)
         except ValidationError as err:
-            first = err.errors()[0]
-            extra = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-            got = "" if first["type"] in ("missing", "extra_forbidden") else \
-                f" (got {first.get('input')!r})"
-            msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-            raise ValueError(f"{key_path(tuple(first['loc']))}: {msg}{got} for crafting "
-                             f"attack {name!r}{extra}") from None
+            raise ValueError(nested_params_message(err, f"for crafting attack {name!r}")) \
+                from None
         # canonical: every default filled in, so equal settings give equal params and cells
         return validated.model_dump(mode="json")
 

@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -90,7 +90,7 @@ from robench.defenses.base import (
 )
 from robench.evaluation import evaluate_attack
 from robench.seeds import generator
-from robench.training import train
+from robench.training import TrainConfig, train
 
 Method = Literal["fgsm", "fgsm_rs", "pgd", "trades"]
 #: which optional params each method reads; setting one a method ignores is a suite error
@@ -245,6 +245,16 @@ class AdversarialLoss:
         return {"train_loss": mean, "train_eps": self.last_eps}
 
 
+def training_config(base: TrainConfig, p: Any) -> TrainConfig:
+    """The suite's ``train:`` settings with a training defense's own ``epochs``, ``lr`` and
+    ``optimizer`` where it sets them (None: the suite's)."""
+    return base.model_copy(update={
+        "epochs": p.epochs if p.epochs is not None else base.epochs,
+        "lr": p.lr if p.lr is not None else base.lr,
+        "optimizer": p.optimizer or base.optimizer,
+    })
+
+
 def fresh_init(model: nn.Module, seed: int) -> nn.Module:
     """A copy of ``model``'s architecture with every layer re-initialised under ``seed``.
 
@@ -276,12 +286,7 @@ class AdversarialTraining(Defense):
     def apply(self, ctx: DefenseContext) -> DefenseResult:
         p: AdversarialTrainingParams = self.params
         model = fresh_init(ctx.model, ctx.seed) if p.from_scratch else ctx.model
-        base = ctx.train_config
-        config = base.model_copy(update={
-            "epochs": p.epochs if p.epochs is not None else base.epochs,
-            "lr": p.lr if p.lr is not None else base.lr,
-            "optimizer": p.optimizer or base.optimizer,
-        })
+        config = training_config(ctx.train_config, p)
         steps_per_epoch = math.ceil(len(ctx.train) / config.batch_size)
         loss_fn = AdversarialLoss(p, steps_per_epoch, generator(ctx.seed, "noise"))
         monitor = ctx.validation.head(p.monitor_limit)

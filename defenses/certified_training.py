@@ -54,7 +54,7 @@ from torch.nn import functional as F
 
 from robench.attacks import ATTACKS
 from robench.attacks.ibp import Network, trace, worst_case_logits
-from robench.defenses.adversarial_training import fresh_init
+from robench.defenses.adversarial_training import fresh_init, training_config
 from robench.defenses.base import (
     DEFENSES,
     Defense,
@@ -147,12 +147,7 @@ class CertifiedTraining(Defense):
     def apply(self, ctx: DefenseContext) -> DefenseResult:
         p: CertifiedTrainingParams = self.params
         model = fresh_init(ctx.model, ctx.seed) if p.from_scratch else ctx.model
-        base = ctx.train_config
-        config = base.model_copy(update={
-            "epochs": p.epochs if p.epochs is not None else base.epochs,
-            "lr": p.lr if p.lr is not None else base.lr,
-            "optimizer": p.optimizer or base.optimizer,
-        })
+        config = training_config(ctx.train_config, p)
         net = trace(model, type(model).__name__)
         loss_fn = IBPLoss(p, net, config.epochs, math.ceil(len(ctx.train) / config.batch_size))
         monitor = ctx.validation.head(p.monitor_limit)

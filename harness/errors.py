@@ -30,3 +30,15 @@ def key_path(loc: tuple[Any, ...]) -> str:
 
 class Interrupted(Exception):
     """A run stopped by Ctrl-C or SIGTERM; its message says what was kept (exit code 130)."""
+
+
+def nested_params_message(err: Any, owner: str) -> str:
+    """One line for a pydantic ``ValidationError`` of params nested in another plugin's params
+    (e.g. an unlearning method's ``method_params``): the key path, what is wrong, the value, and
+    ``owner`` (e.g. ``"for unlearning method 'ssd'"``)."""
+    first = err.errors()[0]
+    extra = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    got = "" if first["type"] in ("missing", "extra_forbidden") else \
+        f" (got {first.get('input')!r})"
+    msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    return f"{key_path(tuple(first['loc']))}: {msg}{got} {owner}{extra}"

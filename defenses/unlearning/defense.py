@@ -97,7 +97,7 @@ from robench.defenses.unlearning.method import (
     UnlearningParams,
 )
 from robench.eps import canonical_eps
-from robench.errors import key_path
+from robench.errors import nested_params_message
 from robench.evaluation import evaluate_attack
 from robench.seeds import derive_seed, generator
 from robench.training import predict
@@ -150,14 +150,8 @@ class UnlearningDefenseParams(DefenseParams):
         try:
             validated = UNLEARNING_METHODS.get(method).Params.model_validate(value)
         except ValidationError as err:
-            first = err.errors()[0]
-            where = key_path(tuple(first["loc"]))
-            extra = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-            got = "" if first["type"] in ("missing", "extra_forbidden") else \
-                f" (got {first.get('input')!r})"
-            msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-            raise ValueError(f"{where}: {msg}{got} for unlearning method "
-                             f"{method!r}{extra}") from None
+            raise ValueError(nested_params_message(err, f"for unlearning method {method!r}")) \
+                from None
         # canonical: every default filled in, so equal settings give equal params and keys
         return validated.model_dump(mode="json")
 
