@@ -239,7 +239,11 @@ def _run_node(net: Network, node: fx.Node, args: tuple[Any, ...],
             return getattr(_either(self_, "lo"), str(node.target))(*rest, **kwargs)
         if not bounded:
             return getattr(self_, str(node.target))(*rest, **kwargs)
-        rest = tuple(_either(v, "lo") for v in rest)  # shapes read from a box are its lo's
+        if not isinstance(self_, Box) or any(isinstance(v, Box) for v in
+                                             (*rest, *kwargs.values())):
+            # one value for both ends of a bounded argument would make the bounds too tight
+            raise UserError(f"ibp does not support {node.name}: a bounded value is an argument "
+                            f"of .{node.target}(), not the value it is called on")
         return Box(getattr(self_.lo, str(node.target))(*rest, **kwargs),
                    getattr(self_.hi, str(node.target))(*rest, **kwargs))
     raise AssertionError(f"unexpected node {node.op}")

@@ -41,7 +41,7 @@ from pydantic import (
 )
 from torch import nn
 
-from robench.attacks.base import ATTACKS, Attack, AttackParams, project
+from robench.attacks.base import ATTACKS, Attack, AttackParams, Norm, project
 from robench.errors import nested_params_message
 
 
@@ -56,6 +56,8 @@ class TransferParams(AttackParams):
     def _known_attack(cls, value: str) -> str:
         if value not in ATTACKS:
             raise ValueError(ATTACKS.unknown_message(value))
+        if ATTACKS.get(value).family == "verifier":
+            raise ValueError(f"{value!r} is a verifier, not an attack: it crafts no examples")
         if ATTACKS.get(value).needs_source_model:
             raise ValueError(f"{value!r} needs a source model itself; craft with a white-box "
                              "or black-box attack (e.g. pgd)")
@@ -124,6 +126,11 @@ class Transfer(Attack):
                                "first (the runner does)")
         return self._crafter
 
+    @classmethod
+    def norm_of(cls, params: Any) -> Norm:
+        """The crafting attack's threat model (an L2 transfer is an L2 attack)."""
+        return ATTACKS.get(params.attack).norm_of(params.crafting_params)
+
     def set_images(self, image_ids: Sequence[int] | None) -> None:
         super().set_images(image_ids)
         if self._crafter is not None:  # the crafter draws the random starts, per image
@@ -136,4 +143,4 @@ class Transfer(Attack):
               eps_list: Sequence[float]) -> Iterator[tuple[float, torch.Tensor]]:
         # the crafter's own sweep (FGSM shares its gradient); the target is never touched
         for eps, x_adv in self.crafter.sweep(x, y, eps_list):
-            yield eps, project(x_adv, x.detach(), float(eps)) if eps else x_adv
+            yield eps, project(x_adv, x.detach(), float(eps), self.norm) if eps else x_adv

@@ -148,7 +148,10 @@ def norm_of_params(params_json: Any) -> str:
         params = json.loads(str(params_json))
     except ValueError:
         return DEFAULT_NORM
-    norm = params.get("norm") if isinstance(params, dict) else None
+    if not isinstance(params, dict):
+        return DEFAULT_NORM
+    nested = params.get("attack_params")  # a transfer attack: its crafting attack's norm
+    norm = params.get("norm", nested.get("norm") if isinstance(nested, dict) else None)
     return norm if isinstance(norm, str) else DEFAULT_NORM
 
 

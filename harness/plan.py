@@ -416,7 +416,11 @@ def _check_verifiers(baseline: BaselineSpec, attacks: tuple[AttackSpec, ...],
 def _always_shown(plugin: type[Attack], params: AttackParams) -> dict[str, Any]:
     defaults = plugin.Params().model_dump(mode="json")
     values = params.model_dump(mode="json")
-    return {k: values[k] for k in plugin.label_params if values.get(k) != defaults.get(k)}
+    shown = {k: values[k] for k in plugin.label_params if values.get(k) != defaults.get(k)}
+    norm = plugin.norm_of(params)
+    if norm != DEFAULT_NORM:  # e.g. a transfer crafted under L2: its norm is nested
+        shown.setdefault("norm", norm)
+    return shown
 
 
 def _library_versions() -> dict[str, str | None]:

@@ -357,3 +357,19 @@ def test_runner_hands_transfer_the_source_model_and_the_check_flags_masking(
     status = checks.groupby("defense")["status"].agg(list)     # one verdict per seed
     assert status["bit_depth_reduction"] == ["warn", "warn"]
     assert status["none"] == ["pass", "pass"]
+
+
+def test_transfer_crafted_under_l2_is_an_l2_attack_and_verifiers_cannot_craft():
+    from robench.checks import norm_of_params
+
+    raw = {"name": "t", "attacks": [
+        {"name": "transfer", "eps": [1.0, 2.0],
+         "params": {"attack": "pgd", "attack_params": {"norm": "l2", "steps": 3, "alpha": 0.5}}},
+        {"name": "fgsm", "eps": [0.1]}]}
+    spec = resolve_raw(raw, "s.yaml").attacks[0]
+    assert spec.label == "transfer[norm=l2]" and spec.plugin.norm_of(spec.params) == "l2"
+    assert norm_of_params(spec.params_json) == "l2"  # checks and the worst case see L2
+    bad = {"name": "t", "attacks": [{"name": "transfer", "eps": [0.1],
+                                     "params": {"attack": "ibp"}}]}
+    with pytest.raises(UserError, match="attacks\\[0\\].params.attack: 'ibp' is a verifier"):
+        resolve_raw(bad, "s.yaml")

@@ -332,3 +332,21 @@ def test_short_ibp_training_certifies_what_a_normal_lenet_cannot(mnist, trained_
     assert trained.robust_acc >= 0.5
     assert pgd.robust_acc >= trained.robust_acc                    # the tie, on real data
     assert not (trained.adv_ok & ~(pgd.clean_ok & pgd.adv_ok)).any()
+
+
+def test_a_bounded_method_argument_is_refused_not_bounded_too_tightly():
+    """``f.clamp(min=h)`` with h bounded: one value for both ends of h would give bounds that
+    sampled points escape, so the verifier refuses the model instead."""
+
+    class ClampBy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 10), nn.Linear(4, 10)
+
+        def forward(self, x):
+            return self.a(x.flatten(1)).clamp(self.b(x.flatten(1)))
+
+    with pytest.raises(UserError, match="a bounded value is an argument of .clamp"):
+        net = trace(ClampBy(), "clamp_by")
+        x = torch.rand(2, 1, 2, 2)
+        logit_box(net, (x - 0.1).clamp(0, 1), (x + 0.1).clamp(0, 1))
