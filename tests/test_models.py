@@ -141,7 +141,7 @@ def test_logits_option_is_validated_and_joins_the_cache_key():
     for bad in (1.5, True, [0]):
         with pytest.raises(UserError) as caught:
             resolve_raw({**raw, "model": {"name": "lenet5", "logits": bad}}, "s.yaml")
-        assert str(caught.value).startswith("s.yaml: model.logits: Value error, must be an "
+        assert str(caught.value).startswith("s.yaml: model.logits: must be an "
                                             "index (an integer) or a key (a string)")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import importlib.util
+import json
 import re
 import shutil
 
@@ -207,11 +208,15 @@ def test_committed_suite_regenerates(tmp_path):
     source = REPO / "results" / "unlearning_methods_fashion"
     folder = tmp_path / "suite"
     shutil.copytree(source, folder)
+    # one defense's gradients made to look masked: its check fails and it must be unranked
+    diagnostics = json.loads((folder / "diagnostics.json").read_text())
+    diagnostics["unlearning:ssd"]["zero_grad_fraction"] = 1.0
+    (folder / "diagnostics.json").write_text(json.dumps(diagnostics))
     with OutputFolder.open(folder) as out:
         finalize(folder, out)
     page = visible_text((folder / "report.html").read_text(encoding="utf-8"))
     assert "<NA>" not in page and not re.search(r"\bnan\b", page, re.I)
-    assert "unranked: failed clean_accuracy" in page
+    assert "unranked: failed input_gradients" in page
     assert page.index("FAIL ✗") < page.index("<details>")
     for defense in pd.read_csv(folder / "results.csv")["defense"].unique():
         assert html.escape(defense) in page

@@ -238,8 +238,9 @@ def test_unlearning_small_suite_end_to_end(tmp_path):
     default = metrics[metrics["defense"] == "unlearning"]
     assert sorted(default["step"].unique()) == [0, 1, 2]
     assert set(default[default["step"] == 2]["metric"]) == METRICS
-    # the last round's clean accuracy is the defended model's accuracy on the same images
-    # (monitor_limit 300 = eval_limit), which the harness measured independently
+    # the last round's monitor scores the defended model on validation images, the harness
+    # on test images: the same model, so they differ by sampling noise only (300 images each)
     last = default[(default["step"] == 2) & (default["metric"] == "clean_acc")]["value"].item()
     row = results[(results["defense"] == "unlearning") & (results["eps"] == 0)]
-    assert last == pytest.approx(row["clean_acc"].item(), abs=1e-6)
+    assert last != row["clean_acc"].item() or last == 1.0  # not the test images
+    assert abs(last - row["clean_acc"].item()) < 0.06
