@@ -70,6 +70,8 @@ class Defense:
     Params: ClassVar[type[DefenseParams]] = DefenseParams
     #: False when the defended model is cheap to rebuild or not a LeNet-shaped state dict
     cacheable: ClassVar[bool] = True
+    #: True when ``check_model`` has something to check (the plan then builds the model)
+    checks_model: ClassVar[bool] = False
 
     def __init__(self, params: DefenseParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -79,6 +81,11 @@ class Defense:
         """Plugins this defense looks up by name at run time (e.g. ``ctx.make_attack("fgsm")``)
         whose code therefore shapes the defended model: their source joins the cache key."""
         return []
+
+    @classmethod
+    def check_model(cls, model: nn.Module, model_name: str, params: Any) -> None:
+        """Raise a one-line ``UserError`` when this defense cannot work on the suite's model;
+        called by the plan before any work when ``checks_model`` is True."""
 
     def apply(self, ctx: DefenseContext) -> DefenseResult:
         raise NotImplementedError

@@ -45,10 +45,10 @@ Choices (documented because they change numbers):
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
@@ -82,7 +82,16 @@ class CertifiedTrainingParams(DefenseParams):
     kappa_final: float = Field(0.5, ge=0, le=1)          # weight of the clean loss at the end
     lr: float | None = Field(None, gt=0)                 # default: the suite's train.lr
     optimizer: Literal["adam", "sgd"] | None = None      # default: the suite's train.optimizer
-    monitor_limit: int | None = Field(500, ge=0)         # monitor: first N images; 0 off
+    monitor_limit: int | None = Field(500, ge=0)         # monitor: N validation images; 0 off
+
+    @model_validator(mode="after")
+    def _trains_on_bounds(self) -> CertifiedTrainingParams:
+        """A warm-up as long as the training would leave plain training, silently."""
+        if self.epochs is not None and self.warmup_epochs is not None \
+                and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs {self.warmup_epochs:g} >= epochs {self.epochs}: "
+                             "the model would never be trained against its bounds")
+        return self
 
     @property
     def eps_train(self) -> float:
@@ -139,6 +148,11 @@ class CertifiedTraining(Defense):
     """Certified training (IBP, Gowal et al. 2018): robustness proved by the ``ibp`` verifier."""
 
     Params = CertifiedTrainingParams
+    checks_model = True
+
+    @classmethod
+    def check_model(cls, model: nn.Module, model_name: str, params: Any) -> None:
+        ATTACKS.get("ibp").check_model(model, model_name, None)  # the bounds it trains on
 
     @classmethod
     def code_dependencies(cls, params: CertifiedTrainingParams) -> list[object]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -233,8 +234,15 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM ends a run like Ctrl-C: same line, same exit code
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, file: object = None, line: str | None = None) -> None:
+    """robench's own warnings (e.g. an L2 eps outside the usual range) as one stderr line."""
+    typer.echo(f"robench: warning: {message}", err=True)
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    warnings.showwarning = _one_line_warning
     try:
         app()
     except KeyboardInterrupt:

@@ -413,6 +413,21 @@ def _check_verifiers(baseline: BaselineSpec, attacks: tuple[AttackSpec, ...],
             raise UserError(err.message, where=f"{source}: attacks[{i}]") from None
 
 
+def _check_defense_models(baseline: BaselineSpec, defenses: tuple[DefenseSpec, ...],
+                          source: str) -> None:
+    """Every defense can work on the suite's model (``Defense.check_model``), before any
+    work; e.g. certified training needs a model its bound propagation supports."""
+    for i, spec in enumerate(defenses):
+        if not spec.plugin.checks_model:
+            continue
+        with torch.random.fork_rng(devices=[]):
+            model = baseline.model_cls(num_classes=INSPECTED_CLASSES)
+        try:
+            spec.plugin.check_model(model, baseline.model, spec.params)
+        except UserError as err:
+            raise UserError(err.message, where=f"{source}: defenses[{i}]") from None
+
+
 def _always_shown(plugin: type[Attack], params: AttackParams) -> dict[str, Any]:
     defaults = plugin.Params().model_dump(mode="json")
     values = params.model_dump(mode="json")
@@ -443,6 +458,7 @@ def resolve(suite: Suite, source: str, seed: int | None = None) -> Plan:
     defenses = _defenses(suite, source, baseline, seed)
     attacks = _attacks(suite, source, seed, defenses)
     _check_verifiers(baseline, attacks, source)
+    _check_defense_models(baseline, defenses, source)
     return Plan(suite, source, baseline, defenses, attacks, seed)
 
 

@@ -350,3 +350,33 @@ def test_a_bounded_method_argument_is_refused_not_bounded_too_tightly():
         net = trace(ClampBy(), "clamp_by")
         x = torch.rand(2, 1, 2, 2)
         logit_box(net, (x - 0.1).clamp(0, 1), (x + 0.1).clamp(0, 1))
+
+
+class Squares(nn.Module):
+    """h * h: the product of two bounded values, which interval arithmetic here refuses."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(784, 16), nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x.flatten(1))
+        return self.fc2(h * h)
+
+
+def test_models_the_bounds_cannot_handle_fail_at_plan_time(monkeypatch):
+    """Found before any work, naming the entry: an operation that only fails on intervals,
+    and certified training on a model its bounds do not support."""
+    monkeypatch.setitem(MODELS._entries, "squares", Squares)
+    monkeypatch.setitem(MODELS._entries, "gelu_net", WithGelu)
+    with pytest.raises(UserError, match=r"s.yaml: attacks\[1\]: .*mul"):
+        resolve_raw(_suite([{"name": "fgsm", "eps": [0.1]}, {"name": "ibp", "eps": [0.1]}],
+                           model="squares"), "s.yaml")
+    with pytest.raises(UserError, match=r"s.yaml: defenses\[1\]: .*GELU"):
+        resolve_raw(_suite([{"name": "fgsm", "eps": [0.1]}], model="gelu_net",
+                           defenses=[{"name": "none"}, {"name": "certified_training"}]),
+                    "s.yaml")
+    with pytest.raises(UserError, match="warmup_epochs 5 >= epochs 1"):
+        resolve_raw(_suite([{"name": "fgsm", "eps": [0.1]}], defenses=[
+            {"name": "certified_training", "params": {"warmup_epochs": 5, "epochs": 1}}]),
+            "s.yaml")
