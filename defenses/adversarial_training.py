@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -81,6 +82,7 @@ from robench.attacks.base import (
     l2_normalize,
     project,
 )
+from robench.data import Split
 from robench.defenses.base import (
     DEFENSES,
     Defense,
@@ -245,6 +247,26 @@ class AdversarialLoss:
         return {"train_loss": mean, "train_eps": self.last_eps}
 
 
+def epoch_logger(ctx: DefenseContext, name: str, p: Any, monitor: Split, epochs: int,
+                 measure: Callable[[], dict[str, float]]) -> Callable[[int, dict[str, float]],
+                                                               None]:
+    """``log_epoch(step, values)`` for a training defense: adds the monitor's ``measure()``
+    (skipped when ``monitor_limit`` is 0 or there is no validation split), logs every value to
+    defense_metrics.csv and prints one line."""
+
+    def log_epoch(step: int, values: dict[str, float]) -> None:
+        if p.monitor_limit != 0 and len(monitor):
+            values.update(measure())
+        for metric, value in values.items():
+            ctx.log_metric(step=step, metric=metric, value=value, method=p.method, eps=p.eps,
+                           monitor_n=len(monitor))
+        if values:
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in values.items())
+            ctx.reporter.info(f"{name} epoch {step}/{epochs}: {shown}")
+
+    return log_epoch
+
+
 def training_config(base: TrainConfig, p: Any) -> TrainConfig:
     """The suite's ``train:`` settings with a training defense's own ``epochs``, ``lr`` and
     ``optimizer`` where it sets them (None: the suite's)."""
@@ -298,20 +320,14 @@ class AdversarialTraining(Defense):
         fgsm_name, pgd_name = (("fgsm", f"pgd{MONITOR_PGD_STEPS}") if p.norm == "linf"
                                else ("fgm_l2", f"pgd{MONITOR_PGD_STEPS}_l2"))
 
-        def log_epoch(step: int, values: dict[str, float]) -> None:
-            if p.monitor_limit != 0 and len(monitor):  # no validation split: no monitor
-                fgsm_outcome = evaluate_attack(model, fgsm, [p.eps], monitor)[0]
-                values["clean_acc"] = fgsm_outcome.clean_acc
-                values[f"{fgsm_name}_acc"] = fgsm_outcome.robust_acc
-                values[f"{pgd_name}_acc"] = evaluate_attack(
-                    model, pgd, [p.eps], monitor)[0].robust_acc
-            for metric, value in values.items():
-                ctx.log_metric(step=step, metric=metric, value=value, method=p.method,
-                               eps=p.eps, monitor_n=len(monitor))
-            if values:
-                shown = ", ".join(f"{k} {v:.3f}" for k, v in values.items())
-                ctx.reporter.info(f"adversarial_training[{p.method}] epoch {step}/"
-                                  f"{config.epochs}: {shown}")
+        def measure() -> dict[str, float]:
+            fgsm_outcome = evaluate_attack(model, fgsm, [p.eps], monitor)[0]
+            return {"clean_acc": fgsm_outcome.clean_acc,
+                    f"{fgsm_name}_acc": fgsm_outcome.robust_acc,
+                    f"{pgd_name}_acc": evaluate_attack(model, pgd, [p.eps], monitor)[0].robust_acc}
+
+        log_epoch = epoch_logger(ctx, f"adversarial_training[{p.method}]", p, monitor,
+                                 config.epochs, measure)
 
         log_epoch(0, {})
         train(model, ctx.train, config, seed=ctx.seed, loss_fn=loss_fn, reporter=ctx.reporter,

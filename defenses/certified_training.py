@@ -54,7 +54,7 @@ from torch.nn import functional as F
 
 from robench.attacks import ATTACKS
 from robench.attacks.ibp import Network, trace, worst_case_logits
-from robench.defenses.adversarial_training import fresh_init, training_config
+from robench.defenses.adversarial_training import epoch_logger, fresh_init, training_config
 from robench.defenses.base import (
     DEFENSES,
     Defense,
@@ -169,20 +169,14 @@ class CertifiedTraining(Defense):
         pgd = ctx.make_attack("pgd", model=model, params={
             "steps": MONITOR_PGD_STEPS, "alpha": 2.5 * p.eps / MONITOR_PGD_STEPS})
 
-        def log_epoch(step: int, values: dict[str, float]) -> None:
-            if p.monitor_limit != 0 and len(monitor):  # no validation split: no monitor
-                verified = evaluate_attack(model, ibp, [p.eps], monitor)[0]
-                values["clean_acc"] = verified.clean_acc
-                values["verified_acc"] = verified.robust_acc
-                values[f"pgd{MONITOR_PGD_STEPS}_acc"] = evaluate_attack(
-                    model, pgd, [p.eps], monitor)[0].robust_acc
-            for metric, value in values.items():
-                ctx.log_metric(step=step, metric=metric, value=value, method=p.method,
-                               eps=p.eps, monitor_n=len(monitor))
-            if values:
-                shown = ", ".join(f"{k} {v:.3f}" for k, v in values.items())
-                ctx.reporter.info(f"certified_training[{p.method}] epoch {step}/"
-                                  f"{config.epochs}: {shown}")
+        def measure() -> dict[str, float]:
+            verified = evaluate_attack(model, ibp, [p.eps], monitor)[0]
+            return {"clean_acc": verified.clean_acc, "verified_acc": verified.robust_acc,
+                    f"pgd{MONITOR_PGD_STEPS}_acc": evaluate_attack(
+                        model, pgd, [p.eps], monitor)[0].robust_acc}
+
+        log_epoch = epoch_logger(ctx, f"certified_training[{p.method}]", p, monitor,
+                                 config.epochs, measure)
 
         log_epoch(0, {})
         train(model, ctx.train, config, seed=ctx.seed, loss_fn=loss_fn, reporter=ctx.reporter,
