@@ -76,7 +76,8 @@ def weights_file(text: str, source: str) -> WeightsFile:
 
 def _read(path: Path, where: str) -> bytes:
     if not path.is_file():
-        what = "is a folder, not a checkpoint file" if path.is_dir() else "not found"
+        what = ("is a folder, not a checkpoint file" if path.is_dir() else
+                "is not a regular file" if path.exists() else "not found")
         raise UserError(f"weights file {path} {what}", where=where)
     try:
         return path.read_bytes()
@@ -144,10 +145,13 @@ def load_exactly(model: nn.Module, state: Mapping[str, torch.Tensor], model_name
     unexpected = [k for k in state if k not in expected]
     shapes = [f"{k} (file {_shape(state[k])}, model {_shape(v)})"
               for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
+    # a float parameter from an integer tensor would be a silent cast of something else
+    dtypes = [f"{k} (file {state[k].dtype}, model {v.dtype})" for k, v in expected.items()
+              if k in state and v.is_floating_point() and not state[k].is_floating_point()]
+    if missing or unexpected or shapes or dtypes:
         parts = [f"{label} {_first(items)}" for label, items in
                  (("missing keys", missing), ("unexpected keys", unexpected),
-                  ("shape mismatches", shapes)) if items]
+                  ("shape mismatches", shapes), ("non-float values", dtypes)) if items]
         hint = (" (a checkpoint of another architecture?)"
                 if not set(state) & set(expected) or shapes else "")
         raise UserError(f"checkpoint does not fit model {model_name!r}{hint}: "

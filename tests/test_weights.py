@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +157,8 @@ def _write(path: Path, what: str) -> None:
         torch.save(state, path)
     elif what == "other_architecture":
         torch.save(MnistCNN().state_dict(), path)
+    elif what == "integer_values":
+        torch.save({k: v.to(torch.int64) for k, v in state.items()}, path)
     elif what == "bad_safetensors":
         path.write_bytes((100).to_bytes(8, "little") + b"{" + b"x" * 120)
 
@@ -171,6 +174,7 @@ BAD = [
     ("other_architecture", "missing keys normalize.mean, normalize.std, classifier.5.weight",
      "(+"),
     ("bad_safetensors", "not a readable safetensors file", ""),
+    ("integer_values", "non-float values", "(file torch.int64, model torch.float32)"),
 ]
 
 
@@ -192,6 +196,10 @@ def test_missing_file_and_folder(tmp_path, mnist):
         resolve_and_check(tmp_path / "nope.pt", mnist)
     with pytest.raises(UserError, match="is a folder, not a checkpoint file"):
         resolve_and_check(tmp_path, mnist)
+    fifo = tmp_path / "fifo.pt"
+    os.mkfifo(fifo)  # reading it would block: refused without opening it
+    with pytest.raises(UserError, match=r"fifo\.pt is not a regular file"):
+        resolve_and_check(fifo, mnist)
 
 
 def test_empty_weights_path_is_a_schema_error(tmp_path):
