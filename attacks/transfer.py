@@ -15,7 +15,11 @@ Arguments:
         setting of an undefended surrogate. A label not in the suite is an error at load time.
     attack (default ``pgd``): the registered attack that crafts the examples on the source.
     attack_params (default {}): its params, validated by its own schema at load time; the
-        defaults make PGD-40 with alpha 0.01 and a random start, the suite's PGD.
+        defaults make PGD-40 with alpha 0.01 and a random start, the suite's PGD. A crafting
+        attack with an ``early_stop`` param (active-set PGD and BIM) crafts with
+        ``early_stop: false`` unless given: the first iterate that fools the source barely
+        crosses its decision boundary and transfers poorly; the final iterate is what the
+        transfer literature crafts (ftramer/ensemble-adv-training ``attacks.py``).
 
 The crafting attack gets this attack's seed, so its random starts are per image as usual and
 the examples are exactly those that attack would craft on the source directly (the same for
@@ -69,8 +73,13 @@ class TransferParams(AttackParams):
         if "attack" not in info.data:  # the attack name itself was invalid
             return value
         name = info.data["attack"]
+        schema = ATTACKS.get(name).Params
+        if "early_stop" in schema.model_fields and "early_stop" not in value:
+            # an active-set attack would stop at the first iterate that fools the source,
+            # which barely crosses its boundary and transfers poorly: craft the final iterate
+            value = {**value, "early_stop": False}
         try:
-            validated = ATTACKS.get(name).Params.model_validate(value)
+            validated = schema.model_validate(value)
         except ValidationError as err:
             raise ValueError(nested_params_message(err, f"for crafting attack {name!r}")) \
                 from None

@@ -196,7 +196,8 @@ def pgd_examples(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         rows = (eps_index == k).nonzero().squeeze(1)
         if not rows.numel():
             continue
-        attack = create_attack("pgd", model, {"steps": PGD_STEPS,
+        # the final iterate, as PGD training data is made (not the active-set first fooling one)
+        attack = create_attack("pgd", model, {"steps": PGD_STEPS, "early_stop": False,
                                               "alpha": PGD_STEP_FACTOR * eps / PGD_STEPS},
                                seed=seed)
         for start in range(0, rows.numel(), batch_size):
