@@ -124,10 +124,10 @@ class AutoAttack(Attack):
     def budget(cls, params: AutoAttackParams) -> int:
         """Gradient steps plus queries per image, every component run to the end (an upper
         bound: each component only attacks the images the earlier ones left robust)."""
-        return int(sum(cls.work_per_image(params)))
+        return int(sum(cls.work_per_image(params, 1.0)))
 
     @classmethod
-    def work_per_image(cls, params: AutoAttackParams) -> Work:
+    def work_per_image(cls, params: AutoAttackParams, eps: float) -> Work:
         # APGD-CE, APGD-T and FAB-T per target: input gradients; Square: forward queries
         steps = STANDARD_ITERATIONS if params.version == "standard" else FAST_ITERATIONS
         return Work(grad=steps * (1 + 2 * STANDARD_TARGETS), forward=STANDARD_QUERIES)

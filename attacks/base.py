@@ -140,8 +140,8 @@ class Attack:
         return 1
 
     @classmethod
-    def work_per_image(cls, params: Any) -> Work:
-        """Image passes per image and eps, for time estimates (``robench plan``): an upper
+    def work_per_image(cls, params: Any, eps: float) -> Work:
+        """Image passes per image at ``eps``, for time estimates (``robench plan``): an upper
         bound, since an attack that stops on fooled images costs less. By default ``budget``
         input gradients; a ``black_box`` attack's budget is forward queries; a ``verifier``'s
         interval bounds cost about two forwards (centre and radius)."""

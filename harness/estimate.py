@@ -65,11 +65,11 @@ def attack_work(spec: AttackSpec, n_images: int, eps: Sequence[float]) -> Work:
     if not eps:
         return NO_WORK
     verifier = spec.plugin.family == "verifier"
-    attacked = len(eps) if verifier else sum(1 for e in eps if e > 0)
-    if spec.plugin.shares_work_across_eps:
-        attacked = min(attacked, 1)
-    per_image = spec.plugin.work_per_image(spec.params)
-    return per_image.scaled(attacked * n_images) + Work(forward=(len(eps) + 1) * n_images)
+    per_eps = [spec.plugin.work_per_image(spec.params, e) for e in eps if verifier or e > 0]
+    if spec.plugin.shares_work_across_eps and per_eps:
+        per_eps = [max(per_eps, key=lambda w: w.units)]
+    attacked = sum(per_eps, NO_WORK)
+    return attacked.scaled(n_images) + Work(forward=(len(eps) + 1) * n_images)
 
 
 def suite_work(plan: Plan, n_train: int, n_validation: int, n_eval: int) -> Work:
