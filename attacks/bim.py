@@ -32,6 +32,7 @@ from pydantic import Field
 
 from robench.attacks.active import attack_until_fooled
 from robench.attacks.base import ATTACKS, Attack, AttackParams, input_gradient, project
+from robench.work import Work
 
 
 class BIMParams(AttackParams):
@@ -58,6 +59,11 @@ class BIM(Attack):
         # the budget cannot depend on eps: with the paper's rule, its count at eps 1 (an upper
         # bound for every eps in [0, 1])
         return params.steps if params.steps is not None else paper_steps(1.0)
+
+    @classmethod
+    def work_per_image(cls, params: BIMParams, eps: float) -> Work:
+        # the steps it takes at this eps (the budget above is the count at eps 1)
+        return Work(grad=params.steps if params.steps is not None else paper_steps(eps))
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         p = self.params

@@ -47,6 +47,7 @@ from torch import nn
 
 from robench.attacks.base import ATTACKS, Attack, AttackParams, Norm, project
 from robench.errors import nested_params_message
+from robench.work import Work
 
 
 class TransferParams(AttackParams):
@@ -114,6 +115,11 @@ class Transfer(Attack):
     @classmethod
     def budget(cls, params: TransferParams) -> int:
         return ATTACKS.get(params.attack).budget(params.crafting_params)
+
+    @classmethod
+    def work_per_image(cls, params: TransferParams, eps: float) -> Work:
+        # crafted on the source model by the crafting attack; the target only classifies
+        return ATTACKS.get(params.attack).work_per_image(params.crafting_params, eps)
 
     @classmethod
     def code_dependencies(cls, params: TransferParams) -> list[object]:

@@ -24,7 +24,7 @@ from torch import nn
 
 import robench
 from robench.attacks import Attack
-from robench.cache import ModelCache, cache_key
+from robench.cache import ModelCache, data_key
 from robench.checks import model_diagnostics
 from robench.config import Suite, load_suite, parse_suite
 from robench.data import (
@@ -37,6 +37,7 @@ from robench.data import (
 from robench.defenses import DefenseContext
 from robench.eps import canonical_eps, eps_text
 from robench.errors import Interrupted, UserError
+from robench.estimate import attack_work, baseline_work, defense_work, suite_work
 from robench.evaluation import evaluate_attack
 from robench.finalize import DIAGNOSTICS_FILE, finalize, read_diagnostics
 from robench.models import model_hash as fingerprint
@@ -161,6 +162,8 @@ class Runner:
         splits = data_splits(plan, dataset)
         train_split, validation, test_split = (s.to(self.device) for s in splits)
         self._start_run_record(len(test_split))
+        self.reporter.start_overall(suite_work(plan, len(train_split), len(validation),
+                                               len(test_split)).units, f"suite {plan.name}")
         seeds = ", ".join(map(str, plan.seeds))
         self.reporter.info(f"suite {plan.name}: {plan.baseline.dataset} train "
                            f"{len(train_split)}, validation {len(validation)}, eval "
@@ -184,6 +187,7 @@ class Runner:
                     self.attack(seed, defense, attack, model, model_hash, test_split, seconds)
                     planned.update((defense.label, attack.label, eps, seed)
                                    for eps in attack.eps)
+        self.reporter.close_overall()
         self.table.keep_only(planned)
         self.outcomes.keep_only(planned)
         self.diagnostics = {k: v for k, v in self.diagnostics.items()
@@ -206,6 +210,7 @@ class Runner:
         key = self._with_data(spec.cache_key)
         if self.cache.load(key, model) is not None:
             self.reporter.info(f"baseline {spec.model}: loaded from cache ({key[:10]})")
+            self.reporter.skip(baseline_work(spec, len(train_split)).units)
             return model.to(self.device).eval()
         t0 = time.perf_counter()
         train(model, train_split, spec.train, seed=spec.seed, reporter=self.reporter,
@@ -213,6 +218,7 @@ class Runner:
         seconds = time.perf_counter() - t0
         self.reporter.info(f"baseline {spec.model}: trained {spec.train.epochs} epochs "
                            f"in {seconds:.1f}s")
+        self.reporter.advance(baseline_work(spec, len(train_split)).units)
         self._warn(self.cache.save(key, model, {"seconds": seconds}))
         return model.eval()
 
@@ -221,7 +227,9 @@ class Runner:
         model = copy.deepcopy(baseline)
         key = self._with_data(spec.cache_key)
         meta = self.cache.load(key, model) if spec.plugin.cacheable else None
+        units = defense_work(spec, self.plan.suite.train, len(train_split), len(validation)).units
         if meta is not None:
+            self.reporter.skip(units)
             self.reporter.info(f"[{spec.label}] defended model loaded from cache ({key[:10]})")
             self._add_metrics(spec, seed, meta.get("metrics", []))
             return model.to(self.device).eval(), float(meta["seconds"])
@@ -236,6 +244,7 @@ class Runner:
         for p in defended.parameters():
             p.grad = None
         self.reporter.info(f"[{spec.label}] defense {spec.name} took {seconds:.1f}s")
+        self.reporter.advance(units)
         if spec.plugin.cacheable:
             self._warn(self.cache.save(key, defended,
                                        {"seconds": seconds, "metrics": result.metrics}))
@@ -272,6 +281,8 @@ class Runner:
         # only the cells not yet verified: random starts are drawn per (eps, image), so a cell's
         # numbers do not depend on which other eps are attacked with it
         missing = [eps for eps in attack.eps if not self._done(expect, eps)]
+        units = attack_work(attack, len(data), missing).units
+        self.reporter.skip(attack_work(attack, len(data), attack.eps).units - units)
         if not missing:
             self.reporter.info(f"[{defense.label}] {attack.label}{self._tag(seed)}: already "
                                "in results.csv, skipped")
@@ -298,6 +309,7 @@ class Runner:
                                     self._image_ids, outcomes)
         self.table.replace_cells(rows)
         self.cells_done += len(rows)
+        self.reporter.advance(units)
         curve = ", ".join(f"{eps_text(o.eps)}: {o.robust_acc:.3f}" for o in outcomes)
         self.reporter.info(f"[{defense.label}] {attack.label}{self._tag(seed)} robust accuracy "
                            f"{{{curve}}}")
@@ -305,12 +317,7 @@ class Runner:
     def _done(self, expect: CellExpectation, eps: float) -> bool:
         """A cell is done when its row is exactly this cell and every number in it is what its
         per-image outcomes (for exactly these images) give."""
-        row = self.table.verified(expect, eps)
-        if row is None:
-            return False
-        counts = self.outcomes.counts(expect.defense, expect.attack, eps, expect.seed,
-                                      self._image_ids)
-        return counts is not None and consistent(row, *counts, n=len(self._image_ids))
+        return cell_verified(self.table, self.outcomes, expect, eps, self._image_ids)
 
     # -- bookkeeping ----------------------------------------------------------------------
     def _tag(self, seed: int) -> str:
@@ -319,7 +326,7 @@ class Runner:
 
     def _with_data(self, key: str) -> str:
         """A plan's cache key joined with the fingerprint of the data actually loaded."""
-        return cache_key(plan=key, data=self.data_hash)
+        return data_key(key, self.data_hash)
 
     def _warn(self, problem: str | None) -> None:
         if problem:
@@ -467,6 +474,18 @@ def consistent(row: dict[str, Any], clean: int, robust: int, fooled: int, n: int
     return True
 
 
+def cell_verified(table: ResultTable, outcomes: OutcomeTable, expect: CellExpectation,
+                  eps: float, image_ids: list[int]) -> bool:
+    """Whether a stored cell is exactly this cell and every number in its row is what its
+    per-image outcomes (for exactly these images) give: what resume trusts (``robench plan``
+    asks the same)."""
+    row = table.verified(expect, eps)
+    if row is None:
+        return False
+    counts = outcomes.counts(expect.defense, expect.attack, eps, expect.seed, image_ids)
+    return counts is not None and consistent(row, *counts, n=len(image_ids))
+
+
 def reproduction_line(folder: Path, results: pd.DataFrame) -> str:
     """Whether this run reproduced the results.csv committed in git for this folder."""
     from robench.compare import compare_frames
@@ -515,9 +534,9 @@ def data_splits(plan: Plan, dataset: Dataset) -> tuple[Split, Split, Split]:
     return train, validation, evaluation_split(dataset.test, data.eval_limit, data.split_seed)
 
 
-def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, pd.DataFrame]:
-    """Load, resolve and run a suite file. Returns the results folder and the leaderboard."""
-    opts = opts or RunOptions()
+def prepare(path: str | Path, opts: RunOptions) -> tuple[Plan, Dataset, Path]:
+    """The plan, the dataset and the results folder of a suite with the command line's options,
+    every user mistake found before anything is written (``robench plan`` stops here)."""
     plan = resolve(apply_overrides(load_suite(path), opts, str(path)), str(path))
     # user mistakes fail before anything is written
     resolve_device(plan.suite.device, where="--device" if opts.device else f"{path}: device")
@@ -527,6 +546,13 @@ def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, p
     data_splits(plan, dataset)  # sizes checked before the folder is opened
     plan.baseline.check(dataset)  # checkpoint fits, model returns logits: before any write
     out_dir = Path(opts.out) if opts.out else Path("results") / plan.name
+    return plan, dataset, out_dir
+
+
+def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, pd.DataFrame]:
+    """Load, resolve and run a suite file. Returns the results folder and the leaderboard."""
+    opts = opts or RunOptions()
+    plan, dataset, out_dir = prepare(path, opts)
     with OutputFolder.open(out_dir) as folder:
         foreign = folder.foreign_conflicts(output_names(folder.path))
         if foreign:
