@@ -21,6 +21,10 @@ Arguments:
         crosses its decision boundary and transfers poorly; the final iterate is what the
         transfer literature crafts (ftramer/ensemble-adv-training ``attacks.py``).
 
+The examples are crafted once per source model and reused for every target of the suite
+(same source, crafting params, seed, images and eps: the same examples; kept in memory while the
+source model lives), so a transfer column costs one crafting, not one per defense.
+
 The crafting attack gets this attack's seed, so its random starts are per image as usual and
 the examples are exactly those that attack would craft on the source directly (the same for
 every target: differences between targets are theirs). Compared with the authors' evaluation
@@ -31,6 +35,7 @@ of each ``target_model`` on the same examples): the same protocol, with robench'
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -157,5 +162,28 @@ class Transfer(Attack):
     def sweep(self, x: torch.Tensor, y: torch.Tensor,
               eps_list: Sequence[float]) -> Iterator[tuple[float, torch.Tensor]]:
         # the crafter's own sweep (FGSM shares its gradient); the target is never touched
-        for eps, x_adv in self.crafter.sweep(x, y, eps_list):
-            yield eps, project(x_adv, x.detach(), float(eps), self.norm) if eps else x_adv
+        for eps, x_adv in self._crafted(x, y, [float(e) for e in eps_list]):
+            yield eps, project(x_adv, x.detach(), eps, self.norm) if eps else x_adv
+
+    def _crafted(self, x: torch.Tensor, y: torch.Tensor,
+                 eps_list: list[float]) -> Iterator[tuple[float, torch.Tensor]]:
+        """The crafter's examples, crafted once per source model for every target: the same
+        source, crafting params, seed, named images (and their pixels and labels) and eps give
+        the same examples, so later targets reuse them (kept while the source model lives)."""
+        if self._image_ids is None:  # unnamed images: no identity to remember them by
+            yield from self.crafter.sweep(x, y, eps_list)
+            return
+        memo = _CRAFTED.setdefault(self.crafter.model, {})
+        images = (self.params.crafting_params.model_dump_json(), self.seed,
+                  tuple(self._image_ids), tuple(y.tolist()), float(x.double().sum()))
+        missing = [eps for eps in eps_list if (images, eps) not in memo]
+        if missing:
+            for eps, x_adv in self.crafter.sweep(x, y, missing):
+                memo[(images, eps)] = x_adv.detach()
+        for eps in eps_list:
+            yield eps, memo[(images, eps)]
+
+
+#: examples crafted on each source model, weakly keyed by the model object (freed with it)
+_CRAFTED: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, float], torch.Tensor]] = \
+    weakref.WeakKeyDictionary()

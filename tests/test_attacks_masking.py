@@ -389,3 +389,32 @@ def test_transfer_crafts_the_final_iterate_unless_told_otherwise():
     assert TransferParams(attack="bim").crafting_params.early_stop is False
     told = TransferParams(attack_params={"early_stop": True})
     assert told.crafting_params.early_stop is True
+
+
+def test_transfer_crafts_once_for_every_target(trained_lenet, mnist, monkeypatch):
+    """Two targets, one source: the second target reuses the first's examples (one crafting
+    per eps and batch), and its outcomes are those of crafting afresh."""
+    from robench.attacks.pgd import PGD
+
+    calls = []
+    original = PGD.perturb
+
+    def counting(self, x, y, eps):
+        calls.append(eps)
+        return original(self, x, y, eps)
+
+    monkeypatch.setattr(PGD, "perturb", counting)
+    source, data = copy.deepcopy(trained_lenet), mnist.test.head(200)
+    params = {"attack_params": {"steps": 3, "alpha": 0.1}}
+    targets = [other_model(), copy.deepcopy(trained_lenet)]
+    outcomes = []
+    for target in targets:
+        transfer = create_attack("transfer", target, params, seed=4)
+        transfer.set_source(source)
+        outcomes.append(evaluate_attack(target, transfer, [0.1, 0.3], data))
+    assert sorted(calls) == [0.1, 0.3]  # crafted for the first target only
+    fresh = create_attack("transfer", targets[1], params, seed=4)
+    fresh.set_source(copy.deepcopy(source))  # another source object: crafted again
+    again = evaluate_attack(targets[1], fresh, [0.1, 0.3], data)
+    assert len(calls) == 4
+    assert all(torch.equal(a.adv_ok, b.adv_ok) for a, b in zip(outcomes[1], again, strict=True))
