@@ -20,9 +20,11 @@ paper does not say how to round) and at least 1 (torchattacks would take 0 steps
 eps ~ 0.003).
 
 ``early_stop`` (default true): active-set BIM as active-set PGD (``robench.attacks.active``):
-an image stops at its first misclassified iterate and keeps it, an image misclassified before
-the attack is not attacked; never weaker per image than the final iterate (Kurakin et al. and
-torchattacks return the final iterate). ``early_stop: false`` is the plain loop.
+an image stops at its first misclassified iterate and keeps it (checked again on the whole
+batch), an image misclassified before the attack is not attacked; for a deterministic model
+never weaker per image than the final iterate (Kurakin et al. and torchattacks return the final
+iterate); a randomized model gets the plain loop. ``early_stop: false`` is the plain loop (the
+one cross-checked with torchattacks image by image).
 """
 
 from __future__ import annotations

@@ -13,19 +13,21 @@ With ``norm: l2``, ``alpha`` must be given (the default 0.01 is an L-inf step; a
 is ``2.5 * eps / steps`` for the largest eps, as in Madry et al.).
 
 ``early_stop`` (default true): active-set PGD (``robench.attacks.active``). An image stops at
-its first misclassified iterate and keeps it (AutoAttack's APGD keeps its best point likewise),
-and an image the model gets wrong before the attack is not attacked; every other image follows
-the plain loop's trajectory, so the result is never weaker per image than the final iterate
-(Madry et al.'s reference, ``MadryLab/mnist_challenge/pgd_attack.py``, and torchattacks'
-``PGD`` return the final iterate). With restarts, a restart attacks only the images every
-earlier restart failed on. ``early_stop: false`` is the plain final-iterate loop (for
-comparison; the defenses that train on PGD examples use it). The ``torchattacks`` and ``art``
-backends always run their library's own final-iterate loop.
+its first misclassified iterate and keeps it, and an image the model gets wrong before the
+attack is not attacked; a stopped image is checked again in a forward pass of the whole batch
+(and resumes if it is not fooled there), every other image follows the plain loop's trajectory,
+so for a deterministic model the result is never weaker per image than the final iterate
+(Madry et al.'s reference, ``MadryLab/mnist_challenge/pgd_attack.py``, and torchattacks' ``PGD``
+return the final iterate); a randomized model gets the plain loop. With restarts, a restart
+attacks only the images every earlier restart failed on. ``early_stop: false`` is the plain
+final-iterate loop (for comparison; PGD examples made as training data use it). The
+``torchattacks`` and ``art`` backends run their library's own final-iterate loop: their params
+record ``early_stop: false`` (``true`` with them is an error).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -55,8 +57,19 @@ class PGDParams(AttackParams):
     norm: Norm = "linf"
     early_stop: bool = True     # active set: stop each image at its first fooling iterate
 
+    @model_validator(mode="before")
+    @classmethod
+    def _libraries_run_their_own_loop(cls, data: Any) -> Any:
+        # torchattacks and ART return their final iterate: recorded as such in the params
+        if isinstance(data, dict) and data.get("backend", "native") != "native":
+            return {"early_stop": False, **data}
+        return data
+
     @model_validator(mode="after")
-    def _alpha_fits_norm(self) -> PGDParams:
+    def _consistent(self) -> PGDParams:
+        if self.early_stop and self.backend != "native":
+            raise ValueError(f"early_stop applies to the native backend only; {self.backend} "
+                             "runs its own final-iterate loop (leave early_stop out)")
         if self.norm == "linf" and self.alpha > 1:
             raise ValueError(f"alpha {self.alpha:g} > 1: an L-inf step is at most 1 (inputs "
                              "are in [0, 1])")

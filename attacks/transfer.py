@@ -80,7 +80,8 @@ class TransferParams(AttackParams):
             return value
         name = info.data["attack"]
         schema = ATTACKS.get(name).Params
-        if "early_stop" in schema.model_fields and "early_stop" not in value:
+        field = schema.model_fields.get("early_stop")
+        if field is not None and field.annotation is bool and "early_stop" not in value:
             # an active-set attack would stop at the first iterate that fools the source,
             # which barely crosses its boundary and transfers poorly: craft the final iterate
             value = {**value, "early_stop": False}

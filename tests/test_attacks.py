@@ -173,3 +173,71 @@ def test_active_set_stops_only_beyond_the_margin():
     logits = torch.tensor([[1.0, 1.0 + STOP_MARGIN / 2, 0.0], [1.0, 1.0 + 2 * STOP_MARGIN, 0.0],
                            [2.0, 1.0, 0.0]])
     assert fooled_by_margin(logits, torch.tensor([0, 0, 0])).tolist() == [False, True, False]
+
+
+class _LargeLogits(torch.nn.Module):
+    """2 classes, logits ~7e3 with a common mode: a batch of one rounds its margin differently
+    from a batch of two (a reviewer's counterexample to a stop decided on a sub-batch)."""
+
+    def __init__(self, w, v, b):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.stack([w, w + v]))
+        self.bias = torch.nn.Parameter(b)
+
+    def forward(self, x):
+        return x.flatten(1) @ self.weight.T + self.bias
+
+
+def test_active_set_checks_its_stops_on_the_whole_batch():
+    from robench.data import Split
+
+    g = torch.Generator().manual_seed(29)
+    x = torch.rand(2, 1, 28, 28, generator=g) * 0.4 + 0.3
+    w = torch.randn(784, generator=g) * 300
+    v = torch.randn(784, generator=g)
+    v = v / v.abs().sum()
+    model = _LargeLogits(w, v, torch.tensor([0.0, -(x[0].flatten() @ v).item() - 0.205])).eval()
+    data = Split(x, torch.tensor([0, 1]))  # image 1 misclassified: image 0 is attacked alone
+    robust = {}
+    for early_stop in (True, False):
+        attack = create_attack("pgd", model, {"steps": 40, "alpha": 0.01, "random_start": False,
+                                              "early_stop": early_stop})
+        robust[early_stop] = evaluate_attack(model, attack, [0.3], data)[0].robust
+    assert not robust[False].any()
+    assert torch.equal(robust[True], robust[False])
+
+
+class _Noisy(torch.nn.Module):
+    """A randomized defense: Gaussian noise on the input before the classifier."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model((x + 0.3 * torch.randn_like(x)).clamp(0, 1))
+
+
+@pytest.mark.parametrize("name,params", [("pgd", {"steps": 20, "alpha": 0.02}), ("bim", {})])
+def test_active_set_runs_the_plain_loop_on_a_randomized_model(trained_lenet, mnist, name, params):
+    """One noisy forward pass cannot decide that an image is fooled: a model whose forward
+    passes differ gets every step on every image (the stop rule alone overstated such a model
+    by 47 pp in review)."""
+    noisy, data = _Noisy(trained_lenet).eval(), mnist.test.head(300)
+    torch.manual_seed(0)
+    robust, clean = {}, {}
+    for early_stop in (True, False):
+        attack = create_attack(name, noisy, {**params, "early_stop": early_stop}, seed=2)
+        outcome = evaluate_attack(noisy, attack, [0.15], data)[0]
+        robust[early_stop], clean[early_stop] = outcome.robust_acc, outcome.clean_acc
+    assert robust[False] < clean[False] - 0.2  # a real attack on the noisy model
+    assert abs(robust[True] - robust[False]) <= 0.06  # the same loop, other noise draws
+
+
+def test_library_backends_record_their_final_iterate():
+    from robench.attacks.pgd import PGDParams
+
+    assert PGDParams().early_stop is True
+    assert PGDParams(backend="torchattacks").early_stop is False
+    with pytest.raises(ValueError, match="native backend only"):
+        PGDParams(backend="art", early_stop=True)
