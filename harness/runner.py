@@ -356,6 +356,7 @@ class Runner:
                         for i, a in enumerate(plan.attacks)},
             "versions": _versions(), **git_state(), "device": str(self.device),
             "threads": torch.get_num_threads(),
+            **(self.executor.run_record() if self.executor is not None else {}),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
 
@@ -506,23 +507,30 @@ def data_splits(plan: Plan, dataset: Dataset) -> tuple[Split, Split, Split]:
 
 def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, pd.DataFrame]:
     """Load, resolve and run a suite file. Returns the results folder and the leaderboard."""
+    from robench.executors import check_options, open_executor
+
     opts = opts or RunOptions()
+    check_options(opts.executor, opts.jobs, opts.address)
     plan = resolve(apply_overrides(load_suite(path), opts, str(path)), str(path))
     # user mistakes fail before anything is written
-    resolve_device(plan.suite.device, where="--device" if opts.device else f"{path}: device")
+    device_where = "--device" if opts.device else f"{path}: device"
+    if opts.executor == "serial":  # a Ray run's device is checked against the cluster's
+        resolve_device(plan.suite.device, where=device_where)
     if opts.out is not None and not opts.out.strip():
         raise UserError("empty folder name", where="--out")
     dataset = load_dataset(plan.suite.data.dataset, plan.suite.data.root)
     data_splits(plan, dataset)  # sizes checked before the folder is opened
     plan.baseline.check(dataset)  # checkpoint fits, model returns logits: before any write
     out_dir = Path(opts.out) if opts.out else Path("results") / plan.name
-    with OutputFolder.open(out_dir) as folder:
+    with open_executor(opts.executor, opts.jobs, opts.address, opts.quiet, plan.suite.device,
+                       device_where) as (device, executor), \
+            OutputFolder.open(out_dir) as folder:
         foreign = folder.foreign_conflicts(output_names(folder.path))
         if foreign:
             raise UserError("results folder holds files robench did not write: "
                             f"{', '.join(foreign[:6])}{' ...' if len(foreign) > 6 else ''}; "
                             "choose another --out or move them away", where=str(out_dir))
-        runner = Runner(plan, folder, opts)
+        runner = Runner(plan, folder, opts, device=device, executor=executor)
         try:
             board = runner.run(dataset)
         except KeyboardInterrupt:
