@@ -29,6 +29,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,50 @@ def probe(address: str, where: str, seconds: float = PROBE_SECONDS) -> None:
                         "`ray start --head` or check the address", where=where) from None
 
 
+def check_gcs(ray: Any, address: str, where: str, seconds: float = PROBE_SECONDS) -> None:
+    """A ``UserError`` naming ``address`` unless a Ray cluster (its GCS) answers there within
+    ``seconds``: whatever else accepts the connection (a proxy, another server) would keep
+    ``ray.init`` retrying for half a minute. Uses Ray's own GCS client; skipped when this Ray
+    has none."""
+    client = getattr(getattr(ray, "_raylet", None), "GcsClient", None)
+    if client is None:
+        return
+    outcome: dict[str, Any] = {}
+
+    def attempt() -> None:
+        try:
+            client(address=address)
+            outcome["ok"] = True
+        except Exception as err:  # noqa: BLE001 - any failure means: not a usable cluster
+            outcome["error"] = err
+
+    thread = threading.Thread(target=attempt, daemon=True)  # a stuck connect is left behind
+    with fd2_silenced():
+        thread.start()
+        thread.join(seconds)
+    if outcome.get("ok"):
+        return
+    error = outcome.get("error")
+    reason = "no answer" if error is None else " ".join(str(error).split())[:160]
+    raise UserError(f"cannot reach a Ray cluster at {address} ({reason}); start one with "
+                    "`ray start --head` or check the address (and RAY_AUTH_TOKEN if the "
+                    "cluster uses token authentication)", where=where)
+
+
+@contextlib.contextmanager
+def fd2_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for a while: Ray's C++ client logs each failed attempt
+    there itself, and a bad address must stay one line (``robench: error: ...``)."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def resolve_auto(ray: Any) -> str:
     """The address ``auto`` stands for: the latest cluster `ray start` started on this machine
     (Ray's own lookup), or a ``UserError`` when there is none."""
@@ -141,6 +186,14 @@ def resolve_auto(ray: Any) -> str:
         raise UserError(f"no running Ray cluster found on this machine ({err}); start one with "
                         "`ray start --head`", where="--address") from None
     return found or "auto"
+
+
+def temp_root() -> str:
+    """Where a local cluster's temporary folder goes: the system's temporary folder, unless its
+    path is so long that Ray's socket paths below it (about 70 characters more) would pass the
+    107-byte limit of a Unix socket path; then /tmp."""
+    base = tempfile.gettempdir()
+    return "/tmp" if len(base) > 30 and os.path.isdir("/tmp") else base
 
 
 class RayCluster:
@@ -178,7 +231,7 @@ class RayCluster:
             level = logging.WARNING
             if self.local:
                 self._refresh_config(ray)
-                self.temp_dir = Path(tempfile.mkdtemp(prefix="robench-ray-"))
+                self.temp_dir = Path(tempfile.mkdtemp(prefix="robench-ray-", dir=temp_root()))
                 ray.init(num_cpus=self.jobs or os.cpu_count() or 1, include_dashboard=False,
                          _temp_dir=str(self.temp_dir), logging_level=level,
                          log_to_driver=not self.quiet)
@@ -186,7 +239,15 @@ class RayCluster:
                 address = resolve_auto(ray) if self.address == "auto" else self.address
                 if address != "auto":
                     probe(address, self.where)
-                ray.init(address=address, logging_level=level, log_to_driver=not self.quiet)
+                    if "://" not in address:  # ray:// is Ray Client's server, not a GCS
+                        check_gcs(ray, address, self.where)
+                try:
+                    ray.init(address=address, logging_level=level,
+                             log_to_driver=not self.quiet)
+                except ConnectionError as err:
+                    raise UserError(f"cannot connect to the Ray cluster at {address} "
+                                    f"({' '.join(str(err).split())[:160]})",
+                                    where=self.where) from None
         except BaseException:
             self.close(failed=True)
             raise
@@ -222,7 +283,7 @@ class RayCluster:
         if not self._saved_env:
             return
         config = getattr(getattr(ray, "_raylet", None), "Config", None)
-        if config is not None:
+        if hasattr(config, "initialize"):
             config.initialize("")
 
     def gpus(self) -> float:
