@@ -3,6 +3,7 @@ gives exactly the serial results, resumes after kill -9, and refuses bad options
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -291,42 +292,45 @@ def test_kill_9_of_the_driver_then_resume(tmp_path, cli_env):
                      .replace("steps: 3", "steps: 40"))
     out = tmp_path / "out"
     short = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))  # Ray's socket paths stay short
-    env = dict(cli_env, TMPDIR=str(short))
-    args = [sys.executable, "-m", "robench.cli", "run", str(suite), "--out", str(out),
-            "--quiet", "--executor", "ray", "--jobs", "2"]
-    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    csv = out / "results.csv"
-    deadline = time.time() + 400
-    while not csv.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    partial = pd.read_csv(csv)  # never torn: written by rename
-    assert 0 < len(partial) < 12
-    done_before = partial.set_index(["defense", "attack", "eps"])["created_at"]
-    # the local cluster dies with its driver (Ray's reaper); wait for it, however long it takes
-    folders = list(short.glob("robench-ray-*"))
-    assert len(folders) == 1
-    while ray_processes(folders[0]) and time.time() < deadline + 60:
-        time.sleep(0.5)
-    assert not ray_processes(folders[0]), "Ray processes outlived their killed driver"
+    try:
+        env = dict(cli_env, TMPDIR=str(short))
+        args = [sys.executable, "-m", "robench.cli", "run", str(suite), "--out", str(out),
+                "--quiet", "--executor", "ray", "--jobs", "2"]
+        proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        csv = out / "results.csv"
+        deadline = time.time() + 400
+        while not csv.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        partial = pd.read_csv(csv)  # never torn: written by rename
+        assert 0 < len(partial) < 12
+        done_before = partial.set_index(["defense", "attack", "eps"])["created_at"]
+        # the local cluster dies with its driver (Ray's reaper): wait for that, not for a time
+        folders = list(short.glob("robench-ray-*"))
+        assert len(folders) == 1
+        while ray_processes(folders[0]) and time.time() < deadline + 60:
+            time.sleep(0.5)
+        assert not ray_processes(folders[0]), "Ray processes outlived their killed driver"
 
-    resumed = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True,
-                             timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
-    final = pd.read_csv(csv)
-    assert len(final) == 12
-    assert not final.duplicated(["defense", "attack", "eps", "seed"]).any()
-    after = final.set_index(["defense", "attack", "eps"])["created_at"]
-    for key, stamp in done_before.items():
-        assert after[key] == stamp  # finished cells were not recomputed
-    log = (out / "run.log").read_text().split("resuming:")[-1]
-    assert "loaded from cache" in log and "already in results.csv" in log
-    assert not list(out.glob(".*.tmp"))
-    # a run that ended without error leaves no Ray folder behind
-    assert sorted(short.glob("robench-ray-*")) == folders
+        resumed = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True,
+                                 timeout=600)
+        assert resumed.returncode == 0, resumed.stderr
+        final = pd.read_csv(csv)
+        assert len(final) == 12
+        assert not final.duplicated(["defense", "attack", "eps", "seed"]).any()
+        after = final.set_index(["defense", "attack", "eps"])["created_at"]
+        for key, stamp in done_before.items():
+            assert after[key] == stamp  # finished cells were not recomputed
+        log = (out / "run.log").read_text().split("resuming:")[-1]
+        assert "loaded from cache" in log and "already in results.csv" in log
+        assert not list(out.glob(".*.tmp"))
+        # a run that ended without error leaves no Ray folder behind
+        assert sorted(short.glob("robench-ray-*")) == folders
+    finally:
+        shutil.rmtree(short, ignore_errors=True)  # the killed run's Ray logs
 
 
 def test_unreachable_address_is_one_line_in_a_real_process(tmp_path, cli_env):
