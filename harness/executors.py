@@ -23,6 +23,7 @@ Ray is imported only here and only by the Ray executor (a serial run never impor
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import shutil
@@ -188,6 +189,14 @@ def resolve_auto(ray: Any) -> str:
     return found or "auto"
 
 
+@functools.cache
+def process_token() -> str:
+    """The token of the local clusters of this process: one per process, because Ray's C++
+    side reads the token once and keeps it (a second cluster with a new token would be
+    refused)."""
+    return secrets.token_hex(32)
+
+
 def temp_root() -> str:
     """Where a local cluster's temporary folder goes: the system's temporary folder, unless its
     path is so long that Ray's socket paths below it (about 70 characters more) would pass the
@@ -275,7 +284,7 @@ class RayCluster:
             return  # the user chose: RAY_AUTH_MODE=disabled, or their own token
         self._saved_env = {name: os.environ.get(name) for name in AUTH_VARS}
         os.environ["RAY_AUTH_MODE"] = "token"
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        os.environ["RAY_AUTH_TOKEN"] = process_token()
 
     def _refresh_config(self, ray: Any) -> None:
         """Ray reads RAY_AUTH_MODE when it is imported; re-read it when it was imported before

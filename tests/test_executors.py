@@ -344,3 +344,27 @@ def test_unreachable_address_is_one_line_in_a_real_process(tmp_path, cli_env):
     line = one_error_line(proc.stderr)
     assert "--address: cannot reach a Ray cluster at 203.0.113.1:6379" in line
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_local_clusters_write_nothing_home_and_clean_up(tmp_path, cli_env):
+    """Two local clusters one after the other in one process (one token per process: Ray keeps
+    the first), with token authentication, and nothing written under the home folder."""
+    home, tmp = tmp_path / "home", Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))
+    home.mkdir()
+    code = ("import os\nfrom robench.executors import RayCluster\n"
+            "for _ in range(2):\n"
+            "    c = RayCluster(jobs=1, quiet=True).open()\n"
+            "    print(os.environ['RAY_AUTH_MODE'], c.ray.get(c.ray.put(7)))\n"
+            "    c.close()\n"
+            "print('RAY_AUTH_TOKEN' in os.environ)\n")
+    env = {k: v for k, v in cli_env.items() if not k.startswith("RAY_")}
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=dict(env, HOME=str(home), TMPDIR=str(tmp)), timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["token", "7", "token", "7", "False"]
+        assert list(home.iterdir()) == []      # no ~/.ray/auth_token
+        assert list(tmp.iterdir()) == []       # each run's Ray folder removed
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
