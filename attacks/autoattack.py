@@ -71,6 +71,7 @@ from robench.attacks.base import (
     own_rng,
     project,
 )
+from robench.work import Work
 
 if TYPE_CHECKING:
     import torchattacks
@@ -80,6 +81,8 @@ STANDARD_ITERATIONS = 100
 STANDARD_TARGETS = 9
 STANDARD_QUERIES = 5000
 STANDARD_P_INIT = 0.8
+#: torchattacks' default iterations for the components of its ``AutoAttack`` (``version: fast``)
+FAST_ITERATIONS = 10
 #: The targeted DLR loss divides by the gap between the 1st and the 3rd/4th largest logits.
 MIN_CLASSES = 4
 
@@ -116,6 +119,18 @@ class AutoAttack(Attack):
     Params = AutoAttackParams
     family = "ensemble"
     label_params = ("version", "norm")
+
+    @classmethod
+    def budget(cls, params: AutoAttackParams) -> int:
+        """Gradient steps plus queries per image, every component run to the end (an upper
+        bound: each component only attacks the images the earlier ones left robust)."""
+        return int(sum(cls.work_per_image(params, 1.0)))
+
+    @classmethod
+    def work_per_image(cls, params: AutoAttackParams, eps: float) -> Work:
+        # APGD-CE, APGD-T and FAB-T per target: input gradients; Square: forward queries
+        steps = STANDARD_ITERATIONS if params.version == "standard" else FAST_ITERATIONS
+        return Work(grad=steps * (1 + 2 * STANDARD_TARGETS), forward=STANDARD_QUERIES)
 
     @classmethod
     def reduced_variant(cls, params: AutoAttackParams) -> str | None:

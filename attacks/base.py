@@ -27,6 +27,7 @@ from robench.eps import eps_text
 from robench.models import eval_mode, output_classes
 from robench.registry import Registry
 from robench.seeds import derive_seed
+from robench.work import Work
 
 #: single_step: one gradient step (FGSM); iterative: many gradient steps (PGD); ensemble: a
 #: fixed ensemble of strong attacks (AutoAttack); black_box: never reads gradients (Square);
@@ -137,6 +138,18 @@ class Attack:
     def budget(cls, params: Any) -> int:
         """Gradient steps (or queries) per image: a larger budget should not be weaker."""
         return 1
+
+    @classmethod
+    def work_per_image(cls, params: Any, eps: float) -> Work:
+        """Image passes per image at ``eps``, for time estimates (``robench plan``): an upper
+        bound, since an attack that stops on fooled images costs less. By default ``budget``
+        input gradients; a ``black_box`` attack's budget is forward queries; a ``verifier``'s
+        interval bounds cost about two forwards (centre and radius)."""
+        if cls.family == "black_box":
+            return Work(forward=cls.budget(params))
+        if cls.family == "verifier":
+            return Work(forward=2)
+        return Work(grad=cls.budget(params))
 
     @classmethod
     def backend(cls, params: Any) -> str:

@@ -18,6 +18,11 @@ the gradient is of the summed rather than the mean cross-entropy (the same sign 
 except where the mean underflows to 0); the rule's count is floored as torchattacks does (the
 paper does not say how to round) and at least 1 (torchattacks would take 0 steps below
 eps ~ 0.003).
+
+``early_stop`` (default true): active-set BIM as active-set PGD (``robench.attacks.active``):
+an image stops at its first misclassified iterate and keeps it, an image misclassified before
+the attack is not attacked; never weaker per image than the final iterate (Kurakin et al. and
+torchattacks return the final iterate). ``early_stop: false`` is the plain loop.
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from robench.attacks.active import attack_until_fooled
 from robench.attacks.base import ATTACKS, Attack, AttackParams, input_gradient, project
+from robench.work import Work
 
 
 class BIMParams(AttackParams):
     steps: int | None = Field(None, ge=1)
     alpha: float = Field(1 / 255, gt=0, le=1)
+    early_stop: bool = True     # active set: stop each image at its first fooling iterate
 
 
 def paper_steps(eps: float) -> int:
@@ -52,12 +60,23 @@ class BIM(Attack):
         # bound for every eps in [0, 1])
         return params.steps if params.steps is not None else paper_steps(1.0)
 
+    @classmethod
+    def work_per_image(cls, params: BIMParams, eps: float) -> Work:
+        # the steps it takes at this eps (the budget above is the count at eps 1)
+        return Work(grad=params.steps if params.steps is not None else paper_steps(eps))
+
     def perturb(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         p = self.params
         steps = p.steps if p.steps is not None else paper_steps(eps)
+
+        def step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return project(x_adv + p.alpha * grad.sign(), x, eps)
+
+        if p.early_stop:
+            return attack_until_fooled(self.model, x, y, x.clone(), steps, step)
         x_adv = x.clone()
         for _ in range(steps):
-            x_adv = project(x_adv + p.alpha * input_gradient(self.model, x_adv, y).sign(), x, eps)
+            x_adv = step(x_adv, input_gradient(self.model, x_adv, y), x)
         return x_adv
 
 

@@ -11,6 +11,16 @@ every restart fails (the worst case per image is kept).
 ``max(||g||_2, 1e-12)``; its random start comes from torch's global generator, ours per image.
 With ``norm: l2``, ``alpha`` must be given (the default 0.01 is an L-inf step; a common choice
 is ``2.5 * eps / steps`` for the largest eps, as in Madry et al.).
+
+``early_stop`` (default true): active-set PGD (``robench.attacks.active``). An image stops at
+its first misclassified iterate and keeps it (AutoAttack's APGD keeps its best point likewise),
+and an image the model gets wrong before the attack is not attacked; every other image follows
+the plain loop's trajectory, so the result is never weaker per image than the final iterate
+(Madry et al.'s reference, ``MadryLab/mnist_challenge/pgd_attack.py``, and torchattacks'
+``PGD`` return the final iterate). With restarts, a restart attacks only the images every
+earlier restart failed on. ``early_stop: false`` is the plain final-iterate loop (for
+comparison; the defenses that train on PGD examples use it). The ``torchattacks`` and ``art``
+backends always run their library's own final-iterate loop.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
+from robench.attacks.active import attack_until_fooled
 from robench.attacks.backends import run_backend
 from robench.attacks.base import (
     ATTACKS,
@@ -42,6 +53,7 @@ class PGDParams(AttackParams):
     restarts: int = Field(1, ge=1)
     backend: Literal["native", "torchattacks", "art"] = "native"
     norm: Norm = "linf"
+    early_stop: bool = True     # active set: stop each image at its first fooling iterate
 
     @model_validator(mode="after")
     def _alpha_fits_norm(self) -> PGDParams:
@@ -77,7 +89,8 @@ class PGD(Attack):
         best = None
         still_correct = torch.ones_like(y, dtype=torch.bool)
         for _ in range(p.restarts):
-            x_adv = self._run(x, y, eps)
+            # an active-set restart attacks only the images every earlier restart failed on
+            x_adv = self._run(x, y, eps, still_correct.clone() if p.early_stop else None)
             if best is None:
                 best = x_adv.clone()
             # keep, per image, the first restart that fools the model
@@ -90,15 +103,21 @@ class PGD(Attack):
                 break
         return best
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, y: torch.Tensor, eps: float,
+             active: torch.Tensor | None = None) -> torch.Tensor:
         p = self.params
         if p.backend != "native":
             return run_backend("pgd", p.backend, self.model, x, y, eps, p, self.seed)
         norm = p.norm
         x_adv = (project(x + self.random_start(x, eps), x, eps, norm) if p.random_start
                  else x.clone())
+
+        def step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            direction = grad.sign() if norm == "linf" else l2_normalize(grad)
+            return project(x_adv + p.alpha * direction, x, eps, norm)
+
+        if p.early_stop:
+            return attack_until_fooled(self.model, x, y, x_adv, p.steps, step, active)
         for _ in range(p.steps):
-            grad = input_gradient(self.model, x_adv, y)
-            step = grad.sign() if norm == "linf" else l2_normalize(grad)
-            x_adv = project(x_adv + p.alpha * step, x, eps, norm)
+            x_adv = step(x_adv, input_gradient(self.model, x_adv, y), x)
         return x_adv

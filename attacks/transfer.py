@@ -15,7 +15,15 @@ Arguments:
         setting of an undefended surrogate. A label not in the suite is an error at load time.
     attack (default ``pgd``): the registered attack that crafts the examples on the source.
     attack_params (default {}): its params, validated by its own schema at load time; the
-        defaults make PGD-40 with alpha 0.01 and a random start, the suite's PGD.
+        defaults make PGD-40 with alpha 0.01 and a random start, the suite's PGD. A crafting
+        attack with an ``early_stop`` param (active-set PGD and BIM) crafts with
+        ``early_stop: false`` unless given: the first iterate that fools the source barely
+        crosses its decision boundary and transfers poorly; the final iterate is what the
+        transfer literature crafts (ftramer/ensemble-adv-training ``attacks.py``).
+
+The examples are crafted once per source model and reused for every target of the suite
+(same source, crafting params, seed, images and eps: the same examples; kept in memory while the
+source model lives), so a transfer column costs one crafting, not one per defense.
 
 The crafting attack gets this attack's seed, so its random starts are per image as usual and
 the examples are exactly those that attack would craft on the source directly (the same for
@@ -27,6 +35,7 @@ of each ``target_model`` on the same examples): the same protocol, with robench'
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -43,6 +52,7 @@ from torch import nn
 
 from robench.attacks.base import ATTACKS, Attack, AttackParams, Norm, project
 from robench.errors import nested_params_message
+from robench.work import Work
 
 
 class TransferParams(AttackParams):
@@ -69,8 +79,13 @@ class TransferParams(AttackParams):
         if "attack" not in info.data:  # the attack name itself was invalid
             return value
         name = info.data["attack"]
+        schema = ATTACKS.get(name).Params
+        if "early_stop" in schema.model_fields and "early_stop" not in value:
+            # an active-set attack would stop at the first iterate that fools the source,
+            # which barely crosses its boundary and transfers poorly: craft the final iterate
+            value = {**value, "early_stop": False}
         try:
-            validated = ATTACKS.get(name).Params.model_validate(value)
+            validated = schema.model_validate(value)
         except ValidationError as err:
             raise ValueError(nested_params_message(err, f"for crafting attack {name!r}")) \
                 from None
@@ -105,6 +120,11 @@ class Transfer(Attack):
     @classmethod
     def budget(cls, params: TransferParams) -> int:
         return ATTACKS.get(params.attack).budget(params.crafting_params)
+
+    @classmethod
+    def work_per_image(cls, params: TransferParams, eps: float) -> Work:
+        # crafted on the source model by the crafting attack; the target only classifies
+        return ATTACKS.get(params.attack).work_per_image(params.crafting_params, eps)
 
     @classmethod
     def code_dependencies(cls, params: TransferParams) -> list[object]:
@@ -142,5 +162,28 @@ class Transfer(Attack):
     def sweep(self, x: torch.Tensor, y: torch.Tensor,
               eps_list: Sequence[float]) -> Iterator[tuple[float, torch.Tensor]]:
         # the crafter's own sweep (FGSM shares its gradient); the target is never touched
-        for eps, x_adv in self.crafter.sweep(x, y, eps_list):
-            yield eps, project(x_adv, x.detach(), float(eps), self.norm) if eps else x_adv
+        for eps, x_adv in self._crafted(x, y, [float(e) for e in eps_list]):
+            yield eps, project(x_adv, x.detach(), eps, self.norm) if eps else x_adv
+
+    def _crafted(self, x: torch.Tensor, y: torch.Tensor,
+                 eps_list: list[float]) -> Iterator[tuple[float, torch.Tensor]]:
+        """The crafter's examples, crafted once per source model for every target: the same
+        source, crafting params, seed, named images (and their pixels and labels) and eps give
+        the same examples, so later targets reuse them (kept while the source model lives)."""
+        if self._image_ids is None:  # unnamed images: no identity to remember them by
+            yield from self.crafter.sweep(x, y, eps_list)
+            return
+        memo = _CRAFTED.setdefault(self.crafter.model, {})
+        images = (self.params.crafting_params.model_dump_json(), self.seed,
+                  tuple(self._image_ids), tuple(y.tolist()), float(x.double().sum()))
+        missing = [eps for eps in eps_list if (images, eps) not in memo]
+        if missing:
+            for eps, x_adv in self.crafter.sweep(x, y, missing):
+                memo[(images, eps)] = x_adv.detach()
+        for eps in eps_list:
+            yield eps, memo[(images, eps)]
+
+
+#: examples crafted on each source model, weakly keyed by the model object (freed with it)
+_CRAFTED: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, float], torch.Tensor]] = \
+    weakref.WeakKeyDictionary()

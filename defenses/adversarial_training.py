@@ -93,6 +93,7 @@ from robench.defenses.base import (
 from robench.evaluation import evaluate_attack
 from robench.seeds import generator
 from robench.training import TrainConfig, train
+from robench.work import Work
 
 Method = Literal["fgsm", "fgsm_rs", "pgd", "trades"]
 #: which optional params each method reads; setting one a method ignores is a suite error
@@ -267,6 +268,18 @@ def epoch_logger(ctx: DefenseContext, name: str, p: Any, monitor: Split, epochs:
     return log_epoch
 
 
+def monitor_size(limit: int | None, n_validation: int) -> int:
+    """How many validation images a ``monitor_limit`` monitors (None: all, 0: none)."""
+    return n_validation if limit is None else min(limit, n_validation)
+
+
+def monitor_work(times: int, images: int, gradients: int) -> Work:
+    """Image passes of a per-epoch monitor run ``times`` times on ``images`` images:
+    ``gradients`` input gradients per image, and four forwards (clean and adversarial
+    predictions of its two attacks)."""
+    return Work(grad=times * images * gradients, forward=times * images * 4)
+
+
 def training_config(base: TrainConfig, p: Any) -> TrainConfig:
     """The suite's ``train:`` settings with a training defense's own ``epochs``, ``lr`` and
     ``optimizer`` where it sets them (None: the suite's)."""
@@ -304,6 +317,18 @@ class AdversarialTraining(Defense):
     @classmethod
     def code_dependencies(cls, params: AdversarialTrainingParams) -> list[object]:
         return [ATTACKS.get("fgsm"), ATTACKS.get("pgd")]  # the per-epoch monitor
+
+    @classmethod
+    def cost(cls, params: AdversarialTrainingParams, train_config: TrainConfig, n_train: int,
+             n_validation: int) -> Work:
+        # per training image and epoch: the crafting steps, then the loss's passes (fgsm and
+        # trades: clean and adversarial); the monitor runs before the first epoch and after each
+        p = params
+        epochs = training_config(train_config, p).epochs
+        crafting = p.steps if p.method in ("pgd", "trades") else 1
+        loss = 2 if p.method in ("fgsm", "trades") else 1
+        return Work(train=epochs * n_train * (crafting + loss)) + monitor_work(
+            epochs + 1, monitor_size(p.monitor_limit, n_validation), 1 + MONITOR_PGD_STEPS)
 
     def apply(self, ctx: DefenseContext) -> DefenseResult:
         p: AdversarialTrainingParams = self.params

@@ -24,6 +24,7 @@ from robench.data import Split
 from robench.progress import Reporter
 from robench.registry import Registry
 from robench.training import TrainConfig
+from robench.work import Work
 
 
 class DefenseParams(BaseModel):
@@ -81,6 +82,15 @@ class Defense:
         """Plugins this defense looks up by name at run time (e.g. ``ctx.make_attack("fgsm")``)
         whose code therefore shapes the defended model: their source joins the cache key."""
         return []
+
+    @classmethod
+    def cost(cls, params: Any, train_config: TrainConfig, n_train: int,
+             n_validation: int) -> Work:
+        """Image passes of ``apply``, for time estimates (``robench plan``; an upper bound where
+        the work varies). Default: the suite's own training, ``epochs`` x the training images.
+        A defense that costs nothing (``Work()``) is also rebuilt by ``robench plan`` to check
+        which of its cells are done."""
+        return Work(train=train_config.epochs * n_train)
 
     @classmethod
     def check_model(cls, model: nn.Module, model_name: str, params: Any) -> None:

@@ -14,6 +14,8 @@ from pydantic import Field
 from torch import nn
 
 from robench.defenses.base import DEFENSES, Defense, DefenseContext, DefenseParams, DefenseResult
+from robench.training import TrainConfig
+from robench.work import Work
 
 
 class Quantize(nn.Module):
@@ -38,6 +40,11 @@ class BitDepthReduction(Defense):
 
     Params = BitDepthParams
     cacheable = False  # wraps the baseline in a new architecture; costs nothing to rebuild
+
+    @classmethod
+    def cost(cls, params: BitDepthParams, train_config: TrainConfig, n_train: int,
+             n_validation: int) -> Work:
+        return Work()  # a wrapper: no pass over any data
 
     def apply(self, ctx: DefenseContext) -> DefenseResult:
         return DefenseResult(model=Quantize(ctx.model, self.params.bits), metrics=ctx.metrics)

@@ -54,7 +54,13 @@ from torch.nn import functional as F
 
 from robench.attacks import ATTACKS
 from robench.attacks.ibp import Network, trace, worst_case_logits
-from robench.defenses.adversarial_training import epoch_logger, fresh_init, training_config
+from robench.defenses.adversarial_training import (
+    epoch_logger,
+    fresh_init,
+    monitor_size,
+    monitor_work,
+    training_config,
+)
 from robench.defenses.base import (
     DEFENSES,
     Defense,
@@ -63,7 +69,8 @@ from robench.defenses.base import (
     DefenseResult,
 )
 from robench.evaluation import evaluate_attack
-from robench.training import train
+from robench.training import TrainConfig, train
+from robench.work import Work
 
 MONITOR_PGD_STEPS = 20
 #: default warm-up and ramp-up as shares of training (see the module docstring for why these
@@ -157,6 +164,15 @@ class CertifiedTraining(Defense):
     @classmethod
     def code_dependencies(cls, params: CertifiedTrainingParams) -> list[object]:
         return [ATTACKS.get("ibp"), ATTACKS.get("pgd")]  # the per-epoch monitor
+
+    @classmethod
+    def cost(cls, params: CertifiedTrainingParams, train_config: TrainConfig, n_train: int,
+             n_validation: int) -> Work:
+        # per image and epoch: the clean loss plus interval bounds (centre and radius, about
+        # two passes each way); the monitor: PGD-20 and the bounds, before and after each epoch
+        epochs = training_config(train_config, params).epochs
+        return Work(train=epochs * n_train * 3) + monitor_work(
+            epochs + 1, monitor_size(params.monitor_limit, n_validation), MONITOR_PGD_STEPS)
 
     def apply(self, ctx: DefenseContext) -> DefenseResult:
         p: CertifiedTrainingParams = self.params

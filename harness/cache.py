@@ -33,6 +33,12 @@ def cache_key(**parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def data_key(plan_key: str, data_hash: str) -> str:
+    """A plan's cache key joined with the fingerprint of the data actually loaded (the runner
+    stores under it; ``robench plan`` looks up the same key)."""
+    return cache_key(plan=plan_key, data=data_hash)
+
+
 class ModelCache:
     def __init__(self, root: Path | None = None, enabled: bool = True) -> None:
         self.root = root or cache_dir()

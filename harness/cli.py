@@ -95,6 +95,62 @@ def run(
         typer.echo(f"results: {out_dir}")
 
 
+@app.command()
+def plan(
+    suite: Annotated[Path, typer.Argument(help="Suite YAML file.")],
+    data_dir: Annotated[str | None, typer.Option(
+        help="Dataset root, as for robench run.")] = None,
+    out: Annotated[str | None, typer.Option(
+        help="Results folder whose cells are checked (default results/<name>).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    eval_limit: Annotated[int | None, typer.Option(
+        min=1, help="Evaluate on N random test images (data.split_seed).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=0, help="Override train.epochs.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Plan this one seed.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Plan these seeds, e.g. 0,1,2.")] = None,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Plan a run that does not read the model cache.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Plan a run that recomputes everything.")] = False,
+    no_calibrate: Annotated[bool, typer.Option(
+        "--no-calibrate", help="Print the plan without timing the model (no times).")] = False,
+) -> None:
+    """Show what robench run would do: every cell (done or to do), which models are cached,
+    and an estimated time per stage. Writes nothing and trains nothing.
+
+    Takes the options of robench run with the same meaning. Times come from timing one batch
+    of the suite's model on this machine (a few seconds) and are upper bounds.
+
+    Example: robench plan suites/fgsm_lenet.yaml --data-dir ../shared/data
+    """
+    if device is not None and device not in ("auto", "cpu", "cuda"):
+        _fail(UserError(f"unknown device {device!r}; use auto, cpu or cuda", where="--device"))
+    try:
+        from rich.console import Console
+
+        from robench.preflight import preflight, render
+        from robench.runner import RunOptions
+
+        opts = RunOptions(data_dir=data_dir, out=out, device=device, eval_limit=eval_limit,
+                          epochs=epochs, seed=seed, seeds=seeds, quiet=True,
+                          use_cache=not no_cache, force=force)
+        result = preflight(suite, opts, calibrated=not no_calibrate)
+    except UserError as err:
+        _fail(err)
+    except KeyboardInterrupt:
+        typer.echo("robench: interrupted", err=True)
+        raise typer.Exit(code=130) from None
+    render(result, Console(highlight=False, width=_width()))
+
+
+def _width() -> int:
+    """The terminal's width, or 140 columns when printing into a file or pipe (rich would use
+    80 and fold the plan's tables)."""
+    import shutil
+
+    return max(shutil.get_terminal_size((140, 24)).columns, 100)
+
+
 @app.command("list")
 def list_plugins() -> None:
     """List every registered plugin (built-in and installed through entry points).

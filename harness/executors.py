@@ -43,6 +43,7 @@ from robench.cache import ModelCache
 from robench.data import Dataset, Split
 from robench.eps import canonical_eps
 from robench.errors import Interrupted, UserError
+from robench.estimate import baseline_work, defense_work
 from robench.evaluation import EVAL_BATCH_SIZE, AttackOutcome
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
 from robench.progress import Reporter
@@ -338,15 +339,17 @@ class DefenseReport:
     metrics: list[dict[str, Any]]
     facts: ModelFacts
     lines: list[str] = field(default_factory=list)
+    cached: bool = False
 
 
 def baseline_task(spec: BaselineSpec, num_classes: int, train_split: Split, device: str,
-                  cache: ModelCache, data_hash: str) -> tuple[nn.Module, list[str]]:
+                  cache: ModelCache,
+                  data_hash: str) -> tuple[nn.Module, tuple[list[str], bool]]:
     torch.set_num_threads(TASK_CPUS)
     reporter, dev = _Lines(), torch.device(device)
-    model = train_baseline(spec, num_classes, train_split.to(dev), dev, cache, data_hash,
-                           reporter)
-    return model.cpu(), reporter.lines
+    model, cached = train_baseline(spec, num_classes, train_split.to(dev), dev, cache,
+                                   data_hash, reporter)
+    return model.cpu(), (reporter.lines, cached)
 
 
 def defense_task(spec: DefenseSpec, baseline: nn.Module, train_split: Split, validation: Split,
@@ -358,7 +361,8 @@ def defense_task(spec: DefenseSpec, baseline: nn.Module, train_split: Split, val
     done = apply_defense(spec, baseline.to(dev), train_split.to(dev), validation.to(dev),
                          num_classes, dev, train_config, cache, data_hash, reporter)
     facts = inspect_model(done.model, test_split.to(dev), diagnostics)
-    return done.model.cpu(), DefenseReport(done.seconds, done.metrics, facts, reporter.lines)
+    return done.model.cpu(), DefenseReport(done.seconds, done.metrics, facts, reporter.lines,
+                                           done.cached)
 
 
 def attack_task(spec: AttackSpec, model: nn.Module, source: nn.Module | None,
@@ -429,17 +433,16 @@ class RayExecutor:
         planned: set[Cell] = set()
         for seed in plan.seeds:
             seeded = plan.for_seed(seed)
-            base, lines = self._task(baseline_task, 2).remote(
+            base, report = self._task(baseline_task, 2).remote(
                 seeded.baseline, dataset.num_classes, train_ref, device, cache,
                 runner.data_hash)
-            self.pending[lines] = lambda got: [runner.reporter.info(line) for line in got]
+            self.pending[report] = self._on_baseline(runner, seeded.baseline, len(splits[0]))
             for defense in serial_order(seeded):
                 model, report = self._task(defense_task, 2).remote(
                     defense, base, train_ref, val_ref, test_ref, dataset.num_classes, device,
                     plan.suite.train, cache, runner.data_hash, seed == plan.seeds[0])
                 self.models[(seed, defense.label)] = model
-                self.pending[report] = self._on_defended(runner, seed, seeded, defense,
-                                                         splits[2])
+                self.pending[report] = self._on_defended(runner, seed, seeded, defense, splits)
             planned.update((d.label, a.label, eps, seed) for d in seeded.defenses
                            for a in seeded.attacks for eps in a.eps)
         while self.pending:
@@ -458,15 +461,27 @@ class RayExecutor:
                 raise err.cause from None
             raise
 
+    @staticmethod
+    def _on_baseline(runner: Runner, spec: BaselineSpec,
+                     n_train: int) -> Callable[[tuple[list[str], bool]], None]:
+        def handle(report: tuple[list[str], bool]) -> None:
+            lines, cached = report
+            for line in lines:
+                runner.reporter.info(line)
+            runner.count_work(baseline_work(spec, n_train).units, cached)
+        return handle
+
     def _on_defended(self, runner: Runner, seed: int, seeded: Plan, defense: DefenseSpec,
-                     test_split: Split) -> Callable[[DefenseReport], None]:
+                     splits: tuple[Split, Split, Split]) -> Callable[[DefenseReport], None]:
         def handle(report: DefenseReport) -> None:
             for line in report.lines:
                 runner.reporter.info(line)
+            runner.count_work(defense_work(defense, seeded.suite.train, len(splits[0]),
+                                           len(splits[1])).units, report.cached)
             runner._add_metrics(defense, seed, report.metrics)
             runner.note_model(seed, defense, report.facts)
             for attack in seeded.attacks:
-                self._submit_attack(runner, seed, defense, attack, report, test_split)
+                self._submit_attack(runner, seed, defense, attack, report, splits[2])
         return handle
 
     def _submit_attack(self, runner: Runner, seed: int, defense: DefenseSpec,

@@ -23,6 +23,7 @@ class Reporter:
     def __init__(self, quiet: bool = False, log: Callable[[str], None] | None = None) -> None:
         self.quiet = quiet
         self.log = log
+        self._overall: tqdm | None = None
 
     def info(self, message: str) -> None:
         if not self.quiet:
@@ -39,3 +40,34 @@ class Reporter:
             yield bar
         finally:
             bar.close()
+
+    # -- one overall line for a whole run ---------------------------------------------------
+    def start_overall(self, total: float, desc: str) -> None:
+        """A bar for the whole run over its estimated work units (``robench.estimate``), kept at
+        the top while the per-stage bars come and go. Stages ``advance`` it as they finish and
+        ``skip`` their units when they need no work (cached, already done), so tqdm's rate, and
+        its ETA, are those of the work that is actually done. Nothing when quiet."""
+        self.close_overall()
+        if self.quiet or total <= 0:
+            return
+        self._overall = tqdm(total=total, desc=desc, position=0, leave=True, file=sys.stderr,
+                             dynamic_ncols=True, mininterval=0.5, smoothing=0.1,
+                             bar_format="{desc}: {percentage:3.0f}%|{bar}| "
+                                        "[{elapsed} elapsed, ETA {remaining}]")
+
+    def advance(self, units: float) -> None:
+        """A stage of ``units`` work units finished."""
+        if self._overall is not None and units > 0:
+            # float sums: never past the total (tqdm warns, and the ETA turns negative)
+            self._overall.update(min(units, self._overall.total - self._overall.n))
+
+    def skip(self, units: float) -> None:
+        """A stage of ``units`` work units needs no work: off the total, not counted as done."""
+        if self._overall is not None and units > 0:
+            self._overall.total = max(self._overall.n, self._overall.total - units)
+            self._overall.refresh()
+
+    def close_overall(self) -> None:
+        if self._overall is not None:
+            self._overall.close()
+            self._overall = None

@@ -33,6 +33,7 @@ from robench.data import (
 )
 from robench.eps import canonical_eps, eps_text
 from robench.errors import Interrupted, UserError
+from robench.estimate import attack_work, baseline_work, defense_work, suite_work
 from robench.evaluation import AttackOutcome
 from robench.finalize import DIAGNOSTICS_FILE, finalize, read_diagnostics
 from robench.outcomes import OUTCOMES_FILE, OutcomeTable
@@ -170,6 +171,8 @@ class Runner:
         self.data_hash = dataset.fingerprint
         splits = data_splits(plan, dataset)
         self._start_run_record(len(splits[2]))
+        self.reporter.start_overall(suite_work(plan, len(splits[0]), len(splits[1]),
+                                               len(splits[2])).units, f"suite {plan.name}")
         seeds = ", ".join(map(str, plan.seeds))
         self.reporter.info(f"suite {plan.name}: {plan.baseline.dataset} train "
                            f"{len(splits[0])}, validation {len(splits[1])}, eval "
@@ -178,6 +181,7 @@ class Runner:
             planned = self.run_serial(dataset, splits)
         else:
             planned = self.executor.execute(self, dataset, splits)
+        self.reporter.close_overall()
         self.table.keep_only(planned)
         self.outcomes.keep_only(planned)
         self.diagnostics = {k: v for k, v in self.diagnostics.items()
@@ -214,16 +218,27 @@ class Runner:
         return planned
 
     def baseline(self, spec: BaselineSpec, dataset: Dataset, train_split: Split) -> nn.Module:
-        return train_baseline(spec, dataset.num_classes, train_split, self.device, self.cache,
-                              self.data_hash, self.reporter)
+        model, cached = train_baseline(spec, dataset.num_classes, train_split, self.device,
+                                       self.cache, self.data_hash, self.reporter)
+        self.count_work(baseline_work(spec, len(train_split)).units, cached)
+        return model
 
     def defend(self, spec: DefenseSpec, baseline: nn.Module, train_split: Split,
                validation: Split, dataset: Dataset, seed: int) -> tuple[nn.Module, float]:
         done = apply_defense(spec, baseline, train_split, validation, dataset.num_classes,
                              self.device, self.plan.suite.train, self.cache, self.data_hash,
                              self.reporter)
+        self.count_work(defense_work(spec, self.plan.suite.train, len(train_split),
+                                     len(validation)).units, done.cached)
         self._add_metrics(spec, seed, done.metrics)
         return done.model, done.seconds
+
+    def count_work(self, units: float, cached: bool) -> None:
+        """The overall progress line: a stage done (``advance``) or not needed (``skip``)."""
+        if cached:
+            self.reporter.skip(units)
+        else:
+            self.reporter.advance(units)
 
     def note_model(self, seed: int, defense: DefenseSpec, facts: ModelFacts) -> None:
         """Log a defended model's clean accuracy; store the first seed's diagnostics."""
@@ -268,6 +283,8 @@ class Runner:
         # only the cells not yet verified: random starts are drawn per (eps, image), so a cell's
         # numbers do not depend on which other eps are attacked with it
         missing = [eps for eps in attack.eps if not self._done(expect, eps)]
+        self.reporter.skip(attack_work(attack, len(data), attack.eps).units
+                           - attack_work(attack, len(data), missing).units)
         if not missing:
             self.reporter.info(f"[{defense.label}] {attack.label}{self._tag(seed)}: already "
                                "in results.csv, skipped")
@@ -295,6 +312,7 @@ class Runner:
         self.outcomes.replace_cells(defense.label, attack.label, seed, image_ids, outcomes)
         self.table.replace_cells(rows)
         self.cells_done += len(rows)
+        self.reporter.advance(attack_work(attack, len(image_ids), [o.eps for o in outcomes]).units)
         curve = ", ".join(f"{eps_text(o.eps)}: {o.robust_acc:.3f}" for o in outcomes)
         self.reporter.info(f"[{defense.label}] {attack.label}{self._tag(seed)} robust accuracy "
                            f"{{{curve}}}")
@@ -302,12 +320,7 @@ class Runner:
     def _done(self, expect: CellExpectation, eps: float) -> bool:
         """A cell is done when its row is exactly this cell and every number in it is what its
         per-image outcomes (for exactly these images) give."""
-        row = self.table.verified(expect, eps)
-        if row is None:
-            return False
-        counts = self.outcomes.counts(expect.defense, expect.attack, eps, expect.seed,
-                                      self._image_ids)
-        return counts is not None and consistent(row, *counts, n=len(self._image_ids))
+        return cell_verified(self.table, self.outcomes, expect, eps, self._image_ids)
 
     # -- bookkeeping ----------------------------------------------------------------------
     def _tag(self, seed: int) -> str:
@@ -457,6 +470,18 @@ def consistent(row: dict[str, Any], clean: int, robust: int, fooled: int, n: int
     return True
 
 
+def cell_verified(table: ResultTable, outcomes: OutcomeTable, expect: CellExpectation,
+                  eps: float, image_ids: list[int]) -> bool:
+    """Whether a stored cell is exactly this cell and every number in its row is what its
+    per-image outcomes (for exactly these images) give: what resume trusts (``robench plan``
+    asks the same)."""
+    row = table.verified(expect, eps)
+    if row is None:
+        return False
+    counts = outcomes.counts(expect.defense, expect.attack, eps, expect.seed, image_ids)
+    return counts is not None and consistent(row, *counts, n=len(image_ids))
+
+
 def reproduction_line(folder: Path, results: pd.DataFrame) -> str:
     """Whether this run reproduced the results.csv committed in git for this folder."""
     from robench.compare import compare_frames
@@ -505,12 +530,9 @@ def data_splits(plan: Plan, dataset: Dataset) -> tuple[Split, Split, Split]:
     return train, validation, evaluation_split(dataset.test, data.eval_limit, data.split_seed)
 
 
-def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, pd.DataFrame]:
-    """Load, resolve and run a suite file. Returns the results folder and the leaderboard."""
-    from robench.executors import check_options, open_executor
-
-    opts = opts or RunOptions()
-    check_options(opts.executor, opts.jobs, opts.address)
+def prepare(path: str | Path, opts: RunOptions) -> tuple[Plan, Dataset, Path]:
+    """The plan, the dataset and the results folder of a suite with the command line's options,
+    every user mistake found before anything is written (``robench plan`` stops here)."""
     plan = resolve(apply_overrides(load_suite(path), opts, str(path)), str(path))
     # user mistakes fail before anything is written
     device_where = "--device" if opts.device else f"{path}: device"
@@ -522,6 +544,17 @@ def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, p
     data_splits(plan, dataset)  # sizes checked before the folder is opened
     plan.baseline.check(dataset)  # checkpoint fits, model returns logits: before any write
     out_dir = Path(opts.out) if opts.out else Path("results") / plan.name
+    return plan, dataset, out_dir
+
+
+def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, pd.DataFrame]:
+    """Load, resolve and run a suite file. Returns the results folder and the leaderboard."""
+    from robench.executors import check_options, open_executor
+
+    opts = opts or RunOptions()
+    check_options(opts.executor, opts.jobs, opts.address)
+    plan, dataset, out_dir = prepare(path, opts)
+    device_where = "--device" if opts.device else f"{path}: device"
     with open_executor(opts.executor, opts.jobs, opts.address, opts.quiet, plan.suite.device,
                        device_where) as (device, executor), \
             OutputFolder.open(out_dir) as folder:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robench.cache import ModelCache, cache_key
+from robench.cache import ModelCache, data_key
 from robench.checks import model_diagnostics
 from robench.data import Split
 from robench.defenses import DefenseContext
@@ -33,6 +33,7 @@ class Defended:
     model: nn.Module
     seconds: float
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    cached: bool = False     # loaded from the model cache, not computed now
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,6 @@ class ModelFacts:
     diagnostics: dict[str, float] | None
 
 
-def with_data(key: str, data_hash: str) -> str:
-    """A plan's cache key joined with the fingerprint of the data actually loaded."""
-    return cache_key(plan=key, data=data_hash)
-
-
 def warn(reporter: Reporter, problem: str | None) -> None:
     if problem:
         reporter.info(f"warning: {problem}")
@@ -56,26 +52,27 @@ def warn(reporter: Reporter, problem: str | None) -> None:
 
 def train_baseline(spec: BaselineSpec, num_classes: int, train_split: Split,
                    device: torch.device, cache: ModelCache, data_hash: str,
-                   reporter: Reporter) -> nn.Module:
-    """The baseline of ``spec``: its checkpoint, the cached weights, or trained now (and cached).
-    Seeds torch's global generator first, so the initial weights depend on the seed only."""
+                   reporter: Reporter) -> tuple[nn.Module, bool]:
+    """The baseline of ``spec``: its checkpoint, the cached weights, or trained now (and cached);
+    and whether nothing was trained. Seeds torch's global generator first, so the initial
+    weights depend on the seed only."""
     torch.manual_seed(spec.seed)
     model = spec.build(num_classes).to(device)
     if spec.weights is not None:  # model.weights: a user's checkpoint, not trained or cached
         reporter.info(f"baseline {spec.model}: weights {spec.weights.path} "
                       f"(sha256 {spec.weights.sha256[:12]})")
-        return model.eval()
-    key = with_data(spec.cache_key, data_hash)
+        return model.eval(), True
+    key = data_key(spec.cache_key, data_hash)
     if cache.load(key, model) is not None:
         reporter.info(f"baseline {spec.model}: loaded from cache ({key[:10]})")
-        return model.to(device).eval()
+        return model.to(device).eval(), True
     t0 = time.perf_counter()
     train(model, train_split, spec.train, seed=spec.seed, reporter=reporter,
           desc=f"train {spec.model}")
     seconds = time.perf_counter() - t0
     reporter.info(f"baseline {spec.model}: trained {spec.train.epochs} epochs in {seconds:.1f}s")
     warn(reporter, cache.save(key, model, {"seconds": seconds}))
-    return model.eval()
+    return model.eval(), False
 
 
 def apply_defense(spec: DefenseSpec, baseline: nn.Module, train_split: Split,
@@ -85,12 +82,12 @@ def apply_defense(spec: DefenseSpec, baseline: nn.Module, train_split: Split,
     """The defended model of ``spec`` (from the cache when it is cacheable and stored there);
     the baseline itself is never changed (the defense gets a private copy)."""
     model = copy.deepcopy(baseline)
-    key = with_data(spec.cache_key, data_hash)
+    key = data_key(spec.cache_key, data_hash)
     meta = cache.load(key, model) if spec.plugin.cacheable else None
     if meta is not None:
         reporter.info(f"[{spec.label}] defended model loaded from cache ({key[:10]})")
         return Defended(model.to(device).eval(), float(meta["seconds"]),
-                        list(meta.get("metrics", [])))
+                        list(meta.get("metrics", [])), cached=True)
     ctx = DefenseContext(model=model, train=train_split, validation=validation,
                          params=spec.params, seed=spec.seed, device=device,
                          train_config=train_config, reporter=reporter, num_classes=num_classes)
@@ -142,4 +139,4 @@ def merge_outcomes(parts: Sequence[Sequence[AttackOutcome]]) -> list[AttackOutco
 
 
 __all__ = ["Defended", "ModelFacts", "apply_defense", "attack_images", "inspect_model",
-           "merge_outcomes", "train_baseline", "with_data"]
+           "merge_outcomes", "train_baseline"]

@@ -135,3 +135,41 @@ def test_random_starts_are_per_image_whatever_the_batch_or_eps_list(trained_lene
     other = create_attack("pgd", trained_lenet, {"steps": 3, "alpha": 0.05}, seed=6)
     other.set_images(ids)
     assert not torch.equal(other(x[:40], y[:40], 0.3), both[0.3])  # the seed matters
+
+
+@pytest.mark.parametrize("name,params,eps", [
+    ("pgd", {"steps": 20, "alpha": 0.01}, 0.1),
+    ("pgd", {"steps": 20, "alpha": 0.01}, 0.3),
+    ("pgd", {"steps": 10, "alpha": 0.5, "norm": "l2"}, 2.0),
+    ("pgd", {"steps": 5, "alpha": 0.03, "restarts": 3}, 0.15),
+    ("bim", {}, 0.1),
+])
+def test_active_set_is_never_weaker_than_the_final_iterate(trained_lenet, batch, name, params,
+                                                           eps):
+    """early_stop (the default) against the plain loop, same seed and images: no image is robust
+    only under the active set; an image it leaves robust followed the plain loop's path; an image
+    misclassified before the attack is left alone; an image it fools keeps a fooling iterate."""
+    x, y = batch[0][:300], batch[1][:300]
+    out = {}
+    for early_stop in (True, False):
+        attack = create_attack(name, trained_lenet, {**params, "early_stop": early_stop}, seed=1)
+        attack.set_images(list(range(300)))
+        out[early_stop] = attack(x, y, eps)
+    with torch.no_grad():
+        clean = trained_lenet(x).argmax(1) == y
+        active_ok, plain_ok = (trained_lenet(out[k]).argmax(1) == y for k in (True, False))
+    robust_active, robust_plain = clean & active_ok, clean & plain_ok
+    assert 0 < int(robust_active.sum()) < int(clean.sum())  # a real, partial attack
+    assert not (robust_active & ~robust_plain).any()
+    same = (out[True][robust_active] == out[False][robust_active]).flatten(1).all(1)
+    assert same.float().mean() >= 0.95  # float rounding of another batch size may flip a sign
+    assert torch.equal(out[True][~clean], x[~clean])
+    assert not active_ok[clean & ~robust_active].any()
+
+
+def test_active_set_stops_only_beyond_the_margin():
+    from robench.attacks.active import STOP_MARGIN, fooled_by_margin
+
+    logits = torch.tensor([[1.0, 1.0 + STOP_MARGIN / 2, 0.0], [1.0, 1.0 + 2 * STOP_MARGIN, 0.0],
+                           [2.0, 1.0, 0.0]])
+    assert fooled_by_margin(logits, torch.tensor([0, 0, 0])).tolist() == [False, True, False]

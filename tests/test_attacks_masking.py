@@ -82,10 +82,13 @@ def test_bim_matches_torchattacks(trained_lenet, batch, eps, monkeypatch):
 
     x, y = batch[0][:300], batch[1][:300]
     ref = torchattacks.BIM(trained_lenet, eps=eps, alpha=1 / 255, steps=0)(x, y)
-    ours = create_attack("bim", trained_lenet)(x, y, eps)
+    # the plain loop per image (the active-set default stops fooled images early)
+    ours = create_attack("bim", trained_lenet, {"early_stop": False})(x, y, eps)
     differ = (ours != ref).flatten(1).any(1)
     assert differ.float().mean().item() <= 0.01
     assert abs(_acc(trained_lenet, ours, y) - _acc(trained_lenet, ref, y)) <= 0.002
+    assert _acc(trained_lenet, create_attack("bim", trained_lenet)(x, y, eps), y) <= \
+        _acc(trained_lenet, ours, y)
 
     def mean_loss_gradient(model, x, y):
         x = x.detach().requires_grad_(True)
@@ -94,7 +97,7 @@ def test_bim_matches_torchattacks(trained_lenet, batch, eps, monkeypatch):
         return grad
 
     monkeypatch.setattr(bim, "input_gradient", mean_loss_gradient)
-    assert torch.equal(create_attack("bim", trained_lenet)(x, y, eps), ref)
+    assert torch.equal(create_attack("bim", trained_lenet, {"early_stop": False})(x, y, eps), ref)
 
 
 def test_bim_explicit_steps_and_alpha_match_torchattacks(trained_lenet, batch):
@@ -165,8 +168,10 @@ def test_transfer_crafts_on_the_source_and_never_differentiates_the_target(train
     assert target.graph_calls == 0
     assert all(p.grad is None for p in target.parameters())
 
-    # the examples are exactly those PGD crafts on the source directly (same seed and images)
-    direct = create_attack("pgd", source, params["attack_params"], seed=11)
+    # the examples are exactly those PGD crafts on the source directly (same seed and images;
+    # the final iterate, as transfer crafts by default)
+    direct = create_attack("pgd", source, {**params["attack_params"], "early_stop": False},
+                           seed=11)
     direct.set_images(data.ids.tolist())
     crafted = dict(direct.sweep(data.images, data.labels, eps_list))
     transfer.set_images(data.ids.tolist())
@@ -373,3 +378,43 @@ def test_transfer_crafted_under_l2_is_an_l2_attack_and_verifiers_cannot_craft():
                                      "params": {"attack": "ibp"}}]}
     with pytest.raises(UserError, match="attacks\\[0\\].params.attack: 'ibp' is a verifier"):
         resolve_raw(bad, "s.yaml")
+
+
+def test_transfer_crafts_the_final_iterate_unless_told_otherwise():
+    """Active-set PGD stops at the first iterate that fools the source, which transfers
+    poorly: transfer crafts with early_stop false by default, an explicit value is kept."""
+    from robench.attacks.transfer import TransferParams
+
+    assert TransferParams().crafting_params.early_stop is False
+    assert TransferParams(attack="bim").crafting_params.early_stop is False
+    told = TransferParams(attack_params={"early_stop": True})
+    assert told.crafting_params.early_stop is True
+
+
+def test_transfer_crafts_once_for_every_target(trained_lenet, mnist, monkeypatch):
+    """Two targets, one source: the second target reuses the first's examples (one crafting
+    per eps and batch), and its outcomes are those of crafting afresh."""
+    from robench.attacks.pgd import PGD
+
+    calls = []
+    original = PGD.perturb
+
+    def counting(self, x, y, eps):
+        calls.append(eps)
+        return original(self, x, y, eps)
+
+    monkeypatch.setattr(PGD, "perturb", counting)
+    source, data = copy.deepcopy(trained_lenet), mnist.test.head(200)
+    params = {"attack_params": {"steps": 3, "alpha": 0.1}}
+    targets = [other_model(), copy.deepcopy(trained_lenet)]
+    outcomes = []
+    for target in targets:
+        transfer = create_attack("transfer", target, params, seed=4)
+        transfer.set_source(source)
+        outcomes.append(evaluate_attack(target, transfer, [0.1, 0.3], data))
+    assert sorted(calls) == [0.1, 0.3]  # crafted for the first target only
+    fresh = create_attack("transfer", targets[1], params, seed=4)
+    fresh.set_source(copy.deepcopy(source))  # another source object: crafted again
+    again = evaluate_attack(targets[1], fresh, [0.1, 0.3], data)
+    assert len(calls) == 4
+    assert all(torch.equal(a.adv_ok, b.adv_ok) for a, b in zip(outcomes[1], again, strict=True))

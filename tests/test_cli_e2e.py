@@ -58,7 +58,7 @@ def test_version(cli_env):
     assert proc.returncode == 0 and proc.stdout.startswith("robench ")
 
 
-@pytest.mark.parametrize("command", ["run", "list", "leaderboard", "compare", "report"])
+@pytest.mark.parametrize("command", ["run", "plan", "list", "leaderboard", "compare", "report"])
 def test_every_command_has_help_with_an_example(command):
     from typer.testing import CliRunner
 

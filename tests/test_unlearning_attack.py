@@ -76,7 +76,8 @@ def test_pgd_forget_set_fools_the_model_more_often(mnist, trained_lenet, monkeyp
 
 def test_pgd_examples_are_pgd_at_each_images_own_eps(mnist, trained_lenet):
     """Per image: the documented PGD (10 steps of 2.5 * eps / 10, random start from the seed and
-    the image's id) at that image's eps only, whatever the other images' eps."""
+    the image's id, the final iterate) at that image's eps only, whatever the other images'
+    eps."""
     from robench.attacks import create_attack
 
     x, y = mnist.train.images[:60], mnist.train.labels[:60]
@@ -85,8 +86,9 @@ def test_pgd_examples_are_pgd_at_each_images_own_eps(mnist, trained_lenet):
     mixed = pgd_examples(trained_lenet, x, y, [0.1, 0.3], eps_index, ids, seed=9)
     for k, eps in enumerate([0.1, 0.3]):
         rows = eps_index == k
-        attack = create_attack("pgd", trained_lenet, {
-            "steps": PGD_STEPS, "alpha": PGD_STEP_FACTOR * eps / PGD_STEPS}, seed=9)
+        attack = create_attack("pgd", trained_lenet, {  # the final iterate (no active set)
+            "steps": PGD_STEPS, "alpha": PGD_STEP_FACTOR * eps / PGD_STEPS,
+            "early_stop": False}, seed=9)
         attack.set_images(ids[rows].tolist())
         assert torch.equal(mixed[rows], attack(x[rows], y[rows], eps))
         linf = (mixed[rows] - x[rows]).abs().flatten(1).amax(1)

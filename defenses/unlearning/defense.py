@@ -100,7 +100,8 @@ from robench.eps import canonical_eps
 from robench.errors import nested_params_message
 from robench.evaluation import evaluate_attack
 from robench.seeds import derive_seed, generator
-from robench.training import predict
+from robench.training import TrainConfig, predict
+from robench.work import Work
 
 DEFAULT_EPS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 GENERATION_BATCH = 1000
@@ -196,7 +197,8 @@ def pgd_examples(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         rows = (eps_index == k).nonzero().squeeze(1)
         if not rows.numel():
             continue
-        attack = create_attack("pgd", model, {"steps": PGD_STEPS,
+        # the final iterate, as PGD training data is made (not the active-set first fooling one)
+        attack = create_attack("pgd", model, {"steps": PGD_STEPS, "early_stop": False,
                                               "alpha": PGD_STEP_FACTOR * eps / PGD_STEPS},
                                seed=seed)
         for start in range(0, rows.numel(), batch_size):
@@ -244,6 +246,22 @@ class UnlearningDefense(Defense):
         # FGSM always (the per-round monitor), PGD when it makes the forget set
         attacks = ["fgsm"] + (["pgd"] if params.attack == "pgd" else [])
         return [UNLEARNING_METHODS.get(params.method), *map(ATTACKS.get, attacks)]
+
+    @classmethod
+    def cost(cls, params: UnlearningDefenseParams, train_config: TrainConfig, n_train: int,
+             n_validation: int) -> Work:
+        # per round: the attack on forget_size images (an upper bound on the forget set, which
+        # keeps only the misclassified ones), the method, and the FGSM monitor before each round
+        p = params
+        forget = min(p.forget_size, n_train)
+        retain = n_train if p.retain_size is None else min(p.retain_size, n_train)
+        retain += forget if p.retain_adversarial else 0
+        crafting = PGD_STEPS if p.attack == "pgd" else 1
+        method = UNLEARNING_METHODS.get(p.method).cost(p.method_config, retain, forget, n_train)
+        per_round = Work(grad=forget * crafting, forward=2 * forget) + method
+        monitor = n_validation if p.monitor_limit is None else min(p.monitor_limit, n_validation)
+        return per_round.scaled(p.rounds) + Work(grad=monitor, forward=2 * monitor).scaled(
+            p.rounds + 1)
 
     def apply(self, ctx: DefenseContext) -> DefenseResult:
         p: UnlearningDefenseParams = self.params

@@ -43,6 +43,7 @@ from robench.data import Split
 from robench.registry import Registry
 from robench.seeds import generator
 from robench.training import TrainConfig, make_optimizer
+from robench.work import Work
 
 Batch = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -172,6 +173,14 @@ class UnlearningMethod:
     def lr_scale(self, epoch: int) -> float:
         """The learning rate of ``epoch`` as a multiple of the initial one (a step schedule)."""
         return 1.0
+
+    @classmethod
+    def cost(cls, params: UnlearningParams, n_retain: int, n_forget: int,
+             n_train: int) -> Work:
+        """Image passes of one ``unlearn`` call, for time estimates: by default ``epochs``
+        passes over the retain and the forget set (an upper bound for methods that sweep only
+        one of them or stop early)."""
+        return Work(train=getattr(params, "epochs", 1) * (n_retain + n_forget))
 
     # -- what the base owns ---------------------------------------------------------------
     def unlearn(self, model: nn.Module, data: UnlearningData, seed: int,

@@ -49,6 +49,7 @@ from robench.defenses.unlearning.method import (
     UnlearningParams,
 )
 from robench.training import TrainConfig
+from robench.work import Work
 
 
 class SSDParams(UnlearningParams):
@@ -98,6 +99,11 @@ class SSD(UnlearningMethod):
     """Selective synaptic dampening of forget-specific weights, no training (Foster et al. 2024)."""
 
     Params = SSDParams
+
+    @classmethod
+    def cost(cls, params: SSDParams, n_retain: int, n_forget: int, n_train: int) -> Work:
+        # no training: two Fisher diagonals, over the forget set and over training + forget
+        return Work(train=n_train + 2 * n_forget)
 
     def unlearn(self, model: nn.Module, data: UnlearningData, seed: int,
                 train_config: TrainConfig) -> nn.Module:

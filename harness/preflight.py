@@ -1,0 +1,360 @@
+"""``robench plan``: what ``robench run`` would do with a suite, before it does any of it.
+
+The suite is resolved exactly as ``run`` resolves it (``robench.runner.prepare``: the same
+options, the same one-line errors). Then, without writing anything and without training:
+
+- the baseline and every defended model are looked up in the model cache under the keys the
+  runner uses (``robench.cache.data_key``); a defense that costs nothing (``Defense.cost`` is
+  zero: ``none``, input transformations) is rebuilt from a cached baseline;
+- every cell (defense x attack x eps x seed) is **done** when its stored row passes the check
+  resume applies (``robench.runner.cell_verified``) against the model it would attack; a
+  stored row whose model is not cached cannot be checked without training it, so it is shown
+  as *unverified* and counted as work;
+- the remaining work of every stage is priced by ``robench.estimate`` (a calibration of the
+  suite's model on this machine, unless ``calibrate`` is False).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from torch import nn
+
+from robench.cache import ModelCache, data_key
+from robench.data import Dataset, Split
+from robench.defenses import DefenseContext
+from robench.eps import eps_text
+from robench.estimate import (
+    Calibration,
+    attack_images,
+    attack_work,
+    baseline_work,
+    calibrate,
+    defense_work,
+    duration_text,
+)
+from robench.models import model_hash as fingerprint
+from robench.outcomes import OutcomeTable
+from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
+from robench.results import CellExpectation, ResultTable
+from robench.runner import RunOptions, cell_verified, data_splits, prepare, resolve_device
+from robench.work import NO_WORK, Work
+
+#: progress and estimates only: no result depends on this module (see robench.codehash)
+AFFECTS_RESULTS = False
+
+CellState = Literal["done", "to do", "unverified"]
+ModelState = Literal["cached", "checkpoint", "to train", "free", "to run"]
+
+
+@dataclass
+class AttackStatus:
+    spec: AttackSpec
+    images: int
+    cells: list[tuple[float, CellState]]
+    work: Work                       # for the cells not done
+
+    def eps_in(self, state: CellState) -> list[float]:
+        return [eps for eps, s in self.cells if s == state]
+
+
+@dataclass
+class DefenseStatus:
+    spec: DefenseSpec
+    model: ModelState
+    work: Work                       # NO_WORK when cached or free
+    attacks: list[AttackStatus] = field(default_factory=list)
+
+
+@dataclass
+class SeedStatus:
+    seed: int
+    baseline: BaselineSpec
+    baseline_model: ModelState
+    baseline_work: Work
+    defenses: list[DefenseStatus] = field(default_factory=list)
+
+
+@dataclass
+class Preflight:
+    """Everything ``robench plan`` prints."""
+
+    plan: Plan
+    out_dir: Path
+    sizes: tuple[int, int, int]      # training, validation, evaluation images
+    stored_rows: int
+    notes: list[str]
+    seeds: list[SeedStatus]
+    calibration: Calibration | None
+
+    def cells(self, state: CellState | None = None) -> int:
+        return sum(len(a.cells if state is None else a.eps_in(state))
+                   for s in self.seeds for d in s.defenses for a in d.attacks)
+
+    def stage_work(self) -> dict[str, Work]:
+        """Remaining work by stage kind."""
+        return {
+            "baseline training": sum((s.baseline_work for s in self.seeds), NO_WORK),
+            "defenses": sum((d.work for s in self.seeds for d in s.defenses), NO_WORK),
+            "attacks": sum((a.work for s in self.seeds for d in s.defenses for a in d.attacks),
+                           NO_WORK),
+        }
+
+    def seconds(self, work: Work) -> float | None:
+        return None if self.calibration is None else self.calibration.seconds(work)
+
+
+class _ReadOnlyFolder:
+    """What ``ResultTable``/``OutcomeTable`` read through (their path): plan opens no
+    ``OutputFolder``, which would lock and probe the folder, i.e. write into it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.absolute()
+
+
+def preflight(path: str | Path, opts: RunOptions, calibrated: bool = True) -> Preflight:
+    """The plan of ``robench run path`` with these options, and where it stands."""
+    plan, dataset, out_dir = prepare(path, opts)
+    train, validation, evaluation = data_splits(plan, dataset)
+    table, outcomes, notes = _stored(out_dir, opts.force)
+    cache = ModelCache(enabled=opts.use_cache and not opts.force)
+    checker = _Checker(plan, dataset, cache, table, outcomes, (train, validation, evaluation))
+    seeds = [checker.seed(seed) for seed in plan.seeds]
+    calibration = None
+    if calibrated:
+        calibration = calibrate(plan, train, evaluation, dataset.num_classes,
+                                resolve_device(plan.suite.device))
+    return Preflight(plan, out_dir, (len(train), len(validation), len(evaluation)),
+                     len(table.rows), notes, seeds, calibration)
+
+
+def _stored(out_dir: Path, force: bool) -> tuple[ResultTable, OutcomeTable, list[str]]:
+    """The results and outcomes resume would read (none with ``--force``)."""
+    folder = _ReadOnlyFolder(out_dir)
+    table, outcomes = ResultTable(folder), OutcomeTable(folder)  # type: ignore[arg-type]
+    notes: list[str] = []
+    if force:
+        return table, outcomes, ["--force: every stored cell and cached model is ignored"]
+    unreadable = table.load_existing()
+    if unreadable:
+        what = "the file" if unreadable < 0 else f"{unreadable} rows"
+        notes.append(f"{ResultTable.NAME}: {what} could not be read as robench results; "
+                     "not trusted")
+    if not outcomes.load_existing():
+        notes.append("outcomes.parquet could not be read; its cells count as to do")
+    return table, outcomes, notes
+
+
+class _Checker:
+    """Looks models up in the cache and checks stored cells, one seed at a time."""
+
+    def __init__(self, plan: Plan, dataset: Dataset, cache: ModelCache, table: ResultTable,
+                 outcomes: OutcomeTable, splits: tuple[Split, Split, Split]) -> None:
+        self.plan, self.dataset, self.cache = plan, dataset, cache
+        self.table, self.outcomes = table, outcomes
+        self.train, self.validation, self.evaluation = splits
+        self.stored = table.keys()
+
+    def seed(self, seed: int) -> SeedStatus:
+        seeded = self.plan.for_seed(seed)
+        baseline, state = self._baseline(seeded.baseline)
+        status = SeedStatus(seed, seeded.baseline, state,
+                            NO_WORK if state in ("cached", "checkpoint") else
+                            baseline_work(seeded.baseline, len(self.train)))
+        for spec in seeded.defenses:
+            model, model_state = self._defense(spec, baseline, seed)
+            work = NO_WORK if model_state in ("cached", "free") else defense_work(
+                spec, self.plan.suite.train, len(self.train), len(self.validation))
+            defense = DefenseStatus(spec, model_state, work)
+            model_hash = fingerprint(model) if model is not None else None
+            defense.attacks = [self._attack(seed, spec, attack, model_hash)
+                               for attack in seeded.attacks]
+            status.defenses.append(defense)
+        return status
+
+    def _baseline(self, spec: BaselineSpec) -> tuple[nn.Module | None, ModelState]:
+        with torch.random.fork_rng(devices=[]):  # building draws initial weights
+            model = spec.build(self.dataset.num_classes)
+        if spec.weights is not None:
+            return model.eval(), "checkpoint"
+        key = data_key(spec.cache_key, self.dataset.fingerprint)
+        if self.cache.load(key, model) is not None:
+            return model.eval(), "cached"
+        return None, "to train"
+
+    def _defense(self, spec: DefenseSpec, baseline: nn.Module | None,
+                 seed: int) -> tuple[nn.Module | None, ModelState]:
+        if spec.plugin.cacheable:
+            with torch.random.fork_rng(devices=[]):  # an instance to load the weights into
+                model = self.plan.baseline.build(self.dataset.num_classes)
+            if self.cache.load(data_key(spec.cache_key, self.dataset.fingerprint),
+                               model) is not None:
+                return model.eval(), "cached"
+        if defense_work(spec, self.plan.suite.train, len(self.train),
+                        len(self.validation)) != NO_WORK:
+            return None, "to run"
+        # a defense that costs nothing: rebuilt now if the baseline is there, by the run if not
+        return (None if baseline is None else self._rebuild(spec, baseline, seed)), "free"
+
+    def _rebuild(self, spec: DefenseSpec, baseline: nn.Module, seed: int) -> nn.Module:
+        """A defense that costs nothing, applied on the CPU as the runner applies it."""
+        ctx = DefenseContext(model=copy.deepcopy(baseline), train=self.train,
+                             validation=self.validation, params=spec.params, seed=spec.seed,
+                             device=torch.device("cpu"), train_config=self.plan.suite.train,
+                             num_classes=self.dataset.num_classes)
+        with torch.random.fork_rng(devices=[]):
+            return spec.build().apply(ctx).model.eval()
+
+    def _attack(self, seed: int, defense: DefenseSpec, spec: AttackSpec,
+                model_hash: str | None) -> AttackStatus:
+        data = self.evaluation.head(spec.limit)
+        ids = data.ids.tolist()
+        cells: list[tuple[float, CellState]] = []
+        for eps in spec.eps:
+            if model_hash is None:
+                stored = (defense.label, spec.label, eps, seed) in self.stored
+                cells.append((eps, "unverified" if stored else "to do"))
+                continue
+            expect = CellExpectation(
+                defense=defense.label, attack=spec.label, seed=seed,
+                data_hash=self.dataset.fingerprint, defense_params=defense.params_json,
+                attack_params=spec.params_json, role=spec.role, n=len(data),
+                model_hash=model_hash, code_hash=spec.code_hash)
+            done = cell_verified(self.table, self.outcomes, expect, eps, ids)
+            cells.append((eps, "done" if done else "to do"))
+        todo = [eps for eps, state in cells if state != "done"]
+        return AttackStatus(spec, attack_images(spec, len(self.evaluation)), cells,
+                            attack_work(spec, len(data), todo))
+
+
+# -- what robench plan prints ------------------------------------------------------------------
+MODEL_TEXT = {"cached": "cached", "checkpoint": "checkpoint", "to train": "to train",
+              "free": "rebuilt (no cost)", "to run": "to run"}
+UPPER_BOUND_NOTE = (
+    "Estimates are upper bounds of a simple cost model (training: epochs x images; an attack: "
+    "images x its gradient steps or queries per eps), priced by timing one batch of the "
+    "suite's model on this machine now. Attacks usually take less: active-set attacks stop "
+    "spending steps on images they already fooled, and AutoAttack's later components attack "
+    "only the images the earlier ones left robust.")
+
+
+def render(pre: Preflight, console: Console) -> None:
+    """Print the plan: a header, a table of every cell per seed, and the remaining work."""
+    _header(pre, console)
+    for status in pre.seeds:
+        console.print()
+        console.print(_seed_table(pre, status))
+    console.print()
+    console.print(_summary(pre))
+    if pre.calibration is not None:
+        console.print(UPPER_BOUND_NOTE, style="dim")
+
+
+def _header(pre: Preflight, console: Console) -> None:
+    plan = pre.plan
+    n_train, n_validation, n_eval = pre.sizes
+    seeds = ", ".join(map(str, plan.seeds))
+    console.print(f"[bold]robench plan[/bold]: suite {escape(plan.name)} "
+                  f"({escape(plan.source)}), seed{'s' if len(plan.seeds) > 1 else ''} {seeds}, "
+                  f"device {resolve_device(plan.suite.device)}")
+    console.print(f"data: {plan.suite.data.dataset}, train {n_train}, validation "
+                  f"{n_validation}, eval {n_eval} images")
+    console.print(f"results folder: {escape(str(pre.out_dir))} ({pre.stored_rows} stored rows, "
+                  "checked as resume checks them)")
+    for note in pre.notes:
+        console.print(f"note: {escape(note)}")
+    cal = pre.calibration
+    if cal is None:
+        console.print("no calibration (--no-calibrate): no times")
+        return
+    ms = cal.per_pass
+    console.print(f"calibration ({cal.device}, {_count(cal.threads, 'thread')}): training step "
+                  f"{1e3 * ms.train:.3f} ms/image (batch {cal.train_batch}), input gradient "
+                  f"{1e3 * ms.grad:.3f} ms/image, forward {1e3 * ms.forward:.3f} ms/image "
+                  f"(batch {cal.eval_batch})")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _eps_list(values: list[float], total: int, mark: set[float] | None = None) -> str:
+    if not values:
+        return ""
+    if len(values) == total and not mark:
+        return f"all {total}"
+    return ", ".join(eps_text(e) + ("?" if mark and e in mark else "") for e in values)
+
+
+def _time(pre: Preflight, work: Work) -> str:
+    seconds = pre.seconds(work)
+    if seconds is None:
+        return ""
+    return "-" if work == NO_WORK else duration_text(seconds)
+
+
+def _seed_table(pre: Preflight, status: SeedStatus) -> Table:
+    base = status.baseline
+    how = (f"weights {base.weights.path}" if base.weights is not None
+           else f"{_count(base.train.epochs, 'epoch')} on {pre.sizes[0]} images")
+    table = Table(title=f"seed {status.seed}: baseline {base.model} ({how}): "
+                        f"{MODEL_TEXT[status.baseline_model]}"
+                        + (f", {_time(pre, status.baseline_work)}"
+                           if pre.calibration is not None else ""),
+                  title_justify="left", show_lines=False)
+    for name in ("defense", "model", "attack", "images", "done (eps)", "to do (eps)"):
+        table.add_column(name, overflow="fold")
+    if pre.calibration is not None:
+        table.add_column("estimate", justify="right")
+    with_time = pre.calibration is not None
+    for defense in status.defenses:
+        table.add_row(escape(defense.spec.label), MODEL_TEXT[defense.model], "(defense)", "",
+                      "", "", *([_time(pre, defense.work)] if with_time else []))
+        for attack in defense.attacks:
+            unverified = set(attack.eps_in("unverified"))
+            todo = [eps for eps, state in attack.cells if state != "done"]
+            table.add_row("", "", escape(attack.spec.label), str(attack.images),
+                          _eps_list(attack.eps_in("done"), len(attack.cells)),
+                          _eps_list(todo, len(attack.cells), unverified),
+                          *([_time(pre, attack.work)] if with_time else []))
+        table.add_section()
+    if any(a.eps_in("unverified") for d in status.defenses for a in d.attacks):
+        table.caption = ("?: stored, but its model is not cached, so it cannot be checked "
+                         "before the run rebuilds the model; counted as to do")
+        table.caption_justify = "left"
+    return table
+
+
+def _summary(pre: Preflight) -> Table:
+    seeds = pre.seeds
+    stages = pre.stage_work()
+    to_train = sum(s.baseline_model == "to train" for s in seeds)
+    to_run = sum(d.model == "to run" for s in seeds for d in s.defenses)
+    counts = {
+        "baseline training": f"{to_train} of {len(seeds)}",
+        "defenses": f"{to_run} of {sum(len(s.defenses) for s in seeds)} to run",
+        "attacks": f"{pre.cells() - pre.cells('done')} of {pre.cells()} cells",
+    }
+    table = Table(title="remaining work", title_justify="left")
+    table.add_column("stage")
+    table.add_column("to do", justify="right")
+    if pre.calibration is not None:
+        table.add_column("estimate", justify="right")
+    for stage, work in stages.items():
+        table.add_row(stage, counts[stage],
+                      *([_time(pre, work)] if pre.calibration is not None else []))
+    total = sum(stages.values(), NO_WORK)
+    if pre.calibration is not None:
+        table.add_section()
+        table.add_row("[bold]total[/bold]", "", f"[bold]{_time(pre, total)}[/bold]")
+    return table
+
+
+__all__ = ["AttackStatus", "DefenseStatus", "Preflight", "SeedStatus", "preflight", "render"]
