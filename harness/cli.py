@@ -58,10 +58,18 @@ def run(
         "--no-cache", help="Do not read or write the model cache.")] = False,
     force: Annotated[bool, typer.Option(
         "--force", help="Recompute everything (ignore cache and existing rows).")] = False,
+    executor: Annotated[str, typer.Option(
+        help="serial (one process, the default) | ray (tasks on a Ray cluster).")] = "serial",
+    jobs: Annotated[int | None, typer.Option(
+        help="CPUs of the local Ray cluster robench starts (default: all).")] = None,
+    address: Annotated[str | None, typer.Option(
+        help="Join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto) instead of "
+             "starting one; default $RAY_ADDRESS.")] = None,
 ) -> None:
     """Run a suite: train, defend, attack, and write results.csv + leaderboard.
 
     Example: robench run suites/fgsm_lenet.yaml --data-dir ../shared/data
+    (on a local Ray cluster: add --executor ray --jobs 4)
     """
     if device is not None and device not in ("auto", "cpu", "cuda"):
         _fail(UserError(f"unknown device {device!r}; use auto, cpu or cuda", where="--device"))
@@ -71,7 +79,8 @@ def run(
 
         opts = RunOptions(data_dir=data_dir, out=out, device=device, eval_limit=eval_limit,
                           epochs=epochs, seed=seed, seeds=seeds, quiet=quiet,
-                          use_cache=not no_cache, force=force)
+                          use_cache=not no_cache, force=force, executor=executor, jobs=jobs,
+                          address=address)
         out_dir, board = run_suite(suite, opts)
     except UserError as err:
         _fail(err)

@@ -6,7 +6,6 @@ Nothing here knows about a particular attack or defense: it runs the typed plan 
 
 from __future__ import annotations
 
-import copy
 import io
 import math
 import os
@@ -16,16 +15,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 from torch import nn
 
 import robench
-from robench.attacks import Attack
-from robench.cache import ModelCache, data_key
-from robench.checks import model_diagnostics
+from robench.cache import ModelCache
 from robench.config import Suite, load_suite, parse_suite
 from robench.data import (
     Dataset,
@@ -34,13 +31,11 @@ from robench.data import (
     hold_out_validation,
     load_dataset,
 )
-from robench.defenses import DefenseContext
 from robench.eps import canonical_eps, eps_text
 from robench.errors import Interrupted, UserError
 from robench.estimate import attack_work, baseline_work, defense_work, suite_work
-from robench.evaluation import evaluate_attack
+from robench.evaluation import AttackOutcome
 from robench.finalize import DIAGNOSTICS_FILE, finalize, read_diagnostics
-from robench.models import model_hash as fingerprint
 from robench.outcomes import OUTCOMES_FILE, OutcomeTable
 from robench.outdir import OutputFolder
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan, resolve
@@ -54,7 +49,16 @@ from robench.results import (
     write_json,
 )
 from robench.stats import wilson_interval
-from robench.training import accuracy, train
+from robench.units import (
+    ModelFacts,
+    apply_defense,
+    attack_images,
+    inspect_model,
+    train_baseline,
+)
+
+if TYPE_CHECKING:
+    from robench.executors import Executor
 
 
 @dataclass
@@ -71,6 +75,9 @@ class RunOptions:
     quiet: bool = False
     use_cache: bool = True
     force: bool = False
+    executor: str = "serial"       # serial | ray (robench.executors)
+    jobs: int | None = None        # CPUs of the local Ray cluster (--executor ray)
+    address: str | None = None     # an existing Ray cluster to join (--executor ray)
 
 
 def apply_overrides(suite: Suite, opts: RunOptions, source: str) -> Suite:
@@ -135,12 +142,15 @@ def git_state() -> dict[str, Any]:
 class Runner:
     """Runs one resolved plan into one results folder (an open ``OutputFolder``)."""
 
-    def __init__(self, plan: Plan, folder: OutputFolder, opts: RunOptions) -> None:
+    def __init__(self, plan: Plan, folder: OutputFolder, opts: RunOptions,
+                 device: torch.device | None = None, executor: Executor | None = None) -> None:
         self.plan = plan
         self.folder = folder
         self.out_dir = folder.path
         self.opts = opts
-        self.device = resolve_device(plan.suite.device)
+        # a Ray run's tasks use the cluster's devices, which the driver may not have itself
+        self.device = device if device is not None else resolve_device(plan.suite.device)
+        self.executor = executor
         self.reporter = Reporter(quiet=opts.quiet,
                                  log=lambda line: folder.append_line("run.log", line))
         self.cache = ModelCache(enabled=opts.use_cache and not opts.force)
@@ -160,33 +170,17 @@ class Runner:
         plan = self.plan
         self.data_hash = dataset.fingerprint
         splits = data_splits(plan, dataset)
-        train_split, validation, test_split = (s.to(self.device) for s in splits)
-        self._start_run_record(len(test_split))
-        self.reporter.start_overall(suite_work(plan, len(train_split), len(validation),
-                                               len(test_split)).units, f"suite {plan.name}")
+        self._start_run_record(len(splits[2]))
+        self.reporter.start_overall(suite_work(plan, len(splits[0]), len(splits[1]),
+                                               len(splits[2])).units, f"suite {plan.name}")
         seeds = ", ".join(map(str, plan.seeds))
         self.reporter.info(f"suite {plan.name}: {plan.baseline.dataset} train "
-                           f"{len(train_split)}, validation {len(validation)}, eval "
-                           f"{len(test_split)} images, seed {seeds}, device {self.device}")
-        planned: set[tuple[str, str, float, int]] = set()
-        for seed in plan.seeds:
-            seeded = plan.for_seed(seed)
-            baseline = self.baseline(seeded.baseline, dataset, train_split)
-            self.sources = self.defend_sources(seeded, baseline, train_split, validation,
-                                               dataset, seed)
-            for defense in seeded.defenses:
-                model, seconds = self.sources.get(defense.label) or self.defend(
-                    defense, baseline, train_split, validation, dataset, seed)
-                self.reporter.info(f"[{defense.label}]{self._tag(seed)} clean accuracy "
-                                   f"{accuracy(model, test_split):.4f}")
-                if seed == plan.seeds[0]:  # diagnostics of the first seed's models
-                    self.diagnostics[defense.label] = model_diagnostics(model, test_split)
-                    write_json(self.folder, DIAGNOSTICS_FILE, self.diagnostics)
-                model_hash = fingerprint(model)
-                for attack in seeded.attacks:
-                    self.attack(seed, defense, attack, model, model_hash, test_split, seconds)
-                    planned.update((defense.label, attack.label, eps, seed)
-                                   for eps in attack.eps)
+                           f"{len(splits[0])}, validation {len(splits[1])}, eval "
+                           f"{len(splits[2])} images, seed {seeds}, device {self.device}")
+        if self.executor is None:
+            planned = self.run_serial(dataset, splits)
+        else:
+            planned = self.executor.execute(self, dataset, splits)
         self.reporter.close_overall()
         self.table.keep_only(planned)
         self.outcomes.keep_only(planned)
@@ -200,56 +194,59 @@ class Runner:
                            f"follow); results in {self.out_dir}")
         return finalize(self.out_dir, self.folder, reporter=self.reporter)
 
+    def run_serial(self, dataset: Dataset,
+                   splits: tuple[Split, Split, Split]) -> set[tuple[str, str, float, int]]:
+        """The reference executor: every unit of work in order, in this process."""
+        plan = self.plan
+        train_split, validation, test_split = (s.to(self.device) for s in splits)
+        planned: set[tuple[str, str, float, int]] = set()
+        for seed in plan.seeds:
+            seeded = plan.for_seed(seed)
+            baseline = self.baseline(seeded.baseline, dataset, train_split)
+            self.sources = self.defend_sources(seeded, baseline, train_split, validation,
+                                               dataset, seed)
+            for defense in seeded.defenses:
+                model, seconds = self.sources.get(defense.label) or self.defend(
+                    defense, baseline, train_split, validation, dataset, seed)
+                facts = inspect_model(model, test_split, diagnostics=seed == plan.seeds[0])
+                self.note_model(seed, defense, facts)
+                for attack in seeded.attacks:
+                    self.attack(seed, defense, attack, model, facts.model_hash, test_split,
+                                seconds)
+                    planned.update((defense.label, attack.label, eps, seed)
+                                   for eps in attack.eps)
+        return planned
+
     def baseline(self, spec: BaselineSpec, dataset: Dataset, train_split: Split) -> nn.Module:
-        torch.manual_seed(spec.seed)
-        model = spec.build(dataset.num_classes).to(self.device)
-        if spec.weights is not None:  # model.weights: a user's checkpoint, not trained or cached
-            self.reporter.info(f"baseline {spec.model}: weights {spec.weights.path} "
-                               f"(sha256 {spec.weights.sha256[:12]})")
-            return model.eval()
-        key = self._with_data(spec.cache_key)
-        if self.cache.load(key, model) is not None:
-            self.reporter.info(f"baseline {spec.model}: loaded from cache ({key[:10]})")
-            self.reporter.skip(baseline_work(spec, len(train_split)).units)
-            return model.to(self.device).eval()
-        t0 = time.perf_counter()
-        train(model, train_split, spec.train, seed=spec.seed, reporter=self.reporter,
-              desc=f"train {spec.model}")
-        seconds = time.perf_counter() - t0
-        self.reporter.info(f"baseline {spec.model}: trained {spec.train.epochs} epochs "
-                           f"in {seconds:.1f}s")
-        self.reporter.advance(baseline_work(spec, len(train_split)).units)
-        self._warn(self.cache.save(key, model, {"seconds": seconds}))
-        return model.eval()
+        model, cached = train_baseline(spec, dataset.num_classes, train_split, self.device,
+                                       self.cache, self.data_hash, self.reporter)
+        self.count_work(baseline_work(spec, len(train_split)).units, cached)
+        return model
 
     def defend(self, spec: DefenseSpec, baseline: nn.Module, train_split: Split,
                validation: Split, dataset: Dataset, seed: int) -> tuple[nn.Module, float]:
-        model = copy.deepcopy(baseline)
-        key = self._with_data(spec.cache_key)
-        meta = self.cache.load(key, model) if spec.plugin.cacheable else None
-        units = defense_work(spec, self.plan.suite.train, len(train_split), len(validation)).units
-        if meta is not None:
+        done = apply_defense(spec, baseline, train_split, validation, dataset.num_classes,
+                             self.device, self.plan.suite.train, self.cache, self.data_hash,
+                             self.reporter)
+        self.count_work(defense_work(spec, self.plan.suite.train, len(train_split),
+                                     len(validation)).units, done.cached)
+        self._add_metrics(spec, seed, done.metrics)
+        return done.model, done.seconds
+
+    def count_work(self, units: float, cached: bool) -> None:
+        """The overall progress line: a stage done (``advance``) or not needed (``skip``)."""
+        if cached:
             self.reporter.skip(units)
-            self.reporter.info(f"[{spec.label}] defended model loaded from cache ({key[:10]})")
-            self._add_metrics(spec, seed, meta.get("metrics", []))
-            return model.to(self.device).eval(), float(meta["seconds"])
-        ctx = DefenseContext(model=model, train=train_split, validation=validation,
-                             params=spec.params, seed=spec.seed, device=self.device,
-                             train_config=self.plan.suite.train, reporter=self.reporter,
-                             num_classes=dataset.num_classes)
-        t0 = time.perf_counter()
-        result = spec.build().apply(ctx)
-        seconds = time.perf_counter() - t0
-        defended = result.model.to(self.device).eval()
-        for p in defended.parameters():
-            p.grad = None
-        self.reporter.info(f"[{spec.label}] defense {spec.name} took {seconds:.1f}s")
-        self.reporter.advance(units)
-        if spec.plugin.cacheable:
-            self._warn(self.cache.save(key, defended,
-                                       {"seconds": seconds, "metrics": result.metrics}))
-        self._add_metrics(spec, seed, result.metrics)
-        return defended, seconds
+        else:
+            self.reporter.advance(units)
+
+    def note_model(self, seed: int, defense: DefenseSpec, facts: ModelFacts) -> None:
+        """Log a defended model's clean accuracy; store the first seed's diagnostics."""
+        self.reporter.info(f"[{defense.label}]{self._tag(seed)} clean accuracy "
+                           f"{facts.clean_acc:.4f}")
+        if facts.diagnostics is not None:
+            self.diagnostics[defense.label] = facts.diagnostics
+            write_json(self.folder, DIAGNOSTICS_FILE, self.diagnostics)
 
     def defend_sources(self, plan: Plan, baseline: nn.Module, train_split: Split,
                        validation: Split, dataset: Dataset,
@@ -261,17 +258,22 @@ class Runner:
         return {d.label: self.defend(d, baseline, train_split, validation, dataset, seed)
                 for d in plan.defenses if d.label in wanted}
 
-    def build_attack(self, spec: AttackSpec, model: nn.Module) -> Attack:
-        """The attack of ``spec`` against ``model``, given its source model if it crafts on one
-        (a transfer attack; the plan validated the source label)."""
-        built = spec.build(model)
-        if spec.source is not None:
-            built.set_source(self.sources[spec.source][0])
-        return built
-
     def attack(self, seed: int, defense: DefenseSpec, attack: AttackSpec, model: nn.Module,
                model_hash: str, test_split: Split, defense_seconds: float) -> None:
         data = test_split.head(attack.limit)
+        missing = self.missing_eps(seed, defense, attack, model_hash, data)
+        if not missing:
+            return
+        source = self.sources[attack.source][0] if attack.source is not None else None
+        outcomes = attack_images(attack, model, source, missing, data, self.reporter,
+                                 desc=f"{defense.label} / {attack.label}")
+        self.record_cell(seed, defense, attack, model_hash, data.ids.tolist(),
+                         defense_seconds, outcomes)
+
+    def missing_eps(self, seed: int, defense: DefenseSpec, attack: AttackSpec,
+                    model_hash: str, data: Split) -> list[float]:
+        """The eps of this (defense, attack, seed) whose cells are not yet verified in the
+        results folder (logged when there is none)."""
         self._image_ids = data.ids.tolist()
         expect = CellExpectation(
             defense=defense.label, attack=attack.label, seed=seed,
@@ -281,15 +283,17 @@ class Runner:
         # only the cells not yet verified: random starts are drawn per (eps, image), so a cell's
         # numbers do not depend on which other eps are attacked with it
         missing = [eps for eps in attack.eps if not self._done(expect, eps)]
-        units = attack_work(attack, len(data), missing).units
-        self.reporter.skip(attack_work(attack, len(data), attack.eps).units - units)
+        self.reporter.skip(attack_work(attack, len(data), attack.eps).units
+                           - attack_work(attack, len(data), missing).units)
         if not missing:
             self.reporter.info(f"[{defense.label}] {attack.label}{self._tag(seed)}: already "
                                "in results.csv, skipped")
-            return
-        outcomes = evaluate_attack(model, self.build_attack(attack, model), missing, data,
-                                   reporter=self.reporter,
-                                   desc=f"{defense.label} / {attack.label}")
+        return missing
+
+    def record_cell(self, seed: int, defense: DefenseSpec, attack: AttackSpec, model_hash: str,
+                    image_ids: list[int], defense_seconds: float,
+                    outcomes: list[AttackOutcome]) -> None:
+        """Write the rows and per-image outcomes of finished cells (atomic, per cell)."""
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         suite = self.plan.suite
         rows = [ResultRow(
@@ -305,11 +309,10 @@ class Runner:
             defense_seconds=defense_seconds, robench_version=robench.__version__,
             torch_version=torch.__version__, created_at=now, role=attack.role,
             model_hash=model_hash, code_hash=attack.code_hash) for o in outcomes]
-        self.outcomes.replace_cells(defense.label, attack.label, seed,
-                                    self._image_ids, outcomes)
+        self.outcomes.replace_cells(defense.label, attack.label, seed, image_ids, outcomes)
         self.table.replace_cells(rows)
         self.cells_done += len(rows)
-        self.reporter.advance(units)
+        self.reporter.advance(attack_work(attack, len(image_ids), [o.eps for o in outcomes]).units)
         curve = ", ".join(f"{eps_text(o.eps)}: {o.robust_acc:.3f}" for o in outcomes)
         self.reporter.info(f"[{defense.label}] {attack.label}{self._tag(seed)} robust accuracy "
                            f"{{{curve}}}")
@@ -323,14 +326,6 @@ class Runner:
     def _tag(self, seed: int) -> str:
         """" seed N" in log lines of a run with several seeds."""
         return f" seed {seed}" if len(self.plan.seeds) > 1 else ""
-
-    def _with_data(self, key: str) -> str:
-        """A plan's cache key joined with the fingerprint of the data actually loaded."""
-        return data_key(key, self.data_hash)
-
-    def _warn(self, problem: str | None) -> None:
-        if problem:
-            self.reporter.info(f"warning: {problem}")
 
     def _start_run_record(self, n_eval: int) -> None:
         """Load what resume may reuse, move earlier outputs aside when this run will drop some
@@ -374,6 +369,7 @@ class Runner:
                         for i, a in enumerate(plan.attacks)},
             "versions": _versions(), **git_state(), "device": str(self.device),
             "threads": torch.get_num_threads(),
+            **(self.executor.run_record() if self.executor is not None else {}),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
 
@@ -539,7 +535,9 @@ def prepare(path: str | Path, opts: RunOptions) -> tuple[Plan, Dataset, Path]:
     every user mistake found before anything is written (``robench plan`` stops here)."""
     plan = resolve(apply_overrides(load_suite(path), opts, str(path)), str(path))
     # user mistakes fail before anything is written
-    resolve_device(plan.suite.device, where="--device" if opts.device else f"{path}: device")
+    device_where = "--device" if opts.device else f"{path}: device"
+    if opts.executor == "serial":  # a Ray run's device is checked against the cluster's
+        resolve_device(plan.suite.device, where=device_where)
     if opts.out is not None and not opts.out.strip():
         raise UserError("empty folder name", where="--out")
     dataset = load_dataset(plan.suite.data.dataset, plan.suite.data.root)
@@ -551,15 +549,21 @@ def prepare(path: str | Path, opts: RunOptions) -> tuple[Plan, Dataset, Path]:
 
 def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, pd.DataFrame]:
     """Load, resolve and run a suite file. Returns the results folder and the leaderboard."""
+    from robench.executors import check_options, open_executor
+
     opts = opts or RunOptions()
+    check_options(opts.executor, opts.jobs, opts.address)
     plan, dataset, out_dir = prepare(path, opts)
-    with OutputFolder.open(out_dir) as folder:
+    device_where = "--device" if opts.device else f"{path}: device"
+    with open_executor(opts.executor, opts.jobs, opts.address, opts.quiet, plan.suite.device,
+                       device_where) as (device, executor), \
+            OutputFolder.open(out_dir) as folder:
         foreign = folder.foreign_conflicts(output_names(folder.path))
         if foreign:
             raise UserError("results folder holds files robench did not write: "
                             f"{', '.join(foreign[:6])}{' ...' if len(foreign) > 6 else ''}; "
                             "choose another --out or move them away", where=str(out_dir))
-        runner = Runner(plan, folder, opts)
+        runner = Runner(plan, folder, opts, device=device, executor=executor)
         try:
             board = runner.run(dataset)
         except KeyboardInterrupt:
