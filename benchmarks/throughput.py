@@ -144,7 +144,10 @@ def throughput(args: argparse.Namespace) -> None:
     from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
 
     fgsm = create_attack("fgsm", model)
-    pgd = create_attack("pgd", model, {"steps": args.pgd_steps, "alpha": 0.01})
+    # the plain final-iterate loop: the same maths as the raw, torchattacks and ART loops (the
+    # active-set default is measured in its own section, ``--only active_set``)
+    pgd = create_attack("pgd", model, {"steps": args.pgd_steps, "alpha": 0.01,
+                                       "early_stop": False})
     clf = art_classifier(model)
     art_fgsm = FastGradientMethod(clf, norm=np.inf, eps=eps, batch_size=bs)
     art_pgd = ProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=0.01,

@@ -36,6 +36,7 @@ from robench.errors import Interrupted, UserError
 from robench.estimate import attack_work, baseline_work, defense_work, suite_work
 from robench.evaluation import AttackOutcome
 from robench.finalize import DIAGNOSTICS_FILE, finalize, read_diagnostics
+from robench.memory import peak_rss_text, release_freed_memory
 from robench.outcomes import OUTCOMES_FILE, OutcomeTable
 from robench.outdir import OutputFolder
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan, resolve
@@ -190,8 +191,8 @@ class Runner:
         self._write_metrics()
         # logged before the report, which shows both lines (as a later `robench report` does)
         self.reporter.info(reproduction_line(self.out_dir, self.table.frame()))
-        self.reporter.info(f"done in {time.perf_counter() - started:.1f}s (checks and report "
-                           f"follow); results in {self.out_dir}")
+        self.reporter.info(f"done in {time.perf_counter() - started:.1f}s, {peak_rss_text()} "
+                           f"(checks and report follow); results in {self.out_dir}")
         return finalize(self.out_dir, self.folder, reporter=self.reporter)
 
     def run_serial(self, dataset: Dataset,
@@ -215,6 +216,9 @@ class Runner:
                                 seconds)
                     planned.update((defense.label, attack.label, eps, seed)
                                    for eps in attack.eps)
+                del model
+                release_freed_memory()  # the allocator keeps what a defense freed otherwise
+                self.reporter.info(f"[{defense.label}]{self._tag(seed)} done ({peak_rss_text()})")
         return planned
 
     def baseline(self, spec: BaselineSpec, dataset: Dataset, train_split: Split) -> nn.Module:

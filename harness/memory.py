@@ -1,0 +1,54 @@
+"""Memory housekeeping for long runs: what the process's peak resident memory is, and handing
+freed heap memory back to the operating system between defenses.
+
+A suite frees every defense's tensors (models, forget sets, adversarial batches) before the next
+defense starts, but glibc's allocator keeps freed blocks in its arenas, fragmented, so the
+resident size of a serial run grew by tens of MB per defense while the live tensors stayed the
+same (measured on a 17-defense suite: live tensors 420-423 MB throughout, resident 1.29 GB ->
+1.48 GB after two defenses; ``malloc_trim`` gave back 55-120 MB each time).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import resource
+import sys
+from functools import cache
+
+#: bookkeeping only: editing this module changes no result (see robench.codehash)
+AFFECTS_RESULTS = False
+
+
+@cache
+def _trim() -> object | None:
+    """glibc's ``malloc_trim`` (None on other C libraries and platforms)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # musl and others have no malloc_trim
+        return None
+
+
+def release_freed_memory() -> None:
+    """Collect garbage cycles and return the allocator's free pages to the OS (a no-op where
+    the C library cannot)."""
+    gc.collect()
+    trim = _trim()
+    if trim is not None:
+        trim(0)
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def peak_rss_text() -> str:
+    return f"peak RSS {peak_rss_bytes() / 2**30:.2f} GB"
+
+
+__all__ = ["peak_rss_bytes", "peak_rss_text", "release_freed_memory"]
