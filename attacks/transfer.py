@@ -23,7 +23,8 @@ Arguments:
 
 The examples are crafted once per source model and reused for every target of the suite
 (same source, crafting params, seed, images and eps: the same examples; kept in memory while the
-source model lives), so a transfer column costs one crafting, not one per defense.
+source model lives), so a transfer column costs one crafting, not one per defense (within one
+process: under ``--executor ray`` each attack task crafts its own, with the same result).
 
 The crafting attack gets this attack's seed, so its random starts are per image as usual and
 the examples are exactly those that attack would craft on the source directly (the same for

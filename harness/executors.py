@@ -43,7 +43,8 @@ from robench.cache import ModelCache
 from robench.data import Dataset, Split
 from robench.eps import canonical_eps
 from robench.errors import Interrupted, UserError
-from robench.estimate import baseline_work, defense_work
+from robench.estimate import attack_images as images_attacked
+from robench.estimate import attack_work, baseline_work, defense_work
 from robench.evaluation import EVAL_BATCH_SIZE, AttackOutcome
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
 from robench.progress import Reporter
@@ -242,19 +243,27 @@ class RayCluster:
             if self.local:
                 self._refresh_config(ray)
                 self.temp_dir = Path(tempfile.mkdtemp(prefix="robench-ray-", dir=temp_root()))
-                ray.init(num_cpus=self.jobs or os.cpu_count() or 1, include_dashboard=False,
+                # no --jobs: Ray counts the CPUs itself (it honours container CPU quotas)
+                ray.init(num_cpus=self.jobs, include_dashboard=False,
                          _temp_dir=str(self.temp_dir), logging_level=level,
                          log_to_driver=not self.quiet)
             else:
+                if self.address.startswith(("http://", "https://")):
+                    raise UserError(f"{self.address} is a web address (Ray's dashboard or job "
+                                    "server); give the cluster's GCS address HOST:PORT (port "
+                                    "6379 by default), ray://HOST:PORT or auto",
+                                    where=self.where)
                 address = resolve_auto(ray) if self.address == "auto" else self.address
                 if address != "auto":
                     probe(address, self.where)
                     if "://" not in address:  # ray:// is Ray Client's server, not a GCS
                         check_gcs(ray, address, self.where)
                 try:
-                    ray.init(address=address, logging_level=level,
-                             log_to_driver=not self.quiet)
-                except ConnectionError as err:
+                    # "auto" itself, not the address it resolved to: only then does Ray read
+                    # the cluster's token from ~/.ray/auth_token (ray/_private/worker.py)
+                    ray.init(address="auto" if self.address == "auto" else address,
+                             logging_level=level, log_to_driver=not self.quiet)
+                except (ConnectionError, ValueError, RuntimeError) as err:
                     raise UserError(f"cannot connect to the Ray cluster at {address} "
                                     f"({' '.join(str(err).split())[:160]})",
                                     where=self.where) from None
@@ -412,6 +421,9 @@ class RayExecutor:
         self.pending: dict[Any, Callable[[Any], None]] = {}
         self.models: dict[tuple[int, str], Any] = {}
         self._remote: dict[str, Any] = {}
+        #: the evaluation images' chunks in the object store, by number of images (``limit``):
+        #: put once, passed by reference (a value argument is copied for every task)
+        self._chunks: dict[int, list[Any]] = {}
 
     def run_record(self) -> dict[str, Any]:
         return {"executor": self.cluster.describe(), "threads": TASK_CPUS}
@@ -480,7 +492,10 @@ class RayExecutor:
                                            len(splits[1])).units, report.cached)
             runner._add_metrics(defense, seed, report.metrics)
             runner.note_model(seed, defense, report.facts)
-            for attack in seeded.attacks:
+            # the longest attacks first (standard AutoAttack), so they do not finish last alone
+            n_eval = len(splits[2])
+            for attack in sorted(seeded.attacks, key=lambda a: -attack_work(
+                    a, images_attacked(a, n_eval), a.eps).units):
                 self._submit_attack(runner, seed, defense, attack, report, splits[2])
         return handle
 
@@ -496,7 +511,7 @@ class RayExecutor:
                   else [[eps] for eps in missing])
         model = self.models[(seed, defense.label)]
         source = self.models[(seed, attack.source)] if attack.source is not None else None
-        parts = list(chunks(data))
+        parts = self._chunk_refs(data)
         for eps in groups:
             work = _CellWork(seed, defense, attack, report.facts.model_hash, report.seconds,
                              data.ids.tolist(), [None] * len(parts))
@@ -504,6 +519,12 @@ class RayExecutor:
                 ref = self._task(attack_task).remote(attack, model, source, eps, part,
                                                      str(self.device))
                 self.pending[ref] = self._on_chunk(runner, work, index)
+
+    def _chunk_refs(self, data: Split) -> list[Any]:
+        """References to ``data``'s chunks (the first ``len(data)`` evaluation images)."""
+        if len(data) not in self._chunks:
+            self._chunks[len(data)] = [self.ray.put(part) for part in chunks(data)]
+        return self._chunks[len(data)]
 
     @staticmethod
     def _on_chunk(runner: Runner, work: _CellWork,
