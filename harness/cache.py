@@ -39,6 +39,15 @@ def data_key(plan_key: str, data_hash: str) -> str:
     return cache_key(plan=plan_key, data=data_hash)
 
 
+def fits(state: Any, model: nn.Module) -> bool:
+    """Whether ``state`` has exactly ``model``'s entries, each a tensor of the same shape and
+    dtype (so loading it changes every weight or none)."""
+    own = model.state_dict()
+    return (isinstance(state, dict) and state.keys() == own.keys()
+            and all(isinstance(state[k], torch.Tensor) and state[k].shape == v.shape
+                    and state[k].dtype == v.dtype for k, v in own.items()))
+
+
 class ModelCache:
     def __init__(self, root: Path | None = None, enabled: bool = True) -> None:
         self.root = root or cache_dir()
@@ -57,6 +66,8 @@ class ModelCache:
             meta = json.loads(blob.get("meta", "{}"))
             if not isinstance(meta, dict) or not isinstance(meta.get("seconds"), int | float):
                 return None
+            if not fits(blob["state_dict"], model):
+                return None  # before copying: load_state_dict would copy what fits, then fail
             model.load_state_dict(blob["state_dict"])
         except Exception:  # a corrupt or incompatible entry is a miss, never a crash
             return None

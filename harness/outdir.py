@@ -160,11 +160,15 @@ class OutputFolder:
     ``OutputFolder(path)``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
+                 inspect_only: bool = False) -> None:
         """Create the folder if missing, lock it, probe that it is writable, load its manifest.
 
         Raises UserError (one line) when the path is not a folder, is locked by another run,
         is not writable, or holds a link or a damaged file at robench's bookkeeping names.
+        ``inspect_only`` (``robench plan``): write nothing (no folder, lock, probe or recovery),
+        only refuse what opening would refuse, a lock held by a run included; for reading
+        ``owns``/``foreign_conflicts``.
         """
         self.path = Path(path).absolute()  # not normalised: '..' after a link stays right
         self.created = False
@@ -177,7 +181,7 @@ class OutputFolder:
         self._manifest: dict[str, Any] | None = None
         self._logs: dict[str, tuple[int, int, int]] = {}  # name -> (fd, st_dev, st_ino)
         self._temps: dict[str, tuple[int, int]] = {}  # temp_path names -> (st_dev, st_ino)
-        if create:
+        if create and not inspect_only:
             try:
                 self.path.mkdir(parents=True)
                 self.created = True
@@ -187,6 +191,14 @@ class OutputFolder:
                 raise UserError(f"cannot create the results folder ({_why(err)})",
                                 where=str(self.path)) from None
         self._dirfd = self._open_dir()
+        if inspect_only:
+            try:
+                self._check_unlocked()
+                self._manifest = self._load_manifest()
+            except BaseException:
+                self._release()
+                raise
+            return
         try:
             self._lock()
             self._probe()
@@ -302,6 +314,30 @@ class OutputFolder:
                 return
             os.close(fd)
         raise UserError(f"could not take the folder lock {LOCK_NAME}", where=where)
+
+    def _check_unlocked(self) -> None:
+        """Refuse as ``_lock`` would when a run holds the folder, without taking the lock or
+        creating the lock file (a shared, non-blocking flock test on an existing one)."""
+        where = str(self.path)
+        info = os.fstat(self._dirfd)
+        with _held_guard:
+            if (info.st_dev, info.st_ino) in _held:
+                raise UserError(f"{LOCKED_MESSAGE} (wait for it or choose another --out)",
+                                where=where)
+        try:
+            fd = os.open(LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC,
+                         dir_fd=self._dirfd)
+        except OSError:
+            return  # no lock file (or an odd one, which opening reports itself)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{LOCKED_MESSAGE} (wait for it or choose another --out)",
+                            where=where) from None
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # releases the shared lock
 
     def _create_unique(self, prefix: str, suffix: str = "") -> tuple[str, int]:
         """A new file with a random name, created exclusively and without following links."""
@@ -472,9 +508,9 @@ class OutputFolder:
         """Raise the one-line UserError naming ``foreign_conflicts(names)``, if any."""
         conflicts = self.foreign_conflicts(names)
         if conflicts:
-            raise UserError(f"results folder holds files robench did not write: "
-                            f"{', '.join(conflicts)}; choose another --out or move them away",
-                            where=str(self.path))
+            shown = ", ".join(conflicts[:6]) + (" ..." if len(conflicts) > 6 else "")
+            raise UserError(f"results folder holds files robench did not write: {shown}; "
+                            "choose another --out or move them away", where=str(self.path))
 
     # -- writing ----------------------------------------------------------------------------
     def write_text(self, name: str, text: str, *, encoding: str = "utf-8") -> None:

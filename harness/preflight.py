@@ -44,7 +44,14 @@ from robench.models import model_hash as fingerprint
 from robench.outcomes import OutcomeTable
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
 from robench.results import CellExpectation, ResultTable
-from robench.runner import RunOptions, cell_verified, data_splits, prepare, resolve_device
+from robench.runner import (
+    RunOptions,
+    cell_verified,
+    check_out_dir,
+    data_splits,
+    prepare,
+    resolve_device,
+)
 from robench.work import NO_WORK, Work
 
 #: progress and estimates only: no result depends on this module (see robench.codehash)
@@ -122,6 +129,7 @@ class _ReadOnlyFolder:
 def preflight(path: str | Path, opts: RunOptions, calibrated: bool = True) -> Preflight:
     """The plan of ``robench run path`` with these options, and where it stands."""
     plan, dataset, out_dir = prepare(path, opts)
+    check_out_dir(out_dir)  # what run would refuse, plan refuses (writing nothing)
     train, validation, evaluation = data_splits(plan, dataset)
     table, outcomes, notes = _stored(out_dir, opts.force)
     cache = ModelCache(enabled=opts.use_cache and not opts.force)

@@ -200,7 +200,7 @@ def _complete(row: dict[str, Any]) -> bool:
         accs = [float(row[c]) for c in ("clean_acc", "robust_acc")]
         return (all(0.0 <= a <= 1.0 for a in accs) and int(row["n"]) > 0
                 and math.isfinite(float(row["eps"])) and int(row["seed"]) == float(row["seed"]))
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError, OverflowError):  # OverflowError: n or seed inf
         return False
 
 

@@ -36,7 +36,7 @@ from robench.errors import Interrupted, UserError
 from robench.estimate import attack_work, baseline_work, defense_work, suite_work
 from robench.evaluation import AttackOutcome
 from robench.finalize import DIAGNOSTICS_FILE, finalize, read_diagnostics
-from robench.memory import peak_rss_text, release_freed_memory
+from robench.memory import limit_heap_growth, peak_rss_text, release_freed_memory
 from robench.outcomes import OUTCOMES_FILE, OutcomeTable
 from robench.outdir import OutputFolder
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan, resolve
@@ -551,22 +551,35 @@ def prepare(path: str | Path, opts: RunOptions) -> tuple[Plan, Dataset, Path]:
     return plan, dataset, out_dir
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse, without writing anything, what ``robench run`` would refuse about its results
+    folder (``robench plan``): a path that is not a folder or cannot be created, a damaged
+    manifest, a folder a run holds, files robench did not write at its output names."""
+    if not os.path.lexists(out_dir):
+        parent = out_dir.absolute().parent
+        while not os.path.lexists(parent) and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise UserError(f"cannot create the results folder ({parent} is not a folder)",
+                            where=str(out_dir.absolute()))
+        return
+    with OutputFolder(out_dir, create=False, inspect_only=True) as folder:
+        folder.refuse_foreign(output_names(folder.path))
+
+
 def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, pd.DataFrame]:
     """Load, resolve and run a suite file. Returns the results folder and the leaderboard."""
     from robench.executors import check_options, open_executor
 
     opts = opts or RunOptions()
     check_options(opts.executor, opts.jobs, opts.address)
+    limit_heap_growth()  # freed tensors go back to the OS (robench.memory)
     plan, dataset, out_dir = prepare(path, opts)
     device_where = "--device" if opts.device else f"{path}: device"
     with open_executor(opts.executor, opts.jobs, opts.address, opts.quiet, plan.suite.device,
                        device_where) as (device, executor), \
             OutputFolder.open(out_dir) as folder:
-        foreign = folder.foreign_conflicts(output_names(folder.path))
-        if foreign:
-            raise UserError("results folder holds files robench did not write: "
-                            f"{', '.join(foreign[:6])}{' ...' if len(foreign) > 6 else ''}; "
-                            "choose another --out or move them away", where=str(out_dir))
+        folder.refuse_foreign(output_names(folder.path))
         runner = Runner(plan, folder, opts, device=device, executor=executor)
         try:
             board = runner.run(dataset)

@@ -153,6 +153,45 @@ def test_bad_input_is_one_line(tmp_path, mnist_root, monkeypatch, case, args, fr
     assert not out.exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("case,fragment", [
+    ("foreign", "holds files robench did not write: results.csv"),
+    ("a_file", "is not a folder"),
+    ("under_a_file", "cannot create the results folder"),
+    ("locked", "another robench run is writing this folder"),
+])
+def test_plan_refuses_the_folders_run_refuses(tmp_path, mnist_root, monkeypatch, case,
+                                              fragment):
+    """What `run` refuses about --out, `plan` refuses the same way, writing nothing."""
+    import fcntl
+
+    monkeypatch.setenv("ROBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "out"
+    holder = None
+    if case == "foreign":
+        out.mkdir()
+        (out / "results.csv").write_text("someone's,own\n1,2\n")
+    elif case in ("a_file", "under_a_file"):
+        out.write_text("not a folder")
+    else:
+        out.mkdir()
+        holder = os.open(out / ".robench.lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(holder, fcntl.LOCK_EX)  # as a running `robench run` holds it
+    target = out / "sub" if case == "under_a_file" else out
+    before = snapshot(tmp_path)
+    try:
+        result = CliRunner().invoke(app, ["plan", str(good), "--out", str(target),
+                                          "--data-dir", str(mnist_root), "--no-calibrate"])
+    finally:
+        if holder is not None:
+            os.close(holder)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and fragment in lines[0], lines
+    assert snapshot(tmp_path) == before
+
+
 # -- end to end on real MNIST ------------------------------------------------------------------
 def snapshot(*folders: Path) -> dict[str, tuple[int, int]]:
     """Every file under the folders with its size and modification time."""

@@ -207,3 +207,22 @@ def test_code_hash_follows_every_import_form(tmp_path, monkeypatch):
         before = after
     with pytest.raises(TypeError, match="needs modules, classes or functions"):
         code_hash(hashpkg.plug.plugin, "a string")
+
+
+def test_a_cache_entry_that_does_not_fit_leaves_the_model_untouched(tmp_path):
+    """A hostile-user finding: an entry with the right meta but one mis-shaped tensor used to be
+    half-copied into the model (load_state_dict copies what fits before it fails)."""
+    import torch
+
+    from robench.cache import ModelCache
+    from robench.models import LeNet5
+
+    cache = ModelCache(root=tmp_path)
+    model = LeNet5()
+    state = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    last = list(state)[-1]
+    state[last] = torch.zeros(3)  # one entry of the wrong shape
+    torch.save({"state_dict": state, "meta": '{"seconds": 1.0}'}, tmp_path / ("a" * 32 + ".pt"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert cache.load("a" * 32, model) is None
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
