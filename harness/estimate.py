@@ -9,9 +9,11 @@ training images`` forward+backward passes; a defense costs what it declares
 suite's model on a batch of the suite's data on this machine, so ``Calibration.seconds``
 turns work into seconds.
 
-The model is an upper bound: attacks that stop spending steps on images they already fooled,
-AutoAttack's components that run only on the images the earlier ones left robust, unlearning
-forget sets that keep only misclassified examples, all take less.
+For attacks the model is an upper bound: attacks that stop spending steps on images they
+already fooled and AutoAttack's components that run only on the images the earlier ones left
+robust take less. For defenses it is an estimate that can fall short: a plugin's ``cost``
+counts its main passes, not every per-batch extra (SCRUB's teacher forward passes: measured
+about 2x its estimate in review).
 """
 
 from __future__ import annotations

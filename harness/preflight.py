@@ -246,11 +246,12 @@ class _Checker:
 MODEL_TEXT = {"cached": "cached", "checkpoint": "checkpoint", "to train": "to train",
               "free": "rebuilt (no cost)", "to run": "to run"}
 UPPER_BOUND_NOTE = (
-    "Estimates are upper bounds of a simple cost model (training: epochs x images; an attack: "
-    "images x its gradient steps or queries per eps), priced by timing one batch of the "
-    "suite's model on this machine now. Attacks usually take less: active-set attacks stop "
-    "spending steps on images they already fooled, and AutoAttack's later components attack "
-    "only the images the earlier ones left robust.")
+    "Estimates of a simple cost model (training: epochs x images; an attack: images x its "
+    "gradient steps or queries per eps), priced by timing one batch of the suite's model on "
+    "this machine now. Attacks' times are upper bounds and usually much less: active-set "
+    "attacks stop spending steps on images they already fooled, and AutoAttack's later "
+    "components attack only the images the earlier ones left robust. Defenses can take more "
+    "than estimated (per-batch work the model does not count, e.g. SCRUB's teacher passes).")
 
 
 def render(pre: Preflight, console: Console) -> None:
