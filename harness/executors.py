@@ -200,12 +200,19 @@ def process_token() -> str:
     return secrets.token_hex(32)
 
 
+#: the longest Unix socket path, and what Ray appends to a local cluster's folder for its
+#: sockets ("/robench-ray-XXXXXXXX/session_<date>_<time>_<pid>/sockets/plasma_store": 83
+#: characters measured with Ray 2.60, and a margin for longer process ids)
+UNIX_PATH_MAX, RAY_SOCKET_SUFFIX = 107, 90
+
+
 def temp_root() -> str:
     """Where a local cluster's temporary folder goes: the system's temporary folder, unless its
     path is so long that Ray's socket paths below it (about 70 characters more) would pass the
     107-byte limit of a Unix socket path; then /tmp."""
     base = tempfile.gettempdir()
-    return "/tmp" if len(base) > 30 and os.path.isdir("/tmp") else base
+    return "/tmp" if len(base) + RAY_SOCKET_SUFFIX > UNIX_PATH_MAX and os.path.isdir("/tmp") \
+        else base
 
 
 class RayCluster:
@@ -245,9 +252,15 @@ class RayCluster:
                 self._refresh_config(ray)
                 self.temp_dir = Path(tempfile.mkdtemp(prefix="robench-ray-", dir=temp_root()))
                 # no --jobs: Ray counts the CPUs itself (it honours container CPU quotas)
-                ray.init(num_cpus=self.jobs, include_dashboard=False,
-                         _temp_dir=str(self.temp_dir), logging_level=level,
-                         log_to_driver=not self.quiet)
+                try:
+                    ray.init(num_cpus=self.jobs, include_dashboard=False,
+                             _temp_dir=str(self.temp_dir), logging_level=level,
+                             log_to_driver=not self.quiet)
+                except Exception as err:  # noqa: BLE001 - Ray's own errors: one line
+                    raise UserError(f"cannot start a local Ray cluster "
+                                    f"({type(err).__name__}: {' '.join(str(err).split())[:200]})"
+                                    f"; its logs: {self.temp_dir}",
+                                    where="--jobs" if self.jobs else "--executor") from None
             else:
                 if self.address.startswith(("http://", "https://")):
                     raise UserError(f"{self.address} is a web address (Ray's dashboard or job "
@@ -291,8 +304,13 @@ class RayCluster:
     def _auth_env(self) -> None:
         """A per-run token in the environment of this process and the cluster's, so that Ray
         writes none to the home folder (see the class docstring)."""
-        if any(os.environ.get(name) for name in AUTH_VARS):
-            return  # the user chose: RAY_AUTH_MODE=disabled, or their own token
+        if any(os.environ.get(name) for name in AUTH_VARS if name != "RAY_AUTH_MODE"):
+            return  # the user's own token
+        mode = os.environ.get("RAY_AUTH_MODE")
+        if mode and mode != "token":
+            return  # the user chose: RAY_AUTH_MODE=disabled
+        # token mode (Ray's default, or the user's): a token in the environment, so that Ray
+        # does not write one to ~/.ray/auth_token
         self._saved_env = {name: os.environ.get(name) for name in AUTH_VARS}
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ["RAY_AUTH_TOKEN"] = process_token()
