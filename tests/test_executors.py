@@ -368,3 +368,53 @@ def test_local_clusters_write_nothing_home_and_clean_up(tmp_path, cli_env):
         assert list(tmp.iterdir()) == []       # each run's Ray folder removed
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_temp_root_leaves_room_for_rays_socket_paths(monkeypatch):
+    """Ray puts ~83 characters of socket path below the cluster's folder (107 bytes at most):
+    a TMPDIR of 25 characters crashed a run in review."""
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: "/tmp/hostile-ray/o_tmpout")
+    assert temp_root() == "/tmp"
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: "/var/tmp")
+    assert temp_root() == "/var/tmp"
+
+
+@pytest.mark.parametrize("given,token_set", [({}, True), ({"RAY_AUTH_MODE": "token"}, True),
+                                             ({"RAY_AUTH_MODE": "disabled"}, False),
+                                             ({"RAY_AUTH_TOKEN": "mine"}, False)])
+def test_local_cluster_token_never_lands_in_home(monkeypatch, given, token_set):
+    for name in AUTH_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in given.items():
+        monkeypatch.setenv(name, value)
+    cluster = RayCluster()
+    cluster._auth_env()
+    try:
+        assert (os.environ.get("RAY_AUTH_TOKEN") not in (None, "mine")) == token_set
+    finally:
+        cluster.close()
+    assert {name: os.environ.get(name) for name in AUTH_VARS} == \
+        {name: given.get(name) for name in AUTH_VARS}  # restored after the run
+
+
+def test_a_local_cluster_that_cannot_start_is_one_line(monkeypatch, tmp_path):
+    import robench.executors as executors
+
+    class FakeRay:
+        _raylet = None
+
+        @staticmethod
+        def init(**kwargs):
+            raise ValueError("Resource quantities must be at most 1e14")
+
+        @staticmethod
+        def is_initialized():
+            return False
+
+    monkeypatch.setattr(executors, "import_ray", lambda: FakeRay)
+    monkeypatch.setattr(executors, "temp_root", lambda: str(tmp_path))
+    with pytest.raises(UserError) as caught:
+        RayCluster(jobs=10**20).open()
+    text = str(caught.value)
+    assert "cannot start a local Ray cluster" in text and "1e14" in text
+    assert "\n" not in text and str(tmp_path) in text  # names the folder it kept for the logs
