@@ -95,3 +95,17 @@ def result_row(defense: str, attack: str, eps: float, clean: float, robust: floa
                defense_seconds=0.0, data_hash="d", model_hash="m", code_hash="c")
     row.update(extra)
     return row
+
+
+def kill_when_written(proc, path, timeout: float) -> None:
+    """SIGKILL ``proc`` as soon as ``path`` exists (its first finished cell), as a user's
+    kill -9 mid-run would; the run must not have finished by then."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -4,7 +4,6 @@ gives exactly the serial results, resumes after kill -9, and refuses bad options
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from robench.progress import Reporter
 from robench.results import TIMING_COLUMNS
 from robench.units import attack_images, merge_outcomes
 
-from .conftest import REPO
+from .conftest import REPO, kill_when_written
 
 SUITE = """
 name: executors
@@ -299,19 +298,15 @@ def test_kill_9_of_the_driver_then_resume(tmp_path, cli_env):
         proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         csv = out / "results.csv"
-        deadline = time.time() + 400
-        while not csv.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_when_written(proc, csv, 400)
+        deadline = time.time()
         partial = pd.read_csv(csv)  # never torn: written by rename
         assert 0 < len(partial) < 12
         done_before = partial.set_index(["defense", "attack", "eps"])["created_at"]
         # the local cluster dies with its driver (Ray's reaper): wait for that, not for a time
         folders = list(short.glob("robench-ray-*"))
         assert len(folders) == 1
-        while ray_processes(folders[0]) and time.time() < deadline + 60:
+        while ray_processes(folders[0]) and time.time() < deadline + 120:
             time.sleep(0.5)
         assert not ray_processes(folders[0]), "Ray processes outlived their killed driver"
 

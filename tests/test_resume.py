@@ -1,15 +1,12 @@
 """Reliability end to end: kill -9 and resume, determinism, and a warm re-run from the cache."""
 
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
 
-from .conftest import REPO
+from .conftest import REPO, kill_when_written
 
 SUITE = """
 name: resume
@@ -45,12 +42,7 @@ def test_kill_9_then_resume(tmp_path, cli_env):
     out = tmp_path / "out"
     proc = start(suite, out, cli_env)
     csv = out / "results.csv"
-    deadline = time.time() + 300
-    while not csv.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when_written(proc, csv, 300)
     partial = pd.read_csv(csv)  # never torn: written by rename
     assert 0 < len(partial) < 6
     done_before = partial.set_index(["attack", "eps"])["created_at"]
