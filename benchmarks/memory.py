@@ -9,8 +9,8 @@ prints the peak RSS and the per-defense peaks the run logs (``[label] done (peak
 
     python benchmarks/memory.py --data-dir ../shared/data [--keep-heap]
 
-``--keep-heap`` runs with robench's allocator settings undone (``robench.memory``: no
-``mallopt`` threshold, no ``malloc_trim`` between defenses), for the before/after comparison.
+``--keep-heap`` runs without robench's ``malloc_trim`` between defenses (``robench.memory``), for
+the before/after comparison.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ RUNNER = """
 import sys
 import robench.runner as runner
 if sys.argv[3] == "keep-heap":
-    runner.limit_heap_growth = lambda: False
     runner.release_freed_memory = lambda: None
 runner.run_suite(sys.argv[1], runner.RunOptions(out=sys.argv[2], quiet=True, device="cpu"))
 """

@@ -46,7 +46,6 @@ from robench.errors import Interrupted, UserError
 from robench.estimate import attack_images as images_attacked
 from robench.estimate import attack_work, baseline_work, defense_work
 from robench.evaluation import EVAL_BATCH_SIZE, AttackOutcome
-from robench.memory import limit_heap_growth
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
 from robench.progress import Reporter
 from robench.training import TrainConfig
@@ -374,7 +373,6 @@ def baseline_task(spec: BaselineSpec, num_classes: int, train_split: Split, devi
                   cache: ModelCache,
                   data_hash: str) -> tuple[nn.Module, tuple[list[str], bool]]:
     torch.set_num_threads(TASK_CPUS)
-    limit_heap_growth()
     reporter, dev = _Lines(), torch.device(device)
     model, cached = train_baseline(spec, num_classes, train_split.to(dev), dev, cache,
                                    data_hash, reporter)
@@ -386,7 +384,6 @@ def defense_task(spec: DefenseSpec, baseline: nn.Module, train_split: Split, val
                  cache: ModelCache, data_hash: str,
                  diagnostics: bool) -> tuple[nn.Module, DefenseReport]:
     torch.set_num_threads(TASK_CPUS)
-    limit_heap_growth()
     reporter, dev = _Lines(), torch.device(device)
     done = apply_defense(spec, baseline.to(dev), train_split.to(dev), validation.to(dev),
                          num_classes, dev, train_config, cache, data_hash, reporter)
@@ -398,7 +395,6 @@ def defense_task(spec: DefenseSpec, baseline: nn.Module, train_split: Split, val
 def attack_task(spec: AttackSpec, model: nn.Module, source: nn.Module | None,
                 eps: list[float], data: Split, device: str) -> list[AttackOutcome]:
     torch.set_num_threads(TASK_CPUS)
-    limit_heap_growth()
     dev = torch.device(device)
     return attack_images(spec, model.to(dev), None if source is None else source.to(dev), eps,
                          data.to(dev), Reporter(quiet=True), desc=spec.label)

@@ -36,7 +36,7 @@ from robench.errors import Interrupted, UserError
 from robench.estimate import attack_work, baseline_work, defense_work, suite_work
 from robench.evaluation import AttackOutcome
 from robench.finalize import DIAGNOSTICS_FILE, finalize, read_diagnostics
-from robench.memory import limit_heap_growth, peak_rss_text, release_freed_memory
+from robench.memory import peak_rss_text, release_freed_memory
 from robench.outcomes import OUTCOMES_FILE, OutcomeTable
 from robench.outdir import OutputFolder
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan, resolve
@@ -573,7 +573,6 @@ def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, p
 
     opts = opts or RunOptions()
     check_options(opts.executor, opts.jobs, opts.address)
-    limit_heap_growth()  # freed tensors go back to the OS (robench.memory)
     plan, dataset, out_dir = prepare(path, opts)
     device_where = "--device" if opts.device else f"{path}: device"
     with open_executor(opts.executor, opts.jobs, opts.address, opts.quiet, plan.suite.device,
