@@ -6,12 +6,12 @@ defense starts, but glibc's allocator keeps freed blocks in its arenas, fragment
 resident size of a serial run grew by tens of MB per defense while the live tensors stayed the
 same (measured on a 17-defense suite: live tensors 420-423 MB throughout, resident 1.29 GB ->
 1.48 GB after two defenses; ``malloc_trim`` gave back 55-120 MB each time). The peak itself
-comes from torchattacks' APGD-T inside standard AutoAttack: its per-step temporaries pile up
-in the heap (1000 images, 100 steps, 9 target classes: +683 MB peak, +564 MB still resident
-after it, all free memory). Fixing glibc's mmap threshold at 128 KiB (``mallopt(M_MMAP_THRESHOLD)``, so large
-blocks are mapped and unmapped) cut that to +396 MB peak and +5 MB resident, but made training
-2.3x and APGD-T 1.3x slower on the same machine (fresh pages are zeroed on every batch), and a
-4 MiB threshold saved almost nothing (+382 MB peak): not adopted.
+comes from torchattacks' APGD-T inside standard AutoAttack: its per-step temporaries pile up in
+the heap (1000 images, 100 steps, 9 target classes: +683 MB peak, +564 MB still resident after
+it, all free memory). Fixing glibc's mmap threshold at 128 KiB (``mallopt(M_MMAP_THRESHOLD)``,
+so large blocks are mapped and unmapped) cut that to +396 MB peak and +5 MB resident, but made
+training 2.3x and APGD-T 1.3x slower on the same machine (fresh pages are zeroed on every
+batch), and a 4 MiB threshold saved almost nothing (+382 MB peak): not adopted.
 """
 
 from __future__ import annotations
