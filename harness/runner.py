@@ -574,6 +574,7 @@ def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, p
     opts = opts or RunOptions()
     check_options(opts.executor, opts.jobs, opts.address)
     plan, dataset, out_dir = prepare(path, opts)
+    check_out_dir(out_dir)  # before a Ray cluster takes seconds to start (checked again below)
     device_where = "--device" if opts.device else f"{path}: device"
     with open_executor(opts.executor, opts.jobs, opts.address, opts.quiet, plan.suite.device,
                        device_where) as (device, executor), \
