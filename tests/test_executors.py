@@ -319,8 +319,10 @@ def test_kill_9_of_the_driver_then_resume(tmp_path, cli_env):
         after = final.set_index(["defense", "attack", "eps"])["created_at"]
         for key, stamp in done_before.items():
             assert after[key] == stamp  # finished cells were not recomputed
+        # (which cells finished before the kill depends on the task order: longest attacks are
+        # submitted first, so a whole attack need not be done; the stamps above are the check)
         log = (out / "run.log").read_text().split("resuming:")[-1]
-        assert "loaded from cache" in log and "already in results.csv" in log
+        assert "loaded from cache" in log
         assert not list(out.glob(".*.tmp"))
         # a run that ended without error leaves no Ray folder behind
         assert sorted(short.glob("robench-ray-*")) == folders

@@ -24,14 +24,14 @@ attacks:
     eps: {eps}
   - name: pgd
     eps: [0.1]
-    params: {{steps: {steps}, alpha: 0.05}}
+    params: {{steps: {steps}, alpha: 0.05, early_stop: {early_stop}}}
 """
 
 
 def suite(tmp_path: Path, name: str = "s.yaml", n: int = 100, eps: str = "[0.0, 0.1]",
-          steps: int = 2) -> Path:
+          steps: int = 2, early_stop: bool = True) -> Path:
     path = tmp_path / name
-    path.write_text(SUITE.format(n=n, eps=eps, steps=steps))
+    path.write_text(SUITE.format(n=n, eps=eps, steps=steps, early_stop=str(early_stop).lower()))
     return path
 
 
@@ -41,8 +41,9 @@ def robench(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def start_slow(tmp_path: Path, out: Path, env: dict[str, str]) -> subprocess.Popen:
-    """A run long enough to be interrupted (PGD-300 on 2000 images)."""
-    slow = suite(tmp_path, "slow.yaml", n=2000, steps=300)
+    """A run long enough to be interrupted (PGD-300 on 2000 images, every step on every image:
+    on the untrained model the active set would finish almost at once)."""
+    slow = suite(tmp_path, "slow.yaml", n=2000, steps=300, early_stop=False)
     return subprocess.Popen([sys.executable, "-m", "robench.cli", "run", str(slow), "--out",
                              str(out), "-q"], env=env, cwd=REPO, stderr=subprocess.PIPE,
                             text=True)
