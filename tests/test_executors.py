@@ -80,10 +80,11 @@ def one_error_line(output: str) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_address():
-    """A local 2-CPU Ray cluster for the session (robench's own, as ``--executor ray`` starts
-    it); its address and token reach the CLI subprocesses through the environment."""
+    """A local 2-CPU Ray cluster for this module's tests (robench's own, as ``--executor ray``
+    starts it; stopped after them, so it takes no CPU from later test files); its address and
+    token reach the CLI subprocesses through the environment."""
     cluster = RayCluster(jobs=2, quiet=True).open()
     try:
         yield cluster.ray.get_runtime_context().gcs_address

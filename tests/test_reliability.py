@@ -41,9 +41,10 @@ def robench(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def start_slow(tmp_path: Path, out: Path, env: dict[str, str]) -> subprocess.Popen:
-    """A run long enough to be interrupted (PGD-300 on 2000 images, every step on every image:
-    on the untrained model the active set would finish almost at once)."""
-    slow = suite(tmp_path, "slow.yaml", n=2000, steps=300, early_stop=False)
+    """A run long enough to be interrupted (PGD-1500 on 2000 images, every step on every image:
+    on the untrained model the active set would finish almost at once; PGD-300 took 101 s on a
+    busy CI machine, which a second run's start-up outlasted)."""
+    slow = suite(tmp_path, "slow.yaml", n=2000, steps=1500, early_stop=False)
     return subprocess.Popen([sys.executable, "-m", "robench.cli", "run", str(slow), "--out",
                              str(out), "-q"], env=env, cwd=REPO, stderr=subprocess.PIPE,
                             text=True)
