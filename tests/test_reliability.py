@@ -45,9 +45,12 @@ def start_slow(tmp_path: Path, out: Path, env: dict[str, str]) -> subprocess.Pop
     on the untrained model the active set would finish almost at once; PGD-300 took 101 s on a
     busy CI machine, which a second run's start-up outlasted)."""
     slow = suite(tmp_path, "slow.yaml", n=2000, steps=1500, early_stop=False)
+    # SIGINT as a terminal delivers it: a test run started in the background (`cmd &` in a
+    # script) hands its children SIGINT ignored, and Python then never raises KeyboardInterrupt
     return subprocess.Popen([sys.executable, "-m", "robench.cli", "run", str(slow), "--out",
                              str(out), "-q"], env=env, cwd=REPO, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
