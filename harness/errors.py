@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 #: error messages only: editing this module changes no result (see robench.codehash)
@@ -30,6 +34,31 @@ def key_path(loc: tuple[Any, ...]) -> str:
 
 class Interrupted(Exception):
     """A run stopped by Ctrl-C or SIGTERM; its message says what was kept (exit code 130)."""
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them.
+
+    For bookkeeping that must happen together: a finished cell's files and the count the
+    interrupt message reports (a SIGTERM between the two said "0 cells finished" while the cell
+    was on disk). Python-level handlers, not a signal mask: a process signal can land on any of
+    torch's threads, whose masks a mask set here would not cover. Only the main thread can set
+    handlers (and only it receives them); elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda s, _f: pending.append(s)) for signum in held}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            # None: the handler was not set from Python; the default is the nearest to it
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)  # now through the handler the run had before
 
 
 def nested_params_message(err: Any, owner: str) -> str:

@@ -32,7 +32,7 @@ from robench.data import (
     load_dataset,
 )
 from robench.eps import canonical_eps, eps_text
-from robench.errors import Interrupted, UserError
+from robench.errors import Interrupted, UserError, interrupts_deferred
 from robench.estimate import attack_work, baseline_work, defense_work, suite_work
 from robench.evaluation import AttackOutcome
 from robench.finalize import DIAGNOSTICS_FILE, finalize, read_diagnostics
@@ -313,9 +313,10 @@ class Runner:
             defense_seconds=defense_seconds, robench_version=robench.__version__,
             torch_version=torch.__version__, created_at=now, role=attack.role,
             model_hash=model_hash, code_hash=attack.code_hash) for o in outcomes]
-        self.outcomes.replace_cells(defense.label, attack.label, seed, image_ids, outcomes)
-        self.table.replace_cells(rows)
-        self.cells_done += len(rows)
+        with interrupts_deferred():  # the files and the count the interrupt line reports
+            self.outcomes.replace_cells(defense.label, attack.label, seed, image_ids, outcomes)
+            self.table.replace_cells(rows)
+            self.cells_done += len(rows)
         self.reporter.advance(attack_work(attack, len(image_ids), [o.eps for o in outcomes]).units)
         curve = ", ".join(f"{eps_text(o.eps)}: {o.robust_acc:.3f}" for o in outcomes)
         self.reporter.info(f"[{defense.label}] {attack.label}{self._tag(seed)} robust accuracy "

@@ -140,7 +140,7 @@ def test_sigterm_prints_what_was_kept(tmp_path, cli_env):
         time.sleep(0.1)  # fgsm finished: one attack's cells are on disk
     proc.terminate()
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err
+    assert proc.returncode == 130 and "Traceback" not in err, err
     assert "interrupted: 2 cells finished in this run" in err
     assert len(pd.read_csv(out / "results.csv")) == 2
 
@@ -181,3 +181,28 @@ def test_changed_settings_and_foreign_targets_never_lose_results(tmp_path, cli_e
     line = one_line_error(robench("compare", str(out), str(other), "--out",
                                   str(other / "results.csv"), env=cli_env))
     assert "exists" in line and snapshot(other) == before
+
+
+def test_a_signal_during_deferred_bookkeeping_arrives_after_it():
+    """The interrupt count and a cell's files change together: a SIGTERM inside the block
+    waits until the block is done, then reaches the run's handler (and only once)."""
+    from robench.errors import interrupts_deferred
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, terminate)
+    done = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_deferred():
+                signal.raise_signal(signal.SIGTERM)
+                signal.raise_signal(signal.SIGTERM)
+                done.append("files")
+                done.append("count")
+        assert done == ["files", "count"]
+        assert signal.getsignal(signal.SIGTERM) is terminate
+        with interrupts_deferred():
+            done.append("quiet")  # nothing pending: nothing raised
+    finally:
+        signal.signal(signal.SIGTERM, before)
