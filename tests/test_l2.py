@@ -195,9 +195,12 @@ def test_l2_eps_grid_resolves_and_large_l2_eps_warns():
                       "autoattack[norm=l2]", "square[norm=l2]", "pgd", "fgm_l2"]
     assert [a.plugin.norm_of(a.params) for a in plan.attacks] == [
         "linf", "l2", "l2", "l2", "l2", "linf", "l2"]
-    with pytest.warns(EpsWarning, match=r"attacks\[0\].eps: L2 eps 8 above 5"):
-        resolve_raw(_suite({"name": "fgsm", "eps": [2.0, 8.0], "params": {"norm": "l2"}}),
-                    "s.yaml")
+    for dataset in ("mnist", "fashion_mnist"):  # the range is the dataset's
+        big = {**_suite({"name": "fgsm", "eps": [2.0, 8.0], "params": {"norm": "l2"}}),
+               "data": {**SUITE.get("data", {}), "dataset": dataset}}
+        with pytest.warns(EpsWarning, match=rf"attacks\[0\].eps: L2 eps 8 above 5, outside "
+                                            rf"the sensible range on {dataset}"):
+            resolve_raw(big, "s.yaml")
 
 
 # -- leaderboard and checks: L2 columns, never in the L-inf worst case -----------------------
