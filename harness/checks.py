@@ -30,8 +30,9 @@ from torch import nn
 
 from robench.attacks import ATTACKS, Attack
 from robench.attacks.base import DEFAULT_NORM
+from robench.columns import eps_mask
 from robench.data import Split
-from robench.eps import canonical_eps, eps_text, same_eps
+from robench.eps import canonical_eps, eps_text
 from robench.errors import UserError
 from robench.models import eval_mode
 
@@ -256,7 +257,7 @@ def _ordering(defense: str, rows: pd.DataFrame, weaker: str, stronger: str, name
     worst, detail = 0.0, ""
     compared = 0
     for _, s in strong.iterrows():
-        for _, w in weak[weak["eps"].map(lambda e, s=s: same_eps(e, s["eps"]))].iterrows():
+        for _, w in weak[eps_mask(weak["eps"], s["eps"])].iterrows():
             compared += 1
             acc_s, acc_w, tol, where = paired.accuracies(s, w)
             excess = acc_s - acc_w - tol
@@ -277,7 +278,7 @@ def _blackbox(defense: str, rows: pd.DataFrame, paired: Paired) -> list[dict[str
     white = rows[rows["family"].isin(["single_step", "iterative"]) & (rows["role"] != "check")]
     out = []
     for _, s in square.iterrows():
-        same = white[white["eps"].map(lambda e, s=s: same_eps(e, s["eps"]))]
+        same = white[eps_mask(white["eps"], s["eps"])]
         if same.empty:
             continue
         per_image = _only_blackbox_breaks(paired, s, same)
@@ -350,7 +351,7 @@ def _transfer(defense: str, rows: pd.DataFrame, paired: Paired) -> list[dict[str
                  & (rows["role"] != "check")]
     out = []
     for _, t in rows[rows["family"] == "transfer"].iterrows():
-        same = white[white["eps"].map(lambda e, t=t: same_eps(e, t["eps"]))]
+        same = white[eps_mask(white["eps"], t["eps"])]
         if same.empty or not t["eps"]:
             continue
         best = same.loc[same["robust_acc"].idxmin()]
@@ -449,8 +450,7 @@ def _bounds_hold(defense: str, rows: pd.DataFrame, paired: Paired) -> list[dict[
     for label, cells in bounds.groupby("attack", sort=False):
         problems, compared = [], 0
         for _, b in cells.iterrows():
-            for _, a in attacks[attacks["eps"].map(lambda e, b=b: same_eps(e, b["eps"]))
-                                ].iterrows():
+            for _, a in attacks[eps_mask(attacks["eps"], b["eps"])].iterrows():
                 compared += 1
                 problem = _beats_bound(a, b, paired)
                 if problem:

@@ -43,7 +43,8 @@ import pandas as pd
 
 from robench.attacks.base import DEFAULT_NORM
 from robench.checks import norm_of_params, with_traits
-from robench.eps import canonical_eps, eps_text, same_eps
+from robench.columns import eps_mask
+from robench.eps import canonical_eps, eps_text
 from robench.outdir import OutputFolder
 from robench.results import write_csv
 from robench.stats import paired_over_seeds, seed_interval, wilson_interval
@@ -115,8 +116,8 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
             # the worst case is L-inf only: never a minimum over different threat models
             is_check = ("role" in a_rows and (a_rows["role"] == CHECK_ROLE).all()) or \
                 norm_of[attack] != DEFAULT_NORM
-            at_star = a_rows[a_rows["eps"].map(
-                lambda e: eps_star is not None and same_eps(e, eps_star))]
+            at_star = a_rows[eps_mask(a_rows["eps"], eps_star)] if eps_star is not None \
+                else a_rows.iloc[:0]
             if not is_check:
                 for seed, row in zip(at_star["seed"], at_star.itertuples(), strict=True):
                     worst.setdefault(int(seed), []).append((float(row.robust_acc), int(row.n)))
@@ -164,7 +165,7 @@ def add_verified_columns(board: pd.DataFrame, bounds: pd.DataFrame,
     at = board.columns.get_loc(before) if before in board else len(board.columns)
     board = board.copy()
     for eps in sorted({canonical_eps(e) for e in bounds["eps"]}, reverse=True):
-        cells = bounds[bounds["eps"].map(lambda e, eps=eps: same_eps(e, eps))]
+        cells = bounds[eps_mask(bounds["eps"], eps)]
         values = {str(d): _verified(rows, outcomes) for d, rows in
                   cells.groupby(cells["defense"].astype(str), sort=False)}
         board.insert(at, f"verified@{eps_text(eps)}",
@@ -183,9 +184,9 @@ def _verified(cells: pd.DataFrame, outcomes: pd.DataFrame | None) -> float:
 def _verified_one_seed(cells: pd.DataFrame, outcomes: pd.DataFrame | None, seed: int) -> float:
     if outcomes is not None:
         defense, eps = str(cells["defense"].iloc[0]), float(cells["eps"].iloc[0])
-        mine = outcomes[(outcomes["defense"].astype(str) == defense)
+        mine = outcomes[(outcomes["defense"] == defense)
                         & (outcomes["seed"].astype(int) == seed)
-                        & outcomes["eps"].map(lambda e: same_eps(e, eps))
+                        & eps_mask(outcomes["eps"], eps)
                         & outcomes["attack"].astype(str).isin(set(cells["attack"].astype(str)))]
         per_verifier = [(g["clean_correct"] & g["adv_correct"]).set_axis(g["image"].to_numpy())
                         for _, g in mine.groupby(mine["attack"].astype(str))]
@@ -209,10 +210,10 @@ def _worst_outcomes(results: pd.DataFrame, outcomes: pd.DataFrame | None,
     if outcomes is None or eps_star is None:
         return {}
     regular = results[(results["role"] != CHECK_ROLE) & _is_linf(results)
-                      & results["eps"].map(lambda e: same_eps(e, eps_star))]
+                      & eps_mask(results["eps"], eps_star)]
     wanted = set(zip(regular["defense"].astype(str), regular["seed"].astype(int),
                      regular["attack"].astype(str), strict=True))
-    at_star = outcomes[outcomes["eps"].map(lambda e: same_eps(e, eps_star))]
+    at_star = outcomes[eps_mask(outcomes["eps"], eps_star)]
     out: PerImage = {}
     incomplete: set[str] = set()
     for (defense, seed), rows in at_star.groupby([at_star["defense"].astype(str),

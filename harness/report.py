@@ -39,6 +39,7 @@ from typing import Any
 
 import pandas as pd
 
+from robench.columns import eps_mask
 from robench.errors import UserError
 from robench.leaderboard import CHECK_ROLE, escape_markdown, subset_notes
 from robench.outdir import OutputFolder
@@ -421,14 +422,12 @@ def _worst_interval_from_results(results: pd.DataFrame, defense: str, eps: float
     """When the leaderboard has no interval: the 95 % Wilson interval of the attack that
     attains the minimum (``robust_acc_lo``/``_hi`` of its results row), only if the worst case
     ``value`` is that attack's accuracy (a per-image worst case is not)."""
-    from robench.eps import same_eps
-
     if not {"robust_acc_lo", "robust_acc_hi"} <= set(results.columns):
         return None, None, ""
     rows = results[results["defense"] == defense]
     if "role" in rows:
         rows = rows[rows["role"].fillna("") != CHECK_ROLE]
-    rows = rows[rows["eps"].map(lambda e: same_eps(e, eps))]
+    rows = rows[eps_mask(rows["eps"], eps)]
     if rows.empty:
         return None, None, ""
     best = rows.loc[rows["robust_acc"].idxmin()]

@@ -86,3 +86,19 @@ def test_without_outcomes_the_worst_case_says_it_is_the_minimum():
     assert board.loc["d", "worst@0.3"] == 0.2
     assert board.loc["d", "worst_kind"] == "min of attacks"
     assert "no per-image outcomes" in to_markdown(board.reset_index(), title="t")
+
+
+def test_eps_mask_is_same_eps_per_entry():
+    """The column form decides each distinct value once and agrees with ``same_eps`` on every
+    entry (eps typed two ways, 0, values that only round to the budget)."""
+    import pandas as pd
+
+    from robench.columns import eps_mask
+    from robench.eps import same_eps
+
+    values = pd.Series([0.1, 0.1 + 1e-12, 0.3, 0.0, 8 / 255, 0.0313725490196, 0.1000001] * 3)
+    for eps in (0.1, 8 / 255, 0.0, 0.5):
+        mask = eps_mask(values, eps)
+        assert mask.dtype == bool and mask.index.equals(values.index)
+        assert mask.tolist() == [same_eps(v, eps) for v in values]
+    assert eps_mask(values, 0.1).sum() == 6
