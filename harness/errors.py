@@ -44,21 +44,50 @@ def interrupts_deferred() -> Iterator[None]:
     interrupt message reports (a SIGTERM between the two said "0 cells finished" while the cell
     was on disk). Python-level handlers, not a signal mask: a process signal can land on any of
     torch's threads, whose masks a mask set here would not cover. Only the main thread can set
-    handlers (and only it receives them); elsewhere this does nothing."""
+    handlers (and only it receives them); elsewhere this does nothing. When the block raises
+    (e.g. a disk error), its error wins and a held signal is dropped: the run ends either way,
+    and the error says what to fix."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     pending: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {signum: signal.signal(signum, lambda s, _f: pending.append(s)) for signum in held}
+
+    def hold(signum: int, _frame: object) -> None:
+        pending.append(signum)
+
+    previous: dict[int, Any] = {}
+    failed = False
     try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            # noted before the swap and inside try: a signal landing just after a swap (the
+            # other handler still the run's) still gets this one restored
+            previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, hold)
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
-        for signum, handler in previous.items():
-            # None: the handler was not set from Python; the default is the nearest to it
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        _restore(previous, hold)
         for signum in dict.fromkeys(pending):
-            signal.raise_signal(signum)  # now through the handler the run had before
+            if not failed:
+                signal.raise_signal(signum)  # now through the handler the run had before
+
+
+def _restore(previous: dict[int, Any], hold: Any) -> None:
+    """Put the handlers back. A handler restored first can raise (a second signal) before the
+    next is restored: the inner ``finally`` restores the rest anyway, so no signal is left
+    held for good."""
+    def put_back() -> None:
+        for signum, handler in previous.items():
+            if signal.getsignal(signum) is hold:
+                # None: the handler was not set from Python; the default is the nearest to it
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+    try:
+        put_back()
+    finally:
+        put_back()
 
 
 def nested_params_message(err: Any, owner: str) -> str:

@@ -195,11 +195,14 @@ def test_l2_eps_grid_resolves_and_large_l2_eps_warns():
                       "autoattack[norm=l2]", "square[norm=l2]", "pgd", "fgm_l2"]
     assert [a.plugin.norm_of(a.params) for a in plan.attacks] == [
         "linf", "l2", "l2", "l2", "l2", "linf", "l2"]
-    for dataset in ("mnist", "fashion_mnist"):  # the range is the dataset's
-        big = {**_suite({"name": "fgsm", "eps": [2.0, 8.0], "params": {"norm": "l2"}}),
+    for dataset, usual in (("mnist", "0.5-3"), ("fashion_mnist", "1-1.5")):  # the dataset's
+        big = {**_suite({"name": "fgsm", "eps": [2.0, 5.0, 5.000001, 8.0],
+                         "params": {"norm": "l2"}}),
                "data": {**SUITE.get("data", {}), "dataset": dataset}}
-        with pytest.warns(EpsWarning, match=rf"attacks\[0\].eps: L2 eps 8 above 5, outside "
-                                            rf"the sensible range on {dataset}"):
+        # 5 itself is in range; just above it is named exactly, not rounded to "5"
+        with pytest.warns(EpsWarning, match=rf"attacks\[0\].eps: L2 eps 5.000001, 8 above 5, "
+                                            rf"outside the sensible range on {dataset} "
+                                            rf"\({usual} is usual\)"):
             resolve_raw(big, "s.yaml")
 
 

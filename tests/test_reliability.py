@@ -206,3 +206,56 @@ def test_a_signal_during_deferred_bookkeeping_arrives_after_it():
             done.append("quiet")  # nothing pending: nothing raised
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def test_a_signal_between_the_handler_swaps_leaves_no_handler_held(monkeypatch):
+    """A SIGTERM right after SIGINT's handler was swapped (entry) or right after SIGINT's was
+    put back (exit) must not leave the holding handler installed for good."""
+    from robench.errors import interrupts_deferred
+
+    real = signal.signal
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    real(signal.SIGTERM, _terminate)
+    try:
+        for moment in ("entry", "exit"):
+            calls = []
+
+            def racing(signum, handler, moment=moment, calls=calls):
+                old = real(signum, handler)
+                calls.append(signum)
+                # entry: after the first swap; exit: after the first restore
+                if (moment == "entry" and len(calls) == 1) or \
+                        (moment == "exit" and len(calls) == 3):
+                    signal.raise_signal(signal.SIGTERM if moment == "entry" else signal.SIGINT)
+                return old
+
+            monkeypatch.setattr(signal, "signal", racing)
+            with pytest.raises(KeyboardInterrupt):
+                with interrupts_deferred():
+                    pass
+            monkeypatch.setattr(signal, "signal", real)
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, moment
+            assert signal.getsignal(signal.SIGTERM) is _terminate, moment
+    finally:
+        for signum, handler in before.items():
+            real(signum, handler)
+
+
+def test_an_error_in_the_deferred_block_wins_over_a_held_signal():
+    """A disk error while a signal is held is reported as the error (exit 2 with its line),
+    not as an interrupt that would hide it."""
+    from robench.errors import UserError, interrupts_deferred
+
+    before = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with pytest.raises(UserError, match="no space"):
+            with interrupts_deferred():
+                signal.raise_signal(signal.SIGTERM)
+                raise UserError("no space left on device")
+        assert signal.getsignal(signal.SIGTERM) is _terminate
+    finally:
+        signal.signal(signal.SIGTERM, before)
