@@ -42,6 +42,10 @@ Where and why this deviates from the reference:
   ``torch.random.fork_rng`` so the caller's random stream is left as it was.
 - Batching: the reference attacks in batches of 250 (``bs``); we attack the batch the harness
   passes in one call. Only the random draws differ.
+- Gradient mode: like the reference, the components run inside ``torch.no_grad()`` (they
+  enable gradients where they need them). Earlier robench ran them with gradients on, which
+  gave the same examples but kept every APGD/APGD-T iterate alive in an autograd graph
+  (torchattacks records its best-iterate copies): several GB on 1000 images.
 - The reference's automatic warnings (randomised or dynamic model, probabilities instead of
   logits, Square beating the gradient attacks) are not run here; robench's ``checks`` module
   covers some of them per suite.
@@ -169,7 +173,12 @@ class AutoAttack(Attack):
         with torch.no_grad():
             logits = self.model(x)  # one pass: the class count and the clean predictions
         n_classes, clean_pred = int(logits.shape[1]), logits.argmax(1)
-        with own_rng(x.device):
+        # Like the reference's ``run_standard_evaluation`` (all components inside
+        # ``torch.no_grad()``): the components build their own graphs in ``enable_grad``
+        # blocks, but torchattacks 3.5.1's APGD/APGD-T copy each step's iterate into their
+        # best-so-far tensor outside one, which chained every step's iterate into one autograd
+        # graph kept alive to the end (+1 GB for 2 target classes on 1000 images).
+        with own_rng(x.device), torch.no_grad():
             if self.params.version == "fast":
                 return self._torchattacks_autoattack(eps, n_classes)(x, y)
             return self._cascade(self.components(eps, n_classes), x, y, eps, clean_pred)
@@ -185,8 +194,7 @@ class AutoAttack(Attack):
                 break
             x_sub, y_sub = x[idx], y[idx]
             adv = project(component.attack(x_sub, y_sub).detach(), x_sub, eps, self.norm)
-            with torch.no_grad():
-                fooled = self.model(adv).argmax(1) != y_sub
+            fooled = self.model(adv).argmax(1) != y_sub
             x_adv[idx[fooled]] = adv[fooled]
             robust[idx[fooled]] = False
         return x_adv

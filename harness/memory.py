@@ -5,13 +5,15 @@ A suite frees every defense's tensors (models, forget sets, adversarial batches)
 defense starts, but glibc's allocator keeps freed blocks in its arenas, fragmented, so the
 resident size of a serial run grew by tens of MB per defense while the live tensors stayed the
 same (measured on a 17-defense suite: live tensors 420-423 MB throughout, resident 1.29 GB ->
-1.48 GB after two defenses; ``malloc_trim`` gave back 55-120 MB each time). The peak itself
-comes from torchattacks' APGD-T inside standard AutoAttack: its per-step temporaries pile up in
-the heap (1000 images, 100 steps, 9 target classes: +683 MB peak, +564 MB still resident after
-it, all free memory). Fixing glibc's mmap threshold at 128 KiB (``mallopt(M_MMAP_THRESHOLD)``,
-so large blocks are mapped and unmapped) cut that to +396 MB peak and +5 MB resident, but made
-training 2.3x and APGD-T 1.3x slower on the same machine (fresh pages are zeroed on every
-batch), and a 4 MiB threshold saved almost nothing (+382 MB peak): not adopted.
+1.48 GB after two defenses; ``malloc_trim`` gave back 55-120 MB each time).
+
+The multi-GB peaks of earlier fgsm_lenet runs (6.99 GB) were not the allocator: standard
+AutoAttack ran torchattacks' APGD/APGD-T with autograd recording on, and their best-iterate
+copies chained every step's iterate into one live graph (+1 GB for two target classes on 1000
+images). The AutoAttack plugin now runs its components in ``torch.no_grad()``, as the reference
+does. Fixing glibc's mmap threshold at 128 KiB (``mallopt(M_MMAP_THRESHOLD)``) was tried against
+what was then taken for fragmentation: it made training 2.3x and APGD-T 1.3x slower (fresh
+pages are zeroed on every batch) and was not adopted.
 """
 
 from __future__ import annotations

@@ -130,6 +130,44 @@ def test_standard_at_eps_02_runs_all_components_and_is_strongest(trained_lenet, 
     assert round(std_acc * 100) <= sizes[-1]  # a robust image went through every component
 
 
+def _with_grad_mode(attack, enabled, seen):
+    """Run the attack's real components with autograd recording on or off (``enabled``);
+    ``seen`` gets (name, recording was on, the output carries a graph) per call."""
+    real = attack.components
+
+    def components(eps, n_classes):
+        def wrap(c):
+            def run(x, y):
+                with torch.set_grad_enabled(enabled if enabled is not None
+                                            else torch.is_grad_enabled()):
+                    out = c.attack(x, y)
+                    seen.append((c.name, torch.is_grad_enabled(), out.grad_fn is not None))
+                return out
+            return Component(c.name, run)
+        return [wrap(c) for c in real(eps, n_classes)]
+
+    attack.components = components
+
+
+@pytest.mark.slow
+def test_components_run_without_recording_a_graph_and_give_the_same_examples(trained_lenet,
+                                                                             batch):
+    # torchattacks' APGD/APGD-T copy each step's iterate into their best-so-far tensor outside
+    # an enable_grad block: with recording on, that tensor carries a graph holding every step's
+    # iterate (GBs on 1000 images). The driver runs them as the reference does, in no_grad.
+    x, y = batch[0][:100], batch[1][:100]
+    seen_driver, seen_recording = [], []
+    driver = create_attack("autoattack", trained_lenet, seed=0)
+    _with_grad_mode(driver, None, seen_driver)  # the driver's own mode
+    recording = create_attack("autoattack", trained_lenet, seed=0)
+    _with_grad_mode(recording, True, seen_recording)  # the mode earlier robench ran them in
+    x_driver = driver(x, y, 0.2)
+    assert [name for name, *_ in seen_driver] == NAMES
+    assert not any(on or graph for _, on, graph in seen_driver)
+    assert torch.equal(recording(x, y, 0.2), x_driver)  # no_grad changes no example
+    assert dict((n, g) for n, _, g in seen_recording)["apgd-t"]  # the graph it avoids
+
+
 # -- (c) the cascade, with stub components on a toy model -----------------------------------------
 
 class ScoreModel(nn.Module):
