@@ -588,15 +588,7 @@ def order_like_serial(runner: Runner) -> None:
     if rows != runner.table.rows:
         runner.table.rows = rows
         runner.table.flush()
-    frame = runner.outcomes.frame
-    if len(frame):
-        ranks = [rank.get((str(d), str(a), canonical_eps(e), int(s)), last) for d, a, e, s in
-                 zip(frame["defense"], frame["attack"], frame["eps"], frame["seed"],
-                     strict=True)]
-        order = sorted(range(len(frame)), key=ranks.__getitem__)
-        if order != list(range(len(frame))):
-            runner.outcomes.frame = frame.iloc[order].reset_index(drop=True)
-            runner.outcomes.flush()
+    runner.outcomes.reorder(lambda key: rank.get(key, last))
     metrics = sorted(runner.metric_rows,
                      key=lambda r: metric_rank.get((r["defense"], r["seed"]), len(metric_rank)))
     if metrics != runner.metric_rows:

@@ -11,10 +11,14 @@ what a true worst case over attacks and paired tests between defenses need.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from robench.eps import canonical_eps
 from robench.errors import UserError
@@ -25,13 +29,36 @@ OUTCOMES_FILE = "outcomes.parquet"
 OUTCOME_COLUMNS = ["defense", "attack", "eps", "seed", "image", "clean_correct", "adv_correct"]
 
 
+Cell = tuple[str, str, float, int]  # (defense, attack, eps, seed), eps canonical
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One cell's outcomes: numpy arrays, one entry per image, in evaluation order."""
+
+    image: np.ndarray          # int32
+    clean_correct: np.ndarray  # bool
+    adv_correct: np.ndarray    # bool
+
+
 class OutcomeTable:
-    """The per-image outcomes of a run, one block of rows per cell."""
+    """The per-image outcomes of a run, one block per cell, in the order the cells were stored.
+
+    Held as one small block per cell rather than one big frame: storing a cell, dropping cells
+    and looking one up then cost the cell's size, not the table's (on fgsm_lenet's 4.2 M rows,
+    masking and concatenating the whole frame after every cell took ~700 MB of temporary
+    memory); the file is written one row group at a time for the same reason."""
+
+    #: rows per row group of the file (pyarrow's default), so the file is laid out as before
+    ROW_GROUP = 1024 * 1024
 
     def __init__(self, folder: OutputFolder) -> None:
         self.folder = folder
         self.path = folder.path / OUTCOMES_FILE
-        self.frame = pd.DataFrame({c: pd.Series(dtype=t) for c, t in _DTYPES.items()})
+        self._cells: dict[Cell, _Block] = {}
+
+    def __len__(self) -> int:
+        return sum(len(b.image) for b in self._cells.values())
 
     def load_existing(self) -> bool:
         """Read the outcomes on disk; False when the file exists but cannot be read."""
@@ -43,50 +70,113 @@ class OutcomeTable:
             return False
         if list(frame.columns) != OUTCOME_COLUMNS:
             return False
-        self.frame = frame.astype(_DTYPES)
+        try:
+            frame = frame.astype(_DTYPES)
+        except (TypeError, ValueError):
+            return False
+        keys = ["defense", "attack", "eps", "seed"]
+        self._cells = {}
+        for key, rows in frame.groupby(keys, sort=False, observed=True):
+            d, a, e, seed = key
+            self._cells[(str(d), str(a), canonical_eps(float(e)), int(seed))] = _Block(
+                rows["image"].to_numpy(np.int32), rows["clean_correct"].to_numpy(bool),
+                rows["adv_correct"].to_numpy(bool))
         return True
 
     def cell(self, defense: str, attack: str, eps: float, seed: int) -> pd.DataFrame:
-        f = self.frame
-        return f[(f["defense"] == defense) & (f["attack"] == attack)
-                 & (f["eps"] == canonical_eps(eps)) & (f["seed"] == seed)]
+        """One cell's rows, as in the file (empty when the cell has none)."""
+        return self._frame([(defense, attack, canonical_eps(eps), seed)])
 
     def counts(self, defense: str, attack: str, eps: float, seed: int,
                image_ids: Sequence[int]) -> tuple[int, int, int] | None:
         """(clean correct, robust, fooled) of a cell whose stored outcomes are for exactly these
         images in this order; None when they are missing or for other images."""
-        rows = self.cell(defense, attack, eps, seed)
-        if len(rows) != len(image_ids) or rows["image"].tolist() != list(image_ids):
+        block = self._cells.get((defense, attack, canonical_eps(eps), seed))
+        if block is None or not np.array_equal(block.image, np.asarray(image_ids)):
             return None
-        clean, adv = rows["clean_correct"], rows["adv_correct"]
+        clean, adv = block.clean_correct, block.adv_correct
         return int(clean.sum()), int((clean & adv).sum()), int((clean & ~adv).sum())
 
     def replace_cells(self, defense: str, attack: str, seed: int, image_ids: Sequence[int],
                       outcomes: list[AttackOutcome]) -> None:
-        """Store the outcomes of cells of one attack entry (one per eps) and flush."""
-        f = self.frame
-        eps = [canonical_eps(o.eps) for o in outcomes]
-        keep = ~((f["defense"] == defense) & (f["attack"] == attack) & (f["seed"] == seed)
-                 & f["eps"].isin(eps))
-        blocks = [f[keep]] + [pd.DataFrame({
-            "defense": defense, "attack": attack, "eps": canonical_eps(o.eps), "seed": seed,
-            "image": list(image_ids), "clean_correct": o.clean_ok.numpy(),
-            "adv_correct": o.adv_ok.numpy()}) for o in outcomes]
-        self.frame = pd.concat(blocks, ignore_index=True).astype(_DTYPES)
+        """Store the outcomes of cells of one attack entry (one per eps) and flush; a cell
+        stored again moves to the end, as a new one."""
+        image = np.asarray(image_ids, dtype=np.int32)
+        for o in outcomes:
+            key = (defense, attack, canonical_eps(o.eps), seed)
+            self._cells.pop(key, None)
+            self._cells[key] = _Block(image, o.clean_ok.numpy().astype(bool),
+                                      o.adv_ok.numpy().astype(bool))
         self.flush()
 
-    def keep_only(self, cells: set[tuple[str, str, float, int]]) -> None:
-        f = self.frame
-        keys = pd.MultiIndex.from_arrays([f["defense"].astype(str), f["attack"].astype(str),
-                                          f["eps"], f["seed"]])
-        keep = keys.isin(list(cells)) if cells else [False] * len(f)
-        if not all(keep):
-            self.frame = f[keep].reset_index(drop=True)
+    def keep_only(self, cells: set[Cell]) -> None:
+        """Drop every stored cell that is not one of ``cells`` (and flush if any went)."""
+        wanted = {(d, a, canonical_eps(e), s) for d, a, e, s in cells}
+        kept = {k: b for k, b in self._cells.items() if k in wanted}
+        if len(kept) != len(self._cells):
+            self._cells = kept
+            self.flush()
+
+    def reorder(self, rank: Callable[[Cell], int]) -> None:
+        """Put the cells in the order of ``rank`` (stable) and flush if that moved any."""
+        order = sorted(self._cells, key=rank)
+        if order != list(self._cells):
+            self._cells = {k: self._cells[k] for k in order}
             self.flush()
 
     def flush(self) -> None:
+        keys = list(self._cells)
+        categories = {"defense": sorted({k[0] for k in keys}),
+                      "attack": sorted({k[1] for k in keys})}
         with self.folder.temp_file(OUTCOMES_FILE) as tmp:
-            self.frame.to_parquet(tmp, index=False, compression="zstd")
+            writer = None
+            for group in _groups(keys, self._cells, self.ROW_GROUP):
+                table = pa.Table.from_pandas(self._frame(group, categories), preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                writer.write_table(table, row_group_size=self.ROW_GROUP)
+            if writer is None:  # no cells: an empty table with the columns and types
+                self._frame([], categories).to_parquet(tmp, index=False, compression="zstd")
+            else:
+                writer.close()
+
+    def _frame(self, keys: list[Cell], categories: dict[str, list[str]] | None = None
+               ) -> pd.DataFrame:
+        """The rows of these cells as one frame with the file's columns and types."""
+        blocks = [self._cells[k] for k in keys if k in self._cells]
+        keys = [k for k in keys if k in self._cells]
+        sizes = [len(b.image) for b in blocks]
+        cats = categories or {"defense": sorted({k[0] for k in keys}),
+                              "attack": sorted({k[1] for k in keys})}
+
+        def column(i: int, dtype: str) -> np.ndarray:
+            return np.repeat(np.array([k[i] for k in keys], dtype=dtype), sizes)
+
+        def joined(field: str, dtype: type) -> np.ndarray:
+            return (np.concatenate([getattr(b, field) for b in blocks]) if blocks
+                    else np.zeros(0, dtype=dtype))
+
+        return pd.DataFrame({
+            "defense": pd.Categorical(column(0, "object"), categories=cats["defense"]),
+            "attack": pd.Categorical(column(1, "object"), categories=cats["attack"]),
+            "eps": column(2, "float64"), "seed": column(3, "int64"),
+            "image": joined("image", np.int32), "clean_correct": joined("clean_correct", bool),
+            "adv_correct": joined("adv_correct", bool)})
+
+
+def _groups(keys: list[Cell], cells: dict[Cell, _Block], size: int) -> Iterator[list[Cell]]:
+    """Consecutive runs of cells of at most ``size`` rows (a bigger cell alone)."""
+    group: list[Cell] = []
+    rows = 0
+    for key in keys:
+        n = len(cells[key].image)
+        if group and rows + n > size:
+            yield group
+            group, rows = [], 0
+        group.append(key)
+        rows += n
+    if group:
+        yield group
 
 
 _DTYPES = {"defense": "category", "attack": "category", "eps": "float64", "seed": "int64",

@@ -9,7 +9,7 @@ import torch
 
 from robench.attacks import Attack
 from robench.data import Split
-from robench.evaluation import evaluate_attack
+from robench.evaluation import AttackOutcome, evaluate_attack
 from robench.training import predict
 
 
@@ -119,3 +119,44 @@ def test_outcomes_parquet_matches_results_and_is_verified_on_resume(tmp_path, cl
                                   .sort_values(["attack", "eps", "image"]).reset_index(drop=True),
                                   outcomes.sort_values(["attack", "eps", "image"])
                                   .reset_index(drop=True), check_categorical=False)
+
+
+def _outcome(eps, clean, adv):
+    return AttackOutcome(eps, torch.tensor(clean), torch.tensor(adv), 0.0)
+
+
+def test_outcome_table_stores_replaces_keeps_and_reorders_cells_by_block(tmp_path):
+    from robench.outcomes import OutcomeTable, read_outcomes
+    from robench.outdir import OutputFolder
+
+    with OutputFolder.open(tmp_path / "run") as folder:
+        table = OutcomeTable(folder)
+        table.ROW_GROUP = 3  # several row groups in a small file
+        table.replace_cells("none", "fgsm", 0, [7, 2],
+                            [_outcome(0.1, [True, True], [False, True]),
+                             _outcome(0.3, [True, True], [False, False])])
+        table.replace_cells("at", "pgd", 0, [7, 2], [_outcome(0.1, [True, False], [True, True])])
+        table.replace_cells("none", "fgsm", 0, [7, 2],  # stored again: moves to the end
+                            [_outcome(0.1, [False, True], [False, True])])
+        frame = read_outcomes(folder.path)
+        assert list(zip(frame["defense"], frame["attack"], frame["eps"], frame["image"],
+                        strict=True)) == [
+            ("none", "fgsm", 0.3, 7), ("none", "fgsm", 0.3, 2), ("at", "pgd", 0.1, 7),
+            ("at", "pgd", 0.1, 2), ("none", "fgsm", 0.1, 7), ("none", "fgsm", 0.1, 2)]
+        assert frame["clean_correct"].tolist()[-2:] == [False, True]
+        assert [str(t) for t in frame.dtypes] == ["category", "category", "float64", "int64",
+                                                  "int32", "bool", "bool"]
+        assert table.counts("none", "fgsm", 0.1, 0, [7, 2]) == (1, 1, 0)
+        assert table.counts("none", "fgsm", 0.1, 0, [2, 7]) is None  # other images/order
+        assert table.counts("none", "fgsm", 0.2, 0, [7, 2]) is None  # no such cell
+        table.reorder(lambda key: 0 if key[0] == "at" else 1)
+        assert read_outcomes(folder.path)["defense"].tolist()[:2] == ["at", "at"]
+        table.keep_only({("none", "fgsm", 0.1, 0), ("at", "pgd", 0.1, 0)})
+        again = OutcomeTable(folder)
+        assert again.load_existing() and len(again) == 4
+        assert again.cell("none", "fgsm", 0.3, 0).empty
+        pd.testing.assert_frame_equal(again.cell("at", "pgd", 0.1, 0).reset_index(drop=True),
+                                      table.cell("at", "pgd", 0.1, 0))
+        table.keep_only(set())
+        assert read_outcomes(folder.path).empty
+        assert list(read_outcomes(folder.path).columns) == list(frame.columns)
