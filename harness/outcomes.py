@@ -49,7 +49,7 @@ class OutcomeTable:
     masking and concatenating the whole frame after every cell took ~700 MB of temporary
     memory); the file is written one row group at a time for the same reason."""
 
-    #: rows per row group of the file (pyarrow's default), so the file is laid out as before
+    #: at most this many rows per row group of the file (pyarrow's default), cut between cells
     ROW_GROUP = 1024 * 1024
 
     def __init__(self, folder: OutputFolder) -> None:
@@ -75,12 +75,16 @@ class OutcomeTable:
         except (TypeError, ValueError):
             return False
         keys = ["defense", "attack", "eps", "seed"]
-        self._cells = {}
-        for key, rows in frame.groupby(keys, sort=False, observed=True):
-            d, a, e, seed = key
-            self._cells[(str(d), str(a), canonical_eps(float(e)), int(seed))] = _Block(
-                rows["image"].to_numpy(np.int32), rows["clean_correct"].to_numpy(bool),
-                rows["adv_correct"].to_numpy(bool))
+        cells: dict[Cell, _Block] = {}
+        try:
+            for key, rows in frame.groupby(keys, sort=False, observed=True, dropna=False):
+                d, a, e, seed = key
+                cells[(str(d), str(a), canonical_eps(float(e)), int(seed))] = _Block(
+                    rows["image"].to_numpy(np.int32), rows["clean_correct"].to_numpy(bool),
+                    rows["adv_correct"].to_numpy(bool))
+        except (TypeError, ValueError):  # an eps no run can have (NaN, inf, 1e-12): damage
+            return False
+        self._cells = cells
         return True
 
     def cell(self, defense: str, attack: str, eps: float, seed: int) -> pd.DataFrame:

@@ -254,7 +254,7 @@ def test_leaderboard_shows_verified_next_to_the_worst_case_and_keeps_it_out():
 def test_ibp_rows_and_certificates_through_the_runner(tmp_path, mnist, monkeypatch):
     from robench.outcomes import read_outcomes
     from robench.outdir import OutputFolder
-    from robench.runner import Runner, RunOptions
+    from robench.runner import RunData, Runner, RunOptions
 
     monkeypatch.setenv("ROBENCH_CACHE_DIR", str(tmp_path / "cache"))
     plan = resolve_raw(_suite([{"name": "fgsm", "eps": [0.0, 0.1]},
@@ -264,7 +264,7 @@ def test_ibp_rows_and_certificates_through_the_runner(tmp_path, mnist, monkeypat
                        "s.yaml")
     small = Dataset(name="mnist", train=mnist.train.head(3000), test=mnist.test, num_classes=10)
     with OutputFolder.open(tmp_path / "out") as folder:
-        board = Runner(plan, folder, RunOptions(quiet=True)).run(small)
+        board = Runner(plan, folder, RunOptions(quiet=True)).run(RunData.of(plan, small))
     results = pd.read_csv(tmp_path / "out" / "results.csv")
     ibp = results[results["attack"] == "ibp"].set_index("eps")
     assert set(ibp["role"]) == {"bound"} and (ibp["n"] == 300).all()

@@ -160,3 +160,17 @@ def test_outcome_table_stores_replaces_keeps_and_reorders_cells_by_block(tmp_pat
         table.keep_only(set())
         assert read_outcomes(folder.path).empty
         assert list(read_outcomes(folder.path).columns) == list(frame.columns)
+
+
+@pytest.mark.parametrize("bad_eps", [float("nan"), float("inf"), 1e-12])
+def test_an_outcomes_file_with_an_impossible_eps_is_not_trusted(tmp_path, bad_eps):
+    from robench.outcomes import OutcomeTable
+    from robench.outdir import OutputFolder
+
+    with OutputFolder.open(tmp_path / "run") as folder:
+        table = OutcomeTable(folder)
+        table.replace_cells("none", "fgsm", 0, [3], [_outcome(0.1, [True], [False])])
+        frame = pd.read_parquet(table.path)
+        frame["eps"] = bad_eps
+        frame.to_parquet(table.path, index=False)
+        assert not OutcomeTable(folder).load_existing()
