@@ -77,13 +77,21 @@ class OutcomeTable:
         keys = ["defense", "attack", "eps", "seed"]
         cells: dict[Cell, _Block] = {}
         try:
-            for key, rows in frame.groupby(keys, sort=False, observed=True, dropna=False):
-                d, a, e, seed = key
-                cells[(str(d), str(a), canonical_eps(float(e)), int(seed))] = _Block(
-                    rows["image"].to_numpy(np.int32), rows["clean_correct"].to_numpy(bool),
-                    rows["adv_correct"].to_numpy(bool))
-        except (TypeError, ValueError):  # an eps no run can have (NaN, inf, 1e-12): damage
+            groups = list(frame.groupby(keys, sort=False, observed=True))
+        except (TypeError, ValueError):
             return False
+        for (d, a, e, seed), rows in groups:
+            try:
+                key = (str(d), str(a), canonical_eps(float(e)), int(seed))
+            except (TypeError, ValueError):
+                continue  # an eps no run has (inf, 1e-12): no planned cell; dropped at the end
+            block = _Block(rows["image"].to_numpy(np.int32),
+                           rows["clean_correct"].to_numpy(bool), rows["adv_correct"].to_numpy(bool))
+            if key in cells:  # rows of one cell under two spellings of its eps: keep them all,
+                old = cells[key]  # so the cell's images no longer match and it is redone
+                block = _Block(*(np.concatenate([getattr(old, f), getattr(block, f)])
+                                 for f in ("image", "clean_correct", "adv_correct")))
+            cells[key] = block
         self._cells = cells
         return True
 
@@ -156,13 +164,18 @@ class OutcomeTable:
         def column(i: int, dtype: str) -> np.ndarray:
             return np.repeat(np.array([k[i] for k in keys], dtype=dtype), sizes)
 
+        def labels(i: int, name: str) -> pd.Categorical:
+            # from codes: building it from a million repeated strings took seconds per flush
+            code = {c: n for n, c in enumerate(cats[name])}
+            codes = np.repeat(np.array([code[k[i]] for k in keys], dtype=np.int64), sizes)
+            return pd.Categorical.from_codes(codes, categories=cats[name])
+
         def joined(field: str, dtype: type) -> np.ndarray:
             return (np.concatenate([getattr(b, field) for b in blocks]) if blocks
                     else np.zeros(0, dtype=dtype))
 
         return pd.DataFrame({
-            "defense": pd.Categorical(column(0, "object"), categories=cats["defense"]),
-            "attack": pd.Categorical(column(1, "object"), categories=cats["attack"]),
+            "defense": labels(0, "defense"), "attack": labels(1, "attack"),
             "eps": column(2, "float64"), "seed": column(3, "int64"),
             "image": joined("image", np.int32), "clean_correct": joined("clean_correct", bool),
             "adv_correct": joined("adv_correct", bool)})

@@ -163,14 +163,32 @@ def test_outcome_table_stores_replaces_keeps_and_reorders_cells_by_block(tmp_pat
 
 
 @pytest.mark.parametrize("bad_eps", [float("nan"), float("inf"), 1e-12])
-def test_an_outcomes_file_with_an_impossible_eps_is_not_trusted(tmp_path, bad_eps):
+def test_outcome_rows_at_an_impossible_eps_are_ignored_and_the_rest_kept(tmp_path, bad_eps):
     from robench.outcomes import OutcomeTable
     from robench.outdir import OutputFolder
 
     with OutputFolder.open(tmp_path / "run") as folder:
         table = OutcomeTable(folder)
-        table.replace_cells("none", "fgsm", 0, [3], [_outcome(0.1, [True], [False])])
+        table.replace_cells("none", "fgsm", 0, [3, 4], [_outcome(0.1, [True, True],
+                                                                 [False, True])])
         frame = pd.read_parquet(table.path)
-        frame["eps"] = bad_eps
-        frame.to_parquet(table.path, index=False)
-        assert not OutcomeTable(folder).load_existing()
+        odd = frame.assign(eps=bad_eps)
+        pd.concat([frame, odd]).to_parquet(table.path, index=False)
+        again = OutcomeTable(folder)
+        assert again.load_existing() and len(again) == 2
+        assert again.counts("none", "fgsm", 0.1, 0, [3, 4]) == (2, 1, 1)
+
+
+def test_rows_of_one_cell_under_two_spellings_of_its_eps_make_it_unverifiable(tmp_path):
+    from robench.outcomes import OutcomeTable
+    from robench.outdir import OutputFolder
+
+    with OutputFolder.open(tmp_path / "run") as folder:
+        table = OutcomeTable(folder)
+        table.replace_cells("none", "fgsm", 0, [3, 4], [_outcome(0.1, [True, True],
+                                                                 [False, True])])
+        frame = pd.read_parquet(table.path)
+        pd.concat([frame, frame.assign(eps=0.1 + 1e-12)]).to_parquet(table.path, index=False)
+        again = OutcomeTable(folder)
+        assert again.load_existing() and len(again) == 4  # nothing silently dropped
+        assert again.counts("none", "fgsm", 0.1, 0, [3, 4]) is None  # redone, not trusted
