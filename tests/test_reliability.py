@@ -219,6 +219,9 @@ def test_a_signal_between_the_handler_swaps_leaves_no_handler_held(monkeypatch):
 
     real = signal.signal
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    # a process started in the background by a shell inherits SIGINT ignored: start from the
+    # handlers an interactive run has
+    real(signal.SIGINT, signal.default_int_handler)
     real(signal.SIGTERM, _terminate)
     try:
         for moment in ("entry", "exit"):
