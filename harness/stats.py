@@ -25,11 +25,20 @@ defenses on the same images, and spread over seeds.
 from __future__ import annotations
 
 import math
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as _st
+
+
+def _scipy_stats() -> ModuleType:
+    """``scipy.stats``, imported on first use: it adds 61 MB of resident memory, and a run
+    needs it only after its last cell (checks, leaderboard), not while its attacks run."""
+    from scipy import stats
+
+    return stats
+
 
 #: The 97.5 % quantile of the standard normal: a two-sided 95 % interval.
 Z95 = 1.959963984540054
@@ -89,7 +98,7 @@ def mcnemar_exact(b: int, c: int) -> float:
     b, c = int(b), int(c)
     if b + c == 0:
         return 1.0
-    return min(1.0, 2.0 * float(_st.binom.cdf(min(b, c), b + c, 0.5)))
+    return min(1.0, 2.0 * float(_scipy_stats().binom.cdf(min(b, c), b + c, 0.5)))
 
 
 def _as_bool(values: Any, name: str) -> np.ndarray:
@@ -200,7 +209,8 @@ def seed_interval(values: Any, confidence: float = 0.95) -> tuple[float, float, 
     if arr.size == 1:
         return mean, math.nan, math.nan, math.nan
     std = float(arr.std(ddof=1))
-    half = float(_st.t.ppf((1 + confidence) / 2, arr.size - 1)) * std / math.sqrt(arr.size)
+    quantile = float(_scipy_stats().t.ppf((1 + confidence) / 2, arr.size - 1))
+    half = quantile * std / math.sqrt(arr.size)
     return mean, std, mean - half, mean + half
 
 
@@ -240,7 +250,7 @@ def paired_over_seeds(pairs: list[tuple[Any, Any]], z: float = Z95) -> dict[str,
     if np.ptp(diffs) <= 1e-12:  # identical per-seed differences: no seed variance to test
         p_seeds = 1.0 if abs(mean) <= 1e-12 else 0.0
     else:
-        p_seeds = float(_st.ttest_1samp(diffs, 0.0).pvalue)
+        p_seeds = float(_scipy_stats().ttest_1samp(diffs, 0.0).pvalue)
     table = [float(((x > 0) & (y > 0)).sum()) / m for x, y in
              ((a, b), (a, 1 - b), (1 - a, b), (1 - a, 1 - b))]
     lo, hi = newcombe_interval(*table, z=z)

@@ -1,6 +1,8 @@
 """robench.stats against hand-computed numbers, a published worked example and scipy."""
 
 import math
+import subprocess
+import sys
 from fractions import Fraction
 
 import numpy as np
@@ -195,3 +197,11 @@ def test_seed_interval_single_and_constant_values():
 def test_seed_interval_rejects_bad_input(values, kwargs):
     with pytest.raises(ValueError):
         seed_interval(values, **kwargs)
+
+
+def test_a_run_loads_scipy_only_when_a_statistic_needs_it() -> None:
+    # scipy.stats is 61 MB of resident memory that a run needs only after its last cell
+    code = ("import sys, robench.cli, robench.runner, robench.stats as s; "
+            "assert 'scipy.stats' not in sys.modules; "
+            "assert s.mcnemar_exact(3, 5) > 0; assert 'scipy.stats' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
