@@ -479,7 +479,6 @@ class RayExecutor:
             ready, _ = ray.wait(list(self.pending), num_returns=1)
             for ref in ready:
                 self.pending.pop(ref)(self._get(ref))
-        order_like_serial(runner)
         return planned
 
     def _get(self, ref: Any) -> Any:
@@ -564,8 +563,9 @@ def serial_order(plan: Plan) -> list[DefenseSpec]:
 
 
 def order_like_serial(runner: Runner) -> None:
-    """Rows, outcomes and defense metrics in the order a serial run writes them (cells finish in
-    any order on Ray); a file is rewritten only when its order changes."""
+    """Rows, outcomes and defense metrics in the order a fresh serial run writes them (cells
+    finish in any order on Ray; a resume appends the cells it re-ran); a file is rewritten only
+    when its order changes."""
     plan = runner.plan
     rank: dict[Cell, int] = {}
     metric_rank: dict[tuple[str, int], int] = {}

@@ -37,6 +37,7 @@ from robench.eps import canonical_eps, eps_text
 from robench.errors import Interrupted, UserError, interrupts_deferred
 from robench.estimate import attack_work, baseline_work, defense_work, suite_work
 from robench.evaluation import AttackOutcome
+from robench.executors import order_like_serial
 from robench.finalize import DIAGNOSTICS_FILE, finalize, read_diagnostics
 from robench.memory import peak_rss_text, release_freed_memory
 from robench.outcomes import OUTCOMES_FILE, OutcomeTable
@@ -187,6 +188,8 @@ class Runner:
         self.reporter.close_overall()
         self.table.keep_only(planned)
         self.outcomes.keep_only(planned)
+        # the suite's order: a resume appends the cells it re-ran, Ray finishes them in any order
+        order_like_serial(self)
         self.diagnostics = {k: v for k, v in self.diagnostics.items()
                             if k in {d.label for d in plan.defenses}}
         write_json(self.folder, DIAGNOSTICS_FILE, self.diagnostics)

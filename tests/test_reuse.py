@@ -134,6 +134,28 @@ def test_reordering_a_suite_changes_no_number(tmp_path, plugin_env):
 
 
 @pytest.mark.slow
+def test_a_resume_keeps_the_suite_order_of_rows_and_leaderboard_columns(tmp_path, cli_env):
+    # a resume re-runs stale cells after the others; results.csv and the leaderboard still
+    # list them in the suite's order (pgd before fgsm here)
+    suite = tmp_path / "s.yaml"
+    suite.write_text(suite_text(DEFENSES[:1], [ATTACKS[1], ATTACKS[0]]))
+    out = tmp_path / "o"
+    run(suite, out, cli_env)
+    keys = ["defense", "attack", "eps"]
+    rows = pd.read_csv(out / "results.csv")[keys]
+    header = (out / "leaderboard.csv").read_text().splitlines()[0]
+    assert header.index("pgd@") < header.index("fgsm@")
+
+    suite.write_text(suite.read_text().replace("steps: 3", "steps: 4"))  # pgd's cell is stale
+    run(suite, out, cli_env)
+    resumed = (out / "run.log").read_text().split("suite reuse:")[-1]  # a new suite: new log
+    assert "[none] pgd robust accuracy" in resumed
+    assert "[none] fgsm: already in results.csv, skipped" in resumed
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv")[keys], rows)
+    assert (out / "leaderboard.csv").read_text().splitlines()[0] == header
+
+
+@pytest.mark.slow
 def test_run_leaderboard_and_report_share_one_finalize(tmp_path, plugin_env):
     suite = tmp_path / "s.yaml"
     suite.write_text(suite_text(DEFENSES[:1], ATTACKS[:2]))
