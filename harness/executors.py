@@ -589,11 +589,10 @@ def order_like_serial(runner: Runner) -> None:
         runner.table.rows = rows
         runner.table.flush()
     runner.outcomes.reorder(lambda key: rank.get(key, last))
-    metrics = sorted(runner.metric_rows,
-                     key=lambda r: metric_rank.get((r["defense"], r["seed"]), len(metric_rank)))
-    if metrics != runner.metric_rows:
-        runner.metric_rows = metrics
-        runner._write_metrics()
+    # written by ``Runner.run`` after this, as on every run
+    runner.metric_rows = sorted(
+        runner.metric_rows,
+        key=lambda r: metric_rank.get((r["defense"], r["seed"]), len(metric_rank)))
 
 
 @contextlib.contextmanager
