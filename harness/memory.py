@@ -20,8 +20,11 @@ cells (peak RSS by VmHWM; 1629 MB as it is): ``malloc_trim`` after every cell, n
 every defense, raised the peak to 1782 MB (a trimmed heap is grown again by the next cell, and
 less of it is reused); ``MALLOC_ARENA_MAX=1`` raised it to 1923 MB; a fixed mmap threshold of
 4 MiB lowered it to 1579 MB but made the run 1.55x slower. None was adopted. An active-set PGD
-cell raises resident memory by 150-470 MB while it runs (its batches shrink at every step, so
-the allocator is asked for a new size each time); trimming after the defense gives it back.
+cell raises resident memory by 90-510 MB while it runs (not established why; one guess: its
+batches shrink at every step, so the allocator is asked for a new size each time); trimming
+after the defense gives it back. In a cold fgsm_lenet run the resident size after each defense's
+trim stayed at 1.22-1.25 GB; the peak (2.32 GiB) built up inside one defense, from the heap that
+defense training leaves (250-860 MB) plus the cells' transients (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
