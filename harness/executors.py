@@ -46,6 +46,7 @@ from robench.errors import Interrupted, UserError
 from robench.estimate import attack_images as images_attacked
 from robench.estimate import attack_work, baseline_work, defense_work
 from robench.evaluation import EVAL_BATCH_SIZE, AttackOutcome
+from robench.memory import release_freed_memory
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
 from robench.progress import Reporter
 from robench.training import TrainConfig
@@ -376,6 +377,7 @@ def baseline_task(spec: BaselineSpec, num_classes: int, train_split: Split, devi
     reporter, dev = _Lines(), torch.device(device)
     model, cached = train_baseline(spec, num_classes, train_split.to(dev), dev, cache,
                                    data_hash, reporter)
+    release_freed_memory()  # the worker runs the next task in the same process
     return model.cpu(), (reporter.lines, cached)
 
 
@@ -388,6 +390,7 @@ def defense_task(spec: DefenseSpec, baseline: nn.Module, train_split: Split, val
     done = apply_defense(spec, baseline.to(dev), train_split.to(dev), validation.to(dev),
                          num_classes, dev, train_config, cache, data_hash, reporter)
     facts = inspect_model(done.model, test_split.to(dev), diagnostics)
+    release_freed_memory()  # the worker runs the next task in the same process
     return done.model.cpu(), DefenseReport(done.seconds, done.metrics, facts, reporter.lines,
                                            done.cached)
 

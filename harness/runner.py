@@ -229,6 +229,7 @@ class Runner:
     def baseline(self, spec: BaselineSpec, dataset: Dataset, train_split: Split) -> nn.Module:
         model, cached = train_baseline(spec, dataset.num_classes, train_split, self.device,
                                        self.cache, self.data_hash, self.reporter)
+        release_freed_memory()  # what training freed, before the cells add theirs on top
         self.count_work(baseline_work(spec, len(train_split)).units, cached)
         return model
 
@@ -237,6 +238,7 @@ class Runner:
         done = apply_defense(spec, baseline, train_split, validation, dataset.num_classes,
                              self.device, self.plan.suite.train, self.cache, self.data_hash,
                              self.reporter)
+        release_freed_memory()  # what training freed, before the cells add theirs on top
         self.count_work(defense_work(spec, self.plan.suite.train, len(train_split),
                                      len(validation)).units, done.cached)
         self._add_metrics(spec, seed, done.metrics)
