@@ -200,10 +200,16 @@ def test_seeds_derive_from_labels_not_positions():
     assert 0 <= derive_seed(2**62, "x") < 2**31
 
 
-def test_code_hash_follows_every_import_form(tmp_path, monkeypatch):
+@pytest.mark.parametrize("hashing", ["robench.codehash", "robench.plan"])
+def test_code_hash_follows_every_import_form(tmp_path, monkeypatch, hashing):
     """Modules used through ``import pkg.mod``, constants imported by name, and imports inside
-    functions are all part of the hash: editing any of them changes it."""
-    from robench.codehash import code_hash, modules_used
+    functions are all part of the hash: editing any of them changes it (also through the
+    plan's ``code_hash``, which refuses new top-level imports)."""
+    import importlib
+
+    from robench.codehash import modules_used
+
+    code_hash = importlib.import_module(hashing).code_hash
 
     pkg = tmp_path / "hashpkg"
     pkg.mkdir()
@@ -216,6 +222,8 @@ def test_code_hash_follows_every_import_form(tmp_path, monkeypatch):
         "def plugin(x):\n    from hashpkg import inner\n"
         "    return inner.g(hashpkg.helper.f(x)) * SCALE\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m.split(".")[0] == "hashpkg"]:
+        monkeypatch.delitem(sys.modules, name)  # another parameter's package, same name
     import hashpkg.plug
 
     names = {m.__name__ for m in modules_used([hashpkg.plug.plugin])}
@@ -229,6 +237,26 @@ def test_code_hash_follows_every_import_form(tmp_path, monkeypatch):
         before = after
     with pytest.raises(TypeError, match="needs modules, classes or functions"):
         code_hash(hashpkg.plug.plugin, "a string")
+
+
+def test_plan_hashing_imports_no_new_package_and_gives_the_same_hashes() -> None:
+    """Resolving a plan does not import ART (41 MB resident) to hash ``attacks/backends.py``'s
+    ``from art...`` lines, and every plugin's hash is the one the plain ``code_hash`` gives
+    (which does import ART: the check sees the difference it must not make)."""
+    code = (
+        "import sys, robench.plan as p, robench.codehash as c\n"
+        "from robench.attacks import ATTACKS\nfrom robench.defenses import DEFENSES\n"
+        "plugins = [ATTACKS.get(n) for n in ATTACKS.names()] + "
+        "[DEFENSES.get(n) for n in DEFENSES.names()]\n"
+        "assert 'art' not in sys.modules\n"
+        "guarded = [p.code_hash(x, p.evaluate_attack) for x in plugins]\n"
+        "assert 'art' not in sys.modules, 'the plan hashed by importing ART'\n"
+        "plain = [c.code_hash(x, p.evaluate_attack) for x in plugins]\n"
+        "assert 'art' in sys.modules, 'the plain hash no longer imports ART: test is void'\n"
+        "assert guarded == plain\nprint(len(plugins))\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True)
+    assert int(out.stdout) >= 10
 
 
 def test_a_cache_entry_that_does_not_fit_leaves_the_model_untouched(tmp_path):
