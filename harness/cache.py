@@ -6,6 +6,13 @@ defends: ``robench.codehash``), so re-running a finished suite recomputes nothin
 one defense's params or editing its file recomputes only that defense. Weights are
 stored with ``torch.save(state_dict)`` in a per-user cache folder (never in the repository) and
 read back with ``torch.load(..., weights_only=True)``.
+
+Each entry records how it was trained (``trained_with``: device, torch threads, torch version,
+machine), which the run log shows when the entry is reused. It is not part of the key, on
+purpose: the same training on another thread count or device differs only in the order floats
+are summed, so a cluster's entries serve a laptop; but the weights are then not bit-identical
+to what this machine would train (measured: a cold 2-thread run's baseline, 98.74 % clean,
+against a cached one trained elsewhere, 98.78 %; benchmarks/RESULTS.md), and the log says so.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -103,6 +111,7 @@ class ModelCache:
             self.root.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=self.root)
             os.close(fd)
+            meta = {**meta, "trained_with": trained_with(model)}
             torch.save({"state_dict": state, "meta": json.dumps(meta, default=str)}, tmp)
             os.replace(tmp, self._path(key))
         except (OSError, RuntimeError) as err:
@@ -111,6 +120,24 @@ class ModelCache:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
         return None
+
+
+def trained_with(model: nn.Module) -> dict[str, Any]:
+    """Where and how ``model`` was trained: what can make the same configuration's weights
+    differ in their last bits."""
+    param = next(model.parameters(), None)
+    return {"device": param.device.type if param is not None else "cpu",
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "machine": platform.machine()}
+
+
+def provenance_text(meta: dict[str, Any]) -> str:
+    """How a cache entry was trained, for the run log (older entries did not record it)."""
+    how = meta.get("trained_with")
+    if not isinstance(how, dict):
+        return "trained where: not recorded"
+    return (f"trained on {how.get('device')}, {how.get('torch_threads')} torch threads, "
+            f"torch {how.get('torch')}")
 
 
 def _is_key(stem: str) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robench.cache import ModelCache, data_key
+from robench.cache import ModelCache, data_key, provenance_text
 from robench.checks import model_diagnostics
 from robench.data import Split
 from robench.defenses import DefenseContext
@@ -63,8 +63,10 @@ def train_baseline(spec: BaselineSpec, num_classes: int, train_split: Split,
                       f"(sha256 {spec.weights.sha256[:12]})")
         return model.eval(), True
     key = data_key(spec.cache_key, data_hash)
-    if cache.load(key, model) is not None:
-        reporter.info(f"baseline {spec.model}: loaded from cache ({key[:10]})")
+    meta = cache.load(key, model)
+    if meta is not None:
+        reporter.info(f"baseline {spec.model}: loaded from cache ({key[:10]}; "
+                      f"{provenance_text(meta)})")
         return model.to(device).eval(), True
     t0 = time.perf_counter()
     train(model, train_split, spec.train, seed=spec.seed, reporter=reporter,
@@ -85,7 +87,8 @@ def apply_defense(spec: DefenseSpec, baseline: nn.Module, train_split: Split,
     key = data_key(spec.cache_key, data_hash)
     meta = cache.load(key, model) if spec.plugin.cacheable else None
     if meta is not None:
-        reporter.info(f"[{spec.label}] defended model loaded from cache ({key[:10]})")
+        reporter.info(f"[{spec.label}] defended model loaded from cache ({key[:10]}; "
+                      f"{provenance_text(meta)})")
         return Defended(model.to(device).eval(), float(meta["seconds"]),
                         list(meta.get("metrics", [])), cached=True)
     ctx = DefenseContext(model=model, train=train_split, validation=validation,

@@ -276,3 +276,29 @@ def test_a_cache_entry_that_does_not_fit_leaves_the_model_untouched(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert cache.load("a" * 32, model) is None
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_cache_entry_records_how_it_was_trained_and_the_log_says_it(tmp_path):
+    """Reused weights name the device and thread count that trained them (not in the key:
+    another thread count differs only in float summation order, and a cluster's cache should
+    serve a laptop); an entry from before this was recorded says so."""
+    import json
+
+    import torch
+
+    from robench.cache import ModelCache, provenance_text
+    from robench.models import LeNet5
+
+    cache = ModelCache(tmp_path)
+    threads = torch.get_num_threads()
+    assert cache.save("a" * 32, LeNet5(), {"seconds": 1.0}) is None
+    meta = cache.load("a" * 32, LeNet5())
+    assert meta is not None and meta["seconds"] == 1.0
+    assert meta["trained_with"]["device"] == "cpu"
+    assert meta["trained_with"]["torch_threads"] == threads
+    assert provenance_text(meta) == (f"trained on cpu, {threads} torch threads, "
+                                     f"torch {torch.__version__}")
+    old = {"state_dict": LeNet5().state_dict(), "meta": json.dumps({"seconds": 2.0})}
+    torch.save(old, tmp_path / f"{'b' * 32}.pt")
+    meta = cache.load("b" * 32, LeNet5())
+    assert meta is not None and provenance_text(meta) == "trained where: not recorded"
