@@ -20,15 +20,13 @@ changes no existing entry's numbers; per-image draws: ``Attack.uniform_noise``).
 
 from __future__ import annotations
 
-import importlib.abc
 import json
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -36,10 +34,10 @@ from pydantic import BaseModel, ValidationError
 from torch import nn
 
 import robench
+from robench import codehash
 from robench.attacks import ATTACKS, Attack, AttackParams
 from robench.attacks.base import DEFAULT_NORM
 from robench.cache import cache_key
-from robench.codehash import code_hash as _code_hash
 from robench.config import AttackEntry, Suite, load_suite, parse_suite, raise_validation
 from robench.data import DATASETS, Dataset
 from robench.defenses import DEFENSES, Defense, DefenseParams
@@ -54,39 +52,38 @@ from robench.weights import WeightsFile, weights_file
 MAX_LABEL = 80
 
 
-class _NewTopLevelRefused(importlib.abc.MetaPathFinder):
-    """Refuses, in one thread, to import a top-level package that is not imported yet."""
-
-    def __init__(self) -> None:
-        self.thread = threading.get_ident()
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> None:
-        if threading.get_ident() == self.thread and name.split(".")[0] not in sys.modules:
-            raise ImportError(f"{name}: not imported while hashing code")
-        return None
+_HASHING = threading.Lock()
+_PLAIN_LOAD = codehash._load
 
 
-@contextmanager
-def _no_new_top_level_imports() -> Iterator[None]:
-    finder = _NewTopLevelRefused()
-    sys.meta_path.insert(0, finder)
-    try:
-        yield
-    finally:
-        sys.meta_path.remove(finder)
+def _load_if_package_imported(name: str) -> ModuleType | None:
+    """``codehash._load`` for a name whose top-level package is imported already, else None."""
+    return _PLAIN_LOAD(name) if name.split(".")[0] in sys.modules else None
+
+
+# codehash follows the module of every function in its globals: as robench.plan's, this
+# stand-in would add plan and all it imports to every hash; as codehash's own it adds nothing
+_load_if_package_imported.__module__ = codehash.__name__
 
 
 def code_hash(*objects: object) -> str:
     """``robench.codehash.code_hash``, without importing packages nothing has imported yet.
 
-    To tell ``from X import Y`` (a name) from ``from X import module``, code hashing imports
-    ``X.Y``; for a third-party package that would import it whole (``attacks/backends.py``'s
-    ``from art...`` imports ART and scipy: 41 MB of resident memory for every run, ART cells or
-    not). That cannot change a hash: only ``robench``'s and the plugins' own packages are
-    followed, and they are imported by the time their code is hashed. A refused import is
-    treated as a name, which is then not followed either (``test_codehash`` checks equality)."""
-    with _no_new_top_level_imports():
-        return _code_hash(*objects)
+    To tell ``from X import Y`` (a name) from ``from X import module``, code hashing loads
+    ``X.Y``; for a third-party package that imports it whole (``attacks/backends.py``'s
+    ``from art...``: ART and scipy, 41 MB of resident memory for every run, ART cells or not).
+    Only ``robench``'s and the hashed objects' own top-level packages are followed, and those
+    are imported (the objects live in them), so a name whose top-level package is not imported
+    is never followed whatever its load gives: here it is not loaded. Only codehash's own
+    lookups are affected; the modules it does load import what they import as usual.
+    ``test_reuse`` checks that the hashes equal the plain ones. (``robench.codehash`` itself
+    is part of every code hash, which is why this lives here.)"""
+    with _HASHING:
+        codehash._load = _load_if_package_imported
+        try:
+            return codehash.code_hash(*objects)
+        finally:
+            codehash._load = _PLAIN_LOAD
 
 
 def params_json(params: BaseModel | dict[str, Any]) -> str:

@@ -204,7 +204,7 @@ def test_seeds_derive_from_labels_not_positions():
 def test_code_hash_follows_every_import_form(tmp_path, monkeypatch, hashing):
     """Modules used through ``import pkg.mod``, constants imported by name, and imports inside
     functions are all part of the hash: editing any of them changes it (also through the
-    plan's ``code_hash``, which refuses new top-level imports)."""
+    plan's ``code_hash``, which loads nothing from packages nothing has imported)."""
     import importlib
 
     from robench.codehash import modules_used
@@ -226,9 +226,9 @@ def test_code_hash_follows_every_import_form(tmp_path, monkeypatch, hashing):
         monkeypatch.delitem(sys.modules, name)  # another parameter's package, same name
     import hashpkg.plug
 
+    before = code_hash(hashpkg.plug.plugin)  # first: it must load the lazy ``inner`` itself
     names = {m.__name__ for m in modules_used([hashpkg.plug.plugin])}
     assert {"hashpkg.plug", "hashpkg.helper", "hashpkg.consts", "hashpkg.inner"} <= names
-    before = code_hash(hashpkg.plug.plugin)
     for name in ("consts", "inner", "helper"):
         path = pkg / f"{name}.py"
         path.write_text(path.read_text() + "# edited\n")
@@ -241,22 +241,57 @@ def test_code_hash_follows_every_import_form(tmp_path, monkeypatch, hashing):
 
 def test_plan_hashing_imports_no_new_package_and_gives_the_same_hashes() -> None:
     """Resolving a plan does not import ART (41 MB resident) to hash ``attacks/backends.py``'s
-    ``from art...`` lines, and every plugin's hash is the one the plain ``code_hash`` gives
-    (which does import ART: the check sees the difference it must not make)."""
+    ``from art...`` lines, and every hash of the plan (baseline, defenses, attacks) is the one
+    the plain ``code_hash`` gives, which does import ART (so the check sees a difference)."""
     code = (
         "import sys, robench.plan as p, robench.codehash as c\n"
-        "from robench.attacks import ATTACKS\nfrom robench.defenses import DEFENSES\n"
-        "plugins = [ATTACKS.get(n) for n in ATTACKS.names()] + "
-        "[DEFENSES.get(n) for n in DEFENSES.names()]\n"
-        "assert 'art' not in sys.modules\n"
-        "guarded = [p.code_hash(x, p.evaluate_attack) for x in plugins]\n"
+        "from robench.config import load_suite\n"
+        "def hashes(name):\n"
+        f"    plan = p.resolve(load_suite('{REPO}/suites/' + name), name)\n"
+        "    return ([plan.baseline.code_hash, plan.baseline.cache_key]\n"
+        "            + [d.code_hash + d.cache_key for d in plan.defenses]\n"
+        "            + [a.code_hash for a in plan.attacks])\n"
+        "names = ['fgsm_lenet.yaml', 'backends.yaml', 'unlearning_methods.yaml']\n"
+        "guarded = [hashes(n) for n in names]\n"
         "assert 'art' not in sys.modules, 'the plan hashed by importing ART'\n"
-        "plain = [c.code_hash(x, p.evaluate_attack) for x in plugins]\n"
+        "p.code_hash = c.code_hash\n"
+        "plain = [hashes(n) for n in names]\n"
         "assert 'art' in sys.modules, 'the plain hash no longer imports ART: test is void'\n"
-        "assert guarded == plain\nprint(len(plugins))\n")
+        "assert guarded == plain\nprint(sum(map(len, plain)))\n")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True)
-    assert int(out.stdout) >= 10
+    assert int(out.stdout) >= 30
+
+
+def test_plan_hashing_follows_lazy_imports_and_leaves_modules_whole(tmp_path, monkeypatch):
+    """A reviewer's finding against a first version that refused every new top-level import
+    while hashing: a plugin module imported lazily (inside a function) that imports a
+    third-party package was left out of the hash, and a module with an optional import was
+    left without it. Now only codehash's own loads skip packages nothing has imported."""
+    from robench import codehash, plan
+    from robench.codehash import modules_used
+
+    (tmp_path / "extdep").mkdir()
+    (tmp_path / "extdep" / "__init__.py").write_text("VALUE = 1\n")
+    pkg = tmp_path / "lazyhp"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "heavy.py").write_text("import extdep\n\n\ndef f(x):\n    return x + extdep.VALUE\n")
+    (pkg / "soft.py").write_text("try:\n    import extdep\nexcept ImportError:\n"
+                                 "    extdep = None\n")
+    (pkg / "plug.py").write_text("def plugin(x):\n    from lazyhp.heavy import f\n"
+                                 "    from lazyhp import soft\n    return f(x), soft\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m.split(".")[0] in ("lazyhp", "extdep")]:
+        monkeypatch.delitem(sys.modules, name)
+    import lazyhp.plug
+
+    guarded = plan.code_hash(lazyhp.plug.plugin)
+    assert sys.modules["lazyhp.soft"].extdep is not None  # its optional import worked
+    assert "lazyhp.heavy" in {m.__name__ for m in modules_used([lazyhp.plug.plugin])}
+    assert codehash.code_hash(lazyhp.plug.plugin) == guarded
+    (pkg / "heavy.py").write_text((pkg / "heavy.py").read_text() + "# edited\n")
+    assert plan.code_hash(lazyhp.plug.plugin) != guarded
 
 
 def test_a_cache_entry_that_does_not_fit_leaves_the_model_untouched(tmp_path):
