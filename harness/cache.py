@@ -74,6 +74,8 @@ class ModelCache:
             meta = json.loads(blob.get("meta", "{}"))
             if not isinstance(meta, dict) or not isinstance(meta.get("seconds"), int | float):
                 return None
+            if not isinstance(meta.get("metrics", []), list):
+                return None  # a defense's metrics are a list of rows
             if not fits(blob["state_dict"], model):
                 return None  # before copying: load_state_dict would copy what fits, then fail
             model.load_state_dict(blob["state_dict"])
@@ -124,7 +126,8 @@ class ModelCache:
 
 def trained_with(model: nn.Module) -> dict[str, Any]:
     """Where and how ``model`` was trained: what can make the same configuration's weights
-    differ in their last bits."""
+    differ in their last bits (the thread count as the entry is saved, in the process that
+    trained it: a Ray task sets its own)."""
     param = next(model.parameters(), None)
     return {"device": param.device.type if param is not None else "cpu",
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -136,8 +139,8 @@ def provenance_text(meta: dict[str, Any]) -> str:
     how = meta.get("trained_with")
     if not isinstance(how, dict):
         return "trained where: not recorded"
-    return (f"trained on {how.get('device')}, {how.get('torch_threads')} torch threads, "
-            f"torch {how.get('torch')}")
+    return (f"trained on {how.get('device')} ({how.get('machine')}), "
+            f"{how.get('torch_threads')} torch threads, torch {how.get('torch')}")
 
 
 def _is_key(stem: str) -> bool:

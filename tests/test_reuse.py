@@ -318,6 +318,7 @@ def test_a_cache_entry_records_how_it_was_trained_and_the_log_says_it(tmp_path):
     another thread count differs only in float summation order, and a cluster's cache should
     serve a laptop); an entry from before this was recorded says so."""
     import json
+    import platform
 
     import torch
 
@@ -331,9 +332,16 @@ def test_a_cache_entry_records_how_it_was_trained_and_the_log_says_it(tmp_path):
     assert meta is not None and meta["seconds"] == 1.0
     assert meta["trained_with"]["device"] == "cpu"
     assert meta["trained_with"]["torch_threads"] == threads
-    assert provenance_text(meta) == (f"trained on cpu, {threads} torch threads, "
-                                     f"torch {torch.__version__}")
+    assert provenance_text(meta) == (f"trained on cpu ({platform.machine()}), {threads} torch "
+                                     f"threads, torch {torch.__version__}")
     old = {"state_dict": LeNet5().state_dict(), "meta": json.dumps({"seconds": 2.0})}
     torch.save(old, tmp_path / f"{'b' * 32}.pt")
     meta = cache.load("b" * 32, LeNet5())
     assert meta is not None and provenance_text(meta) == "trained where: not recorded"
+    for odd in ("cpu", None, [1]):  # a damaged record is shown as unknown, never a crash
+        assert provenance_text({"trained_with": odd}) == "trained where: not recorded"
+    # a reviewer's finding: metrics that are not a list made apply_defense raise TypeError
+    bad = {"state_dict": LeNet5().state_dict(), "meta": json.dumps({"seconds": 2.0,
+                                                                      "metrics": None})}
+    torch.save(bad, tmp_path / f"{'c' * 32}.pt")
+    assert cache.load("c" * 32, LeNet5()) is None
