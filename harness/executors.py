@@ -46,7 +46,7 @@ from robench.errors import Interrupted, UserError
 from robench.estimate import attack_images as images_attacked
 from robench.estimate import attack_work, baseline_work, defense_work
 from robench.evaluation import EVAL_BATCH_SIZE, AttackOutcome
-from robench.memory import release_freed_memory
+from robench.memory import release_freed_memory, trimming_freed_memory
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
 from robench.progress import Reporter
 from robench.training import TrainConfig
@@ -375,8 +375,9 @@ def baseline_task(spec: BaselineSpec, num_classes: int, train_split: Split, devi
                   data_hash: str) -> tuple[nn.Module, tuple[list[str], bool]]:
     torch.set_num_threads(TASK_CPUS)
     reporter, dev = _Lines(), torch.device(device)
-    model, cached = train_baseline(spec, num_classes, train_split.to(dev), dev, cache,
-                                   data_hash, reporter)
+    with trimming_freed_memory():
+        model, cached = train_baseline(spec, num_classes, train_split.to(dev), dev, cache,
+                                       data_hash, reporter)
     release_freed_memory()  # the worker runs the next task in the same process
     return model.cpu(), (reporter.lines, cached)
 
@@ -387,8 +388,9 @@ def defense_task(spec: DefenseSpec, baseline: nn.Module, train_split: Split, val
                  diagnostics: bool) -> tuple[nn.Module, DefenseReport]:
     torch.set_num_threads(TASK_CPUS)
     reporter, dev = _Lines(), torch.device(device)
-    done = apply_defense(spec, baseline.to(dev), train_split.to(dev), validation.to(dev),
-                         num_classes, dev, train_config, cache, data_hash, reporter)
+    with trimming_freed_memory():
+        done = apply_defense(spec, baseline.to(dev), train_split.to(dev), validation.to(dev),
+                             num_classes, dev, train_config, cache, data_hash, reporter)
     facts = inspect_model(done.model, test_split.to(dev), diagnostics)
     release_freed_memory()  # the worker runs the next task in the same process
     return done.model.cpu(), DefenseReport(done.seconds, done.metrics, facts, reporter.lines,
@@ -399,8 +401,9 @@ def attack_task(spec: AttackSpec, model: nn.Module, source: nn.Module | None,
                 eps: list[float], data: Split, device: str) -> list[AttackOutcome]:
     torch.set_num_threads(TASK_CPUS)
     dev = torch.device(device)
-    return attack_images(spec, model.to(dev), None if source is None else source.to(dev), eps,
-                         data.to(dev), Reporter(quiet=True), desc=spec.label)
+    with trimming_freed_memory():  # as the serial runner: transients not left resident
+        return attack_images(spec, model.to(dev), None if source is None else source.to(dev),
+                             eps, data.to(dev), Reporter(quiet=True), desc=spec.label)
 
 
 def compact(split: Split) -> Split:

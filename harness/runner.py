@@ -39,7 +39,7 @@ from robench.estimate import attack_work, baseline_work, defense_work, suite_wor
 from robench.evaluation import AttackOutcome
 from robench.executors import order_like_serial
 from robench.finalize import DIAGNOSTICS_FILE, finalize, read_diagnostics
-from robench.memory import peak_rss_text, release_freed_memory
+from robench.memory import peak_rss_text, release_freed_memory, trimming_freed_memory
 from robench.outcomes import OUTCOMES_FILE, OutcomeTable
 from robench.outdir import OutputFolder
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan, resolve
@@ -203,8 +203,13 @@ class Runner:
     def run_serial(self, dataset: Dataset,
                    splits: tuple[Split, Split, Split]) -> set[tuple[str, str, float, int]]:
         """The reference executor: every unit of work in order, in this process."""
-        plan = self.plan
         train_split, validation, test_split = (s.to(self.device) for s in splits)
+        with trimming_freed_memory():  # transients of training and cells, not left resident
+            return self._serial_units(dataset, train_split, validation, test_split)
+
+    def _serial_units(self, dataset: Dataset, train_split: Split, validation: Split,
+                      test_split: Split) -> set[tuple[str, str, float, int]]:
+        plan = self.plan
         planned: set[tuple[str, str, float, int]] = set()
         for seed in plan.seeds:
             seeded = plan.for_seed(seed)
