@@ -93,8 +93,8 @@ def trimming_freed_memory(period: float = TRIM_PERIOD) -> Iterator[int]:
             _malloc_trim()
 
     thread = threading.Thread(target=loop, name="robench-trim", daemon=True)
-    thread.start()
     try:
+        thread.start()  # inside: an interrupt right after it still stops the thread
         yield 1
     finally:
         stop.set()

@@ -52,13 +52,23 @@ from robench.weights import WeightsFile, weights_file
 MAX_LABEL = 80
 
 
-_HASHING = threading.Lock()
+_HASHING = threading.RLock()  # re-entrant: a module loaded while hashing may hash code too
 _PLAIN_LOAD = codehash._load
+_tops: tuple[int, frozenset[str]] = (0, frozenset())
+
+
+def _imported_tops() -> frozenset[str]:
+    """Top-level names of every imported module (``a`` of ``a.b`` even when ``a`` itself is
+    not in sys.modules: a module loaded from a file under a dotted name)."""
+    global _tops
+    if _tops[0] != len(sys.modules):
+        _tops = (len(sys.modules), frozenset(m.partition(".")[0] for m in list(sys.modules)))
+    return _tops[1]
 
 
 def _load_if_package_imported(name: str) -> ModuleType | None:
     """``codehash._load`` for a name whose top-level package is imported already, else None."""
-    return _PLAIN_LOAD(name) if name.split(".")[0] in sys.modules else None
+    return _PLAIN_LOAD(name) if name.partition(".")[0] in _imported_tops() else None
 
 
 # codehash follows the module of every function in its globals: as robench.plan's, this
@@ -79,11 +89,11 @@ def code_hash(*objects: object) -> str:
     ``test_reuse`` checks that the hashes equal the plain ones. (``robench.codehash`` itself
     is part of every code hash, which is why this lives here.)"""
     with _HASHING:
-        codehash._load = _load_if_package_imported
+        previous, codehash._load = codehash._load, _load_if_package_imported
         try:
             return codehash.code_hash(*objects)
         finally:
-            codehash._load = _PLAIN_LOAD
+            codehash._load = previous
 
 
 def params_json(params: BaseModel | dict[str, Any]) -> str:

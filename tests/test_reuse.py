@@ -294,6 +294,44 @@ def test_plan_hashing_follows_lazy_imports_and_leaves_modules_whole(tmp_path, mo
     assert plan.code_hash(lazyhp.plug.plugin) != guarded
 
 
+def test_plan_hashing_is_reentrant_and_sees_packages_loaded_by_file(tmp_path, monkeypatch):
+    """Two reviewer cases: a module loaded while hashing that hashes code itself (a plain lock
+    deadlocked), and a plugin loaded from a file under a dotted name whose parent package is
+    not in sys.modules (its lazy import of a sibling was left out of the hash)."""
+    import importlib.util
+
+    from robench import codehash, plan
+
+    pkg = tmp_path / "reent"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "b.py").write_text("x = 1\n")
+    (pkg / "lazy.py").write_text("import robench.plan, reent.b\n"
+                                 "H = robench.plan.code_hash(reent.b)\nthing = 1\n")
+    (pkg / "a.py").write_text("def f():\n    from reent.lazy import thing\n    return thing\n")
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import robench.plan, reent.a; " \
+           "print(robench.plan.code_hash(reent.a.f))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert len(out.stdout.strip()) == 16
+
+    fake = tmp_path / "fakepkg"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "helper.py").write_text("def f():\n    return 1\n")
+    (fake / "mod.py").write_text("def g():\n    from fakepkg.helper import f\n    return f()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m.partition(".")[0] == "fakepkg"]:
+        monkeypatch.delitem(sys.modules, name)
+    spec = importlib.util.spec_from_file_location("fakepkg.mod", fake / "mod.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "fakepkg.mod", module)
+    spec.loader.exec_module(module)
+    assert "fakepkg" not in sys.modules
+    guarded = plan.code_hash(module.g)
+    assert guarded == codehash.code_hash(module.g)
+
+
 def test_a_cache_entry_that_does_not_fit_leaves_the_model_untouched(tmp_path):
     """A hostile-user finding: an entry with the right meta but one mis-shaped tensor used to be
     half-copied into the model (load_state_dict copies what fits before it fails)."""
