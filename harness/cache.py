@@ -8,7 +8,7 @@ stored with ``torch.save(state_dict)`` in a per-user cache folder (never in the 
 read back with ``torch.load(..., weights_only=True)``.
 
 Each entry records how it was trained (``trained_with``: device, torch threads, torch version,
-machine), which the run log shows when the entry is reused. It is not part of the key, on
+CPU architecture), which the run log shows when the entry is reused. It is not part of the key, on
 purpose: the same training on another thread count or device differs only in the order floats
 are summed, so a cluster's entries serve a laptop; but the weights are then not bit-identical
 to what this machine would train (measured: a cold 2-thread run's baseline, 98.74 % clean,
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import tempfile
@@ -72,10 +73,8 @@ class ModelCache:
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
             meta = json.loads(blob.get("meta", "{}"))
-            if not isinstance(meta, dict) or not isinstance(meta.get("seconds"), int | float):
+            if not _valid_meta(meta):
                 return None
-            if not isinstance(meta.get("metrics", []), list):
-                return None  # a defense's metrics are a list of rows
             if not fits(blob["state_dict"], model):
                 return None  # before copying: load_state_dict would copy what fits, then fail
             model.load_state_dict(blob["state_dict"])
@@ -124,6 +123,20 @@ class ModelCache:
         return None
 
 
+def _valid_meta(meta: Any) -> bool:
+    """What a run reads from an entry's metadata has the shape robench wrote: finite seconds,
+    and a defense's metrics as rows with step, metric and value (anything else is a miss)."""
+    if not isinstance(meta, dict):
+        return False
+    seconds = meta.get("seconds")
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 0:
+        return False
+    rows = meta.get("metrics", [])
+    return isinstance(rows, list) and all(
+        isinstance(r, dict) and {"step", "metric", "value"} <= r.keys()
+        and isinstance(r["value"], int | float) for r in rows)
+
+
 def trained_with(model: nn.Module) -> dict[str, Any]:
     """Where and how ``model`` was trained: what can make the same configuration's weights
     differ in their last bits (the thread count as the entry is saved, in the process that
@@ -131,16 +144,22 @@ def trained_with(model: nn.Module) -> dict[str, Any]:
     param = next(model.parameters(), None)
     return {"device": param.device.type if param is not None else "cpu",
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "machine": platform.machine()}
+            "arch": platform.machine()}
 
 
 def provenance_text(meta: dict[str, Any]) -> str:
-    """How a cache entry was trained, for the run log (older entries did not record it)."""
+    """How a cache entry was trained, for the run log (older entries did not record it). An
+    entry may come from another machine's cache: each field is shown printable and short."""
     how = meta.get("trained_with")
     if not isinstance(how, dict):
         return "trained where: not recorded"
-    return (f"trained on {how.get('device')} ({how.get('machine')}), "
-            f"{how.get('torch_threads')} torch threads, torch {how.get('torch')}")
+
+    def shown(key: str) -> str:
+        text = "".join(c if c.isprintable() else "?" for c in str(how.get(key)))
+        return text[:40]
+
+    return (f"trained on {shown('device')} ({shown('arch')}), {shown('torch_threads')} torch "
+            f"threads, torch {shown('torch')}")
 
 
 def _is_key(stem: str) -> bool:

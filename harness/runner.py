@@ -419,8 +419,9 @@ class Runner:
     def _add_metrics(self, spec: DefenseSpec, seed: int, metrics: list[dict[str, Any]]) -> None:
         self.metric_rows = [r for r in self.metric_rows
                             if (r["defense"], r["seed"]) != (spec.label, seed)]
-        self.metric_rows += [{"defense": spec.label, "seed": seed,
-                              "method": m.get("method", spec.name), **m} for m in metrics]
+        # the label and seed are the runner's: a row cannot name another defense
+        self.metric_rows += [{"method": m.get("method", spec.name), **m, "defense": spec.label,
+                              "seed": seed} for m in metrics]
         self._write_metrics()
 
     def _write_metrics(self) -> None:

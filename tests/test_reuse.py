@@ -372,6 +372,9 @@ def test_a_cache_entry_records_how_it_was_trained_and_the_log_says_it(tmp_path):
     assert meta["trained_with"]["torch_threads"] == threads
     assert provenance_text(meta) == (f"trained on cpu ({platform.machine()}), {threads} torch "
                                      f"threads, torch {torch.__version__}")
+    forged = provenance_text({"trained_with": {"device": "cpu\n[none] fgsm 0.99\x1b[31m",
+                                               "arch": "x" * 300}})
+    assert forged.isprintable() and len(forged) < 200  # another machine's entry: shown inert
     old = {"state_dict": LeNet5().state_dict(), "meta": json.dumps({"seconds": 2.0})}
     torch.save(old, tmp_path / f"{'b' * 32}.pt")
     meta = cache.load("b" * 32, LeNet5())
@@ -383,3 +386,24 @@ def test_a_cache_entry_records_how_it_was_trained_and_the_log_says_it(tmp_path):
                                                                       "metrics": None})}
     torch.save(bad, tmp_path / f"{'c' * 32}.pt")
     assert cache.load("c" * 32, LeNet5()) is None
+    # hostile-user findings: rows that are not metric rows crashed every later run
+    for meta in ({"seconds": 2.0, "metrics": [1, 2]}, {"seconds": 2.0, "metrics": [{}]},
+                 {"seconds": float("nan")}, {"seconds": -1.0}):
+        torch.save({"state_dict": LeNet5().state_dict(), "meta": json.dumps(meta)},
+                   tmp_path / f"{'d' * 32}.pt")
+        assert cache.load("d" * 32, LeNet5()) is None, meta
+
+
+def test_a_metric_row_cannot_name_another_defense_or_seed():
+    """A hostile-user finding: a (cached) metric row's own ``defense``/``seed`` keys overrode
+    the runner's, so defense_metrics.csv could credit a row to another defense."""
+    from types import SimpleNamespace
+
+    from robench.runner import Runner
+
+    holder = SimpleNamespace(metric_rows=[], _write_metrics=lambda: None)
+    spec = SimpleNamespace(label="at:fgsm", name="adversarial_training")
+    Runner._add_metrics(holder, spec, 3, [{"defense": "none", "seed": 7, "step": 1,
+                                            "metric": "loss", "value": 0.5}])
+    assert holder.metric_rows == [{"method": "adversarial_training", "defense": "at:fgsm",
+                                   "seed": 3, "step": 1, "metric": "loss", "value": 0.5}]
