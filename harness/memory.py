@@ -1,30 +1,35 @@
 """Memory housekeeping for long runs: what the process's peak resident memory is, and handing
-freed heap memory back to the operating system between defenses.
+freed heap memory back to the operating system while a run trains and attacks.
 
-A suite frees every defense's tensors (models, forget sets, adversarial batches) before the next
-defense starts, but glibc's allocator keeps freed blocks in its arenas, fragmented, so the
-resident size of a serial run grew by tens of MB per defense while the live tensors stayed the
-same (measured on a 17-defense suite: live tensors 420-423 MB throughout, resident 1.29 GB ->
-1.48 GB after two defenses; ``malloc_trim`` gave back 55-120 MB each time).
+glibc's allocator keeps freed blocks in its arenas, fragmented, and torch's CPU tensors come
+from it. A run frees every batch's and every defense's tensors, but the resident size grew
+with what they had used: by tens of MB per defense across a suite, and by far more inside
+one defense (a cold fgsm_lenet run, session 7: after each defense's trim the process was back
+at 1.22-1.25 GB, while defense training left 250-860 MB of freed heap resident and an
+active-set PGD-40 cell another 90-510 MB, whose batches shrink at every step; peak 2.32 GiB).
+
+So robench now trims (``malloc_trim(0)``): after baseline and defense training, after each
+defense, and every ``TRIM_PERIOD`` seconds from a thread while the work runs
+(``trimming_freed_memory``). ``malloc_trim`` takes each arena's lock and moves no live
+allocation, so it cannot change a number; its costs are the trim itself (tens of ms on a
+heap with many free chunks) and re-faulting the pages it gave back. Measured on one fgsm_lenet
+PGD-40 cell (5000 images, 3 eps, 2 threads, twice each; peak over the resident size before
+the cell): no trimming +469 and +575 MB in 38 and 38 s; every 1 s +412 and +413 MB in 41 and
+42 s; every 0.5 s +378 and +397 MB in 39 and 41 s; a trim after every 1000-image batch +432 MB
+(contended run, against +587 MB without). The same cell's peak differs by ~100 MB from run to
+run without trimming, so the single A/B pairs of earlier sessions (a trim after every cell
+raising a 3-defense probe's peak from 1629 to 1782 MB) were within that noise. The full-suite
+effect is in benchmarks/RESULTS.md.
+
+Tried and not adopted: a fixed mmap threshold of 128 KiB (``mallopt(M_MMAP_THRESHOLD)``: training
+2.3x and APGD-T 1.3x slower, fresh pages are zeroed on every batch) or of 4 MiB (1629 -> 1579 MB
+on the 3-defense probe, 1.55x slower); ``MALLOC_ARENA_MAX=1`` (1923 MB on that probe).
 
 The multi-GB peaks of earlier fgsm_lenet runs (6.99 GB) were not the allocator: standard
 AutoAttack ran torchattacks' APGD/APGD-T with autograd recording on, and their best-iterate
 copies chained every step's iterate into one live graph (+1 GB for two target classes on 1000
 images). The AutoAttack plugin now runs its components in ``torch.no_grad()``, as the reference
-does. Fixing glibc's mmap threshold at 128 KiB (``mallopt(M_MMAP_THRESHOLD)``) was tried against
-what was then taken for fragmentation: it made training 2.3x and APGD-T 1.3x slower (fresh
-pages are zeroed on every batch) and was not adopted.
-
-Tried on three fgsm_lenet defenses with FGSM, PGD-10 (5000 images), R+FGSM, transfer and IBP
-cells (peak RSS by VmHWM; 1629 MB as it is): ``malloc_trim`` after every cell, not only after
-every defense, raised the peak to 1782 MB (a trimmed heap is grown again by the next cell, and
-less of it is reused); ``MALLOC_ARENA_MAX=1`` raised it to 1923 MB; a fixed mmap threshold of
-4 MiB lowered it to 1579 MB but made the run 1.55x slower. None was adopted. An active-set PGD
-cell raises resident memory by 90-510 MB while it runs (not established why; one guess: its
-batches shrink at every step, so the allocator is asked for a new size each time); trimming
-after the defense gives it back. In a cold fgsm_lenet run the resident size after each defense's
-trim stayed at 1.22-1.25 GB; the peak (2.32 GiB) built up inside one defense, from the heap that
-defense training leaves (250-860 MB) plus the cells' transients (benchmarks/RESULTS.md).
+does.
 """
 
 from __future__ import annotations
@@ -70,10 +75,7 @@ def release_freed_memory() -> None:
     _malloc_trim()
 
 
-#: seconds between two trims while a run's work runs (``trimming_freed_memory``). On one
-#: fgsm_lenet PGD-40 cell (5000 images, 3 eps, 2 threads; twice each, peak over the resident
-#: size before it): no trimming +469/+575 MB in 38/38 s, every 1 s +412/+413 MB in 41/42 s,
-#: every 0.5 s +378/+397 MB in 39/41 s
+#: seconds between two trims while a run's work runs (measurements: the module docstring)
 TRIM_PERIOD = 0.5
 
 
