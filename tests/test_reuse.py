@@ -200,6 +200,16 @@ def test_seeds_derive_from_labels_not_positions():
     assert 0 <= derive_seed(2**62, "x") < 2**31
 
 
+def write_package(root: Path, name: str, modules: dict[str, str]) -> Path:
+    """A package ``name`` under ``root`` with an empty ``__init__`` and ``modules``' sources."""
+    pkg = root / name
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for module, source in modules.items():
+        (pkg / f"{module}.py").write_text(source)
+    return pkg
+
+
 @pytest.mark.parametrize("hashing", ["robench.codehash", "robench.plan"])
 def test_code_hash_follows_every_import_form(tmp_path, monkeypatch, hashing):
     """Modules used through ``import pkg.mod``, constants imported by name, and imports inside
@@ -211,16 +221,12 @@ def test_code_hash_follows_every_import_form(tmp_path, monkeypatch, hashing):
 
     code_hash = importlib.import_module(hashing).code_hash
 
-    pkg = tmp_path / "hashpkg"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "helper.py").write_text("def f(x):\n    return x + 1\n")
-    (pkg / "consts.py").write_text("SCALE = 2.0\n")
-    (pkg / "inner.py").write_text("def g(x):\n    return x * 3\n")
-    (pkg / "plug.py").write_text(
-        "import hashpkg.helper\nfrom hashpkg.consts import SCALE\n\n\n"
-        "def plugin(x):\n    from hashpkg import inner\n"
-        "    return inner.g(hashpkg.helper.f(x)) * SCALE\n")
+    pkg = write_package(tmp_path, "hashpkg", {
+        "helper": "def f(x):\n    return x + 1\n", "consts": "SCALE = 2.0\n",
+        "inner": "def g(x):\n    return x * 3\n",
+        "plug": "import hashpkg.helper\nfrom hashpkg.consts import SCALE\n\n\n"
+                "def plugin(x):\n    from hashpkg import inner\n"
+                "    return inner.g(hashpkg.helper.f(x)) * SCALE\n"})
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in [m for m in sys.modules if m.split(".")[0] == "hashpkg"]:
         monkeypatch.delitem(sys.modules, name)  # another parameter's package, same name
@@ -271,16 +277,12 @@ def test_plan_hashing_follows_lazy_imports_and_leaves_modules_whole(tmp_path, mo
     from robench import codehash, plan
     from robench.codehash import modules_used
 
-    (tmp_path / "extdep").mkdir()
-    (tmp_path / "extdep" / "__init__.py").write_text("VALUE = 1\n")
-    pkg = tmp_path / "lazyhp"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "heavy.py").write_text("import extdep\n\n\ndef f(x):\n    return x + extdep.VALUE\n")
-    (pkg / "soft.py").write_text("try:\n    import extdep\nexcept ImportError:\n"
-                                 "    extdep = None\n")
-    (pkg / "plug.py").write_text("def plugin(x):\n    from lazyhp.heavy import f\n"
-                                 "    from lazyhp import soft\n    return f(x), soft\n")
+    (write_package(tmp_path, "extdep", {}) / "__init__.py").write_text("VALUE = 1\n")
+    pkg = write_package(tmp_path, "lazyhp", {
+        "heavy": "import extdep\n\n\ndef f(x):\n    return x + extdep.VALUE\n",
+        "soft": "try:\n    import extdep\nexcept ImportError:\n    extdep = None\n",
+        "plug": "def plugin(x):\n    from lazyhp.heavy import f\n"
+                "    from lazyhp import soft\n    return f(x), soft\n"})
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in [m for m in sys.modules if m.split(".")[0] in ("lazyhp", "extdep")]:
         monkeypatch.delitem(sys.modules, name)
@@ -302,24 +304,19 @@ def test_plan_hashing_is_reentrant_and_sees_packages_loaded_by_file(tmp_path, mo
 
     from robench import codehash, plan
 
-    pkg = tmp_path / "reent"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "b.py").write_text("x = 1\n")
-    (pkg / "lazy.py").write_text("import robench.plan, reent.b\n"
-                                 "H = robench.plan.code_hash(reent.b)\nthing = 1\n")
-    (pkg / "a.py").write_text("def f():\n    from reent.lazy import thing\n    return thing\n")
+    write_package(tmp_path, "reent", {
+        "b": "x = 1\n",
+        "lazy": "import robench.plan, reent.b\nH = robench.plan.code_hash(reent.b)\nthing = 1\n",
+        "a": "def f():\n    from reent.lazy import thing\n    return thing\n"})
     code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import robench.plan, reent.a; " \
            "print(robench.plan.code_hash(reent.a.f))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True)
     assert len(out.stdout.strip()) == 16
 
-    fake = tmp_path / "fakepkg"
-    fake.mkdir()
-    (fake / "__init__.py").write_text("")
-    (fake / "helper.py").write_text("def f():\n    return 1\n")
-    (fake / "mod.py").write_text("def g():\n    from fakepkg.helper import f\n    return f()\n")
+    fake = write_package(tmp_path, "fakepkg", {
+        "helper": "def f():\n    return 1\n",
+        "mod": "def g():\n    from fakepkg.helper import f\n    return f()\n"})
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in [m for m in sys.modules if m.partition(".")[0] == "fakepkg"]:
         monkeypatch.delitem(sys.modules, name)
