@@ -40,7 +40,7 @@ import gc
 import resource
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 
@@ -58,10 +58,14 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+def _trim_function() -> Callable[[int], int] | None:
+    libc = _libc()
+    return getattr(libc, "malloc_trim", None) if libc is not None else None  # glibc only
+
+
 def _malloc_trim() -> bool:
     """Return the allocator's free pages to the OS; False where the C library cannot."""
-    libc = _libc()
-    trim = getattr(libc, "malloc_trim", None) if libc is not None else None  # glibc only
+    trim = _trim_function()
     if trim is None:
         return False
     trim(0)
@@ -83,9 +87,10 @@ TRIM_PERIOD = 0.5
 def trimming_freed_memory(period: float = TRIM_PERIOD) -> Iterator[int]:
     """Return freed heap pages to the OS every ``period`` seconds while the block runs, from a
     daemon thread (``malloc_trim`` takes the allocator's locks, so it is safe beside torch;
-    it moves no live allocation, so no number can change). Yields nothing useful; the thread
-    is stopped and joined on exit. Where the C library cannot trim, no thread is started."""
-    if _libc() is None or getattr(_libc(), "malloc_trim", None) is None:
+    it moves no live allocation, so no number can change). Yields 1 while a thread trims, 0
+    where the C library cannot trim (no thread then); the thread is stopped and joined on
+    exit."""
+    if _trim_function() is None:
         yield 0
         return
     stop = threading.Event()
