@@ -68,7 +68,7 @@ class OutcomeTable:
             frame = pd.read_parquet(self.path)
         except Exception:  # noqa: BLE001 - any damage means: trust none of it
             return False
-        if list(frame.columns) != OUTCOME_COLUMNS:
+        if list(frame.columns) != OUTCOME_COLUMNS or _not_boolean(frame):
             return False
         try:
             frame = frame.astype(_DTYPES)
@@ -200,6 +200,16 @@ _DTYPES = {"defense": "category", "attack": "category", "eps": "float64", "seed"
            "image": "int32", "clean_correct": "bool", "adv_correct": "bool"}
 
 
+def _not_boolean(frame: pd.DataFrame) -> str | None:
+    """The first correctness column that is not all booleans, else None. Checked before any
+    cast: ``astype(bool)`` reads the string "False", or 2, as True."""
+    for column in ("clean_correct", "adv_correct"):
+        values = frame[column]
+        if not pd.api.types.is_bool_dtype(values) or values.isna().any():
+            return column
+    return None
+
+
 def read_outcomes(folder: Path) -> pd.DataFrame | None:
     """The per-image outcomes of a results folder, or None when it has none."""
     path = Path(folder) / OUTCOMES_FILE
@@ -213,4 +223,7 @@ def read_outcomes(folder: Path) -> pd.DataFrame | None:
     if list(frame.columns) != OUTCOME_COLUMNS:
         raise UserError(f"not a robench outcomes table (columns {list(frame.columns)[:8]})",
                         where=str(path))
+    if bad := _not_boolean(frame):
+        raise UserError(f"not a robench outcomes table (column {bad!r} holds values that are "
+                        "not booleans)", where=str(path))
     return frame

@@ -192,3 +192,26 @@ def test_rows_of_one_cell_under_two_spellings_of_its_eps_make_it_unverifiable(tm
         again = OutcomeTable(folder)
         assert again.load_existing() and len(again) == 4  # nothing silently dropped
         assert again.counts("none", "fgsm", 0.1, 0, [3, 4]) is None  # redone, not trusted
+
+
+@pytest.mark.parametrize("column", ["clean_correct", "adv_correct"])
+@pytest.mark.parametrize("values", [["False", "False"], [0, 2], [0.0, 0.5]])
+def test_correctness_that_is_not_booleans_makes_the_outcomes_untrusted(tmp_path, column,
+                                                                       values):
+    """A cast would read the string "False" (or 2, or 0.5) as True: such a file is not trusted
+    on resume, and reading it for a report is refused with the column named."""
+    from robench.errors import UserError
+    from robench.outcomes import OutcomeTable, read_outcomes
+    from robench.outdir import OutputFolder
+
+    with OutputFolder.open(tmp_path / "run") as folder:
+        table = OutcomeTable(folder)
+        table.replace_cells("none", "fgsm", 0, [3, 4], [_outcome(0.1, [False, False],
+                                                                 [False, False])])
+        frame = pd.read_parquet(table.path)
+        frame.assign(**{column: values}).to_parquet(table.path, index=False)
+        assert not OutcomeTable(folder).load_existing()
+        with pytest.raises(UserError, match=f"column '{column}' holds values that are not "
+                                            "booleans"):
+            read_outcomes(folder.path)
+
