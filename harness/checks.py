@@ -35,6 +35,7 @@ from robench.data import Split
 from robench.eps import canonical_eps, eps_text
 from robench.errors import UserError
 from robench.models import eval_mode
+from robench.outcomes import RobustPerImage
 
 TOL = 0.01            # 1 pp between attacks on the same images
 FGSM_MONOTONE_TOL = 0.005
@@ -55,14 +56,14 @@ class Paired:
     the tolerance is ``TOL``, attack randomness only); without, on their own image sets with
     two binomial standard errors added for the smaller set (``_tol``)."""
 
-    def __init__(self, outcomes: pd.DataFrame | None) -> None:
+    def __init__(self, outcomes: RobustPerImage | None, seed: int | None = None) -> None:
+        """The cells of ``seed`` (of every seed when None: a table without a seed column)."""
         self.available = outcomes is not None  # a run with outcomes has them for every row
         self.robust: dict[tuple[str, str, float], pd.Series] = {}
-        if outcomes is not None:
-            frame = outcomes.assign(robust=outcomes["clean_correct"] & outcomes["adv_correct"])
-            for (d, a, e), rows in frame.groupby([frame["defense"].astype(str),
-                                                  frame["attack"].astype(str), "eps"]):
-                self.robust[(d, a, canonical_eps(e))] = rows.set_index("image")["robust"]
+        for (d, a, e, s), robust in (outcomes.cells.items() if outcomes is not None else ()):
+            if seed is None or s == seed:
+                old = self.robust.get((d, a, e))
+                self.robust[(d, a, e)] = robust if old is None else pd.concat([old, robust])
 
     def series(self, row: pd.Series) -> pd.Series | None:
         """Robust (correct before and after) per image of one results row, if outcomes exist."""
@@ -507,7 +508,7 @@ def _diagnostics(defense: str, diag: dict[str, float]) -> list[dict[str, Any]]:
 
 
 def run_checks(results: pd.DataFrame, diagnostics: dict[str, dict[str, float]] | None = None,
-               outcomes: pd.DataFrame | None = None) -> pd.DataFrame:
+               outcomes: pd.DataFrame | RobustPerImage | None = None) -> pd.DataFrame:
     """All checks for every defense in a results table (attack comparisons on the same images
     when per-image ``outcomes`` are given). With several seeds every check runs per seed (a
     seed's rows against that seed's outcomes) and names the seed in its detail."""
@@ -517,10 +518,10 @@ def run_checks(results: pd.DataFrame, diagnostics: dict[str, dict[str, float]] |
     results = with_traits(results.assign(**{c: results[c].fillna(v) if c in results else v
                                             for c, v in defaults.items()}))
     seeds = list(dict.fromkeys(results["seed"].astype(int))) if "seed" in results else [None]
+    robust = RobustPerImage.of(outcomes)
     for seed in seeds:
         of_seed = results if seed is None else results[results["seed"] == seed]
-        paired = Paired(outcomes if outcomes is None or seed is None
-                        else outcomes[outcomes["seed"] == seed])
+        paired = Paired(robust, seed)
         found = []
         for defense, group in of_seed.groupby("defense", sort=False):
             # model diagnostics are measured on the first seed's models only

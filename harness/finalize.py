@@ -17,7 +17,7 @@ import pandas as pd
 from robench.checks import DIAGNOSTIC_KEYS, run_checks, summarise
 from robench.errors import UserError
 from robench.leaderboard import write_leaderboard
-from robench.outcomes import read_outcomes
+from robench.outcomes import read_robust_per_image
 from robench.outdir import OutputFolder
 from robench.progress import Reporter
 from robench.report import write_report
@@ -53,7 +53,7 @@ def finalize(results_dir: Path, out: OutputFolder, reporter: Reporter | None = N
     results_dir = Path(results_dir)
     source = results_dir if results_dir.is_dir() else results_dir.parent
     results = read_results(results_dir)
-    outcomes = read_outcomes(source)
+    outcomes = read_robust_per_image(source)  # indexed once, never held whole
     checks = run_checks(results, read_diagnostics(source), outcomes)
     write_csv(out, "checks.csv", checks)
     board = write_leaderboard(results, out, title=str(results["suite"].iloc[0]),

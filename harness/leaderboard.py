@@ -44,7 +44,8 @@ import pandas as pd
 from robench.attacks.base import DEFAULT_NORM
 from robench.checks import norm_of_params, with_traits
 from robench.columns import eps_mask
-from robench.eps import canonical_eps, eps_text
+from robench.eps import canonical_eps, eps_text, same_eps
+from robench.outcomes import RobustPerImage
 from robench.outdir import OutputFolder
 from robench.results import write_csv
 from robench.stats import paired_over_seeds, seed_interval, wilson_interval
@@ -80,9 +81,10 @@ NONE_LABEL = "none"
 
 
 def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
-                      outcomes: pd.DataFrame | None = None) -> pd.DataFrame:
+                      outcomes: pd.DataFrame | RobustPerImage | None = None) -> pd.DataFrame:
     if results.empty:
         raise ValueError("no result rows")
+    outcomes = RobustPerImage.of(outcomes)
     # a verifier's rows are lower bounds, not attacks: their own columns, never the worst case
     bounds = bound_rows(results)
     results = with_traits(results if "seed" in results else results.assign(seed=0))
@@ -154,7 +156,7 @@ def bound_rows(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def add_verified_columns(board: pd.DataFrame, bounds: pd.DataFrame,
-                         outcomes: pd.DataFrame | None, before: str) -> pd.DataFrame:
+                         outcomes: RobustPerImage | None, before: str) -> pd.DataFrame:
     """``verified@eps`` for every eps a verifier ran at, placed just before column ``before``
     (the worst case): the share of images certified, a lower bound on robust accuracy where the
     worst case is an upper bound. With several verifiers an image counts when any of them
@@ -173,7 +175,7 @@ def add_verified_columns(board: pd.DataFrame, bounds: pd.DataFrame,
     return board
 
 
-def _verified(cells: pd.DataFrame, outcomes: pd.DataFrame | None) -> float:
+def _verified(cells: pd.DataFrame, outcomes: RobustPerImage | None) -> float:
     """Verified accuracy of one defense at one eps from its verifier rows ``cells`` (the mean
     over seeds when there are several, as every accuracy of the leaderboard)."""
     seeds = cells["seed"].astype(int) if "seed" in cells else pd.Series(0, index=cells.index)
@@ -181,16 +183,12 @@ def _verified(cells: pd.DataFrame, outcomes: pd.DataFrame | None) -> float:
                             for seed, rows in cells.groupby(seeds)]).mean())
 
 
-def _verified_one_seed(cells: pd.DataFrame, outcomes: pd.DataFrame | None, seed: int) -> float:
+def _verified_one_seed(cells: pd.DataFrame, outcomes: RobustPerImage | None, seed: int) -> float:
     if outcomes is not None:
         defense, eps = str(cells["defense"].iloc[0]), float(cells["eps"].iloc[0])
-        mine = outcomes[(outcomes["defense"] == defense)
-                        & (outcomes["seed"].astype(int) == seed)
-                        & eps_mask(outcomes["eps"], eps)
-                        & outcomes["attack"].astype(str).isin(set(cells["attack"].astype(str)))]
-        per_verifier = [(g["clean_correct"] & g["adv_correct"]).set_axis(g["image"].to_numpy())
-                        for _, g in mine.groupby(mine["attack"].astype(str))]
-        if len(per_verifier) == cells["attack"].nunique() and per_verifier:
+        per_verifier = [outcomes.get(defense, a, eps, seed)
+                        for a in dict.fromkeys(cells["attack"].astype(str))]
+        if per_verifier and all(s is not None for s in per_verifier):
             common = sorted(set.intersection(*(set(s.index) for s in per_verifier)))
             if common:
                 return float(pd.concat([s.reindex(common) for s in per_verifier], axis=1)
@@ -202,7 +200,7 @@ def _verified_one_seed(cells: pd.DataFrame, outcomes: pd.DataFrame | None, seed:
 PerImage = dict[str, dict[int, pd.Series]]
 
 
-def _worst_outcomes(results: pd.DataFrame, outcomes: pd.DataFrame | None,
+def _worst_outcomes(results: pd.DataFrame, outcomes: RobustPerImage | None,
                     eps_star: float | None) -> PerImage:
     """Per defense and seed: robust (correct and unbroken by every regular attack at
     ``eps_star``) per image, on the images all those attacks evaluated. {} without outcomes;
@@ -213,15 +211,14 @@ def _worst_outcomes(results: pd.DataFrame, outcomes: pd.DataFrame | None,
                       & eps_mask(results["eps"], eps_star)]
     wanted = set(zip(regular["defense"].astype(str), regular["seed"].astype(int),
                      regular["attack"].astype(str), strict=True))
-    at_star = outcomes[eps_mask(outcomes["eps"], eps_star)]
+    at_star: dict[tuple[str, int], dict[str, pd.Series]] = {}  # (defense, seed) -> attack -> robust
+    for (defense, attack, eps, seed), robust in outcomes.cells.items():
+        if same_eps(eps, eps_star):
+            at_star.setdefault((defense, seed), {})[attack] = robust
     out: PerImage = {}
     incomplete: set[str] = set()
-    for (defense, seed), rows in at_star.groupby([at_star["defense"].astype(str),
-                                                  at_star["seed"].astype(int)], sort=False):
-        robust = {str(attack): (cell["clean_correct"] & cell["adv_correct"]).set_axis(
-            cell["image"].to_numpy())
-            for attack, cell in rows.groupby(rows["attack"].astype(str), sort=False)
-            if (defense, seed, str(attack)) in wanted}
+    for (defense, seed), cells in at_star.items():
+        robust = {a: s for a, s in cells.items() if (defense, seed, a) in wanted}
         expected = {a for d, s, a in wanted if (d, s) == (defense, seed)}
         if not robust or set(robust) != expected:
             incomplete.add(defense)  # outcomes incomplete: fall back to the table
@@ -409,7 +406,7 @@ def to_markdown(board: pd.DataFrame, title: str | None = None,
 
 def write_leaderboard(results: pd.DataFrame, out: OutputFolder, title: str | None = None,
                       status: pd.DataFrame | None = None,
-                      outcomes: pd.DataFrame | None = None) -> pd.DataFrame:
+                      outcomes: pd.DataFrame | RobustPerImage | None = None) -> pd.DataFrame:
     board = build_leaderboard(results, status, outcomes)
     write_csv(out, "leaderboard.csv", board)
     out.write_text("leaderboard.md", to_markdown(board, title, subset_notes(results)))

@@ -215,3 +215,79 @@ def test_correctness_that_is_not_booleans_makes_the_outcomes_untrusted(tmp_path,
                                             "booleans"):
             read_outcomes(folder.path)
 
+
+def _mixed_outcomes():
+    """Two seeds, a cell split into two runs, one eps under two spellings, a NaN-eps row."""
+    import numpy as np
+
+    def block(defense, attack, eps, seed, images, adv):
+        return pd.DataFrame({"defense": defense, "attack": attack, "eps": eps, "seed": seed,
+                             "image": np.asarray(images, "int32"), "clean_correct": True,
+                             "adv_correct": np.asarray(adv, bool)})
+    return pd.concat([
+        block("none", "fgsm", 0.1, 0, [5, 6], [True, False]),
+        block("none", "pgd", 0.1, 0, [5, 6], [False, False]),
+        block("none", "fgsm", 0.1, 0, [7], [True]),                 # the fgsm cell, again
+        block("none", "fgsm", 0.1, 1, [5, 6, 7], [False, True, True]),
+        block("at", "fgsm", 0.3, 0, [1], [True]),
+        block("at", "fgsm", 0.30000000000001, 0, [2], [False]),     # the same eps, respelled
+        block("at", "fgsm", float("nan"), 0, [3], [True]),          # no cell
+    ], ignore_index=True)
+
+
+def _naive_robust(frame):
+    """The same index from a per-row loop: the reference for RobustPerImage."""
+    import math
+
+    from robench.eps import canonical_eps
+    cells = {}
+    for row in frame.itertuples(index=False):
+        if not math.isfinite(row.eps):
+            continue
+        key = (str(row.defense), str(row.attack), canonical_eps(row.eps), int(row.seed))
+        cells.setdefault(key, []).append((row.image, row.clean_correct and row.adv_correct))
+    return cells
+
+
+@pytest.mark.parametrize("categorical", [False, True])
+def test_robust_per_image_indexes_every_cell_in_row_order(categorical):
+    from robench.outcomes import RobustPerImage
+
+    frame = _mixed_outcomes()
+    if categorical:
+        frame = frame.astype({"defense": "category", "attack": "category"})
+    index = RobustPerImage(frame)
+    expected = _naive_robust(frame)
+    assert set(index.cells) == set(expected) and len(index.cells) == 4
+    for key, pairs in expected.items():
+        series = index.cells[key]
+        assert list(zip(series.index, series, strict=True)) == pairs, key
+    assert index.get("none", "fgsm", 0.1, 0).index.tolist() == [5, 6, 7]
+    assert index.get("at", "fgsm", 0.3, 0).tolist() == [True, False]
+    assert index.get("none", "fgsm", 0.2, 0) is None
+    assert RobustPerImage.of(index) is index and RobustPerImage.of(None) is None
+
+
+def test_reading_robust_per_image_by_row_group_equals_indexing_the_whole_table(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from robench.errors import UserError
+    from robench.outcomes import OUTCOMES_FILE, RobustPerImage, read_robust_per_image
+
+    assert read_robust_per_image(tmp_path) is None
+    frame = _mixed_outcomes()
+    # row groups of 2 rows: cells cut across row groups, as no robench run writes them
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False),
+                   tmp_path / OUTCOMES_FILE, row_group_size=2)
+    assert pq.ParquetFile(tmp_path / OUTCOMES_FILE).num_row_groups > 3
+    by_group, whole = read_robust_per_image(tmp_path).cells, RobustPerImage(frame).cells
+    assert list(by_group) == list(whole)
+    for key, series in whole.items():
+        pd.testing.assert_series_equal(by_group[key], series, check_index_type=False)
+    frame.assign(adv_correct="True").to_parquet(tmp_path / OUTCOMES_FILE, index=False)
+    with pytest.raises(UserError, match="column 'adv_correct' holds values that are not"):
+        read_robust_per_image(tmp_path)
+    (tmp_path / OUTCOMES_FILE).write_bytes(b"PAR1 not parquet")
+    with pytest.raises(UserError, match="not a readable outcomes table"):
+        read_robust_per_image(tmp_path)
