@@ -75,25 +75,12 @@ class OutcomeTable:
             frame = frame.astype(_DTYPES)
         except (TypeError, ValueError):
             return False
-        keys = ["defense", "attack", "eps", "seed"]
-        cells: dict[Cell, _Block] = {}
-        try:
-            groups = list(frame.groupby(keys, sort=False, observed=True))
-        except (TypeError, ValueError):
-            return False
-        for (d, a, e, seed), rows in groups:
-            try:
-                key = (str(d), str(a), canonical_eps(float(e)), int(seed))
-            except (TypeError, ValueError):
-                continue  # an eps no run has (inf, 1e-12): no planned cell; dropped at the end
-            block = _Block(rows["image"].to_numpy(np.int32),
-                           rows["clean_correct"].to_numpy(bool), rows["adv_correct"].to_numpy(bool))
-            if key in cells:  # rows of one cell under two spellings of its eps: keep them all,
-                old = cells[key]  # so the cell's images no longer match and it is redone
-                block = _Block(*(np.concatenate([getattr(old, f), getattr(block, f)])
-                                 for f in ("image", "clean_correct", "adv_correct")))
-            cells[key] = block
-        self._cells = cells
+        image, clean, adv = (frame[c].to_numpy() for c in ("image", "clean_correct",
+                                                           "adv_correct"))
+        # rows of one cell under two spellings of its eps are all kept, so the cell's images
+        # no longer match and it is redone; rows at an eps no run has are in no cell
+        self._cells = {cell: _Block(image[rows].copy(), clean[rows].copy(), adv[rows].copy())
+                       for cell, rows in _cell_rows(frame).items()}
         return True
 
     def cell(self, defense: str, attack: str, eps: float, seed: int) -> pd.DataFrame:
