@@ -21,9 +21,13 @@ run without trimming, so the single A/B pairs of earlier sessions (a trim after 
 raising a 3-defense probe's peak from 1629 to 1782 MB) were within that noise. The full-suite
 effect is in benchmarks/RESULTS.md.
 
-Tried and not adopted: a fixed mmap threshold of 128 KiB (``mallopt(M_MMAP_THRESHOLD)``: training
-2.3x and APGD-T 1.3x slower, fresh pages are zeroed on every batch) or of 4 MiB (1629 -> 1579 MB
-on the 3-defense probe, 1.55x slower); ``MALLOC_ARENA_MAX=1`` (1923 MB on that probe).
+Tried and not adopted: trimming only when the resident size has grown 64 MB since the last trim
+(read every 0.5 s): it still trimmed 54-82 times in a BIM or PGD-40 cell and was not measurably
+cheaper (BIM 66 and 76 s against 72 and 69 s for the plain period; PGD-40 43.6 vs 44.5 s) at the
+same peaks (benchmarks/RESULTS.md, session 9); a fixed mmap threshold of 128 KiB
+(``mallopt(M_MMAP_THRESHOLD)``: training 2.3x and APGD-T 1.3x slower, fresh pages are zeroed on
+every batch) or of 4 MiB (1629 -> 1579 MB on the 3-defense probe, 1.55x slower);
+``MALLOC_ARENA_MAX=1`` (1923 MB on that probe).
 
 The multi-GB peaks of earlier fgsm_lenet runs (6.99 GB) were not the allocator: standard
 AutoAttack ran torchattacks' APGD/APGD-T with autograd recording on, and their best-iterate
