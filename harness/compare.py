@@ -22,7 +22,7 @@ import pandas as pd
 from robench.eps import canonical_eps, eps_text
 from robench.errors import UserError
 from robench.leaderboard import escape_markdown, format_p, seed_pairs
-from robench.outcomes import OUTCOMES_FILE, read_outcomes
+from robench.outcomes import OUTCOMES_FILE, RobustPerImage, read_outcomes
 from robench.results import read_results
 from robench.stats import paired_over_seeds
 
@@ -50,12 +50,9 @@ def _paired(cells: pd.DataFrame, outcomes_a: pd.DataFrame | None,
         return cells
     robust: dict[str, dict[tuple[str, str, float], dict[int, pd.Series]]] = {}
     for side, frame in (("a", outcomes_a), ("b", outcomes_b)):
-        frame = frame.assign(robust=frame["clean_correct"] & frame["adv_correct"],
-                             eps=frame["eps"].map(canonical_eps))
         robust[side] = {}
-        for (d, a, e, s), rows in frame.groupby([frame["defense"].astype(str),
-                                                 frame["attack"].astype(str), "eps", "seed"]):
-            robust[side].setdefault((d, a, e), {})[int(s)] = rows.set_index("image")["robust"]
+        for (d, a, e, s), series in RobustPerImage(frame).cells.items():
+            robust[side].setdefault((d, a, e), {})[s] = series
     for i, row in cells.iterrows():
         key = (str(row["defense"]), str(row["attack"]), canonical_eps(row["eps"]))
         if key not in robust["a"] or key not in robust["b"]:
