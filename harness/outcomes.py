@@ -77,8 +77,9 @@ class OutcomeTable:
             return False
         image, clean, adv = (frame[c].to_numpy() for c in ("image", "clean_correct",
                                                            "adv_correct"))
-        # rows of one cell under two spellings of its eps are all kept, so the cell's images
-        # no longer match and it is redone; rows at an eps no run has are in no cell
+        # rows of one cell under two spellings of its eps are all kept, in file order (the
+        # cell is redone unless they are then its planned images, in order); rows at an eps
+        # no run has, or with a missing label, are in no cell
         self._cells = {cell: _Block(image[rows].copy(), clean[rows].copy(), adv[rows].copy())
                        for cell, rows in _cell_rows(frame).items()}
         return True
@@ -235,8 +236,12 @@ def _cell_rows(outcomes: pd.DataFrame) -> dict[Cell, slice | np.ndarray]:
     starts[0] = True
     for column in KEY_COLUMNS:
         values = outcomes[column]
-        values = (values.cat.codes if isinstance(values.dtype, pd.CategoricalDtype)
-                  else values).to_numpy()
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            values = values.cat.codes.to_numpy()
+        elif values.dtype.kind in "biuf":
+            values = values.to_numpy()
+        else:  # text labels: compare codes (a missing label, NA, cannot be compared)
+            values = pd.factorize(values)[0]
         differs = values[1:] != values[:-1]
         if values.dtype.kind == "f":  # NaN != NaN: consecutive NaN rows are still one run
             differs &= ~(np.isnan(values[1:]) & np.isnan(values[:-1]))
@@ -247,6 +252,8 @@ def _cell_rows(outcomes: pd.DataFrame) -> dict[Cell, slice | np.ndarray]:
     for (d, a, e, seed), begin, end in zip(keys, first.tolist(), [*first[1:].tolist(), n],
                                           strict=True):
         try:
+            if pd.isna(d) or pd.isna(a):
+                continue
             cell = (str(d), str(a), canonical_eps(e), int(seed))
         except (TypeError, ValueError):
             continue
@@ -288,15 +295,18 @@ def read_robust_per_image(folder: Path) -> RobustPerImage | None:
         return None
     try:
         file = pq.ParquetFile(path)
-        names = file.schema_arrow.names
+        schema = file.schema_arrow
+        # a frame saved by pandas with an index stores it as a column: read_parquet hides it
+        hidden = {c for c in (schema.pandas_metadata or {}).get("index_columns", [])
+                  if isinstance(c, str)}
     except Exception as err:  # noqa: BLE001 - pyarrow raises several types on damage
         raise _unreadable(path, err) from None
-    _check_columns(names, path)
+    _check_columns([n for n in schema.names if n not in hidden], path)
 
     def row_groups() -> Iterator[pd.DataFrame]:
         for i in range(file.num_row_groups):
             try:
-                frame = file.read_row_group(i).to_pandas()
+                frame = file.read_row_group(i, columns=OUTCOME_COLUMNS).to_pandas()
             except Exception as err:  # noqa: BLE001
                 raise _unreadable(path, err) from None
             yield _checked(frame, path)

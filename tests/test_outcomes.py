@@ -291,3 +291,34 @@ def test_reading_robust_per_image_by_row_group_equals_indexing_the_whole_table(t
     (tmp_path / OUTCOMES_FILE).write_bytes(b"PAR1 not parquet")
     with pytest.raises(UserError, match="not a readable outcomes table"):
         read_robust_per_image(tmp_path)
+
+
+def test_a_table_saved_by_pandas_with_its_index_reads_as_without(tmp_path):
+    """``pd.read_parquet``, filter, ``to_parquet``: pandas stores the index as a column, which
+    ``read_parquet`` hides; the row-group reader hides it too."""
+    from robench.outcomes import OUTCOMES_FILE, RobustPerImage, read_robust_per_image
+
+    frame = _mixed_outcomes()
+    kept = frame[frame["seed"] == 0]  # a filter leaves an index that is not a range
+    kept.to_parquet(tmp_path / OUTCOMES_FILE)
+    assert "__index_level_0__" in pq_names(tmp_path / OUTCOMES_FILE)
+    by_group, whole = read_robust_per_image(tmp_path).cells, RobustPerImage(kept).cells
+    assert list(by_group) == list(whole) and len(whole) == 3
+
+
+def pq_names(path):
+    import pyarrow.parquet as pq
+    return pq.ParquetFile(path).schema_arrow.names
+
+
+@pytest.mark.parametrize("dtype", ["string", "object"])
+def test_rows_with_a_missing_label_are_in_no_cell(dtype):
+    from robench.outcomes import RobustPerImage
+
+    frame = _mixed_outcomes().astype({"defense": dtype, "attack": dtype})
+    frame.loc[:1, "defense"] = pd.NA  # the first fgsm run of "none"
+    frame.loc[2, "attack"] = None
+    cells = RobustPerImage(frame).cells
+    assert cells[("none", "fgsm", 0.1, 0)].index.tolist() == [7]
+    assert cells[("none", "pgd", 0.1, 0)].index.tolist() == [6]
+    assert not any("<NA>" in key or "None" in key or "nan" in key for key in cells)
