@@ -195,22 +195,26 @@ class RobustPerImage:
     order. Built in one pass, so that checks and the leaderboard look a cell up instead of
     filtering the whole table per question: on fgsm_lenet's 4.2 M rows the leaderboard's 119
     filters (defense x verifier eps, each casting 4.2 M labels to text) took 72 s, and the
-    checks' copies of the table (+430 MB) set the run's peak memory. Rows at an eps no run
-    has (NaN, inf) belong to no cell and are left out."""
+    checks' copies of the table (+430 MB) set the run's peak memory. Rows in no cell
+    (``_cell_rows``) are left out, and so is a cell that holds an image twice."""
 
     def __init__(self, outcomes: pd.DataFrame | Iterable[pd.DataFrame]) -> None:
         """Index one outcomes frame, or the pieces of one (a file's row groups) in order."""
         frames = [outcomes] if isinstance(outcomes, pd.DataFrame) else outcomes
         pieces: dict[Cell, list[tuple[np.ndarray, np.ndarray]]] = {}
         for frame in frames:
+            if bad := _not_boolean(frame):  # a cast would read the string "False" as True
+                raise ValueError(f"outcomes column {bad!r} holds values that are not booleans")
             robust = frame["clean_correct"].to_numpy(bool) & frame["adv_correct"].to_numpy(bool)
             image = frame["image"].to_numpy()
             for cell, rows in _cell_rows(frame).items():
                 pieces.setdefault(cell, []).append((robust[rows], image[rows]))
-        self.cells: dict[Cell, pd.Series] = {
-            cell: pd.Series(np.concatenate([r for r, _ in parts]),
-                            index=np.concatenate([i for _, i in parts]), name="robust")
-            for cell, parts in pieces.items()}
+        self.cells: dict[Cell, pd.Series] = {}
+        for cell, parts in pieces.items():
+            series = pd.Series(np.concatenate([r for r, _ in parts]),
+                               index=np.concatenate([i for _, i in parts]), name="robust")
+            if series.index.is_unique:  # an image twice in a cell: the cell is not trusted
+                self.cells[cell] = series
 
     @classmethod
     def of(cls, outcomes: pd.DataFrame | RobustPerImage | None) -> RobustPerImage | None:
@@ -225,10 +229,11 @@ class RobustPerImage:
 
 
 def _cell_rows(outcomes: pd.DataFrame) -> dict[Cell, slice | np.ndarray]:
-    """The rows of each cell of ``outcomes``, in order; rows at an eps no run has (NaN, inf) are
-    in no cell. Found from the runs of consecutive rows of one cell: a stored table holds each
-    cell in one run, so this costs a few comparisons per row, where a group-by on the four keys
-    took ~200 MB of temporaries on 4.2 M rows."""
+    """The rows of each cell of ``outcomes``, in file order; rows at an eps no run has (NaN,
+    inf), with a fractional seed or with a missing label are in no cell. A stored table holds
+    each cell in one run of consecutive rows, which a few comparisons per row find (a group-by
+    on the four keys took ~200 MB of temporaries on 4.2 M rows); a table cut into short runs
+    (rows shuffled by hand) is grouped instead, which is cheaper there."""
     n = len(outcomes)
     if n == 0:
         return {}
@@ -247,20 +252,36 @@ def _cell_rows(outcomes: pd.DataFrame) -> dict[Cell, slice | np.ndarray]:
             differs &= ~(np.isnan(values[1:]) & np.isnan(values[:-1]))
         starts[1:] |= differs
     first = np.flatnonzero(starts)
-    keys = zip(*(outcomes[c].iloc[first].tolist() for c in KEY_COLUMNS), strict=True)
-    runs: dict[Cell, list[tuple[int, int]]] = {}
-    for (d, a, e, seed), begin, end in zip(keys, first.tolist(), [*first[1:].tolist(), n],
-                                          strict=True):
-        try:
-            if pd.isna(d) or pd.isna(a):
-                continue
-            cell = (str(d), str(a), canonical_eps(e), int(seed))
-        except (TypeError, ValueError):
-            continue
-        # a cell in several runs, or under two spellings of its eps: all its rows, in order
-        runs.setdefault(cell, []).append((begin, end))
-    return {cell: slice(*r[0]) if len(r) == 1 else np.concatenate([np.arange(*x) for x in r])
-            for cell, r in runs.items()}
+    if len(first) > max(MAX_RUNS, n // MIN_RUN):
+        groups = outcomes.groupby(KEY_COLUMNS, sort=False, observed=True).indices
+        found: Iterable[tuple[tuple, slice | np.ndarray]] = groups.items()
+    else:
+        keys = zip(*(outcomes[c].iloc[first].tolist() for c in KEY_COLUMNS), strict=True)
+        found = zip(keys, map(slice, first.tolist(), [*first[1:].tolist(), n]), strict=True)
+    rows: dict[Cell, list[slice | np.ndarray]] = {}
+    for (d, a, e, seed), where in found:
+        cell = _cell(d, a, e, seed)
+        if cell is not None:  # a cell in several runs, or under two spellings of its eps
+            rows.setdefault(cell, []).append(where)
+    return {cell: parts[0] if len(parts) == 1 else np.sort(np.concatenate(
+        [np.arange(p.start, p.stop) if isinstance(p, slice) else p for p in parts]))
+        for cell, parts in rows.items()}
+
+
+#: a table cut into more runs than this, and than one per MIN_RUN rows, is grouped instead
+MAX_RUNS = 100_000
+MIN_RUN = 100
+
+
+def _cell(defense: object, attack: object, eps: object, seed: object) -> Cell | None:
+    """The cell of a row's keys; None for a missing label, an eps no run has, a seed that is
+    not a whole number."""
+    try:
+        if pd.isna(defense) or pd.isna(attack) or float(seed) != int(seed):
+            return None
+        return (str(defense), str(attack), canonical_eps(eps), int(seed))
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _not_boolean(frame: pd.DataFrame) -> str | None:
@@ -286,6 +307,11 @@ def read_outcomes(folder: Path) -> pd.DataFrame | None:
     return _checked(frame, path)
 
 
+#: ``read_robust_per_image`` reads whole row groups, this many rows or more at a time (a
+#: robench file has row groups of up to 1 M rows: one at a time)
+READ_ROWS = 256 * 1024
+
+
 def read_robust_per_image(folder: Path) -> RobustPerImage | None:
     """What ``read_outcomes`` reads, indexed by cell (``RobustPerImage``), read one row group
     at a time: the table itself is never held whole (on fgsm_lenet's 4.2 M rows, reading it
@@ -304,12 +330,21 @@ def read_robust_per_image(folder: Path) -> RobustPerImage | None:
     _check_columns([n for n in schema.names if n not in hidden], path)
 
     def row_groups() -> Iterator[pd.DataFrame]:
+        """About READ_ROWS rows at a time, whole row groups (a file of many small ones is not
+        read one by one: that took 2.5 ms per row group)."""
+        groups: list[int] = []
+        rows = 0
         for i in range(file.num_row_groups):
+            groups.append(i)
+            rows += file.metadata.row_group(i).num_rows
+            if rows < READ_ROWS and i + 1 < file.num_row_groups:
+                continue
             try:
-                frame = file.read_row_group(i, columns=OUTCOME_COLUMNS).to_pandas()
+                frame = file.read_row_groups(groups, columns=OUTCOME_COLUMNS).to_pandas()
             except Exception as err:  # noqa: BLE001
                 raise _unreadable(path, err) from None
             yield _checked(frame, path)
+            groups, rows = [], 0
 
     return RobustPerImage(row_groups())
 

@@ -242,11 +242,12 @@ def _naive_robust(frame):
     from robench.eps import canonical_eps
     cells = {}
     for row in frame.itertuples(index=False):
-        if not math.isfinite(row.eps):
+        if (not math.isfinite(row.eps) or pd.isna(row.defense) or pd.isna(row.attack)
+                or row.seed != int(row.seed)):
             continue
         key = (str(row.defense), str(row.attack), canonical_eps(row.eps), int(row.seed))
         cells.setdefault(key, []).append((row.image, row.clean_correct and row.adv_correct))
-    return cells
+    return {k: v for k, v in cells.items() if len({i for i, _ in v}) == len(v)}
 
 
 @pytest.mark.parametrize("categorical", [False, True])
@@ -268,16 +269,20 @@ def test_robust_per_image_indexes_every_cell_in_row_order(categorical):
     assert RobustPerImage.of(index) is index and RobustPerImage.of(None) is None
 
 
-def test_reading_robust_per_image_by_row_group_equals_indexing_the_whole_table(tmp_path):
+def test_reading_robust_per_image_by_row_group_equals_indexing_the_whole_table(tmp_path,
+                                                                             monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from robench import outcomes
     from robench.errors import UserError
     from robench.outcomes import OUTCOMES_FILE, RobustPerImage, read_robust_per_image
 
     assert read_robust_per_image(tmp_path) is None
     frame = _mixed_outcomes()
-    # row groups of 2 rows: cells cut across row groups, as no robench run writes them
+    # row groups of 2 rows read 3 rows at a time: cells cut across reads, as no robench run
+    # writes them
+    monkeypatch.setattr(outcomes, "READ_ROWS", 3)
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False),
                    tmp_path / OUTCOMES_FILE, row_group_size=2)
     assert pq.ParquetFile(tmp_path / OUTCOMES_FILE).num_row_groups > 3
@@ -322,3 +327,43 @@ def test_rows_with_a_missing_label_are_in_no_cell(dtype):
     assert cells[("none", "fgsm", 0.1, 0)].index.tolist() == [7]
     assert cells[("none", "pgd", 0.1, 0)].index.tolist() == [6]
     assert not any("<NA>" in key or "None" in key or "nan" in key for key in cells)
+
+
+@pytest.mark.parametrize("max_runs", [100_000, 1])  # runs of consecutive rows; a group-by
+def test_shuffled_duplicated_and_fractional_rows_are_indexed_like_a_per_row_loop(monkeypatch,
+                                                                                 max_runs):
+    import numpy as np
+
+    from robench import outcomes
+    from robench.outcomes import RobustPerImage
+
+    monkeypatch.setattr(outcomes, "MAX_RUNS", max_runs)
+    frame = _mixed_outcomes()
+    extra = frame.iloc[[0]].assign(seed=0.5)           # a fractional seed: no cell
+    twice = frame.iloc[[3]]                            # none/pgd image 6 again: cell untrusted
+    frame = pd.concat([frame.astype({"seed": float}), extra, twice], ignore_index=True)
+    shuffled = frame.iloc[np.random.default_rng(0).permutation(len(frame))]
+    for table in (frame, shuffled):
+        index = RobustPerImage(table)
+        expected = _naive_robust(table)
+        assert set(index.cells) == set(expected) and ("none", "pgd", 0.1, 0) not in expected
+        for key, pairs in expected.items():
+            assert list(zip(index.cells[key].index, index.cells[key], strict=True)) == pairs
+
+
+def test_an_outcomes_frame_given_to_the_api_must_hold_booleans():
+    from robench.leaderboard import build_leaderboard
+
+    results, frame = _one_cell_results(), _mixed_outcomes()
+    text = frame.assign(adv_correct=frame["adv_correct"].map({True: "True", False: "False"}))
+    with pytest.raises(ValueError, match="'adv_correct' holds values that are not booleans"):
+        build_leaderboard(results, outcomes=text)
+
+
+def _one_cell_results():
+    from robench.results import RESULT_COLUMNS
+    row = dict.fromkeys(RESULT_COLUMNS, "")
+    row.update(defense="none", defense_name="none", attack="fgsm", attack_name="fgsm",
+               attack_params="{}", eps=0.1, seed=0, n=3, clean_acc=1.0, robust_acc=2 / 3,
+               role="eval", backend="native")
+    return pd.DataFrame([row])
