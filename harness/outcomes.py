@@ -313,9 +313,10 @@ READ_ROWS = 256 * 1024
 
 
 def read_robust_per_image(folder: Path) -> RobustPerImage | None:
-    """What ``read_outcomes`` reads, indexed by cell (``RobustPerImage``), read one row group
-    at a time: the table itself is never held whole (on fgsm_lenet's 4.2 M rows, reading it
-    whole took +250 MB). None when the folder has no outcomes; damage as ``read_outcomes``."""
+    """What ``read_outcomes`` reads, indexed by cell (``RobustPerImage``), read whole row groups
+    at a time (``READ_ROWS``): the table itself is never held whole (on fgsm_lenet's 4.2 M
+    rows, reading it whole took +250 MB). None when the folder has no outcomes; damage as
+    ``read_outcomes``."""
     path = Path(folder) / OUTCOMES_FILE
     if not path.exists():
         return None
