@@ -11,6 +11,7 @@ what a true worst case over attacks and paired tests between defenses need.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,8 @@ class OutcomeTable:
             frame = pd.read_parquet(self.path)
         except Exception:  # noqa: BLE001 - any damage means: trust none of it
             return False
-        if list(frame.columns) != OUTCOME_COLUMNS or _not_boolean(frame):
+        if (list(frame.columns) != OUTCOME_COLUMNS or _not_boolean(frame)
+                or not _int32_ids(frame["image"])):
             return False
         try:
             frame = frame.astype(_DTYPES)
@@ -284,6 +286,14 @@ def _cell(defense: object, attack: object, eps: object, seed: object) -> Cell | 
         return None
 
 
+def _int32_ids(image: pd.Series) -> bool:
+    """Whether image ids are whole numbers that the int32 column holds (a cast would wrap
+    2**32 + 7 to the planned id 7)."""
+    if image.dtype.kind not in "iu":
+        return False
+    return image.empty or (int(image.min()) >= 0 and int(image.max()) <= np.iinfo(np.int32).max)
+
+
 def _not_boolean(frame: pd.DataFrame) -> str | None:
     """The first correctness column that is not all booleans, else None. Checked before any
     cast: ``astype(bool)`` reads the string "False", or 2, as True."""
@@ -297,7 +307,7 @@ def _not_boolean(frame: pd.DataFrame) -> str | None:
 def read_outcomes(folder: Path) -> pd.DataFrame | None:
     """The per-image outcomes of a results folder, or None when it has none."""
     path = Path(folder) / OUTCOMES_FILE
-    if not path.exists():
+    if not os.path.lexists(path):  # a dangling link is damage, not "no outcomes"
         return None
     try:
         frame = pd.read_parquet(path)
@@ -318,7 +328,7 @@ def read_robust_per_image(folder: Path) -> RobustPerImage | None:
     rows, reading it whole took +250 MB). None when the folder has no outcomes; damage as
     ``read_outcomes``."""
     path = Path(folder) / OUTCOMES_FILE
-    if not path.exists():
+    if not os.path.lexists(path):  # a dangling link is damage, not "no outcomes"
         return None
     try:
         file = pq.ParquetFile(path)

@@ -367,3 +367,33 @@ def _one_cell_results():
                attack_params="{}", eps=0.1, seed=0, n=3, clean_acc=1.0, robust_acc=2 / 3,
                role="eval", backend="native")
     return pd.DataFrame([row])
+
+
+@pytest.mark.parametrize("ids", [[2**32 + 3, 2**32 + 4], [3.0, 4.0], [-1, 4]])
+def test_image_ids_an_int32_column_cannot_hold_make_the_outcomes_untrusted(tmp_path, ids):
+    """2**32 + 3 would wrap to the planned id 3 and the cell be reused."""
+    import numpy as np
+
+    from robench.outcomes import OutcomeTable
+    from robench.outdir import OutputFolder
+
+    with OutputFolder.open(tmp_path / "run") as folder:
+        table = OutcomeTable(folder)
+        table.replace_cells("none", "fgsm", 0, [3, 4], [_outcome(0.1, [True, True],
+                                                                 [False, True])])
+        frame = pd.read_parquet(table.path)
+        frame.assign(image=np.asarray(ids)).to_parquet(table.path, index=False)
+        assert not OutcomeTable(folder).load_existing()
+        frame.to_parquet(table.path, index=False)  # the ids as written: trusted
+        again = OutcomeTable(folder)
+        assert again.load_existing() and again.counts("none", "fgsm", 0.1, 0, [3, 4]) == (2, 1, 1)
+
+
+def test_a_dangling_link_named_outcomes_is_damage_not_absence(tmp_path):
+    from robench.errors import UserError
+    from robench.outcomes import OUTCOMES_FILE, read_outcomes, read_robust_per_image
+
+    (tmp_path / OUTCOMES_FILE).symlink_to(tmp_path / "gone.parquet")
+    for read in (read_outcomes, read_robust_per_image):
+        with pytest.raises(UserError, match="not a readable outcomes table"):
+            read(tmp_path)
