@@ -125,6 +125,15 @@ def _outcome(eps, clean, adv):
     return AttackOutcome(eps, torch.tensor(clean), torch.tensor(adv), 0.0)
 
 
+def _stored_cell(folder, clean=(True, True), adv=(False, True)):
+    """An outcome table holding one cell (none, fgsm, eps 0.1, seed 0; images 3 and 4), and
+    the file's frame."""
+    from robench.outcomes import OutcomeTable
+    table = OutcomeTable(folder)
+    table.replace_cells("none", "fgsm", 0, [3, 4], [_outcome(0.1, list(clean), list(adv))])
+    return table, pd.read_parquet(table.path)
+
+
 def test_outcome_table_stores_replaces_keeps_and_reorders_cells_by_block(tmp_path):
     from robench.outcomes import OutcomeTable, read_outcomes
     from robench.outdir import OutputFolder
@@ -168,10 +177,7 @@ def test_outcome_rows_at_an_impossible_eps_are_ignored_and_the_rest_kept(tmp_pat
     from robench.outdir import OutputFolder
 
     with OutputFolder.open(tmp_path / "run") as folder:
-        table = OutcomeTable(folder)
-        table.replace_cells("none", "fgsm", 0, [3, 4], [_outcome(0.1, [True, True],
-                                                                 [False, True])])
-        frame = pd.read_parquet(table.path)
+        table, frame = _stored_cell(folder)
         odd = frame.assign(eps=bad_eps)
         pd.concat([frame, odd]).to_parquet(table.path, index=False)
         again = OutcomeTable(folder)
@@ -184,10 +190,7 @@ def test_rows_of_one_cell_under_two_spellings_of_its_eps_make_it_unverifiable(tm
     from robench.outdir import OutputFolder
 
     with OutputFolder.open(tmp_path / "run") as folder:
-        table = OutcomeTable(folder)
-        table.replace_cells("none", "fgsm", 0, [3, 4], [_outcome(0.1, [True, True],
-                                                                 [False, True])])
-        frame = pd.read_parquet(table.path)
+        table, frame = _stored_cell(folder)
         pd.concat([frame, frame.assign(eps=0.1 + 1e-12)]).to_parquet(table.path, index=False)
         again = OutcomeTable(folder)
         assert again.load_existing() and len(again) == 4  # nothing silently dropped
@@ -205,10 +208,7 @@ def test_correctness_that_is_not_booleans_makes_the_outcomes_untrusted(tmp_path,
     from robench.outdir import OutputFolder
 
     with OutputFolder.open(tmp_path / "run") as folder:
-        table = OutcomeTable(folder)
-        table.replace_cells("none", "fgsm", 0, [3, 4], [_outcome(0.1, [False, False],
-                                                                 [False, False])])
-        frame = pd.read_parquet(table.path)
+        table, frame = _stored_cell(folder, [False, False], [False, False])
         frame.assign(**{column: values}).to_parquet(table.path, index=False)
         assert not OutcomeTable(folder).load_existing()
         with pytest.raises(UserError, match=f"column '{column}' holds values that are not "
@@ -378,10 +378,7 @@ def test_image_ids_an_int32_column_cannot_hold_make_the_outcomes_untrusted(tmp_p
     from robench.outdir import OutputFolder
 
     with OutputFolder.open(tmp_path / "run") as folder:
-        table = OutcomeTable(folder)
-        table.replace_cells("none", "fgsm", 0, [3, 4], [_outcome(0.1, [True, True],
-                                                                 [False, True])])
-        frame = pd.read_parquet(table.path)
+        table, frame = _stored_cell(folder)
         frame.assign(image=np.asarray(ids)).to_parquet(table.path, index=False)
         assert not OutcomeTable(folder).load_existing()
         frame.to_parquet(table.path, index=False)  # the ids as written: trusted
