@@ -18,11 +18,11 @@ from robench.outdir import OutputFolder
 from robench.report import (
     CHECK_MEANING,
     DASH,
+    BoardColumns,
     board_groups,
     check_meaning,
     pack_groups,
     rank_text,
-    worst_columns,
     write_report,
 )
 
@@ -244,7 +244,7 @@ def test_every_documented_check_family_has_a_meaning():
 
 def test_tables_are_packed_within_the_budget():
     board = _future_board(build_leaderboard(_results(), summarise(_checks())))
-    groups = board_groups(board, _results(), worst_columns(board))
+    groups = board_groups(board, _results(), BoardColumns.of(board))
     tables = pack_groups(groups, fixed_px=200, budget_px=700)
     assert [c.key for t in tables for g in t for c in g.columns] == [
         c.key for g in groups for c in g.columns]          # nothing lost, order kept
