@@ -66,6 +66,7 @@ __all__ = [
     "write_report",
 ]
 
+
 # -- reading the run's own files ------------------------------------------------------------
 def _read_optional(path: Path) -> pd.DataFrame | None:
     if not path.exists() or not path.stat().st_size:
