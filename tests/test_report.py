@@ -18,13 +18,14 @@ from robench.outdir import OutputFolder
 from robench.report import (
     CHECK_MEANING,
     DASH,
+    BoardColumns,
     board_groups,
     check_meaning,
     pack_groups,
     rank_text,
-    worst_columns,
     write_report,
 )
+from robench.report.columns import classify
 
 from .conftest import REPO
 
@@ -244,12 +245,59 @@ def test_every_documented_check_family_has_a_meaning():
 
 def test_tables_are_packed_within_the_budget():
     board = _future_board(build_leaderboard(_results(), summarise(_checks())))
-    groups = board_groups(board, _results(), worst_columns(board))
+    groups = board_groups(board, _results(), BoardColumns.of(board))
     tables = pack_groups(groups, fixed_px=200, budget_px=700)
     assert [c.key for t in tables for g in t for c in g.columns] == [
         c.key for g in groups for c in g.columns]          # nothing lost, order kept
     assert all(sum(g.width for g in t) <= 500 for t in tables)
     assert any(g.title.endswith("(cont.)") for t in tables for g in t)
+
+
+SCRIPT = "<script>alert('x\"y')</script>"   # a defense label with a tag and both quotes
+QUOTED_ATTACK = "fgsm'<i>"                    # an attack label in a figure caption (alt='…')
+
+
+def test_a_script_label_with_quotes_is_escaped(tmp_path):
+    """Labels reach report.html escaped as ``html.escape`` writes them (&lt;, &#x27;, &quot;),
+    in text and in attributes, never as markup."""
+    results = _results()
+    results = results[results["defense"].isin(["none", "d0"])].replace(
+        {"defense": {"d0": SCRIPT}, "attack": {"fgsm": QUOTED_ATTACK}})
+    checks = _checks()
+    checks = checks[checks["defense"].isin(["none", "d0"])].replace({"defense": {"d0": SCRIPT}})
+    board = build_leaderboard(results, summarise(checks))
+    with OutputFolder.open(tmp_path) as out:
+        write_report(out, results, checks, board, source=tmp_path)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<script" not in page and "alert('" not in page and "<i>'" not in page
+    text = visible_text(page)
+    assert text.count(html.escape(SCRIPT)) >= 3                 # summary, checks, leaderboard
+    assert "alt='fgsm&#x27;&lt;i&gt;: accuracy vs eps" in page   # the attribute stays closed
+
+
+@pytest.mark.parametrize(("name", "kind", "attack", "eps_text"), [
+    ("rank", "fixed", "", ""), ("worst_n", "fixed", "", ""), ("p_vs_none", "fixed", "", ""),
+    ("fgsm@0.1", "attack", "fgsm", "0.1"), ("a@b@0.3", "attack", "a@b", "0.3"),
+    ("pgd[steps=<5>|x]@0.3", "attack", "pgd[steps=<5>|x]", "0.3"),
+    ("fgsm@abc", "other", "", ""), ("fgsm@inf", "other", "", ""), ("fgsm_mean", "other", "", ""),
+    ("worst", "worst", "", ""), ("worst_lo", "worst_lo", "", ""), ("worst@0.3", "worst", "", "0.3"),
+    ("worst@0.3_lo", "worst_lo", "", "0.3"), ("worst@0.3_hi", "worst_hi", "", "0.3"),
+    ("worst@_lo", "worst", "", "_lo"), ("worst@", "other", "", ""),
+    ("verified@0.3", "verified", "", ""), ("notes", "other", "", "")])
+def test_column_kinds(name, kind, attack, eps_text):
+    column = classify(name)
+    assert (column.kind, column.attack, column.eps_text) == (kind, attack, eps_text)
+
+
+def test_board_columns_read_once():
+    board = _future_board(build_leaderboard(_results(), summarise(_checks())))
+    columns = BoardColumns.of(board)
+    fgsm = columns.attacks["fgsm"]
+    assert [e for e, _ in fgsm.eps] == [f"{e:g}" for e in EPS] and fgsm.mean == "fgsm_mean"
+    assert columns.columns["fgsm_mean"].kind == "attack_mean"
+    assert list(columns.attacks) == ["fgsm", ODD_ATTACK, "square"]
+    assert columns.worst.threat == "0.3" and columns.worst.lo == {"0.3": "worst@0.3_lo"}
+    assert columns.worst_kind == "per image" and "p_vs_none" in columns
 
 
 def _screenshot_module():

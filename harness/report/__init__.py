@@ -1,0 +1,111 @@
+"""The report: report.md and a self-contained report.html, plus the figures (PNG + SVG).
+
+Written for a reviewer who wants to see in ten seconds which defenses hold up and which numbers
+cannot be trusted, in this order (the markdown follows the same order):
+
+1. **Summary**: one line per defense: rank (or why it is unranked), a status badge that reads
+   without colour (PASS / WARN / FAIL), clean accuracy and the worst case at the threat eps with
+   their 95 % intervals, the paired p-value against ``none`` and verified accuracy when the
+   leaderboard has them.
+2. **Checks**: failures and warnings first, each with its detail and a one-line explanation of
+   what it means; the passes collapsed.
+3. **Leaderboard** by attack: one column group per attack with its eps columns, packed into
+   tables that fit a 1400 px page; numbers right-aligned with one decimal, "–" when missing.
+4. **Figures**: the worst case per defense with its interval; accuracy vs eps per attack (legend
+   outside the axes, interval bands); one small panel per defense when there are more than
+   ``SMALL_MULTIPLES_ABOVE`` defenses.
+5. **Defense metrics** (when the run logged any) and the **provenance** footer: suite hash,
+   revision and dirty flag, versions, device, wall time, reproduction, images per attack.
+
+The leaderboard is consumed generically (``robench.leaderboard``'s contract): its columns are
+read once by name (``columns``: ``<attack>@<eps>``, ``<attack>_mean``, ``worst@<eps>`` with
+optional ``_lo``/``_hi``, ``worst_n``, ``p_vs_none``, ``verified…``), anything else is shown as
+is. Every write goes through the ``OutputFolder``; figures are rendered in memory.
+
+The package, in reading order: ``write_report`` (here) reads the run's files, draws the figures
+(``figures``), computes the content once (``content``, from ``columns``, ``layout``, ``text``
+and ``meanings``) and renders it as Markdown (``markdown``) and HTML (``html``, a Jinja2
+template in ``templates/``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from robench.errors import UserError
+from robench.outdir import OutputFolder
+from robench.report.columns import AttackColumns, BoardColumn, BoardColumns, WorstCase
+from robench.report.content import ReportContent
+from robench.report.figures import FIGURE_PREFIXES, SMALL_MULTIPLES_ABOVE, Figure, plot_curves
+from robench.report.html import render_html
+from robench.report.layout import (
+    PAGE_PX,
+    TABLE_BUDGET_PX,
+    ColumnGroup,
+    DefenseLine,
+    TableColumn,
+    board_groups,
+    defense_lines,
+    pack_groups,
+    problem_rows,
+    provenance,
+)
+from robench.report.markdown import render_markdown
+from robench.report.meanings import CHECK_MEANING, STATUS_RANK, check_meaning
+from robench.report.text import BADGE, DASH, interval_text, p_text, pct, rank_text
+
+__all__ = [
+    "BADGE", "CHECK_MEANING", "DASH", "FIGURE_PREFIXES", "PAGE_PX", "SMALL_MULTIPLES_ABOVE",
+    "STATUS_RANK", "TABLE_BUDGET_PX", "AttackColumns", "BoardColumn", "BoardColumns", "ColumnGroup",
+    "DefenseLine", "Figure", "ReportContent", "TableColumn", "WorstCase", "board_groups",
+    "check_meaning", "defense_lines", "interval_text", "p_text", "pack_groups", "pct",
+    "plot_curves", "problem_rows", "provenance", "rank_text", "render_html", "render_markdown",
+    "write_report",
+]
+
+
+# -- reading the run's own files ------------------------------------------------------------
+def _read_optional(path: Path) -> pd.DataFrame | None:
+    if not path.exists() or not path.stat().st_size:
+        return None
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UserError(f"not a readable CSV ({type(err).__name__})", where=str(path)) from None
+
+
+def _read_run_record(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"not a robench run record ({type(err).__name__})",
+                        where=str(path)) from None
+    if not isinstance(record, dict):
+        raise UserError("not a robench run record (not a JSON object)", where=str(path))
+    return record
+
+
+def _read_log(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def write_report(out: OutputFolder, results: pd.DataFrame, checks: pd.DataFrame,
+                 board: pd.DataFrame, source: Path) -> tuple[Path, Path]:
+    """report.md and a self-contained report.html (images inlined) in the folder ``out``, from
+    the finalized tables (see ``robench.finalize``) and the run's files in ``source``."""
+    metrics = _read_optional(source / "defense_metrics.csv")
+    run = _read_run_record(source / "run.json")
+    log = _read_log(source / "run.log")
+    figures = plot_curves(results, out, board)
+    report = ReportContent(results, checks, board, metrics, run, log, figures)
+    out.write_text("report.md", render_markdown(report))
+    out.write_text("report.html", render_html(report))
+    return out.path / "report.md", out.path / "report.html"
