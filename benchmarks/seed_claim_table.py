@@ -1,5 +1,6 @@
-"""The README's answer table for suites/seed_claim.yaml: each defense against `none`, paired
-over seeds on the same images (``robench.compare``), for clean accuracy and chosen cells.
+"""The answer table of docs/findings/seed_claim.md for suites/seed_claim.yaml: each defense
+against `none`, paired over seeds on the same images (``robench.compare``), for clean accuracy
+and chosen cells.
 
     python benchmarks/seed_claim_table.py results/seed_claim
 """

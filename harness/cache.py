@@ -11,8 +11,8 @@ Each entry records how it was trained (``trained_with``: device, torch threads, 
 CPU architecture), which the run log shows when the entry is reused. It is not part of the key, on
 purpose: the same training on another thread count or device differs only in the order floats
 are summed, so a cluster's entries serve a laptop; but the weights are then not bit-identical
-to what this machine would train (measured: a cold 2-thread run's baseline, 98.74 % clean,
-against a cached one trained elsewhere, 98.78 %; benchmarks/RESULTS.md), and the log says so.
+to what this machine would train, so its numbers can differ slightly from a cold run's
+(an example is in benchmarks/RESULTS.md), and the log says so.
 """
 
 from __future__ import annotations

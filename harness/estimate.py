@@ -12,8 +12,8 @@ turns work into seconds.
 For attacks the model is an upper bound: attacks that stop spending steps on images they
 already fooled and AutoAttack's components that run only on the images the earlier ones left
 robust take less. For defenses it is an estimate that can fall short: a plugin's ``cost``
-counts its main passes, not every per-batch extra (SCRUB's teacher forward passes: measured
-about 2x its estimate in review).
+counts its main passes, not every per-batch extra (SCRUB's teacher forward passes make it
+take about twice its estimate; benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -1,39 +1,29 @@
 """Memory housekeeping for long runs: what the process's peak resident memory is, and handing
 freed heap memory back to the operating system while a run trains and attacks.
 
-glibc's allocator keeps freed blocks in its arenas, fragmented, and torch's CPU tensors come
-from it. A run frees every batch's and every defense's tensors, but the resident size grew
-with what they had used: by tens of MB per defense across a suite, and by far more inside
-one defense (a cold fgsm_lenet run, session 7: after each defense's trim the process was back
-at 1.22-1.25 GB, while defense training left 250-860 MB of freed heap resident and an
-active-set PGD-40 cell another 90-510 MB, whose batches shrink at every step; peak 2.32 GiB).
+Why trim: glibc's allocator keeps freed blocks in its arenas, fragmented, and torch's CPU
+tensors come from it. A run frees every batch's and every defense's tensors, but without help
+the resident size keeps what they once used: a little per defense across a suite, and far more
+inside one defense (training, and active-set attacks whose batches shrink at every step, leave
+hundreds of MB of freed heap resident). That freed heap, not live data, set the peak of a
+long suite.
 
-So robench now trims (``malloc_trim(0)``): after baseline and defense training, after each
+So robench trims (``malloc_trim(0)``): after baseline and defense training, after each
 defense, and every ``TRIM_PERIOD`` seconds from a thread while the work runs
 (``trimming_freed_memory``). ``malloc_trim`` takes each arena's lock and moves no live
-allocation, so it cannot change a number; its costs are the trim itself (tens of ms on a
-heap with many free chunks) and re-faulting the pages it gave back. Measured on one fgsm_lenet
-PGD-40 cell (5000 images, 3 eps, 2 threads, twice each; peak over the resident size before
-the cell): no trimming +469 and +575 MB in 38 and 38 s; every 1 s +412 and +413 MB in 41 and
-42 s; every 0.5 s +378 and +397 MB in 39 and 41 s; a trim after every 1000-image batch +432 MB
-(contended run, against +587 MB without). The same cell's peak differs by ~100 MB from run to
-run without trimming, so the single A/B pairs of earlier sessions (a trim after every cell
-raising a 3-defense probe's peak from 1629 to 1782 MB) were within that noise. The full-suite
-effect is in benchmarks/RESULTS.md.
+allocation, so it cannot change a number; its costs are the trim itself and re-faulting the
+pages it gave back, a few per cent of attack time. A periodic trim bounds the freed heap
+inside a cell too, which trims between cells cannot.
 
-Tried and not adopted: trimming only when the resident size has grown 64 MB since the last trim
-(read every 0.5 s): it still trimmed 54-82 times in a BIM or PGD-40 cell and was not measurably
-cheaper (BIM 66 and 76 s against 72 and 69 s for the plain period; PGD-40 43.6 vs 44.5 s) at the
-same peaks (benchmarks/RESULTS.md, session 9); a fixed mmap threshold of 128 KiB
-(``mallopt(M_MMAP_THRESHOLD)``: training 2.3x and APGD-T 1.3x slower, fresh pages are zeroed on
-every batch) or of 4 MiB (1629 -> 1579 MB on the 3-defense probe, 1.55x slower);
-``MALLOC_ARENA_MAX=1`` (1923 MB on that probe).
+Alternatives that were measured and not adopted (trimming only after the resident size grew
+by a threshold, a fixed ``mallopt(M_MMAP_THRESHOLD)``, ``MALLOC_ARENA_MAX=1``) were either no
+cheaper at the same peak or much slower, because fresh pages are zeroed on every batch. The
+measurements behind this design, and the full-suite peaks, are in benchmarks/RESULTS.md
+("Memory housekeeping: the measurements behind robench.memory").
 
-The multi-GB peaks of earlier fgsm_lenet runs (6.99 GB) were not the allocator: standard
-AutoAttack ran torchattacks' APGD/APGD-T with autograd recording on, and their best-iterate
-copies chained every step's iterate into one live graph (+1 GB for two target classes on 1000
-images). The AutoAttack plugin now runs its components in ``torch.no_grad()``, as the reference
-does.
+The allocator is not the only cause of large peaks: a graph kept alive by autograd holds every
+iterate it chains. That is why library attacks that need no parameter gradients run under
+``torch.no_grad()`` (the AutoAttack plugin does so, as the reference implementation does).
 """
 
 from __future__ import annotations
@@ -83,7 +73,7 @@ def release_freed_memory() -> None:
     _malloc_trim()
 
 
-#: seconds between two trims while a run's work runs (measurements: the module docstring)
+#: seconds between two trims while a run's work runs (why this period: benchmarks/RESULTS.md)
 TRIM_PERIOD = 0.5
 
 

@@ -47,9 +47,9 @@ class OutcomeTable:
     """The per-image outcomes of a run, one block per cell, in the order the cells were stored.
 
     Held as one small block per cell rather than one big frame: storing a cell, dropping cells
-    and looking one up then cost the cell's size, not the table's (on fgsm_lenet's 4.2 M rows,
-    masking and concatenating the whole frame after every cell took ~700 MB of temporary
-    memory); the file is written one row group at a time for the same reason."""
+    and looking one up then cost the cell's size, not the table's (masking and concatenating
+    the whole frame after every cell made temporaries of the whole table's size); the file is
+    written one row group at a time for the same reason."""
 
     #: at most this many rows per row group of the file (pyarrow's default), cut between cells
     ROW_GROUP = 1024 * 1024
@@ -195,9 +195,9 @@ class RobustPerImage:
     """Per cell (defense, attack, eps, seed) of an outcomes table: whether each image is robust
     (correct before and after the attack), a boolean Series indexed by image id, in the table's
     order. Built in one pass, so that checks and the leaderboard look a cell up instead of
-    filtering the whole table per question: on fgsm_lenet's 4.2 M rows the leaderboard's 119
-    filters (defense x verifier eps, each casting 4.2 M labels to text) took 72 s, and the
-    checks' copies of the table (+430 MB) set the run's peak memory. Rows in no cell
+    filtering the whole table per question: a filter per question costs a pass over millions
+    of rows (and a copy), and the leaderboard and checks ask hundreds of questions, so
+    filtering set both the finalize step's time and the run's peak memory. Rows in no cell
     (``_cell_rows``) are left out, and so is a cell that holds an image twice."""
 
     def __init__(self, outcomes: pd.DataFrame | Iterable[pd.DataFrame]) -> None:
@@ -234,7 +234,7 @@ def _cell_rows(outcomes: pd.DataFrame) -> dict[Cell, slice | np.ndarray]:
     """The rows of each cell of ``outcomes``, in file order; rows at an eps no run has (NaN,
     inf), with a fractional seed or with a missing label are in no cell. A stored table holds
     each cell in one run of consecutive rows, which a few comparisons per row find (a group-by
-    on the four keys took ~200 MB of temporaries on 4.2 M rows); a table cut into short runs
+    on the four keys makes large temporaries on a full suite's table); a table cut into short runs
     (rows shuffled by hand) is grouped instead, which is cheaper there."""
     n = len(outcomes)
     if n == 0:
@@ -324,8 +324,8 @@ READ_ROWS = 256 * 1024
 
 def read_robust_per_image(folder: Path) -> RobustPerImage | None:
     """What ``read_outcomes`` reads, indexed by cell (``RobustPerImage``), read whole row groups
-    at a time (``READ_ROWS``): the table itself is never held whole (on fgsm_lenet's 4.2 M
-    rows, reading it whole took +250 MB). None when the folder has no outcomes; damage as
+    at a time (``READ_ROWS``): the table itself is never held whole, so the index is the only
+    large thing in memory. None when the folder has no outcomes; damage as
     ``read_outcomes``."""
     path = Path(folder) / OUTCOMES_FILE
     if not os.path.lexists(path):  # a dangling link is damage, not "no outcomes"
@@ -342,7 +342,7 @@ def read_robust_per_image(folder: Path) -> RobustPerImage | None:
 
     def row_groups() -> Iterator[pd.DataFrame]:
         """About READ_ROWS rows at a time, whole row groups (a file of many small ones is not
-        read one by one: that took 2.5 ms per row group)."""
+        read one by one: each read has a fixed cost that would dominate)."""
         groups: list[int] = []
         rows = 0
         for i in range(file.num_row_groups):

@@ -81,7 +81,8 @@ def code_hash(*objects: object) -> str:
 
     To tell ``from X import Y`` (a name) from ``from X import module``, code hashing loads
     ``X.Y``; for a third-party package that imports it whole (``attacks/backends.py``'s
-    ``from art...``: ART and scipy, 41 MB of resident memory for every run, ART cells or not).
+    ``from art...``: ART and scipy, tens of MB of resident memory for every run, ART cells or
+    not).
     Only ``robench``'s and the hashed objects' own top-level packages are followed, and those
     are imported (the objects live in them), so a name whose top-level package is not imported
     is never followed whatever its load gives: here it is not loaded. Only codehash's own

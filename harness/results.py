@@ -1,11 +1,11 @@
 """Result rows and their files.
 
 ``ResultRow`` is the one definition of a results.csv row: its field list is the column list of
-results.csv and of the README's table (a test keeps them in step). Every file goes through the
-run's ``OutputFolder`` (atomic, link-safe, only robench's own files replaced), so a killed run
-never leaves a torn CSV. Resume trusts a stored row only when it is exactly the cell the plan is
-about to compute and its numbers are exactly what its per-image outcomes give (see
-``ResultTable.verified`` and ``robench.runner``).
+results.csv and of docs/outputs.md's table (tests/test_docs.py keeps them in step). Every file
+goes through the run's ``OutputFolder`` (atomic, link-safe, only robench's own files replaced),
+so a killed run never leaves a torn CSV. Resume trusts a stored row only when it is exactly the
+cell the plan is about to compute and its numbers are exactly what its per-image outcomes give
+(see ``ResultTable.verified`` and ``robench.runner``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from robench.outdir import OutputFolder
 
 @dataclass(frozen=True)
 class ResultRow:
-    """One results.csv row: one (defense, attack, eps, seed) cell. Documented in the README."""
+    """One results.csv row: one (defense, attack, eps, seed) cell. Documented in docs/outputs.md."""
 
     suite: str
     dataset: str

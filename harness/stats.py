@@ -33,7 +33,7 @@ import pandas as pd
 
 
 def _scipy_stats() -> ModuleType:
-    """``scipy.stats``, imported on first use: it adds 61 MB of resident memory, and a run
+    """``scipy.stats``, imported on first use: it adds tens of MB of resident memory, and a run
     needs it only after its last cell (checks, leaderboard), not while robench's own attacks
     run (ART, as a backend, loads it itself)."""
     from scipy import stats

@@ -181,15 +181,6 @@ def test_cache_info_and_clear_touch_only_entries(tmp_path, cli_env):
     assert sorted(p.name for p in cache.iterdir()) == ["notes.txt"]
 
 
-def test_readme_documents_every_result_column():
-    from robench.results import RESULT_COLUMNS
-
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("`results.csv` columns:")[1].split("\n\n")[0]
-    missing = [c for c in RESULT_COLUMNS if f"`{c}`" not in section and f"{c}" not in section]
-    assert not missing, missing
-
-
 def test_seeds_derive_from_labels_not_positions():
     from robench.seeds import derive_seed
 

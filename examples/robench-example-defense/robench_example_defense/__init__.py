@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from robench.defenses import Defense, DefenseContext, DefenseParams, DefenseResult
+from robench.seeds import generator
 from robench.training import train
 
 __all__ = ["GaussianAugment", "GaussianAugmentParams"]
@@ -33,10 +34,10 @@ class GaussianAugment(Defense):
 
     def apply(self, ctx: DefenseContext) -> DefenseResult:
         p = self.params
-        generator = torch.Generator().manual_seed(ctx.seed + 1)  # CPU noise: same on any device
+        rng = generator(ctx.seed, "noise")  # a CPU generator: the same noise on any device
 
         def noisy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            noise = torch.randn(x.shape, generator=generator).to(x.device)
+            noise = torch.randn(x.shape, generator=rng).to(x.device)
             return F.cross_entropy(model((x + p.sigma * noise).clamp(0, 1)), y)
 
         config = ctx.train_config.model_copy(
@@ -52,6 +53,6 @@ class GaussianAugment(Defense):
 def noisy_accuracy(ctx: DefenseContext, sigma: float, n: int = 500) -> float:
     """Accuracy on ``n`` validation images with fixed Gaussian noise (a monitor)."""
     x, y = ctx.validation.images[:n], ctx.validation.labels[:n]
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(x.device)
+    noise = torch.randn(x.shape, generator=generator(ctx.seed, "monitor")).to(x.device)
     ctx.model.eval()
     return (ctx.model((x + sigma * noise).clamp(0, 1)).argmax(1) == y).float().mean().item()
