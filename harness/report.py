@@ -39,6 +39,7 @@ from typing import Any
 
 import pandas as pd
 
+from robench.checks import check_meaning, worst_first
 from robench.columns import eps_mask
 from robench.errors import UserError
 from robench.leaderboard import CHECK_ROLE, escape_markdown, subset_notes
@@ -50,51 +51,6 @@ PAGE_PX = 1400              # the page the HTML must fit without horizontal scro
 TABLE_BUDGET_PX = 1300      # width one leaderboard table may take (page minus margins)
 FIGURE_PREFIXES = ("curve_", "worst_case", "curves_by_defense")
 BADGE = {"pass": "PASS ✓", "warn": "WARN !", "fail": "FAIL ✗"}
-STATUS_RANK = {"fail": 0, "warn": 1, "pass": 2}
-
-#: what a check that did not pass means, by check family (the name before ``[`` or ``@``)
-CHECK_MEANING = {
-    "robust_le_clean": "robust accuracy above clean accuracy is impossible (robust = correct "
-                       "before and after): a bookkeeping or data bug",
-    "rows_match_outcomes": "a results row disagrees with its per-image outcomes: the table was "
-                           "edited or mixed with another run",
-    "eps0_equals_clean": "eps 0 changes accuracy: the attack path alters unperturbed inputs "
-                         "(randomness, preprocessing or a bug)",
-    "single_step_monotone": "FGSM-like accuracy rises with eps: catastrophic overfitting or "
-                            "gradient masking",
-    "iterative_le_single_step": "an iterative attack (PGD) leaves more accuracy than a single "
-                                "step: gradient masking or a misconfigured iterative attack",
-    "ensemble_le_iterative": "the ensemble (AutoAttack) is weaker than an iterative attack: "
-                             "a misconfigured or reduced ensemble",
-    "blackbox_not_stronger": "a black-box attack beats the gradient attacks: masked gradients, "
-                             "or a gradient attack too weak; the white-box numbers overstate "
-                             "robustness",
-    "transfer_not_stronger": "examples crafted on another model beat every white-box attack on "
-                             "this one: masked gradients; the white-box numbers overstate "
-                             "robustness",
-    "large_eps_reaches_zero": "accuracy survives an eps that can turn any image grey: the "
-                              "defense is broken (masked gradients), not robust",
-    "converged": "more steps or restarts still change accuracy: the attack has not converged, "
-                 "so its number is an upper bound",
-    "backend_agree": "an independent implementation (torchattacks, ART) disagrees with "
-                     "robench's own beyond tolerance: one of them is wrong",
-    "input_gradients": "input gradients are zero, non-finite or not measured: gradient "
-                       "attacks may fail silently (shattered gradients)",
-    "deterministic_output": "two forward passes differ: a randomised defense needs EOT attacks",
-    "logit_output": "outputs look like probabilities: gradients through softmax can vanish",
-    "clean_accuracy": "clean accuracy below 50 %: robust accuracy of a near-chance model means "
-                      "nothing",
-    "reduced_variant_labelled": "a weaker variant of a published attack feeds the worst case "
-                                "under the standard attack's name",
-    "bounds_hold": "an attack broke an image a verifier certified (attack accuracy below "
-                   "verified accuracy): the attack, the verifier or the model plumbing is wrong",
-}
-
-
-def check_meaning(name: str) -> str:
-    """The one-line explanation of a check name (its family: the name before ``[`` / ``@``)."""
-    family = re.split(r"[\[@]", str(name), maxsplit=1)[0]
-    return CHECK_MEANING.get(family, "")
 
 
 # -- reading the run's own files ------------------------------------------------------------
@@ -778,7 +734,7 @@ def problem_rows(checks: pd.DataFrame, defenses: list[str]) -> list[dict[str, st
     order = {d: i for i, d in enumerate(defenses)}
     merged: dict[tuple[str, str, str], list[str]] = {}
     keyed = sorted(bad.itertuples(index=False), key=lambda r: (
-        STATUS_RANK.get(str(r.status), 3), order.get(str(r.defense), len(order))))
+        worst_first(str(r.status)), order.get(str(r.defense), len(order))))
     for r in keyed:
         merged.setdefault((str(r.status), str(r.check), str(r.detail)), []).append(
             str(r.defense))
