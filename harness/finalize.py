@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from robench.checks import DIAGNOSTIC_KEYS, run_checks, summarise
+from robench.checks import run_checks, summarise
+from robench.diagnostics import DIAGNOSTIC_KEYS
 from robench.errors import UserError
 from robench.leaderboard import write_leaderboard
 from robench.outcomes import read_robust_per_image

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from robench.cache import ModelCache, data_key, provenance_text
-from robench.checks import model_diagnostics
 from robench.data import Split
 from robench.defenses import DefenseContext
+from robench.diagnostics import model_diagnostics
 from robench.evaluation import AttackOutcome, evaluate_attack
 from robench.models import model_hash as fingerprint
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec

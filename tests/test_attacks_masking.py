@@ -365,7 +365,7 @@ def test_runner_hands_transfer_the_source_model_and_the_check_flags_masking(
 
 
 def test_transfer_crafted_under_l2_is_an_l2_attack_and_verifiers_cannot_craft():
-    from robench.checks import norm_of_params
+    from robench.traits import norm_of_params
 
     raw = {"name": "t", "attacks": [
         {"name": "transfer", "eps": [1.0, 2.0],

@@ -6,7 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from robench.checks import model_diagnostics, run_checks, summarise
+from robench.checks import run_checks, summarise
+from robench.diagnostics import model_diagnostics
 
 
 def rows(*specs, clean=0.99, n=1000):

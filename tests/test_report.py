@@ -12,14 +12,13 @@ import shutil
 import pandas as pd
 import pytest
 
-from robench.checks import summarise
+from robench.checks import check_meaning, summarise
 from robench.leaderboard import build_leaderboard, escape_markdown
 from robench.outdir import OutputFolder
 from robench.report import (
     DASH,
     BoardColumns,
     board_groups,
-    check_meaning,
     pack_groups,
     rank_text,
     write_report,

@@ -24,8 +24,8 @@ is. Every write goes through the ``OutputFolder``; figures are rendered in memor
 
 The package, in reading order: ``write_report`` (here) reads the run's files, draws the figures
 (``figures``), computes the content once (``content``, from ``columns``, ``layout``, ``text``
-and ``meanings``) and renders it as Markdown (``markdown``) and HTML (``html``, a Jinja2
-template in ``templates/``).
+and the check registry's meanings) and renders it as Markdown (``markdown``) and HTML
+(``html``, a Jinja2 template in ``templates/``).
 """
 
 from __future__ import annotations
@@ -54,14 +54,13 @@ from robench.report.layout import (
     provenance,
 )
 from robench.report.markdown import render_markdown
-from robench.report.meanings import CHECK_MEANING, STATUS_RANK, check_meaning
 from robench.report.text import BADGE, DASH, interval_text, p_text, pct, rank_text
 
 __all__ = [
-    "BADGE", "CHECK_MEANING", "DASH", "FIGURE_PREFIXES", "PAGE_PX", "SMALL_MULTIPLES_ABOVE",
-    "STATUS_RANK", "TABLE_BUDGET_PX", "AttackColumns", "BoardColumn", "BoardColumns", "ColumnGroup",
+    "BADGE", "DASH", "FIGURE_PREFIXES", "PAGE_PX", "SMALL_MULTIPLES_ABOVE",
+    "TABLE_BUDGET_PX", "AttackColumns", "BoardColumn", "BoardColumns", "ColumnGroup",
     "DefenseLine", "Figure", "ReportContent", "TableColumn", "WorstCase", "board_groups",
-    "check_meaning", "defense_lines", "interval_text", "p_text", "pack_groups", "pct",
+    "defense_lines", "interval_text", "p_text", "pack_groups", "pct",
     "plot_curves", "problem_rows", "provenance", "rank_text", "render_html", "render_markdown",
     "write_report",
 ]

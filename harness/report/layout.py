@@ -15,10 +15,10 @@ from typing import Literal
 
 import pandas as pd
 
+from robench.checks import check_meaning, worst_first
 from robench.columns import eps_mask
 from robench.leaderboard import CHECK_ROLE
 from robench.report.columns import BoardColumns
-from robench.report.meanings import STATUS_RANK, check_meaning
 from robench.report.text import (
     DASH,
     as_float,
@@ -259,7 +259,7 @@ def problem_rows(checks: pd.DataFrame, defenses: list[str]) -> list[dict[str, st
     order = {d: i for i, d in enumerate(defenses)}
     merged: dict[tuple[str, str, str], list[str]] = {}
     keyed = sorted(bad.itertuples(index=False), key=lambda r: (
-        STATUS_RANK.get(str(r.status), 3), order.get(str(r.defense), len(order))))
+        worst_first(str(r.status)), order.get(str(r.defense), len(order))))
     for r in keyed:
         merged.setdefault((str(r.status), str(r.check), str(r.detail)), []).append(
             str(r.defense))
