@@ -2,7 +2,8 @@
 
 Everything here works relative to a folder descriptor (``dir_fd``) and never follows a link:
 the bookkeeping names robench reserves in a results folder, the rule for a plain output name,
-unique temporary names, and small wrappers around ``os`` calls (full writes, hashing, stat).
+unique temporary names, small wrappers around ``os`` calls (full writes, hashing, stat), and
+opening, probing and making folders with one-line errors.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import hashlib
 import os
 import secrets
 import stat
+from pathlib import Path
 from typing import Any
+
+from robench.errors import UserError
 
 LOCK_NAME = ".robench.lock"
 MANIFEST_NAME = ".robench-manifest.json"
@@ -152,3 +156,52 @@ def fingerprint(dir_fd: int, name: str) -> tuple[int, int, int, str] | None:
         return None
     finally:
         os.close(fd)
+
+
+# -- the folder itself (each raises a one-line UserError naming ``where``) ----------------------
+def open_folder(path: Path) -> int:
+    """A descriptor of the results folder ``path`` (a link to a folder is accepted)."""
+    where = str(path)
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | CLOEXEC)
+    except OSError as err:
+        if os.path.islink(path):
+            raise UserError("is a symbolic link to something that is not a folder; "
+                            "choose another --out", where=where) from None
+        if isinstance(err, FileNotFoundError):
+            raise UserError("results folder does not exist", where=where) from None
+        if isinstance(err, NotADirectoryError):
+            raise UserError("is not a folder; choose another --out", where=where) from None
+        raise UserError(f"cannot open the results folder ({why(err)})", where=where) from None
+
+
+def probe_writable(dir_fd: int, where: str) -> None:
+    """Prove the folder is writable with a unique, exclusively created file."""
+    try:
+        name, fd = create_unique(PROBE_PREFIX, dir_fd=dir_fd)
+        try:
+            write_all(fd, b"ok\n")
+        finally:
+            os.close(fd)
+            os.unlink(name, dir_fd=dir_fd)
+    except OSError as err:
+        raise UserError(f"results folder is not writable ({why(err)})", where=where) from None
+
+
+def make_fresh_dir(dir_fd: int, base: str, where: str) -> tuple[str, int]:
+    """Create sub-folder ``base`` (``base-2`` ... if taken); (its name, a descriptor of it)."""
+    for attempt in range(1, ATTEMPTS + 1):
+        folder = base if attempt == 1 else f"{base}-{attempt}"
+        try:
+            os.mkdir(folder, 0o777, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise UserError(f"could not create {folder}/ ({why(err)})", where=where) from None
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | CLOEXEC,
+                         dir_fd=dir_fd)
+        except OSError as err:
+            raise UserError(f"could not open {folder}/ ({why(err)})", where=where) from None
+        return folder, fd
+    raise UserError(f"too many {base}* folders", where=where)

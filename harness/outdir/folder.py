@@ -21,19 +21,18 @@ from robench.errors import UserError
 from robench.outdir.atomic import place
 from robench.outdir.files import (
     ATTEMPTS,
-    CLOEXEC,
     CREATE_FLAGS,
-    PROBE_PREFIX,
     TEMP_PREFIX,
     check_name,
-    create_unique,
     lstat,
     lstat_quiet,
+    make_fresh_dir,
+    open_folder,
     open_regular,
+    probe_writable,
     sha256_fd,
     unique_name,
     why,
-    write_all,
 )
 from robench.outdir.lock import FolderLock, check_unlocked
 from robench.outdir.log import Logs
@@ -73,7 +72,7 @@ class OutputFolder:
             except OSError as err:
                 raise UserError(f"cannot create the results folder ({why(err)})",
                                 where=str(self.path)) from None
-        self._dirfd = self._open_dir()
+        self._dirfd = open_folder(self.path)
         self._manifest = Manifest(self._dirfd, self.path, self.created)
         self._logs = Logs(self._dirfd, self.path, self._manifest)
         try:
@@ -82,7 +81,7 @@ class OutputFolder:
                 self._manifest.load()
                 return
             self._lock = FolderLock.acquire(self._dirfd, str(self.path))
-            self._probe()
+            probe_writable(self._dirfd, str(self.path))
             self._manifest.load()
             if self.created and not self._manifest.exists:
                 try:  # a folder robench made is robench's from the start
@@ -122,34 +121,6 @@ class OutputFolder:
         return self._manifest.exists
 
     # -- opening ----------------------------------------------------------------------------
-    def _open_dir(self) -> int:
-        where = str(self.path)
-        try:
-            return os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | CLOEXEC)
-        except OSError as err:
-            if os.path.islink(self.path):
-                raise UserError("is a symbolic link to something that is not a folder; "
-                                "choose another --out", where=where) from None
-            if isinstance(err, FileNotFoundError):
-                raise UserError("results folder does not exist", where=where) from None
-            if isinstance(err, NotADirectoryError):
-                raise UserError("is not a folder; choose another --out", where=where) from None
-            raise UserError(f"cannot open the results folder ({why(err)})",
-                            where=where) from None
-
-    def _probe(self) -> None:
-        """Prove the folder is writable with a unique, exclusively created file."""
-        try:
-            name, fd = create_unique(PROBE_PREFIX, dir_fd=self._dirfd)
-            try:
-                write_all(fd, b"ok\n")
-            finally:
-                os.close(fd)
-                os.unlink(name, dir_fd=self._dirfd)
-        except OSError as err:
-            raise UserError(f"results folder is not writable ({why(err)})",
-                            where=str(self.path)) from None
-
     # -- ownership --------------------------------------------------------------------------
     def owns(self, name: str) -> bool:
         """True only if ``name`` is a regular file (not a link) whose content matches what
@@ -325,7 +296,9 @@ class OutputFolder:
         owned = [name for name in names if self.owns(name)]
         if not owned:
             return None
-        folder, subfd = self._make_aside_dir(stamp)
+        base = f"previous-{stamp}"
+        check_name(base)
+        folder, subfd = make_fresh_dir(self._dirfd, base, str(self.path))
         moved: dict[str, Any] = {}
         try:
             for name in owned:
@@ -341,27 +314,6 @@ class OutputFolder:
                 with suppress(OSError):
                     self._manifest.set_aside(folder, moved)
         return self.path / folder
-
-    def _make_aside_dir(self, stamp: str) -> tuple[str, int]:
-        base = f"previous-{stamp}"
-        check_name(base)
-        for attempt in range(1, ATTEMPTS + 1):
-            folder = base if attempt == 1 else f"{base}-{attempt}"
-            try:
-                os.mkdir(folder, 0o777, dir_fd=self._dirfd)
-            except FileExistsError:
-                continue
-            except OSError as err:
-                raise UserError(f"could not create {folder}/ ({why(err)})",
-                                where=str(self.path)) from None
-            try:
-                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | CLOEXEC,
-                             dir_fd=self._dirfd)
-            except OSError as err:
-                raise UserError(f"could not open {folder}/ ({why(err)})",
-                                where=str(self.path)) from None
-            return folder, fd
-        raise UserError(f"too many {base}* folders", where=str(self.path))
 
     # -- closing ----------------------------------------------------------------------------
     def close(self) -> None:
