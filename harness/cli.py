@@ -223,7 +223,7 @@ def compare(
     robench compare results/fgsm_lenet --defenses none,unlearning
     """
     from robench.compare import compare_defenses, compare_results
-    from robench.results import atomic_write_text
+    from robench.outdir import atomic_write_text
 
     try:
         if defenses is not None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import pandas as pd
 from robench.eps import FLOAT_FORMAT, canonical_eps
 from robench.errors import UserError
 from robench.outdir import OutputFolder
+from robench.outdir.atomic import atomic_write_text as atomic_write_text  # its old home
 
 
 @dataclass(frozen=True)
@@ -65,31 +64,6 @@ RESULT_COLUMNS: list[str] = [f.name for f in fields(ResultRow)]
 TEXT_DTYPES = {f.name: str for f in fields(ResultRow) if f.type == "str"}
 DEFENSE_METRIC_COLUMNS = ["defense", "seed", "method", "step", "metric", "value"]
 TIMING_COLUMNS = ["attack_seconds", "defense_seconds", "created_at"]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a new file the user named (``compare --out``): never over an existing file or link,
-    never into a robench results folder; temp file (with the umask's mode) + fsync + rename."""
-    if os.path.lexists(path):
-        raise UserError("exists; choose a new file name (robench does not overwrite it)",
-                        where=str(path))
-    if (path.parent / ".robench-manifest.json").exists():
-        raise UserError("is inside a robench results folder; write the comparison elsewhere",
-                        where=str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def csv_text(frame: pd.DataFrame) -> str:

@@ -63,8 +63,8 @@ def manifest(folder: Path) -> dict:
 def tokens(monkeypatch):
     """Queue the next random name parts: ``tokens.append("planted")``."""
     queue: list[str] = []
-    real = outdir._token
-    monkeypatch.setattr(outdir, "_token", lambda: queue.pop(0) if queue else real())
+    real = outdir.files.token
+    monkeypatch.setattr(outdir.files, "token", lambda: queue.pop(0) if queue else real())
     return queue
 
 
@@ -78,7 +78,7 @@ def umask():
 
 def child_env() -> dict[str, str]:
     """Environment for a child Python that imports the same robench.outdir as this test."""
-    root = str(Path(outdir.__file__).parent.parent)
+    root = str(Path(outdir.__file__).parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
@@ -420,7 +420,7 @@ def test_a_second_open_in_the_same_process_is_refused(tmp_path):
 
 def test_the_in_process_registry_refuses_where_flock_is_per_process(tmp_path, monkeypatch):
     """On NFS flock is emulated with per-process locks; a second open must still be refused."""
-    monkeypatch.setattr(outdir.fcntl, "flock", lambda fd, op: None)
+    monkeypatch.setattr(outdir.lock.fcntl, "flock", lambda fd, op: None)
     with OutputFolder.open(tmp_path / "out"):
         with pytest.raises(UserError, match=LOCKED_MESSAGE):
             OutputFolder.open(tmp_path / "out")
