@@ -393,7 +393,7 @@ def test_a_cache_entry_records_how_it_was_trained_and_the_log_says_it(tmp_path):
 
 def test_a_metric_row_cannot_name_another_defense_or_seed():
     """A hostile-user finding: a (cached) metric row's own ``defense``/``seed`` keys overrode
-    the runner's, so defense_metrics.csv could credit a row to another defense."""
+    the recorder's, so defense_metrics.csv could credit a row to another defense."""
     from types import SimpleNamespace
 
     from robench.recorder import RunRecorder
