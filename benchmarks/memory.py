@@ -31,9 +31,10 @@ EVAL_IMAGES = 300
 
 RUNNER = """
 import sys
+import robench.executors.serial as serial
 import robench.runner as runner
-if sys.argv[3] == "keep-heap":
-    runner.release_freed_memory = lambda: None
+if sys.argv[3] == "keep-heap":  # every call that gives freed heap back, off
+    runner.release_freed_memory = serial.release_freed_memory = lambda: None
 runner.run_suite(sys.argv[1], runner.RunOptions(out=sys.argv[2], quiet=True, device="cpu"))
 """
 

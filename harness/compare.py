@@ -14,6 +14,8 @@ seed by seed (``robench.stats.paired_over_seeds``: a t interval over the per-see
 
 from __future__ import annotations
 
+import io
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +184,33 @@ def to_markdown(result: Comparison, label_a: str, label_b: str) -> str:
     if notes:
         parts += ["\n## Notes\n\n", "\n".join(notes) + "\n"]
     return "".join(parts)
+
+
+def reproduction_line(folder: Path, results: pd.DataFrame) -> str:
+    """The reproduction check of ``robench run``: whether ``results`` equal the results.csv
+    committed in git for this folder (one log line)."""
+    try:
+        prefix = subprocess.run(["git", "rev-parse", "--show-prefix"], cwd=folder, timeout=5,
+                                capture_output=True, text=True)
+        shown = subprocess.run(["git", "show", f"HEAD:{prefix.stdout.strip()}results.csv"],
+                               cwd=folder, timeout=10, capture_output=True, text=True)
+    except (OSError, subprocess.SubprocessError):
+        return "reproduction: no committed results to compare with (git not available)"
+    if prefix.returncode or shown.returncode:
+        return "reproduction: no committed results.csv for this folder in git"
+    try:
+        committed = pd.read_csv(io.StringIO(shown.stdout))
+        cells = compare_frames(committed, results).cells
+    except (ValueError, KeyError, pd.errors.ParserError):
+        return "reproduction: the committed results.csv is not comparable"
+    if cells.empty:
+        return "reproduction: no cell in common with the committed results.csv"
+    worst = cells["diff_pp"].abs()
+    differ = int((worst > 1e-9).sum())
+    if not differ:
+        return f"reproduced: largest difference 0.0 pp over {len(cells)} cells"
+    return (f"not reproduced: {differ} of {len(cells)} cells differ from the committed "
+            f"results.csv (largest {worst.max():.2f} pp); see robench compare")
 
 
 def _outcomes_of(path: Path) -> pd.DataFrame | None:

@@ -55,7 +55,7 @@ def defense_work(spec: DefenseSpec, train_config: TrainConfig, n_train: int,
     return spec.plugin.cost(spec.params, train_config, n_train, n_validation)
 
 
-def attack_images(spec: AttackSpec, n_eval: int) -> int:
+def images_attacked(spec: AttackSpec, n_eval: int) -> int:
     """How many evaluation images an attack entry attacks (its ``limit``, else all)."""
     return min(spec.limit, n_eval) if spec.limit is not None else n_eval
 
@@ -78,7 +78,7 @@ def suite_work(plan: Plan, n_train: int, n_validation: int, n_eval: int) -> Work
     """Everything a run of ``plan`` would do from scratch, over all its seeds (the same work
     for every seed: seeds change random draws, not sizes)."""
     train_config = plan.suite.train
-    attacks = sum((attack_work(a, attack_images(a, n_eval), a.eps) for a in plan.attacks),
+    attacks = sum((attack_work(a, images_attacked(a, n_eval), a.eps) for a in plan.attacks),
                   NO_WORK)
     per_seed = baseline_work(plan.baseline, n_train) + sum(
         (defense_work(d, train_config, n_train, n_validation) + attacks
@@ -168,5 +168,5 @@ def duration_text(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-__all__ = ["Calibration", "attack_images", "attack_work", "baseline_work", "calibrate",
-           "defense_work", "duration_text", "suite_work"]
+__all__ = ["Calibration", "attack_work", "baseline_work", "calibrate",
+           "defense_work", "duration_text", "images_attacked", "suite_work"]

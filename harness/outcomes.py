@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,8 +24,10 @@ import pyarrow.parquet as pq
 
 from robench.eps import canonical_eps
 from robench.errors import UserError
-from robench.evaluation import AttackOutcome
 from robench.outdir import OutputFolder
+
+if TYPE_CHECKING:  # the type only: storage does not depend on how outcomes are computed
+    from robench.evaluation import AttackOutcome
 
 OUTCOMES_FILE = "outcomes.parquet"
 OUTCOME_COLUMNS = ["defense", "attack", "eps", "seed", "image", "clean_correct", "adv_correct"]

@@ -1,13 +1,13 @@
 """``robench plan``: what ``robench run`` would do with a suite, before it does any of it.
 
-The suite is resolved exactly as ``run`` resolves it (``robench.runner.prepare``: the same
+The suite is resolved exactly as ``run`` resolves it (``robench.rundata.prepare``: the same
 options, the same one-line errors). Then, without writing anything and without training:
 
-- the baseline and every defended model are looked up in the model cache under the keys the
-  runner uses (``robench.cache.data_key``); a defense that costs nothing (``Defense.cost`` is
+- the baseline and every defended model are looked up in the model cache under the keys a
+  run uses (``robench.cache.data_key``); a defense that costs nothing (``Defense.cost`` is
   zero: ``none``, input transformations) is rebuilt from a cached baseline;
 - every cell (defense x attack x eps x seed) is **done** when its stored row passes the check
-  resume applies (``robench.runner.cell_verified``) against the model it would attack; a
+  resume applies (``robench.resume.cell_verified``) against the model it would attack; a
   stored row whose model is not cached cannot be checked without training it, so it is shown
   as *unverified* and counted as work;
 - the remaining work of every stage is priced by ``robench.estimate`` (a calibration of the
@@ -33,25 +33,19 @@ from robench.defenses import DefenseContext
 from robench.eps import eps_text
 from robench.estimate import (
     Calibration,
-    attack_images,
     attack_work,
     baseline_work,
     calibrate,
     defense_work,
     duration_text,
+    images_attacked,
 )
 from robench.models import model_hash as fingerprint
 from robench.outcomes import OutcomeTable
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
 from robench.results import CellExpectation, ResultTable
-from robench.runner import (
-    RunOptions,
-    cell_verified,
-    check_out_dir,
-    data_splits,
-    prepare,
-    resolve_device,
-)
+from robench.resume import cell_verified
+from robench.rundata import RunOptions, check_out_dir, data_splits, prepare, resolve_device
 from robench.work import NO_WORK, Work
 
 #: progress and estimates only: no result depends on this module (see robench.codehash)
@@ -212,7 +206,7 @@ class _Checker:
         return (None if baseline is None else self._rebuild(spec, baseline, seed)), "free"
 
     def _rebuild(self, spec: DefenseSpec, baseline: nn.Module, seed: int) -> nn.Module:
-        """A defense that costs nothing, applied on the CPU as the runner applies it."""
+        """A defense that costs nothing, applied on the CPU as a run applies it."""
         ctx = DefenseContext(model=copy.deepcopy(baseline), train=self.train,
                              validation=self.validation, params=spec.params, seed=spec.seed,
                              device=torch.device("cpu"), train_config=self.plan.suite.train,
@@ -238,7 +232,7 @@ class _Checker:
             done = cell_verified(self.table, self.outcomes, expect, eps, ids)
             cells.append((eps, "done" if done else "to do"))
         todo = [eps for eps, state in cells if state != "done"]
-        return AttackStatus(spec, attack_images(spec, len(self.evaluation)), cells,
+        return AttackStatus(spec, images_attacked(spec, len(self.evaluation)), cells,
                             attack_work(spec, len(data), todo))
 
 

@@ -32,7 +32,7 @@ from robench.executors import (
 from robench.plan import resolve
 from robench.progress import Reporter
 from robench.results import TIMING_COLUMNS
-from robench.units import attack_images, merge_outcomes
+from robench.tasks import merge_outcomes, run_attack_cells
 
 from .conftest import REPO, kill_when_written
 
@@ -219,8 +219,8 @@ def test_chunks_of_whole_batches_give_the_unchunked_outcomes(mnist, trained_lene
     assert [len(p) for p in parts] == [1000, 1000, 500]
     assert torch.equal(torch.cat([p.ids for p in parts]), data.ids)
     quiet = Reporter(quiet=True)
-    whole = attack_images(spec, trained_lenet, None, spec.eps, data, quiet, "whole")
-    pieces = merge_outcomes([attack_images(spec, trained_lenet, None, spec.eps, p, quiet, "p")
+    whole = run_attack_cells(spec, trained_lenet, None, spec.eps, data, quiet, "whole")
+    pieces = merge_outcomes([run_attack_cells(spec, trained_lenet, None, spec.eps, p, quiet, "p")
                              for p in parts])
     assert [o.eps for o in pieces] == [0.1, 0.2]
     for a, b in zip(whole, pieces, strict=True):
@@ -396,7 +396,7 @@ def test_local_cluster_token_never_lands_in_home(monkeypatch, given, token_set):
 
 
 def test_a_local_cluster_that_cannot_start_is_one_line(monkeypatch, tmp_path):
-    import robench.executors as executors
+    import robench.executors.ray_cluster as executors
 
     class FakeRay:
         _raylet = None

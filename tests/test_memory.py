@@ -47,8 +47,9 @@ def test_no_thread_where_the_c_library_cannot_trim(monkeypatch):
 def test_a_serial_run_trims_while_its_cells_run(tmp_path, mnist_root, monkeypatch):
     """The serial runner's cells run with the trimming thread beside them, and the thread is
     gone when the run returns."""
+    from robench.executors import SerialExecutor
     from robench.models import LeNet5
-    from robench.runner import Runner, RunOptions, run_suite
+    from robench.runner import RunOptions, run_suite
 
     monkeypatch.setenv("ROBENCH_CACHE_DIR", str(tmp_path / "cache"))
     torch.manual_seed(0)
@@ -59,13 +60,13 @@ def test_a_serial_run_trims_while_its_cells_run(tmp_path, mnist_root, monkeypatc
         "model": {"name": "lenet5", "weights": "lenet.pt"},
         "defenses": [{"name": "none"}], "attacks": [{"name": "fgsm", "eps": [0.1]}]}))
     seen: list[int] = []
-    attack = Runner.attack
+    attack = SerialExecutor.attack
 
     def watched(self, *args, **kwargs):
         seen.append(len(_trim_threads()))
         return attack(self, *args, **kwargs)
 
-    monkeypatch.setattr(Runner, "attack", watched)
+    monkeypatch.setattr(SerialExecutor, "attack", watched)
     run_suite(suite, RunOptions(data_dir=str(mnist_root), out=str(tmp_path / "o"), quiet=True))
     assert seen == [1]
     assert not _trim_threads()

@@ -1,0 +1,48 @@
+"""What an executor is: it runs a plan's tasks (``robench.tasks``) and reports each finished
+one to a recorder, which records it (``robench.recorder.RunRecorder``). Two protocols, so that
+neither side imports the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from robench.evaluation import AttackOutcome
+from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
+from robench.rundata import RunData
+from robench.tasks import ModelFacts, RunContext, Target
+
+Cell = tuple[str, str, float, int]  # (defense, attack, eps, seed)
+
+
+class Recorder(Protocol):
+    """What an executor reports to, and asks which cells to compute."""
+
+    def on_baseline(self, spec: BaselineSpec, n_train: int, cached: bool) -> None: ...
+
+    def on_defense(self, seed: int, spec: DefenseSpec, n_train: int, n_validation: int,
+                   cached: bool, metrics: list[dict[str, Any]]) -> None: ...
+
+    def on_defended(self, seed: int, spec: DefenseSpec, facts: ModelFacts) -> None: ...
+
+    def missing_cells(self, target: Target, attack: AttackSpec,
+                      image_ids: list[int]) -> list[float]: ...
+
+    def on_cell_done(self, target: Target, attack: AttackSpec, image_ids: list[int],
+                     outcomes: Sequence[AttackOutcome]) -> None: ...
+
+
+class Executor(Protocol):
+    """Runs a resolved plan's tasks on ``data`` with ``ctx``, reporting to ``recorder``;
+    returns the plan's cells."""
+
+    def execute(self, plan: Plan, data: RunData, ctx: RunContext,
+                recorder: Recorder) -> set[Cell]: ...
+
+    def run_record(self) -> dict[str, Any]:
+        """What run.json says about the executor (nothing for the serial one)."""
+        ...
+
+
+__all__ = ["Cell", "Executor", "Recorder"]

@@ -1,0 +1,198 @@
+"""The tasks of a run: train the baseline, apply a defense, inspect a defended model, attack the
+cells of one (defense, attack) at some eps. Both executors (``robench.executors``: the serial
+one in order, the Ray one as Ray tasks) call these same functions, so they cannot drift apart;
+none of them writes a results file: the recorder (``robench.recorder``) alone records what they
+return.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from robench.cache import ModelCache, data_key, provenance_text
+from robench.data import Split
+from robench.defenses import DefenseContext
+from robench.diagnostics import model_diagnostics
+from robench.evaluation import AttackOutcome, evaluate_attack
+from robench.models import model_hash as fingerprint
+from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
+from robench.progress import Reporter
+from robench.training import TrainConfig, accuracy, train
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every task of one run shares: where it computes, the model cache, the dataset's
+    fingerprint (part of every cache key and row), the number of classes, the suite's training
+    settings and where log lines go. The splits are not in it: each executor moves them to its
+    device (the Ray executor through the object store) and passes them to the tasks."""
+
+    device: torch.device
+    cache: ModelCache
+    data_hash: str
+    num_classes: int
+    train_config: TrainConfig
+    reporter: Reporter
+
+
+@dataclass
+class Defended:
+    """A defended model, what it cost and what its defense logged."""
+
+    model: nn.Module
+    seconds: float
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    cached: bool = False     # loaded from the model cache, not computed now
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the recorder logs and stores about a defended model before attacking it."""
+
+    model_hash: str
+    clean_acc: float
+    diagnostics: dict[str, float] | None
+
+
+@dataclass(frozen=True)
+class Target:
+    """A defended model of one seed, as the rows of the cells attacked on it name it."""
+
+    seed: int
+    defense: DefenseSpec
+    model_hash: str
+    defense_seconds: float
+
+
+def seed_tag(seeds: Sequence[int], seed: int) -> str:
+    """" seed N" in the log lines of a run with several seeds, "" otherwise."""
+    return f" seed {seed}" if len(seeds) > 1 else ""
+
+
+def serial_order(plan: Plan) -> list[DefenseSpec]:
+    """The order a serial run defends in: the sources of transfer attacks first (they are
+    defended before the others, so a source listed after its targets is ready), then the
+    others, each in the suite's order."""
+    wanted = {a.source for a in plan.attacks if a.source is not None}
+    return ([d for d in plan.defenses if d.label in wanted]
+            + [d for d in plan.defenses if d.label not in wanted])
+
+
+def warn(reporter: Reporter, problem: str | None) -> None:
+    if problem:
+        reporter.info(f"warning: {problem}")
+
+
+def train_baseline(spec: BaselineSpec, train_split: Split,
+                   ctx: RunContext) -> tuple[nn.Module, bool]:
+    """The baseline of ``spec``: its checkpoint, the cached weights, or trained now (and cached);
+    and whether nothing was trained. Seeds torch's global generator first, so the initial
+    weights depend on the seed only."""
+    reporter = ctx.reporter
+    torch.manual_seed(spec.seed)
+    model = spec.build(ctx.num_classes).to(ctx.device)
+    if spec.weights is not None:  # model.weights: a user's checkpoint, not trained or cached
+        reporter.info(f"baseline {spec.model}: weights {spec.weights.path} "
+                      f"(sha256 {spec.weights.sha256[:12]})")
+        return model.eval(), True
+    key = data_key(spec.cache_key, ctx.data_hash)
+    meta = ctx.cache.load(key, model)
+    if meta is not None:
+        reporter.info(f"baseline {spec.model}: loaded from cache ({key[:10]}; "
+                      f"{provenance_text(meta)})")
+        return model.to(ctx.device).eval(), True
+    t0 = time.perf_counter()
+    train(model, train_split, spec.train, seed=spec.seed, reporter=reporter,
+          desc=f"train {spec.model}")
+    seconds = time.perf_counter() - t0
+    reporter.info(f"baseline {spec.model}: trained {spec.train.epochs} epochs in {seconds:.1f}s")
+    warn(reporter, ctx.cache.save(key, model, {"seconds": seconds}))
+    return model.eval(), False
+
+
+def logged_metrics(logged: list[dict[str, Any]],
+                   returned: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every metric row a defense produced: those it logged with ``ctx.log_metric`` and those
+    of its result not among them. A plugin need not pass ``metrics=ctx.metrics`` for its logged
+    rows to be kept, and one that does (every built-in) gets each row once."""
+    if returned is logged:
+        return list(logged)
+    return list(logged) + [row for row in returned if row not in logged]
+
+
+def apply_defense(spec: DefenseSpec, baseline: nn.Module, train_split: Split,
+                  validation: Split, ctx: RunContext) -> Defended:
+    """The defended model of ``spec`` (from the cache when it is cacheable and stored there);
+    the baseline itself is never changed (the defense gets a private copy)."""
+    reporter = ctx.reporter
+    model = copy.deepcopy(baseline)
+    key = data_key(spec.cache_key, ctx.data_hash)
+    meta = ctx.cache.load(key, model) if spec.plugin.cacheable else None
+    if meta is not None:
+        reporter.info(f"[{spec.label}] defended model loaded from cache ({key[:10]}; "
+                      f"{provenance_text(meta)})")
+        return Defended(model.to(ctx.device).eval(), float(meta["seconds"]),
+                        list(meta.get("metrics", [])), cached=True)
+    defense_ctx = DefenseContext(model=model, train=train_split, validation=validation,
+                                 params=spec.params, seed=spec.seed, device=ctx.device,
+                                 train_config=ctx.train_config, reporter=reporter,
+                                 num_classes=ctx.num_classes)
+    t0 = time.perf_counter()
+    result = spec.build().apply(defense_ctx)
+    seconds = time.perf_counter() - t0
+    metrics = logged_metrics(defense_ctx.metrics, result.metrics)
+    defended = result.model.to(ctx.device).eval()
+    for p in defended.parameters():
+        p.grad = None
+    reporter.info(f"[{spec.label}] defense {spec.name} took {seconds:.1f}s")
+    if spec.plugin.cacheable:
+        warn(reporter, ctx.cache.save(key, defended, {"seconds": seconds, "metrics": metrics}))
+    return Defended(defended, seconds, metrics)
+
+
+def inspect_model(model: nn.Module, test_split: Split, diagnostics: bool) -> ModelFacts:
+    """Fingerprint, clean accuracy and (when asked: the first seed's models) the gradient
+    diagnostics of a defended model."""
+    return ModelFacts(model_hash=fingerprint(model), clean_acc=accuracy(model, test_split),
+                      diagnostics=model_diagnostics(model, test_split) if diagnostics else None)
+
+
+def run_attack_cells(spec: AttackSpec, model: nn.Module, source: nn.Module | None,
+                     eps: Sequence[float], data: Split, reporter: Reporter,
+                     desc: str) -> list[AttackOutcome]:
+    """The outcomes of attack ``spec`` on ``data`` at each eps (in order): one cell per eps.
+    ``source`` is the model a transfer attack crafts on (``AttackSpec.source``), None for every
+    other attack."""
+    attack = spec.build(model)
+    if spec.source is not None:
+        if source is None:
+            raise ValueError(f"attack {spec.label!r} crafts on {spec.source!r}: give its model")
+        attack.set_source(source)
+    return evaluate_attack(model, attack, list(eps), data, reporter=reporter, desc=desc)
+
+
+def merge_outcomes(parts: Sequence[Sequence[AttackOutcome]]) -> list[AttackOutcome]:
+    """One outcome per eps from the outcomes of consecutive image chunks at the same eps list:
+    per-image results concatenated in chunk order, seconds added up."""
+    merged = []
+    for per_eps in zip(*parts, strict=True):
+        eps = {o.eps for o in per_eps}
+        if len(eps) != 1:
+            raise ValueError(f"chunks of one cell at different eps: {sorted(eps)}")
+        merged.append(AttackOutcome(per_eps[0].eps,
+                                    torch.cat([o.clean_ok for o in per_eps]),
+                                    torch.cat([o.adv_ok for o in per_eps]),
+                                    sum(o.seconds for o in per_eps)))
+    return merged
+
+
+__all__ = ["Defended", "ModelFacts", "RunContext", "Target", "apply_defense", "inspect_model",
+           "logged_metrics", "merge_outcomes", "run_attack_cells", "seed_tag", "serial_order",
+           "train_baseline"]
