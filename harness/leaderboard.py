@@ -42,11 +42,10 @@ import re
 import pandas as pd
 
 from robench.attacks.base import DEFAULT_NORM
-from robench.columns import eps_mask
 from robench.eps import canonical_eps, eps_text, same_eps
 from robench.outcomes import RobustPerImage
 from robench.outdir import OutputFolder
-from robench.results import write_csv
+from robench.results import eps_mask, write_csv
 from robench.stats import paired_over_seeds, seed_interval, wilson_interval
 from robench.traits import norm_of_params, with_traits
 

@@ -5,7 +5,7 @@ results.csv and of docs/outputs.md's table (tests/test_docs.py keeps them in ste
 goes through the run's ``OutputFolder`` (atomic, link-safe, only robench's own files replaced),
 so a killed run never leaves a torn CSV. Resume trusts a stored row only when it is exactly the
 cell the plan is about to compute and its numbers are exactly what its per-image outcomes give
-(see ``ResultTable.verified`` and ``robench.runner``).
+(see ``ResultTable.verified`` and ``robench.resume``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from robench.eps import FLOAT_FORMAT, canonical_eps
+from robench.eps import FLOAT_FORMAT, canonical_eps, same_eps
 from robench.errors import UserError
 from robench.outdir import OutputFolder
 from robench.outdir.atomic import atomic_write_text as atomic_write_text  # its old home
@@ -215,3 +215,11 @@ def read_results(path: Path) -> pd.DataFrame:
 def _read_csv(path: Path) -> pd.DataFrame:
     """Text columns as text, and only an empty field is missing (a label "NA" stays "NA")."""
     return pd.read_csv(path, dtype=TEXT_DTYPES, keep_default_na=False, na_values=[""])
+
+
+def eps_mask(values: pd.Series, eps: float) -> pd.Series:
+    """A boolean mask of the entries of an eps column (results or outcomes) that are the budget
+    ``eps``. ``same_eps`` is decided once per distinct value, not once per row: an outcome
+    table holds one row per image and cell but only a handful of distinct eps values."""
+    verdict = {value: same_eps(value, eps) for value in pd.unique(values)}
+    return values.map(verdict).astype(bool)

@@ -93,8 +93,8 @@ def test_eps_mask_is_same_eps_per_entry():
     entry (eps typed two ways, 0, values that only round to the budget)."""
     import pandas as pd
 
-    from robench.columns import eps_mask
     from robench.eps import same_eps
+    from robench.results import eps_mask
 
     values = pd.Series([0.1, 0.1 + 1e-12, 0.3, 0.0, 8 / 255, 0.0313725490196, 0.1000001] * 3)
     for eps in (0.1, 8 / 255, 0.0, 0.5):

@@ -16,8 +16,8 @@ import pandas as pd
 from robench.attacks import Attack
 from robench.checks.paired import TOL, Paired
 from robench.checks.registry import FAIL, WARN, register
-from robench.columns import eps_mask
 from robench.eps import eps_text
+from robench.results import eps_mask
 from robench.traits import plugin_of
 
 FGSM_MONOTONE_TOL = 0.005

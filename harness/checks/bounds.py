@@ -12,8 +12,8 @@ import pandas as pd
 
 from robench.checks.paired import TOL, Paired, cell_key, tolerance
 from robench.checks.registry import FAIL, register
-from robench.columns import eps_mask
 from robench.eps import eps_text
+from robench.results import eps_mask
 
 BOUND_ROLE = "bound"  # a verifier's rows (robench.plan): a lower bound, not an attack
 

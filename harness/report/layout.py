@@ -16,7 +16,6 @@ from typing import Literal
 import pandas as pd
 
 from robench.checks import check_meaning, worst_first
-from robench.columns import eps_mask
 from robench.leaderboard import CHECK_ROLE
 from robench.report.columns import BoardColumns
 from robench.report.text import (
@@ -31,6 +30,7 @@ from robench.report.text import (
     pct,
     rank_text,
 )
+from robench.results import eps_mask
 
 PAGE_PX = 1400              # the page the HTML must fit without horizontal scrolling
 TABLE_BUDGET_PX = 1300      # width one leaderboard table may take (page minus margins)
