@@ -21,7 +21,7 @@ from robench.errors import UserError, interrupts_deferred
 from robench.estimate import attack_work, baseline_work, defense_work
 from robench.evaluation import AttackOutcome
 from robench.finalize import DIAGNOSTICS_FILE, read_diagnostics
-from robench.outcomes import OUTCOMES_FILE, OutcomeTable
+from robench.outcomes import OUTCOMES_FILE, Cell, OutcomeTable
 from robench.outdir import OutputFolder
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
 from robench.progress import Reporter
@@ -36,8 +36,6 @@ from robench.results import (
 from robench.resume import cell_verified, interval_columns
 from robench.rundata import METRICS_FILE, output_names
 from robench.tasks import ModelFacts, Target, seed_tag, serial_order
-
-Cell = tuple[str, str, float, int]  # (defense, attack, eps, seed)
 
 
 def plan_cells(plan: Plan) -> set[Cell]:

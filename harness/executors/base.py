@@ -9,11 +9,10 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from robench.evaluation import AttackOutcome
+from robench.outcomes import Cell
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
 from robench.rundata import RunData
 from robench.tasks import ModelFacts, RunContext, Target
-
-Cell = tuple[str, str, float, int]  # (defense, attack, eps, seed)
 
 
 class Recorder(Protocol):
