@@ -20,7 +20,15 @@ from robench.plan import resolve_raw
 from robench.runner import RunOptions, apply_overrides
 from robench.stats import mcnemar_exact, newcombe_interval, paired_over_seeds, wilson_interval
 
-from .conftest import REPO, result_row
+from .conftest import (
+    REPO,
+    REUSE_ATTACKS,
+    REUSE_DEFENSES,
+    numbers,
+    result_row,
+    reuse_suite,
+    run_logged,
+)
 
 ATTACKS = [{"name": "fgsm", "eps": [0.1]}, {"name": "pgd", "eps": [0.1], "limit": 50}]
 
@@ -237,3 +245,23 @@ def test_two_seed_run_end_to_end(tmp_path, cli_env):
     assert (board["seeds"] == 2).all()
     log = (out / "run.log").read_text()
     assert "seed 0" in log and "seed 1" in log
+
+
+def test_seeds_derive_from_labels_not_positions():
+    from robench.seeds import derive_seed
+
+    assert derive_seed(7) == 7
+    assert derive_seed(7, "attack", "pgd") == derive_seed(7, "attack", "pgd")
+    assert derive_seed(7, "attack", "pgd") != derive_seed(7, "attack", "fgsm")
+    assert derive_seed(7, "attack", "pgd") != derive_seed(8, "attack", "pgd")
+    assert 0 <= derive_seed(2**62, "x") < 2**31
+
+
+@pytest.mark.slow
+def test_reordering_a_suite_changes_no_number(tmp_path, plugin_env, robench_subprocess):
+    forward, backward = tmp_path / "f.yaml", tmp_path / "b.yaml"
+    forward.write_text(reuse_suite())
+    backward.write_text(reuse_suite(REUSE_DEFENSES[::-1], REUSE_ATTACKS[::-1]))
+    run_logged(robench_subprocess, forward, tmp_path / "f", plugin_env)
+    run_logged(robench_subprocess, backward, tmp_path / "b", plugin_env)
+    pd.testing.assert_frame_equal(numbers(tmp_path / "f"), numbers(tmp_path / "b"))
