@@ -62,6 +62,38 @@ def batch(mnist):
     return test.images, test.labels
 
 
+#: the synthetic dataset's registered name (a test-only entry in robench.data.DATASETS)
+SYNTHETIC = "synthetic"
+
+
+def synthetic_dataset(root: Path | None = None):
+    """10 classes of 28x28 grey images, 300 train / 100 test, the same on every call: each
+    class a fixed random pattern plus noise, in [0, 1]. For unit tests that need some images
+    of MNIST's shape, not real digits (``root`` is ignored)."""
+    from robench.data import Dataset, Split
+
+    gen = torch.Generator().manual_seed(0)
+    patterns = torch.rand(10, 1, 28, 28, generator=gen)
+
+    def split(n: int) -> Split:
+        labels = torch.arange(n, dtype=torch.int64) % 10
+        noise = 0.2 * torch.randn(n, 1, 28, 28, generator=gen)
+        return Split((patterns[labels] + noise).clamp_(0, 1).contiguous(), labels)
+
+    return Dataset(name=SYNTHETIC, train=split(300), test=split(100), num_classes=10)
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    """The synthetic dataset, registered as ``synthetic`` in robench.data.DATASETS for this
+    test session (suites in tests may name it)."""
+    from robench.data import DATASETS, load_dataset
+
+    if SYNTHETIC not in DATASETS:
+        DATASETS.add(SYNTHETIC, synthetic_dataset)
+    return load_dataset(SYNTHETIC, REPO)
+
+
 def accuracy_of(model, x, y) -> float:
     with torch.no_grad():
         return (model(x).argmax(1) == y).float().mean().item()

@@ -32,3 +32,4 @@ def test_every_package_is_walked():
 @pytest.mark.parametrize("name", MODULES)
 def test_module_imports(name):
     importlib.import_module(name)
+

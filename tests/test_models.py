@@ -122,9 +122,9 @@ def test_select_output_errors_say_what_the_model_returned(output, key, fragment)
      "returns a tensor of shape (2, 5) (torch.float32); expected float logits of shape (2, 10)"),
     (nn.Conv2d(3, 8, 3), None, "model.name", "fails on (2, 1, 28, 28) inputs in [0, 1]"),
 ])
-def test_check_logits_names_the_key_to_fix(mnist, model, logits, where, fragment):
+def test_check_logits_names_the_key_to_fix(synthetic, model, logits, where, fragment):
     with pytest.raises(UserError) as caught:
-        check_logits(model, mnist.test.images[:2], 10, "m", logits, "s.yaml")
+        check_logits(model, synthetic.test.images[:2], 10, "m", logits, "s.yaml")
     assert caught.value.where == f"s.yaml: {where}"
     assert fragment in caught.value.message
 
