@@ -117,6 +117,7 @@ def test_unwritable_output_folder(tmp_path, mnist_root):
     assert str(blocker / "out") in result.output
 
 
+@pytest.mark.slow
 def test_no_traceback_in_a_real_process(tmp_path, robench_subprocess):
     suite = tmp_path / "suite.yaml"
     suite.write_text(mutate(**{"attacks/0/eps": [2]}))

@@ -99,6 +99,7 @@ def test_code_hash_follows_every_import_form(tmp_path, monkeypatch, hashing):
         code_hash(hashpkg.plug.plugin, "a string")
 
 
+@pytest.mark.slow
 def test_plan_hashing_imports_no_new_package_and_gives_the_same_hashes() -> None:
     """Resolving a plan does not import ART (41 MB resident) to hash ``attacks/backends.py``'s
     ``from art...`` lines, and every hash of the plan (baseline, defenses, attacks) is the one
@@ -150,6 +151,7 @@ def test_plan_hashing_follows_lazy_imports_and_leaves_modules_whole(tmp_path, mo
     assert plan.code_hash(lazyhp.plug.plugin) != guarded
 
 
+@pytest.mark.slow
 def test_plan_hashing_is_reentrant_and_sees_packages_loaded_by_file(tmp_path, monkeypatch):
     """Two reviewer cases: a module loaded while hashing that hashes code itself (a plain lock
     deadlocked), and a plugin loaded from a file under a dotted name whose parent package is

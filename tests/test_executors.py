@@ -147,6 +147,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("address", [f"127.0.0.1:{free_port()}", "203.0.113.1:6379",
                                      f"ray://127.0.0.1:{free_port()}"],
                          ids=["refused", "blackhole", "client"])
@@ -188,6 +189,7 @@ def test_temp_root_keeps_unix_socket_paths_short(monkeypatch):
 
 
 # -- the serial reference ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_serial_run_does_not_import_ray(tmp_path, cli_env):
     suite = tmp_path / "tiny.yaml"
     suite.write_text(TINY)
@@ -326,6 +328,7 @@ def test_kill_9_of_the_driver_then_resume(tmp_path, cli_env):
         shutil.rmtree(short, ignore_errors=True)  # the killed run's Ray logs
 
 
+@pytest.mark.slow
 def test_unreachable_address_is_one_line_in_a_real_process(tmp_path, cli_env,
                                                            robench_subprocess):
     """Ray's C++ client writes its own log lines to stderr: none may get through."""

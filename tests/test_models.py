@@ -59,6 +59,7 @@ def test_mnist_cnn_fresh_init_reproduces_its_seeded_construction():
         assert torch.equal(tensor, fresh.state_dict()[name]), name
 
 
+@pytest.mark.slow
 def test_mnist_cnn_learns_mnist(mnist):
     torch.manual_seed(0)
     model = MnistCNN()
@@ -177,6 +178,7 @@ def test_doc_example_model_registers_through_its_entry_point_and_runs(tmp_path, 
     assert attacked < clean - 0.1            # and FGSM's gradient flows through it
 
 
+@pytest.mark.slow
 def test_doc_example_without_logits_stops_before_writing(tmp_path, cli_env, robench_subprocess):
     env = plugin_site(tmp_path, "tiny_models", doc_example(), "robench.models",
                       "tiny_net = tiny_models:TinyNet", cli_env)

@@ -137,6 +137,7 @@ def test_sigterm_prints_what_was_kept(tmp_path, cli_env):
     assert len(pd.read_csv(out / "results.csv")) == 2
 
 
+@pytest.mark.slow
 def test_a_broken_plugin_leaves_other_commands_working(tmp_path, cli_env, robench_subprocess):
     env = plugin_site(tmp_path, "robench_broken_plugin",
                       "raise ImportError('no module named x')\n", "robench.attacks",

@@ -65,6 +65,7 @@ def test_default_fgsm_forget_set_is_the_documented_one(mnist, trained_lenet, mon
     assert torch.equal(data.forget_true_labels, y[wrong])
 
 
+@pytest.mark.slow
 def test_pgd_forget_set_fools_the_model_more_often(mnist, trained_lenet, monkeypatch):
     fgsm, _ = _first_round(mnist, trained_lenet, monkeypatch)
     pgd, _ = _first_round(mnist, trained_lenet, monkeypatch, attack="pgd")

@@ -119,6 +119,7 @@ def _context(mnist, model, params: dict, seed: int = 0) -> DefenseContext:
                           device=torch.device("cpu"), train_config=TrainConfig(epochs=1))
 
 
+@pytest.mark.slow
 def test_rounds_log_every_metric_computed_on_the_current_model(mnist, trained_lenet):
     params = {"rounds": 2, "forget_size": 200, "retain_size": 500, "eps": [0.1, 0.3],
               "method": "neggrad_plus"}

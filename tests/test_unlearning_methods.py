@@ -71,7 +71,9 @@ def test_registry_lists_every_method_with_a_description():
         assert line and "et al" in line, name  # robench list shows a one-liner citing the paper
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.slow) if name in ("scrub", "ssd") else name
+    for name in METHODS])
 def test_every_method_changes_the_model_and_returns_it_clean(name, trained_lenet, task):
     student, _ = run(name, trained_lenet, task)
     assert not student.training
@@ -201,6 +203,7 @@ def test_random_label_training_never_uses_the_true_or_forget_label(name, trained
 
 # -- SCRUB ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_scrub_moves_away_from_the_teacher_on_forget_and_stays_close_on_retain(trained_lenet,
                                                                               task):
     # pure distillation (gamma 0) isolates SCRUB's two KL terms; a constant lr, no weight
@@ -233,6 +236,7 @@ def test_scrub_defaults_are_the_reference_small_scale_setting():
     assert UNLEARNING_METHODS.get("scrub").Params().model_dump() == SCRUB_SMALL_SCALE
 
 
+@pytest.mark.slow
 def test_scrub_runs_the_reference_schedule(trained_lenet, task, monkeypatch):
     cls = UNLEARNING_METHODS.get("scrub")
     seen: list[tuple[int, str, int, float]] = []
@@ -299,6 +303,7 @@ def _fisher(model, images, labels, batch_size):
     return [t / count for t in total]
 
 
+@pytest.mark.slow
 def test_ssd_dampens_exactly_the_selected_parameters(trained_lenet, task):
     alpha, lam = 10.0, 1.0
     student, method = run("ssd", trained_lenet, task, alpha=alpha, lam=lam)
