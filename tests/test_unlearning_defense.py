@@ -190,6 +190,7 @@ def test_the_method_receives_the_documented_forget_and_retain_sets(mnist, traine
         previous_retain = clean_part
 
 
+@pytest.mark.slow
 def test_same_seed_same_defended_model(mnist, trained_lenet):
     params = {"rounds": 1, "forget_size": 100, "retain_size": 300, "method": "random_label"}
     models = []

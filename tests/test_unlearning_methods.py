@@ -178,6 +178,7 @@ def test_random_other_labels_never_draw_an_excluded_class():
     assert seen == set(range(10)) - {3, 7}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["random_label", "salun"])
 def test_random_label_training_never_uses_the_true_or_forget_label(name, trained_lenet, task,
                                                                     monkeypatch):
