@@ -151,6 +151,7 @@ def test_neggrad_stops_once_every_forget_example_is_past_the_bound(trained_lenet
     assert busy.steps == math.ceil(len(task.forget) / CFG.batch_size)
 
 
+@pytest.mark.slow
 def test_neggrad_plus_with_beta_one_is_exactly_finetune(trained_lenet, task):
     finetuned, _ = run("finetune", trained_lenet, task, epochs=2)
     plus, _ = run("neggrad_plus", trained_lenet, task, epochs=2, beta=1.0)
