@@ -183,6 +183,7 @@ def _ctx(model, data, params, epochs=1, test=None):
                           train_config=TrainConfig(epochs=epochs, batch_size=64))
 
 
+@pytest.mark.slow
 def test_trades_with_beta_zero_is_plain_cross_entropy_training():
     x, y = _batch(256)
     data = Split(x, y)

@@ -19,6 +19,7 @@ def test_fgsm_matches_torchattacks(trained_lenet, batch, eps):
     assert (ours - ref).abs().max().item() <= 1e-6
 
 
+@pytest.mark.slow
 def test_fgsm_sweep_equals_attacking_eps_by_eps(trained_lenet, batch):
     x, y = batch
     attack = create_attack("fgsm", trained_lenet)
@@ -27,6 +28,7 @@ def test_fgsm_sweep_equals_attacking_eps_by_eps(trained_lenet, batch):
         assert torch.equal(x_adv, attack(x, y, eps))
 
 
+@pytest.mark.slow
 def test_pgd_accuracy_within_1pp_of_torchattacks(trained_lenet, batch):
     x, y = batch
     params = {"steps": 20, "alpha": 0.01, "random_start": True}
@@ -40,7 +42,7 @@ def test_pgd_accuracy_within_1pp_of_torchattacks(trained_lenet, batch):
 
 @pytest.mark.parametrize("name,params", [
     ("fgsm", {}), ("pgd", {"steps": 5, "alpha": 0.05}),
-    ("pgd", {"steps": 3, "alpha": 0.05, "restarts": 2}),
+    pytest.param("pgd", {"steps": 3, "alpha": 0.05, "restarts": 2}, marks=pytest.mark.slow),
 ])
 @pytest.mark.parametrize("eps", [0.0, 0.07, 0.3])
 def test_perturbation_within_eps_and_range(trained_lenet, batch, name, params, eps):
@@ -62,6 +64,7 @@ def test_eps_zero_gives_clean_accuracy(trained_lenet, mnist, name):
     assert outcome.attack_success_rate == 0.0
 
 
+@pytest.mark.slow
 def test_accuracy_falls_with_eps_and_pgd_beats_fgsm(trained_lenet, mnist):
     data = mnist.test.head(500)
     fgsm = evaluate_attack(trained_lenet, create_attack("fgsm", trained_lenet),
@@ -73,7 +76,9 @@ def test_accuracy_falls_with_eps_and_pgd_beats_fgsm(trained_lenet, mnist):
     assert pgd.robust_acc <= fgsm[2].robust_acc
 
 
-@pytest.mark.parametrize("name", sorted(ATTACKS.names()))
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.slow) if name in ("autoattack", "bim") else name
+    for name in sorted(ATTACKS.names())])
 def test_every_attack_restores_mode_and_leaks_no_gradients(trained_lenet, batch, name):
     x, y = batch
     trained_lenet.zero_grad(set_to_none=True)
@@ -103,6 +108,7 @@ def test_every_attack_restores_mode_and_leaks_no_gradients(trained_lenet, batch,
         trained_lenet.eval()
 
 
+@pytest.mark.slow
 def test_pgd_restarts_never_weaker(trained_lenet, batch):
     x, y = batch
     one = create_attack("pgd", trained_lenet, {"steps": 5, "alpha": 0.03}, seed=3)(x, y, 0.15)
@@ -111,6 +117,7 @@ def test_pgd_restarts_never_weaker(trained_lenet, batch):
     assert _acc(trained_lenet, more, y) <= _acc(trained_lenet, one, y)
 
 
+@pytest.mark.slow
 def test_seeded_pgd_repeats(trained_lenet, batch):
     x, y = batch
     a = create_attack("pgd", trained_lenet, {"steps": 3, "alpha": 0.05}, seed=7)(x, y, 0.2)
@@ -137,6 +144,7 @@ def test_random_starts_are_per_image_whatever_the_batch_or_eps_list(trained_lene
     assert not torch.equal(other(x[:40], y[:40], 0.3), both[0.3])  # the seed matters
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,params,eps", [
     ("pgd", {"steps": 20, "alpha": 0.01}, 0.1),
     ("pgd", {"steps": 20, "alpha": 0.01}, 0.3),
@@ -188,6 +196,7 @@ class _LargeLogits(torch.nn.Module):
         return x.flatten(1) @ self.weight.T + self.bias
 
 
+@pytest.mark.slow
 def test_active_set_checks_its_stops_on_the_whole_batch():
     from robench.data import Split
 
@@ -218,6 +227,7 @@ class _Noisy(torch.nn.Module):
         return self.model((x + 0.3 * torch.randn_like(x)).clamp(0, 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,params", [("pgd", {"steps": 20, "alpha": 0.02}), ("bim", {})])
 def test_active_set_runs_the_plain_loop_on_a_randomized_model(trained_lenet, mnist, name, params):
     """One noisy forward pass cannot decide that an image is fooled: a model whose forward

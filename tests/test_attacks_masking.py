@@ -73,7 +73,8 @@ def test_bim_paper_step_count_is_torchattacks_rule(trained_lenet):
         assert paper_steps(eps) == torchattacks.BIM(trained_lenet, eps=eps, steps=0).steps
 
 
-@pytest.mark.parametrize("eps", [0.1, pytest.param(0.3, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("eps", [0.1, 0.3])
 def test_bim_matches_torchattacks(trained_lenet, batch, eps, monkeypatch):
     """Same update and clipping as torchattacks' BIM (paper defaults: alpha 1/255, steps by the
     paper's rule). With torchattacks' mean cross-entropy the images are bit-identical; robench's
@@ -107,6 +108,7 @@ def test_bim_explicit_steps_and_alpha_match_torchattacks(trained_lenet, batch):
     assert abs(_acc(trained_lenet, ours, y) - _acc(trained_lenet, ref, y)) <= 0.002
 
 
+@pytest.mark.slow
 def test_bim_is_no_weaker_than_fgsm(trained_lenet, mnist):
     data = mnist.test.head(300)
     for eps in (0.1, 0.15):
@@ -115,8 +117,9 @@ def test_bim_is_no_weaker_than_fgsm(trained_lenet, mnist):
         assert bim.robust_acc < fgsm.robust_acc
 
 
-@pytest.mark.parametrize("name,params", [("rfgsm", {}), ("bim", {}), ("bim", {"steps": 3}),
-                                         ("transfer", {"attack_params": {"steps": 3}})])
+@pytest.mark.parametrize("name,params", [
+    ("rfgsm", {}), pytest.param("bim", {}, marks=pytest.mark.slow), ("bim", {"steps": 3}),
+    ("transfer", {"attack_params": {"steps": 3}})])
 @pytest.mark.parametrize("eps", [0.0, 0.07, 0.3])
 def test_perturbation_within_eps_and_range(trained_lenet, batch, name, params, eps):
     x, y = batch[0][:200], batch[1][:200]
@@ -154,6 +157,7 @@ class GradientSpy(torch.nn.Module):
         return self.model(x)
 
 
+@pytest.mark.slow
 def test_transfer_crafts_on_the_source_and_never_differentiates_the_target(trained_lenet, mnist):
     source = copy.deepcopy(trained_lenet)
     target = GradientSpy(other_model())
@@ -391,6 +395,7 @@ def test_transfer_crafts_the_final_iterate_unless_told_otherwise():
     assert told.crafting_params.early_stop is True
 
 
+@pytest.mark.slow
 def test_transfer_crafts_once_for_every_target(trained_lenet, mnist, monkeypatch):
     """Two targets, one source: the second target reuses the first's examples (one crafting
     per eps and batch), and its outcomes are those of crafting afresh."""

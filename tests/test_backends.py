@@ -19,6 +19,7 @@ def test_fgsm_backends(trained_lenet, batch, eps):
     assert (art - x).abs().max().item() <= eps + 1e-6
 
 
+@pytest.mark.slow
 def test_pgd_backends_agree(trained_lenet, batch):
     x, y = batch
     params = {"steps": 10, "alpha": 0.02}
@@ -41,6 +42,7 @@ def test_art_is_given_true_labels(trained_lenet, batch):
     assert (art[wrong] - native[wrong]).abs().max().item() <= 1e-5
 
 
+@pytest.mark.slow
 def test_autoattack_and_square_are_bounded_and_strong(trained_lenet, batch):
     x, y = batch[0][:100], batch[1][:100]
     aa = create_attack("autoattack", trained_lenet, seed=0)(x, y, 0.3)

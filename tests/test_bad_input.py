@@ -1,8 +1,8 @@
 """The bad-input catalogue: each malformed input gives one clear line naming the file and key,
 exit code 2, no traceback, and nothing written."""
 
-import subprocess
-import sys
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,11 +117,12 @@ def test_unwritable_output_folder(tmp_path, mnist_root):
     assert str(blocker / "out") in result.output
 
 
-def test_no_traceback_in_a_real_process(tmp_path):
+@pytest.mark.slow
+def test_no_traceback_in_a_real_process(tmp_path, robench_subprocess):
     suite = tmp_path / "suite.yaml"
     suite.write_text(mutate(**{"attacks/0/eps": [2]}))
-    proc = subprocess.run([sys.executable, "-m", "robench.cli", "run", str(suite)],
-                          capture_output=True, text=True, timeout=120)
+    proc = robench_subprocess("run", str(suite), env=dict(os.environ), cwd=Path.cwd(),
+                              timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert proc.stderr.strip().count("\n") == 0

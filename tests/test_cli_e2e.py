@@ -1,25 +1,17 @@
 """End to end: the real ``robench`` CLI on suites/smoke.yaml with real MNIST."""
 
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 
 from robench.results import RESULT_COLUMNS
 
-from .conftest import REPO
-
-
-def robench(*args, env, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "robench.cli", *args], capture_output=True,
-                          text=True, env=env, cwd=cwd, timeout=600)
+from .conftest import REUSE_ATTACKS, REUSE_DEFENSES, reuse_suite, run_logged
 
 
 @pytest.mark.slow
-def test_smoke_suite_end_to_end(tmp_path, cli_env):
+def test_smoke_suite_end_to_end(tmp_path, robench_cli):
     out = tmp_path / "smoke"
-    proc = robench("run", "suites/smoke.yaml", "--out", str(out), "--quiet", env=cli_env)
+    proc = robench_cli("run", "suites/smoke.yaml", "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
 
     results = pd.read_csv(out / "results.csv")
@@ -42,19 +34,19 @@ def test_smoke_suite_end_to_end(tmp_path, cli_env):
     assert (out / "leaderboard.md").read_text().startswith("# Leaderboard: smoke")
     assert (out / "run.json").exists()
 
-    printed = robench("leaderboard", str(out / "results.csv"), env=cli_env)
+    printed = robench_cli("leaderboard", str(out / "results.csv"))
     assert printed.returncode == 0 and "| none" in printed.stdout
 
 
-def test_list_shows_plugins(cli_env):
-    proc = robench("list", env=cli_env)
+def test_list_shows_plugins(robench_cli):
+    proc = robench_cli("list")
     assert proc.returncode == 0
     for name in ("mnist", "lenet5", "fgsm", "pgd", "none"):
         assert f"  {name} " in proc.stdout
 
 
-def test_version(cli_env):
-    proc = robench("--version", env=cli_env)
+def test_version(robench_cli):
+    proc = robench_cli("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("robench ")
 
 
@@ -67,3 +59,19 @@ def test_every_command_has_help_with_an_example(command):
     result = CliRunner().invoke(app, [command, "--help"])
     assert result.exit_code == 0
     assert "Example: robench " + command in " ".join(result.output.split())
+
+
+@pytest.mark.slow
+def test_run_leaderboard_and_report_share_one_finalize(tmp_path, plugin_env, robench_subprocess):
+    suite = tmp_path / "s.yaml"
+    suite.write_text(reuse_suite(REUSE_DEFENSES[:1], REUSE_ATTACKS[:2]))
+    out = tmp_path / "o"
+    run_logged(robench_subprocess, suite, out, plugin_env)
+    files = ("checks.csv", "leaderboard.csv", "leaderboard.md", "report.md")
+    written = {name: (out / name).read_bytes() for name in files}
+    assert "input_gradients" in written["checks.csv"].decode()  # model diagnostics included
+    assert robench_subprocess("leaderboard", str(out / "results.csv"),
+                              env=plugin_env).returncode == 0
+    assert robench_subprocess("report", str(out), env=plugin_env).returncode == 0
+    for name in files:
+        assert (out / name).read_bytes() == written[name], name

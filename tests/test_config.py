@@ -45,6 +45,7 @@ def test_valid_suite_loads_with_defaults():
     assert plan.attacks[1].params.steps == 5 and plan.attacks[1].params.restarts == 1
 
 
+@pytest.mark.slow
 def test_shipped_suites_are_valid():
     from pathlib import Path
 

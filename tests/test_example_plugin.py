@@ -81,6 +81,7 @@ def test_installed_plugin_is_listed_and_runs_in_a_suite(tmp_path, plugin_env):
     assert list(noisy["step"]) == [1] and 0.5 < noisy["value"].iloc[0] <= 1.0
 
 
+@pytest.mark.slow
 def test_plugin_params_are_validated_at_suite_load(tmp_path, plugin_env):
     suite = tmp_path / "bad.yaml"
     suite.write_text(SUITE.replace("sigma: 0.3", "sigma: -1.0"))

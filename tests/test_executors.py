@@ -64,11 +64,6 @@ attacks: [{name: fgsm, eps: [0.1]}]
 """
 
 
-def robench(*args, env, timeout=600):
-    return subprocess.run([sys.executable, "-m", "robench.cli", *args], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=timeout)
-
-
 def auth_env() -> dict[str, str | None]:
     return {name: os.environ.get(name) for name in AUTH_VARS}
 
@@ -152,6 +147,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("address", [f"127.0.0.1:{free_port()}", "203.0.113.1:6379",
                                      f"ray://127.0.0.1:{free_port()}"],
                          ids=["refused", "blackhole", "client"])
@@ -193,6 +189,7 @@ def test_temp_root_keeps_unix_socket_paths_short(monkeypatch):
 
 
 # -- the serial reference ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_serial_run_does_not_import_ray(tmp_path, cli_env):
     suite = tmp_path / "tiny.yaml"
     suite.write_text(TINY)
@@ -230,18 +227,18 @@ def test_chunks_of_whole_batches_give_the_unchunked_outcomes(mnist, trained_lene
 
 # -- Ray end to end ---------------------------------------------------------------------------
 @pytest.mark.slow
-def test_ray_run_gives_the_serial_results(tmp_path, ray_address, cli_env):
+def test_ray_run_gives_the_serial_results(tmp_path, ray_address, cli_env, robench_subprocess):
     suite = tmp_path / "executors.yaml"
     suite.write_text(SUITE)
     serial, ray = tmp_path / "serial", tmp_path / "ray"
     # tasks run with one torch thread: the serial reference does too (same float order)
     env = dict(cli_env, OMP_NUM_THREADS="1")
-    proc = robench("run", str(suite), "--out", str(serial), "--quiet",
-                   env=dict(env, ROBENCH_CACHE_DIR=str(tmp_path / "cache-serial")))
+    proc = robench_subprocess("run", str(suite), "--out", str(serial), "--quiet",
+                              env=dict(env, ROBENCH_CACHE_DIR=str(tmp_path / "cache-serial")))
     assert proc.returncode == 0, proc.stderr
-    proc = robench("run", str(suite), "--out", str(ray), "--quiet", "--executor", "ray",
-                   "--address", ray_address,
-                   env=dict(env, ROBENCH_CACHE_DIR=str(tmp_path / "cache-ray")))
+    proc = robench_subprocess("run", str(suite), "--out", str(ray), "--quiet", "--executor",
+                              "ray", "--address", ray_address,
+                              env=dict(env, ROBENCH_CACHE_DIR=str(tmp_path / "cache-ray")))
     assert proc.returncode == 0, proc.stderr
 
     a = pd.read_csv(serial / "results.csv").drop(columns=TIMING_COLUMNS)
@@ -260,12 +257,12 @@ def test_ray_run_gives_the_serial_results(tmp_path, ray_address, cli_env):
 
 
 @pytest.mark.slow
-def test_cuda_on_a_cluster_without_gpus(tmp_path, ray_address, cli_env):
+def test_cuda_on_a_cluster_without_gpus(tmp_path, ray_address, cli_env, robench_subprocess):
     suite = tmp_path / "tiny.yaml"
     suite.write_text(TINY)
     out = tmp_path / "out"
-    proc = robench("run", str(suite), "--out", str(out), "--executor", "ray", "--address",
-                   ray_address, "--device", "cuda", env=cli_env)
+    proc = robench_subprocess("run", str(suite), "--out", str(out), "--executor", "ray",
+                              "--address", ray_address, "--device", "cuda", env=cli_env)
     assert proc.returncode == 2, proc.stderr
     line = one_error_line(proc.stderr)
     assert "--device:" in line and "the Ray cluster has no GPU" in line
@@ -331,13 +328,15 @@ def test_kill_9_of_the_driver_then_resume(tmp_path, cli_env):
         shutil.rmtree(short, ignore_errors=True)  # the killed run's Ray logs
 
 
-def test_unreachable_address_is_one_line_in_a_real_process(tmp_path, cli_env):
+@pytest.mark.slow
+def test_unreachable_address_is_one_line_in_a_real_process(tmp_path, cli_env,
+                                                           robench_subprocess):
     """Ray's C++ client writes its own log lines to stderr: none may get through."""
     suite = tmp_path / "tiny.yaml"
     suite.write_text(TINY)
     out = tmp_path / "out"
-    proc = robench("run", str(suite), "--out", str(out), "--executor", "ray", "--address",
-                   "203.0.113.1:6379", env=cli_env, timeout=120)
+    proc = robench_subprocess("run", str(suite), "--out", str(out), "--executor", "ray",
+                              "--address", "203.0.113.1:6379", env=cli_env, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     line = one_error_line(proc.stderr)
     assert "--address: cannot reach a Ray cluster at 203.0.113.1:6379" in line

@@ -1,29 +1,67 @@
-"""The module graph of robench has no import circle: every ``import`` and ``from ... import`` in
-the source of every robench module (inside functions and ``TYPE_CHECKING`` blocks too), read
-from the files, not by importing them. A circle would make a module's meaning depend on which
-of the two was imported first; the executors and the recorder meet through protocols
-(``robench.executors.base``) for that reason."""
+"""robench's modules: every one imports (the fast lane, ``pytest -m 'not slow'``, skips the
+end-to-end tests, so this is what still catches a module that no longer imports), and the module
+graph has no import circle: every ``import`` and ``from ... import`` in the source of every
+robench module (inside functions and ``TYPE_CHECKING`` blocks too), read from the files. A circle
+would make a module's meaning depend on which of the two was imported first; the executors and
+the recorder meet through protocols (``robench.executors.base``) for that reason."""
 
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.util
+import pkgutil
 from pathlib import Path
+
+import pytest
 
 from .conftest import REPO
 
-#: robench's packages and the folders they are installed from (pyproject's package-dir)
-PACKAGES = {"robench": "harness", "robench.attacks": "attacks", "robench.defenses": "defenses",
-            "robench.defenses.unlearning": "defenses/unlearning",
-            "robench.executors": "harness/executors"}
+#: robench's subpackages live in their own folders (attacks/, defenses/; see pyproject's
+#: package-dir), so walking robench's own folder does not reach them
+ROOTS = ("robench", "robench.attacks", "robench.defenses")
+#: the source folders pyproject installs under the robench namespace
+SOURCE_FOLDERS = ("harness", "attacks", "defenses")
+
+
+def all_modules() -> list[str]:
+    names = set(ROOTS)
+    for root in ROOTS:
+        package = importlib.import_module(root)
+        names.update(info.name for info in pkgutil.walk_packages(package.__path__, root + "."))
+    return sorted(names)
+
+
+MODULES = all_modules()
 
 
 def modules() -> dict[str, Path]:
     """Every robench module name and its source file."""
     found = {}
-    for package, folder in PACKAGES.items():
-        for path in sorted((REPO / folder).glob("*.py")):
-            found[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+    for name in MODULES:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None, name
+        found[name] = Path(spec.origin)
     return found
+
+
+def test_every_package_is_walked():
+    for name in ("robench.cli", "robench.attacks.fgsm", "robench.defenses.unlearning",
+                 "robench.checks.run", "robench.report.html", "robench.outdir.folder",
+                 "robench.executors.serial"):
+        assert name in MODULES, name
+
+
+def test_every_source_file_is_an_installed_module():
+    """A .py file in a folder pyproject does not list as a package would not be installed."""
+    installed = {path.resolve() for path in modules().values()}
+    sources = {p.resolve() for folder in SOURCE_FOLDERS for p in (REPO / folder).rglob("*.py")}
+    assert sources <= installed, sorted(map(str, sources - installed))
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_imports(name):
+    importlib.import_module(name)
 
 
 def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:

@@ -40,6 +40,7 @@ def test_l2_random_start_is_in_the_ball_and_per_image():
     assert torch.allclose(attack.random_start(x[4:], 2.0), start[4:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eps", [0.5, 2.0])
 def test_fgm_l2_matches_art_and_stays_in_ball(trained_lenet, batch, eps):
     x, y = batch
@@ -63,6 +64,7 @@ def test_fgm_is_not_fgsm(trained_lenet, batch):
     assert _l2(l2 - x).max() <= 0.3 + 1e-5 < _l2(linf - x).mean()
 
 
+@pytest.mark.slow
 def test_pgd_l2_matches_torchattacks_and_art(trained_lenet, batch):
     x, y = batch[0][:300], batch[1][:300]
     params = {"norm": "l2", "steps": 10, "alpha": 0.3, "random_start": False}
@@ -88,6 +90,7 @@ def test_pgd_l2_matches_torchattacks_and_art(trained_lenet, batch):
     assert (per_image <= 1e-3).float().mean().item() >= 0.98
 
 
+@pytest.mark.slow
 def test_pgd_l2_random_start_and_strength(trained_lenet, batch):
     x, y = batch[0][:300], batch[1][:300]
     pgd = create_attack("pgd", trained_lenet, {"norm": "l2", "steps": 20, "alpha": 0.25},
@@ -102,6 +105,7 @@ def test_pgd_l2_random_start_and_strength(trained_lenet, batch):
     assert torch.equal(x_pgd, again)
 
 
+@pytest.mark.slow
 def test_square_and_autoattack_l2_stay_in_ball(trained_lenet, batch):
     x, y = batch[0][:40], batch[1][:40]
     sq = create_attack("square", trained_lenet, {"norm": "l2", "n_queries": 100}, seed=0)

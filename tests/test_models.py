@@ -4,8 +4,6 @@ of docs/adding_a_model.md, registered through the robench.models entry point."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from collections import namedtuple
 from pathlib import Path
 
@@ -61,6 +59,7 @@ def test_mnist_cnn_fresh_init_reproduces_its_seeded_construction():
         assert torch.equal(tensor, fresh.state_dict()[name]), name
 
 
+@pytest.mark.slow
 def test_mnist_cnn_learns_mnist(mnist):
     torch.manual_seed(0)
     model = MnistCNN()
@@ -124,9 +123,9 @@ def test_select_output_errors_say_what_the_model_returned(output, key, fragment)
      "returns a tensor of shape (2, 5) (torch.float32); expected float logits of shape (2, 10)"),
     (nn.Conv2d(3, 8, 3), None, "model.name", "fails on (2, 1, 28, 28) inputs in [0, 1]"),
 ])
-def test_check_logits_names_the_key_to_fix(mnist, model, logits, where, fragment):
+def test_check_logits_names_the_key_to_fix(synthetic, model, logits, where, fragment):
     with pytest.raises(UserError) as caught:
-        check_logits(model, mnist.test.images[:2], 10, "m", logits, "s.yaml")
+        check_logits(model, synthetic.test.images[:2], 10, "m", logits, "s.yaml")
     assert caught.value.where == f"s.yaml: {where}"
     assert fragment in caught.value.message
 
@@ -158,22 +157,19 @@ SUITE = {"name": "tiny", "seed": 0, "data": {"dataset": "mnist", "eval_limit": 2
          "attacks": [{"name": "fgsm", "eps": [0.0, 0.1]}]}
 
 
-def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "robench.cli", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.slow
-def test_doc_example_model_registers_through_its_entry_point_and_runs(tmp_path, cli_env):
+def test_doc_example_model_registers_through_its_entry_point_and_runs(tmp_path, cli_env,
+                                                                     robench_subprocess):
     env = plugin_site(tmp_path, "tiny_models", doc_example(), "robench.models",
                       "tiny_net = tiny_models:TinyNet", cli_env)
-    listed = _cli(["list"], env, tmp_path)
+    listed = robench_subprocess("list", env=env, cwd=tmp_path, timeout=300)
     assert listed.returncode == 0, listed.stderr
     assert any("tiny_net" in ln and "two-layer MLP" in ln for ln in listed.stdout.splitlines())
 
     suite = tmp_path / "tiny.yaml"
     suite.write_text(yaml.safe_dump(SUITE))
-    ran = _cli(["run", str(suite), "--out", str(tmp_path / "out"), "--quiet"], env, tmp_path)
+    ran = robench_subprocess("run", str(suite), "--out", str(tmp_path / "out"), "--quiet",
+                             env=env, cwd=tmp_path, timeout=300)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     rows = pd.read_csv(tmp_path / "out" / "results.csv").sort_values("eps")
     assert list(rows["model"]) == ["tiny_net"] * 2
@@ -182,12 +178,14 @@ def test_doc_example_model_registers_through_its_entry_point_and_runs(tmp_path, 
     assert attacked < clean - 0.1            # and FGSM's gradient flows through it
 
 
-def test_doc_example_without_logits_stops_before_writing(tmp_path, cli_env):
+@pytest.mark.slow
+def test_doc_example_without_logits_stops_before_writing(tmp_path, cli_env, robench_subprocess):
     env = plugin_site(tmp_path, "tiny_models", doc_example(), "robench.models",
                       "tiny_net = tiny_models:TinyNet", cli_env)
     suite = tmp_path / "tiny.yaml"
     suite.write_text(yaml.safe_dump({**SUITE, "model": {"name": "tiny_net"}}))
-    ran = _cli(["run", str(suite), "--out", str(tmp_path / "out")], env, tmp_path)
+    ran = robench_subprocess("run", str(suite), "--out", str(tmp_path / "out"), env=env,
+                             cwd=tmp_path, timeout=300)
     assert ran.returncode == 2, ran.stdout + ran.stderr
     assert ran.stderr.strip() == (
         f"robench: error: {suite}: model.name: model 'tiny_net' returns a dict with keys "

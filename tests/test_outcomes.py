@@ -60,12 +60,7 @@ def test_eps_zero_goes_through_the_attack_path(trained_lenet, batch):
 
 
 @pytest.mark.slow
-def test_outcomes_parquet_matches_results_and_is_verified_on_resume(tmp_path, cli_env):
-    import subprocess
-    import sys
-
-    from .conftest import REPO
-
+def test_outcomes_parquet_matches_results_and_is_verified_on_resume(tmp_path, robench_cli):
     suite = tmp_path / "s.yaml"
     suite.write_text("name: o\ndata: {dataset: mnist, eval_limit: 300}\ntrain: {epochs: 1}\n"
                      "attacks:\n  - name: fgsm\n    eps: [0.0, 0.1]\n"
@@ -74,9 +69,7 @@ def test_outcomes_parquet_matches_results_and_is_verified_on_resume(tmp_path, cl
     out = tmp_path / "out"
 
     def run():
-        proc = subprocess.run([sys.executable, "-m", "robench.cli", "run", str(suite), "--out",
-                               str(out), "--quiet"], env=cli_env, cwd=REPO,
-                              capture_output=True, text=True, timeout=600)
+        proc = robench_cli("run", str(suite), "--out", str(out), "--quiet")
         assert proc.returncode == 0, proc.stderr
         return (out / "run.log").read_text().split("suite o:")[-1]
 
@@ -102,9 +95,7 @@ def test_outcomes_parquet_matches_results_and_is_verified_on_resume(tmp_path, cl
     tampered.loc[pgd, "adv_correct"] = ~tampered.loc[pgd, "adv_correct"]
     tampered.to_parquet(out / "outcomes.parquet", index=False)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    proc = subprocess.run([sys.executable, "-m", "robench.cli", "run", str(suite), "--out",
-                           str(out), "--quiet"], env=cli_env, cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    proc = robench_cli("run", str(suite), "--out", str(out), "--quiet")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "files robench did not write: outcomes.parquet" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

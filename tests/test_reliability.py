@@ -35,11 +35,6 @@ def suite(tmp_path: Path, name: str = "s.yaml", n: int = 100, eps: str = "[0.0, 
     return path
 
 
-def robench(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "robench.cli", *args], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=600)
-
-
 def start_slow(tmp_path: Path, out: Path, env: dict[str, str]) -> subprocess.Popen:
     """A run long enough to be interrupted (PGD-1500 on 2000 images, every step on every image:
     on the untrained model the active set would finish almost at once; PGD-300 took 101 s on a
@@ -53,7 +48,7 @@ def start_slow(tmp_path: Path, out: Path, env: dict[str, str]) -> subprocess.Pop
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+def one_line_error(proc, code: int = 2) -> str:
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -67,39 +62,37 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_a_planted_link_is_never_written_through(tmp_path, cli_env):
+def test_a_planted_link_is_never_written_through(tmp_path, robench_cli):
     out, target = tmp_path / "out", tmp_path / "precious.txt"
     out.mkdir()
     target.write_text("keep me")
     (out / "run.log").symlink_to(target)
-    line = one_line_error(robench("run", str(suite(tmp_path)), "--out", str(out), env=cli_env))
+    line = one_line_error(robench_cli("run", str(suite(tmp_path)), "--out", str(out)))
     assert "run.log" in line
     assert target.read_text() == "keep me" and (out / "run.log").is_symlink()
 
 
 @pytest.mark.slow
-def test_a_foreign_folder_keeps_every_file(tmp_path, cli_env):
+def test_a_foreign_folder_keeps_every_file(tmp_path, robench_cli):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "results.csv").write_text("my own table\n")
     (out / "report.md").write_text("my notes\n")
     (out / ".draft.tmp").write_text("half a thesis\n")
     before = snapshot(out)
-    line = one_line_error(robench("run", str(suite(tmp_path)), "--out", str(out), "--force",
-                                  env=cli_env))
+    line = one_line_error(robench_cli("run", str(suite(tmp_path)), "--out", str(out), "--force"))
     assert "did not write" in line and "results.csv" in line and "report.md" in line
     assert snapshot(out) == before
 
 
 @pytest.mark.slow
-def test_a_changed_suite_moves_earlier_results_aside(tmp_path, cli_env):
+def test_a_changed_suite_moves_earlier_results_aside(tmp_path, robench_cli):
     out = tmp_path / "out"
-    assert robench("run", str(suite(tmp_path)), "--out", str(out), "-q",
-                   env=cli_env).returncode == 0
+    assert robench_cli("run", str(suite(tmp_path)), "--out", str(out), "-q").returncode == 0
     first = (out / "results.csv").read_text()
     # another eps list into the same folder: the dropped cell (eps 0) survives in previous-*/
     changed = suite(tmp_path, "changed.yaml", eps="[0.1, 0.2]")
-    assert robench("run", str(changed), "--out", str(out), "-q", env=cli_env).returncode == 0
+    assert robench_cli("run", str(changed), "--out", str(out), "-q").returncode == 0
     aside = [p for p in out.iterdir() if p.name.startswith("previous-")]
     assert len(aside) == 1 and (aside[0] / "results.csv").read_text() == first
     rows = pd.read_csv(out / "results.csv")
@@ -113,15 +106,14 @@ def test_a_changed_suite_moves_earlier_results_aside(tmp_path, cli_env):
 
 
 @pytest.mark.slow
-def test_two_runs_into_one_folder_one_is_refused(tmp_path, cli_env):
+def test_two_runs_into_one_folder_one_is_refused(tmp_path, cli_env, robench_cli):
     out = tmp_path / "out"
     first = start_slow(tmp_path, out, cli_env)
     try:
         deadline = time.time() + 120
         while not (out / "run.json").exists() and time.time() < deadline:
             time.sleep(0.1)
-        line = one_line_error(robench("run", str(suite(tmp_path)), "--out", str(out),
-                                      env=cli_env))
+        line = one_line_error(robench_cli("run", str(suite(tmp_path)), "--out", str(out)))
         assert "another robench run is writing this folder" in line
     finally:
         first.send_signal(signal.SIGINT)
@@ -145,41 +137,43 @@ def test_sigterm_prints_what_was_kept(tmp_path, cli_env):
     assert len(pd.read_csv(out / "results.csv")) == 2
 
 
-def test_a_broken_plugin_leaves_other_commands_working(tmp_path, cli_env):
+@pytest.mark.slow
+def test_a_broken_plugin_leaves_other_commands_working(tmp_path, cli_env, robench_subprocess):
     env = plugin_site(tmp_path, "robench_broken_plugin",
                       "raise ImportError('no module named x')\n", "robench.attacks",
                       "broken = robench_broken_plugin:Broken", cli_env)
-    listed = robench("list", env=env)
+    listed = robench_subprocess("list", env=env)
     assert listed.returncode == 0 and "fgsm" in listed.stdout
     assert "broken" in listed.stdout and "UNUSABLE" in listed.stdout
     uses = tmp_path / "uses.yaml"
     uses.write_text("name: u\nattacks: [{name: broken, eps: [0.1]}]\n")
-    line = one_line_error(robench("run", str(uses), "--out", str(tmp_path / "o"), env=env))
+    line = one_line_error(robench_subprocess("run", str(uses), "--out", str(tmp_path / "o"),
+                                             env=env))
     assert "broken" in line and "failed to load" in line
     assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow
-def test_changed_settings_and_foreign_targets_never_lose_results(tmp_path, cli_env):
+def test_changed_settings_and_foreign_targets_never_lose_results(tmp_path, robench_cli):
     out, other = tmp_path / "out", tmp_path / "other"
     s = suite(tmp_path)
-    assert robench("run", str(s), "--out", str(out), "-q", env=cli_env).returncode == 0
+    assert robench_cli("run", str(s), "--out", str(out), "-q").returncode == 0
     first = (out / "results.csv").read_text()
     # the same cells with other settings (fewer images): earlier results are moved aside
-    assert robench("run", str(s), "--out", str(out), "-q", "--eval-limit", "50",
-                   env=cli_env).returncode == 0
+    assert robench_cli("run", str(s), "--out", str(out), "-q", "--eval-limit",
+                       "50").returncode == 0
     aside = [p for p in out.iterdir() if p.name.startswith("previous-")]
     assert len(aside) == 1 and (aside[0] / "results.csv").read_text() == first
     assert set(pd.read_csv(out / "results.csv")["n"]) == {50}
     # a leaderboard into another run's folder would overwrite that run's report: refused
-    assert robench("run", str(s), "--out", str(other), "-q", env=cli_env).returncode == 0
+    assert robench_cli("run", str(s), "--out", str(other), "-q").returncode == 0
     before = snapshot(other)
-    line = one_line_error(robench("leaderboard", str(out / "results.csv"), "--out",
-                                  str(other), env=cli_env))
+    line = one_line_error(robench_cli("leaderboard", str(out / "results.csv"), "--out",
+                                      str(other)))
     assert "another run's results.csv" in line and snapshot(other) == before
     # compare --out never overwrites a file, nor writes into a results folder
-    line = one_line_error(robench("compare", str(out), str(other), "--out",
-                                  str(other / "results.csv"), env=cli_env))
+    line = one_line_error(robench_cli("compare", str(out), str(other), "--out",
+                                      str(other / "results.csv")))
     assert "exists" in line and snapshot(other) == before
 
 

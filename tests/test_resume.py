@@ -6,7 +6,14 @@ import sys
 import pandas as pd
 import pytest
 
-from .conftest import REPO, kill_when_written
+from .conftest import (
+    REPO,
+    REUSE_ATTACKS,
+    REUSE_DEFENSES,
+    kill_when_written,
+    reuse_suite,
+    run_logged,
+)
 
 SUITE = """
 name: resume
@@ -78,3 +85,25 @@ def test_same_seed_same_results_and_warm_rerun(tmp_path, cli_env):
     log = (a / "run.log").read_text().split("suite resume:")[-1]
     assert "loaded from cache" in log and log.count("already in results.csv") == 3
     assert (a / "results.csv").stat().st_mtime_ns == stamp  # not even rewritten
+
+
+@pytest.mark.slow
+def test_a_resume_keeps_the_suite_order_of_rows_and_leaderboard_columns(tmp_path, robench_cli):
+    # a resume re-runs stale cells after the others; results.csv and the leaderboard still
+    # list them in the suite's order (pgd before fgsm here)
+    suite = tmp_path / "s.yaml"
+    suite.write_text(reuse_suite(REUSE_DEFENSES[:1], [REUSE_ATTACKS[1], REUSE_ATTACKS[0]]))
+    out = tmp_path / "o"
+    run_logged(robench_cli, suite, out)
+    keys = ["defense", "attack", "eps"]
+    rows = pd.read_csv(out / "results.csv")[keys]
+    header = (out / "leaderboard.csv").read_text().splitlines()[0]
+    assert header.index("pgd@") < header.index("fgsm@")
+
+    suite.write_text(suite.read_text().replace("steps: 3", "steps: 4"))  # pgd's cell is stale
+    run_logged(robench_cli, suite, out)
+    resumed = (out / "run.log").read_text().split("suite reuse:")[-1]  # a new suite: new log
+    assert "[none] pgd robust accuracy" in resumed
+    assert "[none] fgsm: already in results.csv, skipped" in resumed
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv")[keys], rows)
+    assert (out / "leaderboard.csv").read_text().splitlines()[0] == header

@@ -4,9 +4,6 @@ fails before anything is written."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,7 +17,14 @@ from robench.plan import resolve_raw
 from robench.runner import RunOptions, apply_overrides
 from robench.stats import mcnemar_exact, newcombe_interval, paired_over_seeds, wilson_interval
 
-from .conftest import REPO, result_row
+from .conftest import (
+    REUSE_ATTACKS,
+    REUSE_DEFENSES,
+    numbers,
+    result_row,
+    reuse_suite,
+    run_logged,
+)
 
 ATTACKS = [{"name": "fgsm", "eps": [0.1]}, {"name": "pgd", "eps": [0.1], "limit": 50}]
 
@@ -66,13 +70,11 @@ def test_command_line_seeds_replace_the_suites():
     ("data: {validation_size: 60000}\nattacks:\n  - {name: fgsm, eps: [0.1]}\n",
      "data.validation_size: validation_size 60000 leaves no training images"),
 ])
-def test_sizes_the_data_lacks_fail_before_anything_is_written(tmp_path, cli_env, text, key):
+def test_sizes_the_data_lacks_fail_before_anything_is_written(tmp_path, robench_cli, text, key):
     path = tmp_path / "s.yaml"
     path.write_text("name: s\n" + text)
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "robench.cli", "run", str(path), "--out",
-                           str(out), "--quiet"], env=cli_env, cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    proc = robench_cli("run", str(path), "--out", str(out), "--quiet")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{path}: {key}" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
@@ -211,16 +213,14 @@ def test_compare_pairs_seed_by_seed(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_seed_run_end_to_end(tmp_path, cli_env):
+def test_two_seed_run_end_to_end(tmp_path, robench_cli):
     path = tmp_path / "s.yaml"
     path.write_text("name: s\nseeds: [0, 1]\ndata: {eval_limit: 200, validation_size: 1000}\n"
                     "train: {epochs: 1}\ndefenses:\n  - name: none\n"
                     "  - name: bit_depth_reduction\n    params: {bits: 4}\n"
                     "attacks:\n  - {name: fgsm, eps: [0.1, 0.2]}\n")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "robench.cli", "run", str(path), "--out",
-                           str(out), "--quiet"], env=cli_env, cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    proc = robench_cli("run", str(path), "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
     results = pd.read_csv(out / "results.csv")
     assert sorted(set(results["seed"])) == [0, 1] and len(results) == 2 * 2 * 2
@@ -237,3 +237,23 @@ def test_two_seed_run_end_to_end(tmp_path, cli_env):
     assert (board["seeds"] == 2).all()
     log = (out / "run.log").read_text()
     assert "seed 0" in log and "seed 1" in log
+
+
+def test_seeds_derive_from_labels_not_positions():
+    from robench.seeds import derive_seed
+
+    assert derive_seed(7) == 7
+    assert derive_seed(7, "attack", "pgd") == derive_seed(7, "attack", "pgd")
+    assert derive_seed(7, "attack", "pgd") != derive_seed(7, "attack", "fgsm")
+    assert derive_seed(7, "attack", "pgd") != derive_seed(8, "attack", "pgd")
+    assert 0 <= derive_seed(2**62, "x") < 2**31
+
+
+@pytest.mark.slow
+def test_reordering_a_suite_changes_no_number(tmp_path, plugin_env, robench_subprocess):
+    forward, backward = tmp_path / "f.yaml", tmp_path / "b.yaml"
+    forward.write_text(reuse_suite())
+    backward.write_text(reuse_suite(REUSE_DEFENSES[::-1], REUSE_ATTACKS[::-1]))
+    run_logged(robench_subprocess, forward, tmp_path / "f", plugin_env)
+    run_logged(robench_subprocess, backward, tmp_path / "b", plugin_env)
+    pd.testing.assert_frame_equal(numbers(tmp_path / "f"), numbers(tmp_path / "b"))

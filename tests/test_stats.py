@@ -199,6 +199,7 @@ def test_seed_interval_rejects_bad_input(values, kwargs):
         seed_interval(values, **kwargs)
 
 
+@pytest.mark.slow
 def test_a_run_loads_scipy_only_when_a_statistic_needs_it() -> None:
     # scipy.stats is 61 MB of resident memory that a run needs only after its last cell
     code = ("import sys, robench.cli, robench.runner, robench.stats as s; "

@@ -65,6 +65,7 @@ def test_default_fgsm_forget_set_is_the_documented_one(mnist, trained_lenet, mon
     assert torch.equal(data.forget_true_labels, y[wrong])
 
 
+@pytest.mark.slow
 def test_pgd_forget_set_fools_the_model_more_often(mnist, trained_lenet, monkeypatch):
     fgsm, _ = _first_round(mnist, trained_lenet, monkeypatch)
     pgd, _ = _first_round(mnist, trained_lenet, monkeypatch, attack="pgd")
@@ -74,6 +75,7 @@ def test_pgd_forget_set_fools_the_model_more_often(mnist, trained_lenet, monkeyp
     assert not (pgd.forget.labels == pgd.forget_true_labels).any()
 
 
+@pytest.mark.slow
 def test_pgd_examples_are_pgd_at_each_images_own_eps(mnist, trained_lenet):
     """Per image: the documented PGD (10 steps of 2.5 * eps / 10, random start from the seed and
     the image's id, the final iterate) at that image's eps only, whatever the other images'

@@ -4,9 +4,6 @@ its metrics, and the real CLI end to end on ``suites/unlearning_small.yaml``."""
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -122,6 +119,7 @@ def _context(mnist, model, params: dict, seed: int = 0) -> DefenseContext:
                           device=torch.device("cpu"), train_config=TrainConfig(epochs=1))
 
 
+@pytest.mark.slow
 def test_rounds_log_every_metric_computed_on_the_current_model(mnist, trained_lenet):
     params = {"rounds": 2, "forget_size": 200, "retain_size": 500, "eps": [0.1, 0.3],
               "method": "neggrad_plus"}
@@ -192,6 +190,7 @@ def test_the_method_receives_the_documented_forget_and_retain_sets(mnist, traine
         previous_retain = clean_part
 
 
+@pytest.mark.slow
 def test_same_seed_same_defended_model(mnist, trained_lenet):
     params = {"rounds": 1, "forget_size": 100, "retain_size": 300, "method": "random_label"}
     models = []
@@ -205,15 +204,9 @@ def test_same_seed_same_defended_model(mnist, trained_lenet):
 # -- end to end -----------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_unlearning_small_suite_end_to_end(tmp_path):
-    env = dict(os.environ)
-    if not env.get("ROBENCH_DATA_DIR"):
-        env["ROBENCH_DATA_DIR"] = str(Path(__file__).resolve().parents[2] / "shared" / "data")
-    env["ROBENCH_CACHE_DIR"] = str(tmp_path / "cache")
+def test_unlearning_small_suite_end_to_end(tmp_path, robench_cli):
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "robench.cli", "run", "suites/unlearning_small.yaml", "--out",
-         str(out), "--quiet"], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    proc = robench_cli("run", "suites/unlearning_small.yaml", "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
 
     defenses = ["none", "unlearning", "unlearning:scrub"]

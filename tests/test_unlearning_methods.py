@@ -71,7 +71,9 @@ def test_registry_lists_every_method_with_a_description():
         assert line and "et al" in line, name  # robench list shows a one-liner citing the paper
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.slow) if name in ("scrub", "ssd") else name
+    for name in METHODS])
 def test_every_method_changes_the_model_and_returns_it_clean(name, trained_lenet, task):
     student, _ = run(name, trained_lenet, task)
     assert not student.training
@@ -149,6 +151,7 @@ def test_neggrad_stops_once_every_forget_example_is_past_the_bound(trained_lenet
     assert busy.steps == math.ceil(len(task.forget) / CFG.batch_size)
 
 
+@pytest.mark.slow
 def test_neggrad_plus_with_beta_one_is_exactly_finetune(trained_lenet, task):
     finetuned, _ = run("finetune", trained_lenet, task, epochs=2)
     plus, _ = run("neggrad_plus", trained_lenet, task, epochs=2, beta=1.0)
@@ -176,6 +179,7 @@ def test_random_other_labels_never_draw_an_excluded_class():
     assert seen == set(range(10)) - {3, 7}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["random_label", "salun"])
 def test_random_label_training_never_uses_the_true_or_forget_label(name, trained_lenet, task,
                                                                     monkeypatch):
@@ -201,6 +205,7 @@ def test_random_label_training_never_uses_the_true_or_forget_label(name, trained
 
 # -- SCRUB ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_scrub_moves_away_from_the_teacher_on_forget_and_stays_close_on_retain(trained_lenet,
                                                                               task):
     # pure distillation (gamma 0) isolates SCRUB's two KL terms; a constant lr, no weight
@@ -233,6 +238,7 @@ def test_scrub_defaults_are_the_reference_small_scale_setting():
     assert UNLEARNING_METHODS.get("scrub").Params().model_dump() == SCRUB_SMALL_SCALE
 
 
+@pytest.mark.slow
 def test_scrub_runs_the_reference_schedule(trained_lenet, task, monkeypatch):
     cls = UNLEARNING_METHODS.get("scrub")
     seen: list[tuple[int, str, int, float]] = []
@@ -299,6 +305,7 @@ def _fisher(model, images, labels, batch_size):
     return [t / count for t in total]
 
 
+@pytest.mark.slow
 def test_ssd_dampens_exactly_the_selected_parameters(trained_lenet, task):
     alpha, lam = 10.0, 1.0
     student, method = run("ssd", trained_lenet, task, alpha=alpha, lam=lam)

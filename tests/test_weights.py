@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -207,14 +205,13 @@ def test_empty_weights_path_is_a_schema_error(tmp_path):
         resolve_raw(suite_raw(""), str(tmp_path / "s.yaml"))
 
 
-def test_cli_wrong_architecture_exits_2_before_writing(tmp_path, cli_env):
+def test_cli_wrong_architecture_exits_2_before_writing(tmp_path, cli_env, robench_cli):
     torch.save(lenet_state(0), tmp_path / "lenet.pt")
     suite = tmp_path / "s.yaml"
     suite.write_text(yaml.safe_dump(suite_raw("lenet.pt", model="mnist_cnn")))
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "robench.cli", "run", str(suite), "--out",
-                           str(out)], env=dict(cli_env, OMP_NUM_THREADS="1"),
-                          capture_output=True, text=True, timeout=300)
+    done = robench_cli("run", str(suite), "--out", str(out),
+                       env=dict(cli_env, OMP_NUM_THREADS="1"))
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{suite}: model.weights: checkpoint does not fit model " \
