@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -27,6 +27,9 @@ from pydantic import (
 from robench.eps import canonical_eps
 from robench.errors import UserError, key_path
 from robench.training import TrainConfig
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 #: the largest eps of any norm: the L2 diameter of [0, 1]^784 (an MNIST image) is 28; the
 #: norm-specific limits (L-inf eps <= 1, an L2 warning above the dataset's sensible range) are
@@ -141,7 +144,8 @@ class Suite(_Strict):
                         ) -> list[int] | None:
         if values is not None and info.data.get("seed") is not None:
             raise ValueError("give either `seed` or `seeds`, not both")
-        repeated = sorted({s for s in values or [] if values.count(s) > 1})
+        seeds = values or []
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
         if repeated:
             raise ValueError(f"seed {', '.join(map(str, repeated))} listed twice")
         return values
@@ -161,7 +165,7 @@ class Suite(_Strict):
         return value
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: ErrorDetails) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return "unknown key"

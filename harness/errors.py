@@ -69,9 +69,9 @@ def interrupts_deferred() -> Iterator[None]:
         raise
     finally:
         _restore(previous, hold)
-        for signum in dict.fromkeys(pending):
+        for held in dict.fromkeys(pending):
             if not failed:
-                signal.raise_signal(signum)  # now through the handler the run had before
+                signal.raise_signal(held)  # now through the handler the run had before
 
 
 def _restore(previous: dict[int, Any], hold: Any) -> None:

@@ -185,9 +185,10 @@ def _verified(cells: pd.DataFrame, outcomes: RobustPerImage | None) -> float:
 def _verified_one_seed(cells: pd.DataFrame, outcomes: RobustPerImage | None, seed: int) -> float:
     if outcomes is not None:
         defense, eps = str(cells["defense"].iloc[0]), float(cells["eps"].iloc[0])
-        per_verifier = [outcomes.get(defense, a, eps, seed)
-                        for a in dict.fromkeys(cells["attack"].astype(str))]
-        if per_verifier and all(s is not None for s in per_verifier):
+        got = [outcomes.get(defense, a, eps, seed)
+               for a in dict.fromkeys(cells["attack"].astype(str))]
+        per_verifier = [s for s in got if s is not None]
+        if per_verifier and len(per_verifier) == len(got):
             common = sorted(set.intersection(*(set(s.index) for s in per_verifier)))
             if common:
                 return float(pd.concat([s.reindex(common) for s in per_verifier], axis=1)

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -160,7 +160,7 @@ class OutcomeTable:
 
         def labels(i: int, name: str) -> pd.Categorical:
             # from codes: building it from a million repeated strings took seconds per flush
-            code = {c: n for n, c in enumerate(cats[name])}
+            code: dict[object, int] = {c: n for n, c in enumerate(cats[name])}
             codes = np.repeat(np.array([code[k[i]] for k in keys], dtype=np.int64), sizes)
             return pd.Categorical.from_codes(codes, categories=cats[name])
 
@@ -278,7 +278,7 @@ MAX_RUNS = 100_000
 MIN_RUN = 100
 
 
-def _cell(defense: object, attack: object, eps: object, seed: object) -> Cell | None:
+def _cell(defense: Any, attack: Any, eps: Any, seed: Any) -> Cell | None:
     """The cell of a row's keys; None for a missing label, an eps no run has, a seed that is
     not a whole number."""
     try:

@@ -24,7 +24,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -45,6 +45,9 @@ from robench.plan_hash import code_hash
 from robench.seeds import derive_seed
 from robench.training import TrainConfig, train
 from robench.weights import WeightsFile, weights_file
+
+if TYPE_CHECKING:
+    from robench.attacks.verifier import Verifier
 
 MAX_LABEL = 80
 
@@ -292,7 +295,8 @@ def _defenses(suite: Suite, source: str, baseline: BaselineSpec, seed: int
 
 def _attack_raw(entry: AttackEntry) -> dict[str, Any]:
     """What the user wrote for an attack entry, for automatic labels (limit/role included)."""
-    extra = {k: getattr(entry, k) for k in ("limit", "role") if k in entry.model_fields_set}
+    extra: dict[str, Any] = {k: getattr(entry, k) for k in ("limit", "role")
+                             if k in entry.model_fields_set}
     return {**entry.params, **extra}
 
 
@@ -414,7 +418,9 @@ def _check_verifiers(baseline: BaselineSpec, attacks: tuple[AttackSpec, ...],
         model = baseline.model_cls(num_classes=INSPECTED_CLASSES)
     for i, spec in verifiers:
         try:
-            spec.plugin.check_model(model, baseline.model, spec.params)
+            # family "verifier": a robench.attacks.verifier.Verifier subclass
+            verifier = cast("type[Verifier]", spec.plugin)
+            verifier.check_model(model, baseline.model, spec.params)
         except UserError as err:
             raise UserError(err.message, where=f"{source}: attacks[{i}]") from None
 

@@ -68,6 +68,8 @@ class Registry(Generic[T]):
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
+        if self.entry_point_group is None:  # no group: nothing to scan
+            return
         for ep in entry_points(group=self.entry_point_group):
             if ep.name in self._entries:
                 # a built-in or an already-imported plugin wins; no silent overwrite

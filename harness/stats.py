@@ -254,7 +254,8 @@ def paired_over_seeds(pairs: list[tuple[Any, Any]], z: float = Z95) -> dict[str,
         p_seeds = float(_scipy_stats().ttest_1samp(diffs, 0.0).pvalue)
     table = [float(((x > 0) & (y > 0)).sum()) / m for x, y in
              ((a, b), (a, 1 - b), (1 - a, b), (1 - a, 1 - b))]
-    lo, hi = newcombe_interval(*table, z=z)
+    both, only_a, only_b, neither = table
+    lo, hi = newcombe_interval(both, only_a, only_b, neither, z=z)
     return {"n": n, "seeds": m, "acc_a": float(a.mean()), "acc_b": float(b.mean()),
             "diff": float(mean), "b": worse, "c": better,
             "p_value": max(mcnemar_exact(worse, better), p_seeds),

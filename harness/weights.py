@@ -180,6 +180,6 @@ def _why(err: BaseException) -> str:
     return f"{type(err).__name__}: {_short(detail.group(1) if detail else text)}"
 
 
-def _short(err: BaseException, limit: int = 120) -> str:
+def _short(err: BaseException | str, limit: int = 120) -> str:
     text = " ".join(str(err).split())
     return text if len(text) <= limit else text[:limit] + "..."

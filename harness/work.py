@@ -27,7 +27,7 @@ class Work(NamedTuple):
     grad: float = 0.0
     forward: float = 0.0
 
-    def __add__(self, other: object) -> Work:  # type: ignore[override]
+    def __add__(self, other: object) -> Work:
         if not isinstance(other, Work):
             return NotImplemented
         return Work(self.train + other.train, self.grad + other.grad,

@@ -192,6 +192,7 @@ class RayCluster:
                                     f"; its logs: {self.temp_dir}",
                                     where="--jobs" if self.jobs else "--executor") from None
             else:
+                assert self.address is not None  # not local
                 if self.address.startswith(("http://", "https://")):
                     raise UserError(f"{self.address} is a web address (Ray's dashboard or job "
                                     "server); give the cluster's GCS address HOST:PORT (port "
@@ -250,7 +251,7 @@ class RayCluster:
         this run set it (as ``ray.init`` itself does when it turns token mode on)."""
         if not self._saved_env:
             return
-        config = getattr(getattr(ray, "_raylet", None), "Config", None)
+        config: Any = getattr(getattr(ray, "_raylet", None), "Config", None)
         if hasattr(config, "initialize"):
             config.initialize("")
 

@@ -207,6 +207,7 @@ class Manifest:
                 if listed:
                     m["temps"].remove(temp)
                 if changed:
+                    assert name is not None  # `changed` implies a name
                     put(m, name, previous)
 
             with suppress(OSError):

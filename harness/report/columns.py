@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import pandas as pd
 
@@ -115,8 +115,8 @@ def _worst_case(columns: list[BoardColumn]) -> WorstCase:
         if column.kind in ("worst", "worst_lo", "worst_hi"):
             side = column.kind.removeprefix("worst")     # "", "_lo" or "_hi"
             found.setdefault(column.eps_text, {})[side] = column.name
-    eps = sorted(((e, eps_value(e)) for e in found if "" in found[e]
-                  and eps_value(e) is not None), key=lambda t: t[1])
+    eps = sorted(((e, v) for e in found if "" in found[e]
+                  and (v := eps_value(e)) is not None), key=lambda t: t[1])
     worst = WorstCase(eps=[(e, float(v)) for e, v in eps],
                       column={e: cols[""] for e, cols in found.items() if "" in cols})
     for e, cols in found.items():
@@ -150,7 +150,8 @@ class BoardColumns:
                 attacks.setdefault(column.attack, AttackColumns(column.attack, [])).eps.append(
                     (column.eps_text, column.name))
         for label, entry in attacks.items():
-            entry.eps.sort(key=lambda t: eps_value(t[0]))
+            # eps_value of an attack column's eps text is never None (classify)
+            entry.eps.sort(key=lambda t: cast(float, eps_value(t[0])))
             mean = f"{label}_mean"
             if mean in parsed:
                 attacks[label] = AttackColumns(label, entry.eps, mean)

@@ -18,7 +18,7 @@ import hashlib
 import io
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -172,7 +172,9 @@ def _worst_case_figure(board: pd.DataFrame, results: pd.DataFrame, out: OutputFo
             if v is None:
                 continue
             color = {"fail": "#cf222e", "warn": "#9a6700"}.get(str(st), "#1f77b4")
-            err = None if lo is None else [[100 * max(v - lo, 0)], [100 * max(hi - v, 0)]]
+            # an interval has both ends or neither
+            err = (None if lo is None
+                   else [[100 * max(v - lo, 0)], [100 * max(cast(float, hi) - v, 0)]])
             ax.errorbar([100 * v], [yi], xerr=err, fmt="o", color=color, ms=5, capsize=3,
                         zorder=3, mfc=color if st != "fail" else "white")
         present = set(map(str, status))
@@ -201,10 +203,10 @@ def _worst_case_figure(board: pd.DataFrame, results: pd.DataFrame, out: OutputFo
         ax.plot(xs, [math.nan if v is None else 100 * v for v in ys],
                 label=labels[i], **style)
         if all(t in worst.lo for t, _ in worst.eps):
-            lo = [as_float(row.get(worst.lo[t])) for t, _ in worst.eps]
-            hi = [as_float(row.get(worst.hi[t])) for t, _ in worst.eps]
-            ax.fill_between(xs, [math.nan if v is None else 100 * v for v in lo],
-                            [math.nan if v is None else 100 * v for v in hi],
+            lows = [as_float(row.get(worst.lo[t])) for t, _ in worst.eps]
+            highs = [as_float(row.get(worst.hi[t])) for t, _ in worst.eps]
+            ax.fill_between(xs, [math.nan if v is None else 100 * v for v in lows],
+                            [math.nan if v is None else 100 * v for v in highs],
                             color=style["color"], alpha=0.15, lw=0)
     ax.set_xlabel("eps (L∞, input scale [0, 1])")
     ax.set_ylabel("worst-case accuracy (%)")
