@@ -1,9 +1,14 @@
 """robench: an adversarial-robustness benchmarking harness.
 
-The pipeline, one module each: suite (``config``) -> data/model (``data``, ``models``,
-``training``) -> defense (``robench.defenses``) -> attacks (``robench.attacks``, evaluated by
-``evaluation``) -> rows (``results``) -> leaderboard (``leaderboard``). ``runner`` ties them
-together; ``cli`` is the command line.
+The pipeline, in the order a run goes through it: suite (``config``) -> plan (``plan``,
+resolved once) -> data/model (``rundata``, ``data``, ``models``, ``training``) -> defense
+(``robench.defenses``) -> attacks (``robench.attacks``, evaluated by ``evaluation``) ->
+outcomes (``outcomes``) -> rows (``results``, verified on resume by ``resume``) -> checks
+(``robench.checks``) -> leaderboard (``leaderboard``) and report (``robench.report``).
+``runner`` starts a run: an executor (``robench.executors``: serial or Ray) runs the tasks
+(``tasks``) and reports to the recorder (``recorder``), which writes through the results
+folder (``robench.outdir``); ``finalize`` is the one post-run path; ``cli`` is the command
+line.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -23,8 +23,7 @@ from robench.outdir import OutputFolder
 from robench.progress import Reporter
 from robench.report import write_report
 from robench.results import read_results, write_csv
-
-DIAGNOSTICS_FILE = "diagnostics.json"
+from robench.run_files import DIAGNOSTICS_FILE
 
 
 def read_diagnostics(folder: Path) -> dict[str, dict[str, float]]:

@@ -25,11 +25,11 @@ import pyarrow.parquet as pq
 from robench.eps import canonical_eps
 from robench.errors import UserError
 from robench.outdir import OutputFolder
+from robench.run_files import OUTCOMES_FILE
 
 if TYPE_CHECKING:  # the type only: storage does not depend on how outcomes are computed
     from robench.evaluation import AttackOutcome
 
-OUTCOMES_FILE = "outcomes.parquet"
 OUTCOME_COLUMNS = ["defense", "attack", "eps", "seed", "image", "clean_correct", "adv_correct"]
 KEY_COLUMNS = OUTCOME_COLUMNS[:4]  # a cell
 

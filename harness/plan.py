@@ -151,7 +151,7 @@ class Plan:
 
     @property
     def seeds(self) -> tuple[int, ...]:
-        """Every seed of the suite, in order: the runner runs ``for_seed`` of each."""
+        """Every seed of the suite, in order: the executors run ``for_seed`` of each."""
         return self.suite.seed_list
 
     def for_seed(self, seed: int) -> Plan:

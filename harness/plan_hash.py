@@ -49,8 +49,8 @@ def code_hash(*objects: object) -> str:
     are imported (the objects live in them), so a name whose top-level package is not imported
     is never followed whatever its load gives: here it is not loaded. Only codehash's own
     lookups are affected; the modules it does load import what they import as usual.
-    ``test_reuse`` checks that the hashes equal the plain ones. (``robench.codehash`` itself
-    is part of every code hash, which is why this lives here.)"""
+    ``tests/test_codehash.py`` checks that the hashes equal the plain ones. (``robench.codehash``
+    itself is part of every code hash, which is why this lives apart from it.)"""
     with _HASHING:
         previous, codehash._load = codehash._load, _load_if_package_imported
         try:

@@ -20,7 +20,7 @@ from robench.eps import canonical_eps, eps_text
 from robench.errors import UserError, interrupts_deferred
 from robench.estimate import attack_work, baseline_work, defense_work
 from robench.evaluation import AttackOutcome
-from robench.finalize import DIAGNOSTICS_FILE, read_diagnostics
+from robench.finalize import read_diagnostics
 from robench.outcomes import OUTCOMES_FILE, Cell, OutcomeTable
 from robench.outdir import OutputFolder
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
@@ -34,7 +34,7 @@ from robench.results import (
     write_json,
 )
 from robench.resume import cell_verified, interval_columns
-from robench.rundata import METRICS_FILE, output_names
+from robench.run_files import DIAGNOSTICS_FILE, METRICS_FILE, output_names
 from robench.tasks import ModelFacts, Target, seed_tag, serial_order
 
 

@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -22,6 +22,9 @@ from robench.eps import FLOAT_FORMAT, canonical_eps, same_eps
 from robench.errors import UserError
 from robench.outdir import OutputFolder
 from robench.outdir.atomic import atomic_write_text as atomic_write_text  # its old home
+
+if TYPE_CHECKING:
+    from robench.outcomes import Cell
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ class ResultTable:
         self.rows.extend(asdict(r) for r in rows)
         self.flush()
 
-    def keep_only(self, cells: set[tuple[str, str, float, int]]) -> int:
+    def keep_only(self, cells: set[Cell]) -> int:
         """Drop rows that are no cell of the plan; returns how many were dropped."""
         before = len(self.rows)
         self.rows = [r for r in self.rows if (str(r["defense"]), str(r["attack"]),
@@ -158,7 +161,7 @@ class ResultTable:
         frame = pd.DataFrame(self.rows, columns=RESULT_COLUMNS)
         return frame[RESULT_COLUMNS]
 
-    def keys(self) -> set[tuple[str, str, float, int]]:
+    def keys(self) -> set[Cell]:
         return {(str(r["defense"]), str(r["attack"]), canonical_eps(r["eps"]), int(r["seed"]))
                 for r in self.rows}
 

@@ -23,10 +23,9 @@ from robench.data import (
     resolve_data_root,
 )
 from robench.errors import UserError
-from robench.finalize import DIAGNOSTICS_FILE
-from robench.outcomes import OUTCOMES_FILE
 from robench.outdir import OutputFolder
 from robench.plan import Plan, resolve
+from robench.run_files import output_names
 
 
 @dataclass
@@ -153,23 +152,6 @@ def prepare(path: str | Path, opts: RunOptions, keep_loaded: bool = True
     return plan, dataset, out_dir
 
 
-METRICS_FILE = "defense_metrics.csv"
-OUTPUT_NAMES = ("results.csv", OUTCOMES_FILE, "run.json", "run.log", DIAGNOSTICS_FILE,
-                METRICS_FILE, "checks.csv", "leaderboard.csv", "leaderboard.md",
-                "report.md", "report.html")
-#: the report's figure files (robench.report): curve_<attack>, worst_case, curves_by_defense
-FIGURE_PREFIXES = ("curve_", "worst_case.", "curves_by_defense.")
-
-
-def output_names(folder: Path) -> list[str]:
-    """The names robench writes in a results folder that exist there now."""
-    names = [n for n in OUTPUT_NAMES if os.path.lexists(folder / n)]
-    if folder.is_dir():
-        names += sorted(p.name for p in folder.iterdir() if p.suffix in (".png", ".svg")
-                        and p.name.startswith(FIGURE_PREFIXES))
-    return names
-
-
 def check_out_dir(out_dir: Path) -> None:
     """Refuse, without writing anything, what ``robench run`` would refuse about its results
     folder (``robench plan``): a path that is not a folder or cannot be created, a damaged
@@ -186,6 +168,6 @@ def check_out_dir(out_dir: Path) -> None:
         folder.refuse_foreign(output_names(folder.path))
 
 
-__all__ = ["FIGURE_PREFIXES", "METRICS_FILE", "OUTPUT_NAMES", "RunData", "RunOptions",
+__all__ = ["RunData", "RunOptions",
            "apply_overrides", "check_data_sizes", "check_out_dir", "data_splits",
-           "output_names", "parse_seed_list", "prepare", "resolve_device"]
+           "parse_seed_list", "prepare", "resolve_device"]

@@ -29,12 +29,12 @@ from robench.outdir import OutputFolder
 from robench.plan import Plan
 from robench.progress import Reporter
 from robench.recorder import RunRecorder
+from robench.run_files import output_names
 from robench.rundata import (
     RunData,
     RunOptions,
     apply_overrides,
     check_out_dir,
-    output_names,
     parse_seed_list,
     prepare,
     resolve_device,

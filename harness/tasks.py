@@ -76,13 +76,19 @@ def seed_tag(seeds: Sequence[int], seed: int) -> str:
     return f" seed {seed}" if len(seeds) > 1 else ""
 
 
-def serial_order(plan: Plan) -> list[DefenseSpec]:
-    """The order a serial run defends in: the sources of transfer attacks first (they are
-    defended before the others, so a source listed after its targets is ready), then the
-    others, each in the suite's order."""
+def transfer_sources(plan: Plan) -> list[DefenseSpec]:
+    """The defenses that transfer attacks craft on (``AttackSpec.source``), in the suite's
+    order: a serial run defends them first, so a source listed after its targets is ready."""
     wanted = {a.source for a in plan.attacks if a.source is not None}
-    return ([d for d in plan.defenses if d.label in wanted]
-            + [d for d in plan.defenses if d.label not in wanted])
+    return [d for d in plan.defenses if d.label in wanted]
+
+
+def serial_order(plan: Plan) -> list[DefenseSpec]:
+    """The order a serial run defends in: the sources of transfer attacks first
+    (``transfer_sources``), then the others, each in the suite's order."""
+    first = transfer_sources(plan)
+    labels = {d.label for d in first}
+    return first + [d for d in plan.defenses if d.label not in labels]
 
 
 def warn(reporter: Reporter, problem: str | None) -> None:
@@ -195,4 +201,4 @@ def merge_outcomes(parts: Sequence[Sequence[AttackOutcome]]) -> list[AttackOutco
 
 __all__ = ["Defended", "ModelFacts", "RunContext", "Target", "apply_defense", "inspect_model",
            "logged_metrics", "merge_outcomes", "run_attack_cells", "seed_tag", "serial_order",
-           "train_baseline"]
+           "train_baseline", "transfer_sources"]

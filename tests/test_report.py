@@ -97,7 +97,7 @@ def report(request, tmp_path_factory):
         "2026-01-01T00:00:01+00:00 done in 12.5s; results in x\n")
     (tmp_path / "run.json").write_text(
         '{"git_revision": "0123456789abcdef", "git_dirty": true, "device": "cpu", '
-        '"threads": 2, "versions": {"torch": "2.x"}, "suite_hash": "feedbeef"}')
+        '"threads": 2, "versions": {"torch": "2.x"}}')
     with OutputFolder.open(tmp_path) as out:
         write_report(out, results, checks, board, source=tmp_path)
     return {"html": (tmp_path / "report.html").read_text(encoding="utf-8"),
@@ -177,7 +177,7 @@ def test_summary_lines(report):
 
 def test_provenance_footer(report):
     footer = visible_text(report["html"]).split("id='provenance'")[1]
-    for text in ("0123456789ab", "dirty", "feedbeef", "torch 2.x", "cpu, 2 threads",
+    for text in ("0123456789ab", "dirty", "torch 2.x", "cpu, 2 threads",
                  "12.5 s", "reproduced: largest difference 0.0 pp", "square: 200 images"):
         assert text in footer
 

@@ -38,7 +38,8 @@ def worst_first(status: str) -> int:
 @dataclass(frozen=True)
 class Check:
     """One sanity check: its ``name`` (the family of its rows in ``checks.csv``), the status
-    it gives when it fires (``severity``: warn or fail) and a one-sentence ``meaning`` the
+    it gives by default when it fires (``severity``: warn or fail; ``Check.row`` may give the
+    other where the check's own code says why) and a one-sentence ``meaning`` the
     report shows beside every finding that did not pass."""
 
     name: str

@@ -21,6 +21,7 @@ from robench.tasks import (
     run_attack_cells,
     seed_tag,
     train_baseline,
+    transfer_sources,
 )
 
 
@@ -44,12 +45,10 @@ class SerialExecutor:
         for seed in plan.seeds:
             seeded = plan.for_seed(seed)
             baseline = self.baseline(seeded.baseline, train_split, ctx, recorder)
-            # the defenses transfer attacks craft on, defended first so a source listed after
-            # its targets is ready; reused below (no defense is applied twice) and kept in
-            # memory for the whole seed
-            wanted = {a.source for a in seeded.attacks if a.source is not None}
+            # the defenses transfer attacks craft on, defended first (``serial_order``); reused
+            # below (no defense is applied twice) and kept in memory for the whole seed
             sources = {d.label: self.defend(seed, d, baseline, splits, ctx, recorder)
-                       for d in seeded.defenses if d.label in wanted}
+                       for d in transfer_sources(seeded)}
             for defense in seeded.defenses:
                 model, seconds = sources.get(defense.label) or self.defend(
                     seed, defense, baseline, splits, ctx, recorder)

@@ -14,8 +14,9 @@ cannot be trusted, in this order (the markdown follows the same order):
 4. **Figures**: the worst case per defense with its interval; accuracy vs eps per attack (legend
    outside the axes, interval bands); one small panel per defense when there are more than
    ``SMALL_MULTIPLES_ABOVE`` defenses.
-5. **Defense metrics** (when the run logged any) and the **provenance** footer: suite hash,
-   revision and dirty flag, versions, device, wall time, reproduction, images per attack.
+5. **Defense metrics** (when the run logged any) and the **provenance** footer: suite and
+   source file, revision and dirty flag, versions, device, wall time, reproduction, images per
+   attack.
 
 The leaderboard is consumed generically (``robench.leaderboard``'s contract): its columns are
 read once by name (``columns``: ``<attack>@<eps>``, ``<attack>_mean``, ``worst@<eps>`` with
@@ -39,7 +40,7 @@ from robench.errors import UserError
 from robench.outdir import OutputFolder
 from robench.report.columns import AttackColumns, BoardColumn, BoardColumns, WorstCase
 from robench.report.content import ReportContent
-from robench.report.figures import FIGURE_PREFIXES, SMALL_MULTIPLES_ABOVE, Figure, plot_curves
+from robench.report.figures import SMALL_MULTIPLES_ABOVE, Figure, plot_curves
 from robench.report.html import render_html
 from robench.report.layout import (
     PAGE_PX,
@@ -57,7 +58,7 @@ from robench.report.markdown import render_markdown
 from robench.report.text import BADGE, DASH, interval_text, p_text, pct, rank_text
 
 __all__ = [
-    "BADGE", "DASH", "FIGURE_PREFIXES", "PAGE_PX", "SMALL_MULTIPLES_ABOVE",
+    "BADGE", "DASH", "PAGE_PX", "SMALL_MULTIPLES_ABOVE",
     "TABLE_BUDGET_PX", "AttackColumns", "BoardColumn", "BoardColumns", "ColumnGroup",
     "DefenseLine", "Figure", "ReportContent", "TableColumn", "WorstCase", "board_groups",
     "defense_lines", "interval_text", "p_text", "pack_groups", "pct",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from robench.checks import STATUSES
 from robench.leaderboard import subset_notes
 from robench.report.columns import BoardColumns
 from robench.report.figures import Figure
@@ -50,8 +51,7 @@ class ReportContent:
 
     def headline(self) -> str:
         """Defenses and their statuses, the threat model, data and model, in one line."""
-        counts = {s: sum(line.status == s for line in self.lines) for s in ("pass", "warn",
-                                                                              "fail")}
+        counts = {s: sum(line.status == s for line in self.lines) for s in STATUSES}
         parts = [plural(len(self.lines), "defense")] + [f"{n} {s}" for s, n in counts.items()
                                                          if n]
         eps = self.worst.threat
@@ -89,7 +89,7 @@ class ReportContent:
 
     def check_counts(self) -> str:
         """How many checks failed, warned and passed, over how many defenses."""
-        n = {s: int((self.checks["status"] == s).sum()) for s in ("fail", "warn", "pass")}
+        n = {s: int((self.checks["status"] == s).sum()) for s in STATUSES}
         return (f"{n['fail']} failed, {n['warn']} warned, {n['pass']} passed "
                 f"({plural(len(self.checks), 'check')} over "
                 f"{plural(self.checks['defense'].nunique(), 'defense')})")

@@ -27,9 +27,9 @@ from robench.outdir import OutputFolder
 from robench.report.columns import BoardColumns
 from robench.report.layout import worst_interval_from_results
 from robench.report.text import DASH, as_float, n_note, rank_text
+from robench.run_files import is_figure_name
 
 SMALL_MULTIPLES_ABOVE = 8   # more defenses than this: one small panel per defense as well
-FIGURE_PREFIXES = ("curve_", "worst_case", "curves_by_defense")
 
 
 @dataclass
@@ -132,8 +132,7 @@ def plot_curves(results: pd.DataFrame, out: OutputFolder, board: pd.DataFrame | 
     keep = set(written)
     for path in sorted(out.path.iterdir()):
         name = path.name
-        if (name.startswith(FIGURE_PREFIXES) and path.suffix in (".png", ".svg")
-                and name not in keep and out.owns(name)):
+        if is_figure_name(name) and name not in keep and out.owns(name):
             out.remove(name)
     return figures
 

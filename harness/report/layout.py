@@ -275,9 +275,7 @@ def provenance(run: dict, log: list[str], results: pd.DataFrame) -> list[tuple[s
     items: list[tuple[str, str]] = []
     suite = str(results["suite"].iloc[0])
     source = run.get("source")
-    suite_hash = run.get("suite_hash") or run.get("hash")
-    items.append(("suite", suite + (f" ({source})" if source else "")
-                  + (f", hash {suite_hash}" if suite_hash else "")))
+    items.append(("suite", suite + (f" ({source})" if source else "")))
     data = [f"{c} {', '.join(map(str, results[c].dropna().unique()))}"
             for c in ("dataset", "data_hash", "model") if c in results]
     items.append(("data and model", "; ".join(data)))
