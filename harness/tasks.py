@@ -123,14 +123,14 @@ def train_baseline(spec: BaselineSpec, train_split: Split,
     return model.eval(), False
 
 
-def logged_metrics(logged: list[dict[str, Any]],
-                   returned: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every metric row a defense produced: those it logged with ``ctx.log_metric`` and those
-    of its result not among them. A plugin need not pass ``metrics=ctx.metrics`` for its logged
-    rows to be kept, and one that does (every built-in) gets each row once."""
-    if returned is logged:
-        return list(logged)
-    return list(logged) + [row for row in returned if row not in logged]
+def recorded_metrics(logged: list[dict[str, Any]],
+                     returned: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The metric rows recorded for a defense: those its result returns, exactly as returned;
+    when it returns none, those it logged with ``ctx.log_metric``. So a plugin need not pass
+    ``metrics=ctx.metrics`` (every built-in does: the same rows either way), and one that
+    returns rows of its own (a summary, tagged or filtered copies) decides them itself; rows are
+    never merged, so none is doubled or dropped by comparing them."""
+    return list(returned) if returned else list(logged)
 
 
 def apply_defense(spec: DefenseSpec, baseline: nn.Module, train_split: Split,
@@ -153,7 +153,7 @@ def apply_defense(spec: DefenseSpec, baseline: nn.Module, train_split: Split,
     t0 = time.perf_counter()
     result = spec.build().apply(defense_ctx)
     seconds = time.perf_counter() - t0
-    metrics = logged_metrics(defense_ctx.metrics, result.metrics)
+    metrics = recorded_metrics(defense_ctx.metrics, result.metrics)
     defended = result.model.to(ctx.device).eval()
     for p in defended.parameters():
         p.grad = None
@@ -200,5 +200,5 @@ def merge_outcomes(parts: Sequence[Sequence[AttackOutcome]]) -> list[AttackOutco
 
 
 __all__ = ["Defended", "ModelFacts", "RunContext", "Target", "apply_defense", "inspect_model",
-           "logged_metrics", "merge_outcomes", "run_attack_cells", "seed_tag", "serial_order",
+           "recorded_metrics", "merge_outcomes", "run_attack_cells", "seed_tag", "serial_order",
            "train_baseline", "transfer_sources"]

@@ -129,3 +129,18 @@ def test_one_status_order_for_checks_and_report():
     shown = problem_rows(checks, ["x", "y", "z"])   # the report: failures first
     assert [r["status"] for r in shown] == [FAIL, WARN, WARN]
     assert shown[0]["defense"] == "y" and shown[0]["status"] == summary["y"]
+
+
+@pytest.mark.parametrize("name", ["bad[name", "bad@0.3", " padded", "Upper", "dash-ed", ""])
+def test_a_check_name_is_one_family_of_checks_csv(name):
+    """A name the report could not map back to its meaning is refused."""
+    with pytest.raises(ValueError, match="lower-case"):
+        Check(name, WARN, "a meaning")
+
+
+@pytest.mark.parametrize("on", ["-v2", "x", " [pgd]"])
+def test_a_suffix_keeps_the_family(on):
+    with pytest.raises(ValueError, match="suffix"):
+        CHECKS.get("converged").row("none", True, "detail", on=on)
+    row = CHECKS.get("converged").row("none", True, "detail", on="[pgd]@0.3")
+    assert check_meaning(row["check"]) == CHECKS.get("converged").meaning

@@ -17,7 +17,7 @@ from robench.models import LeNet5
 from robench.plan import resolve
 from robench.progress import Reporter
 from robench.runner import RunOptions, run_suite
-from robench.tasks import RunContext, apply_defense, logged_metrics
+from robench.tasks import RunContext, apply_defense, recorded_metrics
 from robench.training import TrainConfig
 from robench.work import Work
 
@@ -45,14 +45,21 @@ def forgetful(monkeypatch):
     return FORGETFUL
 
 
-def test_logged_metrics_keeps_every_row_once():
+def test_recorded_metrics_are_the_returned_rows_else_the_logged_ones():
     logged = [{"step": 0, "metric": "a", "value": 1.0}]
-    assert logged_metrics(logged, logged) == logged                  # metrics=ctx.metrics
-    assert logged_metrics(logged, []) == logged                      # no metrics= at all
-    assert logged_metrics(logged, list(logged)) == logged            # a copy of them
+    assert recorded_metrics(logged, logged) == logged                # metrics=ctx.metrics
+    assert recorded_metrics(logged, []) == logged                    # no metrics= at all
+    assert recorded_metrics(logged, list(logged)) == logged          # a copy of them
     extra = {"step": 1, "metric": "b", "value": 2.0}
-    assert logged_metrics(logged, [extra]) == [*logged, extra]       # rows of its own
-    assert logged_metrics([], [extra]) == [extra]
+    assert recorded_metrics(logged, [extra]) == [extra]              # a summary of its own
+    assert recorded_metrics([], [extra]) == [extra]
+    # returned rows are kept as returned: never merged with the logged ones by comparing rows
+    nan = [{"step": 0, "metric": "a", "value": float("nan")}]
+    assert len(recorded_metrics(nan, [dict(nan[0])])) == 1           # NaN != NaN: not doubled
+    tagged = [{**logged[0], "phase": "train"}]
+    assert recorded_metrics(logged, tagged) == tagged                # tagged copies: once
+    twice = [dict(logged[0]), dict(logged[0])]
+    assert recorded_metrics(logged, twice) == twice                  # a repeated row: kept
 
 
 def test_a_defense_that_does_not_return_its_metrics_keeps_them(forgetful, mnist):

@@ -47,6 +47,9 @@ class Check:
     meaning: str
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
+            raise ValueError(f"check {self.name!r}: a name is lower-case letters, digits and _ "
+                             "(``family_of`` must give it back from every checks.csv name)")
         if self.severity not in (WARN, FAIL):
             raise ValueError(f"check {self.name!r}: severity must be warn or fail, "
                              f"not {self.severity!r}")
@@ -56,7 +59,10 @@ class Check:
     def row(self, defense: str, fired: bool, detail: str, *, on: str = "",
             severity: Status | None = None) -> dict[str, Any]:
         """A ``checks.csv`` row: this check's severity (or ``severity``) when it ``fired``,
-        else pass; ``on`` is appended to the name (``"[pgd]@0.3"``)."""
+        else pass; ``on`` is appended to the name (``"[pgd]@0.3"``: it starts with ``[`` or
+        ``@``, so that ``family_of`` gives this check back)."""
+        if on and on[0] not in "[@":
+            raise ValueError(f"check {self.name!r}: a suffix starts with [ or @ (got {on!r})")
         status = (severity or self.severity) if fired else PASS
         return {"defense": defense, "check": self.name + on, "status": status, "detail": detail}
 
