@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from robench.data import Split
 from robench.evaluation import AttackOutcome
 from robench.outcomes import Cell
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
@@ -32,6 +33,15 @@ class Recorder(Protocol):
                      outcomes: Sequence[AttackOutcome]) -> None: ...
 
 
+def cells_to_compute(recorder: Recorder, target: Target, attack: AttackSpec,
+                     test_split: Split) -> tuple[Split, list[int], list[float]]:
+    """The images ``attack`` runs on (the first ``limit`` of the evaluation split), their ids,
+    and the eps of its cells on ``target`` that the recorder does not have yet."""
+    data = test_split.head(attack.limit)
+    image_ids = data.ids.tolist()
+    return data, image_ids, recorder.missing_cells(target, attack, image_ids)
+
+
 class Executor(Protocol):
     """Runs a resolved plan's tasks on ``data`` with ``ctx``, reporting to ``recorder``;
     returns the plan's cells."""
@@ -44,4 +54,4 @@ class Executor(Protocol):
         ...
 
 
-__all__ = ["Cell", "Executor", "Recorder"]
+__all__ = ["Cell", "Executor", "Recorder", "cells_to_compute"]

@@ -31,7 +31,7 @@ from robench.data import Split
 from robench.errors import UserError
 from robench.estimate import attack_work, images_attacked
 from robench.evaluation import EVAL_BATCH_SIZE, AttackOutcome
-from robench.executors.base import Cell, Recorder
+from robench.executors.base import Cell, Recorder, cells_to_compute
 from robench.executors.ray_cluster import TASK_CPUS, TASK_GPUS, RayCluster
 from robench.memory import release_freed_memory, trimming_freed_memory
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
@@ -231,9 +231,7 @@ class RayExecutor:
 
     def _submit_attack(self, recorder: Recorder, target: Target, attack: AttackSpec,
                        test_split: Split) -> None:
-        data = test_split.head(attack.limit)
-        image_ids = data.ids.tolist()
-        missing = recorder.missing_cells(target, attack, image_ids)
+        data, image_ids, missing = cells_to_compute(recorder, target, attack, test_split)
         if not missing:
             return
         # eps apart unless the attack shares work across them: a cell's numbers do not depend

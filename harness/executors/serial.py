@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from robench.data import Split
-from robench.executors.base import Cell, Recorder
+from robench.executors.base import Cell, Recorder, cells_to_compute
 from robench.memory import peak_rss_text, release_freed_memory, trimming_freed_memory
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
 from robench.rundata import RunData
@@ -87,9 +87,7 @@ class SerialExecutor:
                source: nn.Module | None, test_split: Split, ctx: RunContext,
                recorder: Recorder) -> None:
         """The cells of ``attack`` on ``target`` that the recorder does not have yet."""
-        data = test_split.head(attack.limit)
-        image_ids = data.ids.tolist()
-        missing = recorder.missing_cells(target, attack, image_ids)
+        data, image_ids, missing = cells_to_compute(recorder, target, attack, test_split)
         if not missing:
             return
         outcomes = run_attack_cells(attack, model, source, missing, data, ctx.reporter,
