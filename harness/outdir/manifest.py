@@ -122,10 +122,6 @@ class Manifest:
         entry = self.data["files"].get(name)
         return copy.deepcopy(entry) if isinstance(entry, dict) else None
 
-    def lists_temp(self, temp: str) -> bool:
-        """Whether ``temp`` is recorded as a temporary file a run may leave."""
-        return self.data is not None and temp in self.data["temps"]
-
     def owns(self, name: str) -> bool:
         """True only if ``name`` is a regular file (not a link) whose content matches what
         robench recorded when it wrote it (either version of a pending write)."""
