@@ -77,6 +77,7 @@ def run(
         from robench.leaderboard import to_markdown
         from robench.runner import RunOptions, run_suite
 
+        data_dir, out = _start_paths(data_dir, out)
         opts = RunOptions(data_dir=data_dir, out=out, device=device, eval_limit=eval_limit,
                           epochs=epochs, seed=seed, seeds=seeds, quiet=quiet,
                           use_cache=not no_cache, force=force, executor=executor, jobs=jobs,
@@ -131,6 +132,7 @@ def plan(
         from robench.preflight import preflight, render
         from robench.runner import RunOptions
 
+        data_dir, out = _start_paths(data_dir, out)
         opts = RunOptions(data_dir=data_dir, out=out, device=device, eval_limit=eval_limit,
                           epochs=epochs, seed=seed, seeds=seeds, quiet=True,
                           use_cache=not no_cache, force=force)
@@ -141,6 +143,19 @@ def plan(
         typer.echo("robench: interrupted", err=True)
         raise typer.Exit(code=130) from None
     render(result, Console(highlight=False, width=_width()))
+
+
+def _start_paths(data_dir: str | None, out: str | None) -> tuple[str | None, str | None]:
+    """``--data-dir`` and ``--out`` as absolute paths against the folder robench started in
+    (``--out`` with its folder's links and ``..`` resolved), before a plugin is imported or a
+    guard looks at them; empty values are left to the checks that name them."""
+    from robench.outdir import resolve_out
+
+    if data_dir is not None and data_dir.strip():
+        data_dir = str(Path(data_dir).expanduser().absolute())
+    if out is not None and out.strip():
+        out = str(resolve_out(out))
+    return data_dir, out
 
 
 def _width() -> int:
@@ -193,11 +208,14 @@ def _finalize(results: Path, out: Path | None):
     """The run's finalize step on a results folder or CSV, written into ``out`` (default: the
     results' own folder), which robench locks and writes only its own files into."""
     from robench.finalize import finalize
-    from robench.outdir import OutputFolder
+    from robench.outdir import OutputFolder, resolve_out
     from robench.results import read_results
 
     if out is not None and not str(out).strip():
         raise UserError("empty folder name", where="--out")
+    # resolved before any check: 'OTHER/newsub/..' is OTHER, although newsub/ does not exist
+    results = results.absolute()
+    out = None if out is None else resolve_out(out)
     read_results(results)  # a bad input stops here, before any folder is created
     folder = results if results.is_dir() else results.parent
     if out is not None and out.resolve() != folder.resolve() and (out / "results.csv").exists():
@@ -223,9 +241,11 @@ def compare(
     robench compare results/fgsm_lenet --defenses none,unlearning
     """
     from robench.compare import compare_defenses, compare_results
-    from robench.outdir import atomic_write_text
+    from robench.outdir import atomic_write_text, resolve_out
 
     try:
+        # resolved first: a guard must see the file 'RUN/newsub/../results.csv' really names
+        target = None if out is None else resolve_out(out)
         if defenses is not None:
             names = [d.strip() for d in defenses.split(",")]
             if len(names) != 2 or not all(names) or b is not None:
@@ -235,12 +255,12 @@ def compare(
             raise UserError("give two runs, or one run and --defenses X,Y", where="compare")
         else:
             text = compare_results(a, b)
-        if out is not None:
+        if target is not None:
             try:
-                atomic_write_text(out, text)
+                atomic_write_text(target, text)
             except OSError as err:
                 raise UserError(f"cannot write the comparison ({err.strerror})",
-                                where=str(out)) from None
+                                where=str(target)) from None
     except UserError as err:
         _fail(err)
     typer.echo(text, nl=False)

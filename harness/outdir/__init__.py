@@ -51,7 +51,8 @@ third-party writer by path, after robench created the file exclusively.
 The parts, each usable alone: ``files`` (the reserved names, descriptor-level helpers),
 ``atomic`` (the one temp + fsync + rename primitive, also ``atomic_write_text`` for a file
 outside any results folder), ``lock`` (one run per folder), ``manifest`` (ownership records
-and recovery), ``log`` (append-only logs) and ``folder`` (``OutputFolder``, composing them).
+and recovery), ``log`` (append-only logs), ``paths`` (a user's ``--out`` resolved before
+any check) and ``folder`` (``OutputFolder``, composing them).
 
 Platform: POSIX only (Linux, macOS): needs ``fcntl.flock``, ``O_NOFOLLOW`` and ``dir_fd``
 support. An ``OutputFolder`` is meant for one run in one thread; it is not thread-safe. A
@@ -61,5 +62,7 @@ forked child inherits the lock descriptor and keeps the lock while it lives.
 from robench.outdir.atomic import atomic_write_text
 from robench.outdir.files import LOCK_NAME, LOCKED_MESSAGE, MANIFEST_NAME
 from robench.outdir.folder import OutputFolder
+from robench.outdir.paths import resolve_out, results_folder_holding
 
-__all__ = ["LOCK_NAME", "LOCKED_MESSAGE", "MANIFEST_NAME", "OutputFolder", "atomic_write_text"]
+__all__ = ["LOCK_NAME", "LOCKED_MESSAGE", "MANIFEST_NAME", "OutputFolder", "atomic_write_text",
+           "resolve_out", "results_folder_holding"]

@@ -15,7 +15,8 @@ from contextlib import suppress
 from pathlib import Path
 
 from robench.errors import UserError
-from robench.outdir.files import MANIFEST_NAME, create_unique, write_all
+from robench.outdir.files import create_unique, write_all
+from robench.outdir.paths import resolve_out, results_folder_holding
 
 __all__ = ["atomic_write_text", "place", "write_replace"]
 
@@ -48,13 +49,23 @@ def write_replace(name: str, data: bytes, *, prefix: str, suffix: str = "",
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a new file the user named (``compare --out``): never over an existing file or link,
-    never into a robench results folder; temp file (with the umask's mode) + fsync + rename."""
-    if os.path.lexists(path):
+    never into a robench results folder (nor any folder below one); temp file (with the umask's
+    mode) + fsync + rename. ``path`` is resolved first (``resolve_out``: its folder's links and
+    ``..``), so a detour through a folder that does not exist yet cannot reach a results folder.
+    """
+    target = resolve_out(path)
+    shown = str(path) if str(path) == str(target) else f"{path} (= {target})"
+    if os.path.lexists(target):
         raise UserError("exists; choose a new file name (robench does not overwrite it)",
-                        where=str(path))
-    if (path.parent / MANIFEST_NAME).exists():
-        raise UserError("is inside a robench results folder; write the comparison elsewhere",
-                        where=str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_replace(str(path), text.encode("utf-8"), prefix=str(path.parent / f".{path.name}."),
-                  suffix=".tmp")
+                        where=shown)
+    results = results_folder_holding(target)
+    if results is not None:
+        raise UserError(f"is inside the robench results folder {results}; write the "
+                        "comparison elsewhere", where=shown)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        write_replace(target.name, text.encode("utf-8"), prefix=f".{target.name}.",
+                      suffix=".tmp", dir_fd=folder)
+    finally:
+        os.close(folder)
