@@ -23,6 +23,7 @@ from robench.data import (
     resolve_data_root,
 )
 from robench.errors import UserError
+from robench.idx_files import check_dataset_files
 from robench.outdir import OutputFolder
 from robench.plan import Plan, resolve
 from robench.run_files import output_names
@@ -144,6 +145,7 @@ def prepare(path: str | Path, opts: RunOptions, keep_loaded: bool = True
     if opts.out is not None and not opts.out.strip():
         raise UserError("empty folder name", where="--out")
     name, root = plan.suite.data.dataset, plan.suite.data.root
+    check_dataset_files(name, resolve_data_root(root))  # damaged files: one line, not a traceback
     dataset = (load_dataset(name, root) if keep_loaded
                else DATASETS.get(name)(resolve_data_root(root)))
     check_data_sizes(plan, dataset)  # before the folder is opened
