@@ -4,15 +4,18 @@ A registry is a dict plus a decorator placed next to each plugin (timm style). N
 duplicates raise, a registered class must derive from the registry's base class, unknown names
 get a "did you mean" and the list of known names, and third-party packages add plugins through
 an entry-point group (lm-evaluation-harness style). A third-party plugin that fails to load
-(import error, not a class of the right base, a built-in's name) is set aside with its reason:
-every other plugin and command keeps working, and only a suite that names it fails.
+(any exception at import but Ctrl-C, not a class of the right base, a built-in's name) is set
+aside with its reason: every other plugin and command keeps working, and only a suite that names
+it fails. A plugin that changes the working folder while it is imported has it changed back.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import os
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
@@ -77,16 +80,21 @@ class Registry(Generic[T]):
                                         f"{self.kind} {ep.name!r}; ignored")
                 continue
             before = set(self._entries)
+            cwd = _working_folder()
             try:
                 # Loading the module runs its @register decorator; a bare object is added.
                 obj = ep.load()
                 if ep.name not in self._entries:
                     self.add(ep.name, obj)
-            except (Exception, SystemExit) as err:  # noqa: BLE001 - foreign code: report it
+            except KeyboardInterrupt:  # Ctrl-C (and SIGTERM, see robench.cli) stops robench
+                raise
+            except BaseException as err:  # noqa: BLE001 - foreign code: any failure is its own
                 for name in set(self._entries) - before:  # half-registered: not usable
                     del self._entries[name]
                 self.broken[ep.name] = (f"entry point {ep.value!r} failed to load "
                                         f"({type(err).__name__}: {_short(err)})")
+            finally:
+                _restore_working_folder(cwd)
 
     def get(self, name: str) -> T:
         """Return the plugin registered as ``name``; unknown names raise a UserError."""
@@ -117,6 +125,29 @@ class Registry(Generic[T]):
         self._load_entry_points()
         for name in sorted(self._entries):
             yield name, self._entries[name]
+
+
+def _working_folder() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # the folder was removed: nothing to put back
+        return None
+
+
+def _restore_working_folder(cwd: str | None) -> None:
+    """Undo a plugin's ``os.chdir`` at import: plugins load lazily, at the first lookup, so a
+    changed working folder would move whichever relative paths robench resolves later (the
+    default results folder, a suite's relative data.root, $ROBENCH_CACHE_DIR) depending on
+    when that lookup happened."""
+    if cwd is None:
+        return
+    try:
+        if os.getcwd() == cwd:
+            return
+    except OSError:
+        pass
+    with suppress(OSError):
+        os.chdir(cwd)
 
 
 def describe(obj: object) -> str:
