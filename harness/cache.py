@@ -13,6 +13,16 @@ purpose: the same training on another thread count or device differs only in the
 are summed, so a cluster's entries serve a laptop; but the weights are then not bit-identical
 to what this machine would train, so its numbers can differ slightly from a cold run's
 (an example is in benchmarks/RESULTS.md), and the log says so.
+
+An entry is served only when it verifies: it records the hash of its weights
+(``robench.models.weights_hash``, the hash of every tensor in a fixed order) and the canonical
+text its key is the hash of, and ``load`` treats it as a miss when the weights it holds do not
+hash to the recorded value or the recorded text does not hash to the entry's key (its file
+name). So an entry whose weights were swapped for another model's, or copied under another
+key's name, is recomputed rather than served, in a cache shared by many machines too. This
+guards against mix-ups and damage, not against a forger who recomputes both hashes: the cache
+is only as trustworthy as the folder it lives in. An entry written before these records
+existed is a miss once, and is then written again with them.
 """
 
 from __future__ import annotations
@@ -23,12 +33,16 @@ import math
 import os
 import platform
 import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from platformdirs import user_cache_dir
 from torch import nn
+
+from robench.models import weights_hash
 
 CACHE_ENV = "ROBENCH_CACHE_DIR"
 
@@ -37,15 +51,41 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path(user_cache_dir("robench")) / "models")
 
 
+@dataclass(frozen=True)
+class EntryKey:
+    """A cache key with the canonical text it is the hash of (what an entry records, so that
+    an entry can show which inputs it was stored for)."""
+
+    text: str
+
+    @property
+    def hex(self) -> str:
+        return _digest(self.text)
+
+
+def key_of(**parts: Any) -> EntryKey:
+    """The key of ``parts``: their JSON with sorted keys, compact, values as ``str`` when JSON
+    has no type for them."""
+    return EntryKey(json.dumps(parts, sort_keys=True, default=str, separators=(",", ":")))
+
+
 def cache_key(**parts: Any) -> str:
-    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return key_of(**parts).hex
+
+
+def entry_key(plan_key: str, data_hash: str) -> EntryKey:
+    """A plan's cache key joined with the fingerprint of the data actually loaded: the key a
+    run stores its models under (``robench plan`` looks up the same key)."""
+    return key_of(plan=plan_key, data=data_hash)
 
 
 def data_key(plan_key: str, data_hash: str) -> str:
-    """A plan's cache key joined with the fingerprint of the data actually loaded (the runner
-    stores under it; ``robench plan`` looks up the same key)."""
-    return cache_key(plan=plan_key, data=data_hash)
+    """``entry_key``'s hex digest (an entry's file name)."""
+    return entry_key(plan_key, data_hash).hex
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def fits(state: Any, model: nn.Module) -> bool:
@@ -65,22 +105,26 @@ class ModelCache:
     def _path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
 
-    def load(self, key: str, model: nn.Module) -> dict[str, Any] | None:
-        """Load weights into ``model``; returns the stored metadata, or None on a miss."""
-        path = self._path(key)
+    def load(self, key: str | EntryKey, model: nn.Module,
+             on_reject: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+        """Load weights into ``model``; returns the stored metadata, or None on a miss. An
+        entry that exists but is not served (damaged, of another model, unverified) leaves
+        ``model`` untouched and is passed to ``on_reject`` as one line saying why."""
+        name = key.hex if isinstance(key, EntryKey) else key
+        path = self._path(name)
         if not self.enabled or not path.exists():
             return None
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            meta = json.loads(blob.get("meta", "{}"))
-            if not _valid_meta(meta):
-                return None
-            if not fits(blob["state_dict"], model):
-                return None  # before copying: load_state_dict would copy what fits, then fail
-            model.load_state_dict(blob["state_dict"])
-        except Exception:  # a corrupt or incompatible entry is a miss, never a crash
-            return None
-        return meta
+            why = _rejected(blob, name, model)
+            if why is None:
+                model.load_state_dict(blob["state_dict"])
+                return json.loads(blob["meta"])
+        except Exception as err:  # a corrupt or incompatible entry is a miss, never a crash
+            why = f"it cannot be read ({type(err).__name__})"
+        if on_reject is not None:
+            on_reject(f"model cache entry {name[:10]} not used: {why}; computing it again")
+        return None
 
     def entries(self) -> list[Path]:
         """The entry files in the cache folder (named ``<32 hex>.pt``)."""
@@ -101,9 +145,10 @@ class ModelCache:
             path.unlink(missing_ok=True)
         return len(entries)
 
-    def save(self, key: str, model: nn.Module, meta: dict[str, Any]) -> str | None:
-        """Store the weights; returns None, or why they could not be stored (an unwritable or
-        full cache folder costs only the reuse, never the run)."""
+    def save(self, key: EntryKey, model: nn.Module, meta: dict[str, Any]) -> str | None:
+        """Store the weights, with their hash and the key's text; returns None, or why they
+        could not be stored (an unwritable or full cache folder costs only the reuse, never
+        the run)."""
         if not self.enabled:
             return None
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -113,14 +158,55 @@ class ModelCache:
             fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=self.root)
             os.close(fd)
             meta = {**meta, "trained_with": trained_with(model)}
-            torch.save({"state_dict": state, "meta": json.dumps(meta, default=str)}, tmp)
-            os.replace(tmp, self._path(key))
+            torch.save({"state_dict": state, "meta": json.dumps(meta, default=str),
+                        WEIGHTS_FIELD: _tensors_hash(state), KEY_FIELD: key.text}, tmp)
+            os.replace(tmp, self._path(key.hex))
         except (OSError, RuntimeError) as err:
             return f"model cache {self.root} is not writable ({err}); continuing without it"
         finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
         return None
+
+
+#: what an entry records beside its weights and metadata
+WEIGHTS_FIELD = "weights_hash"
+KEY_FIELD = "key"
+
+
+class _Tensors(nn.Module):
+    """A state dict seen as a module, so that an entry's tensors hash, before they are copied
+    into a model, to what ``weights_hash`` gives that model after."""
+
+    def __init__(self, state: Mapping[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.tensors = dict(state)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        return self.tensors
+
+
+def _tensors_hash(state: Mapping[str, torch.Tensor]) -> str:
+    return weights_hash(_Tensors(state))
+
+
+def _rejected(blob: Any, key: str, model: nn.Module) -> str | None:
+    """Why an entry read from the file of ``key`` must not be served into ``model``, or None.
+    Checked before anything is copied: load_state_dict copies what fits, then fails."""
+    if not isinstance(blob, dict) or not isinstance(blob.get("meta"), str):
+        return "it is not a model cache entry"
+    if not _valid_meta(json.loads(blob["meta"])):
+        return "its metadata is damaged"
+    if not fits(blob.get("state_dict"), model):
+        return "its weights do not fit the model"
+    recorded, text = blob.get(WEIGHTS_FIELD), blob.get(KEY_FIELD)
+    if not isinstance(recorded, str) or not isinstance(text, str):
+        return "it records no weights hash or key (written by an older robench, or damaged)"
+    if _digest(text) != key:
+        return "it was recorded for another key (a copied or renamed entry)"
+    if _tensors_hash(blob["state_dict"]) != recorded:
+        return "its weights do not match their recorded hash (replaced or damaged)"
+    return None
 
 
 def _valid_meta(meta: Any) -> bool:

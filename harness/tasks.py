@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robench.cache import ModelCache, data_key, provenance_text
+from robench.cache import ModelCache, entry_key, provenance_text
 from robench.data import Split
 from robench.defenses import DefenseContext
 from robench.diagnostics import model_diagnostics
@@ -108,10 +108,10 @@ def train_baseline(spec: BaselineSpec, train_split: Split,
         reporter.info(f"baseline {spec.model}: weights {spec.weights.path} "
                       f"(sha256 {spec.weights.sha256[:12]})")
         return model.eval(), True
-    key = data_key(spec.cache_key, ctx.data_hash)
-    meta = ctx.cache.load(key, model)
+    key = entry_key(spec.cache_key, ctx.data_hash)
+    meta = ctx.cache.load(key, model, on_reject=reporter.info)
     if meta is not None:
-        reporter.info(f"baseline {spec.model}: loaded from cache ({key[:10]}; "
+        reporter.info(f"baseline {spec.model}: loaded from cache ({key.hex[:10]}; "
                       f"{provenance_text(meta)})")
         return model.to(ctx.device).eval(), True
     t0 = time.perf_counter()
@@ -139,10 +139,11 @@ def apply_defense(spec: DefenseSpec, baseline: nn.Module, train_split: Split,
     the baseline itself is never changed (the defense gets a private copy)."""
     reporter = ctx.reporter
     model = copy.deepcopy(baseline)
-    key = data_key(spec.cache_key, ctx.data_hash)
-    meta = ctx.cache.load(key, model) if spec.plugin.cacheable else None
+    key = entry_key(spec.cache_key, ctx.data_hash)
+    meta = (ctx.cache.load(key, model, on_reject=reporter.info) if spec.plugin.cacheable
+            else None)
     if meta is not None:
-        reporter.info(f"[{spec.label}] defended model loaded from cache ({key[:10]}; "
+        reporter.info(f"[{spec.label}] defended model loaded from cache ({key.hex[:10]}; "
                       f"{provenance_text(meta)})")
         return Defended(model.to(ctx.device).eval(), float(meta["seconds"]),
                         list(meta.get("metrics", [])), cached=True)

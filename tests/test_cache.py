@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 
 def test_cache_info_and_clear_touch_only_entries(tmp_path, cli_env, robench_cli):
     cache = Path(cli_env["ROBENCH_CACHE_DIR"])
@@ -45,13 +47,13 @@ def test_a_cache_entry_records_how_it_was_trained_and_the_log_says_it(tmp_path):
 
     import torch
 
-    from robench.cache import ModelCache, provenance_text
+    from robench.cache import ModelCache, entry_key, provenance_text
     from robench.models import LeNet5
 
-    cache = ModelCache(tmp_path)
+    cache, key = ModelCache(tmp_path), entry_key("plan", "data")
     threads = torch.get_num_threads()
-    assert cache.save("a" * 32, LeNet5(), {"seconds": 1.0}) is None
-    meta = cache.load("a" * 32, LeNet5())
+    assert cache.save(key, LeNet5(), {"seconds": 1.0}) is None
+    meta = cache.load(key, LeNet5())
     assert meta is not None and meta["seconds"] == 1.0
     assert meta["trained_with"]["device"] == "cpu"
     assert meta["trained_with"]["torch_threads"] == threads
@@ -60,20 +62,147 @@ def test_a_cache_entry_records_how_it_was_trained_and_the_log_says_it(tmp_path):
     forged = provenance_text({"trained_with": {"device": "cpu\n[none] fgsm 0.99\x1b[31m",
                                                "arch": "x" * 300}})
     assert forged.isprintable() and len(forged) < 200  # another machine's entry: shown inert
-    old = {"state_dict": LeNet5().state_dict(), "meta": json.dumps({"seconds": 2.0})}
-    torch.save(old, tmp_path / f"{'b' * 32}.pt")
-    meta = cache.load("b" * 32, LeNet5())
-    assert meta is not None and provenance_text(meta) == "trained where: not recorded"
+    assert provenance_text({"seconds": 2.0}) == "trained where: not recorded"
     for odd in ("cpu", None, [1]):  # a damaged record is shown as unknown, never a crash
         assert provenance_text({"trained_with": odd}) == "trained where: not recorded"
-    # a reviewer's finding: metrics that are not a list made apply_defense raise TypeError
-    bad = {"state_dict": LeNet5().state_dict(), "meta": json.dumps({"seconds": 2.0,
-                                                                      "metrics": None})}
-    torch.save(bad, tmp_path / f"{'c' * 32}.pt")
-    assert cache.load("c" * 32, LeNet5()) is None
+    # metadata edited in an otherwise valid entry (its weights and key verify)
+    good = _entry(tmp_path, key.hex)
+    # a reviewer's finding: metrics that are not a list made apply_defense raise TypeError;
     # hostile-user findings: rows that are not metric rows crashed every later run
-    for meta in ({"seconds": 2.0, "metrics": [1, 2]}, {"seconds": 2.0, "metrics": [{}]},
-                 {"seconds": float("nan")}, {"seconds": -1.0}):
-        torch.save({"state_dict": LeNet5().state_dict(), "meta": json.dumps(meta)},
-                   tmp_path / f"{'d' * 32}.pt")
-        assert cache.load("d" * 32, LeNet5()) is None, meta
+    for meta in ({"seconds": 2.0, "metrics": None}, {"seconds": 2.0, "metrics": [1, 2]},
+                 {"seconds": 2.0, "metrics": [{}]}, {"seconds": float("nan")},
+                 {"seconds": -1.0}):
+        torch.save({**good, "meta": json.dumps(meta)}, tmp_path / f"{key.hex}.pt")
+        assert cache.load(key, LeNet5()) is None, meta
+
+
+# -- an entry is served only when its weights and key are the ones it recorded -------------
+def _entry(root: Path, key: str) -> dict:
+    import torch
+
+    return torch.load(root / f"{key}.pt", map_location="cpu", weights_only=True)
+
+
+def _swap_state_dicts(root: Path, first: str, second: str) -> None:
+    """A poisoned cache: each entry keeps its metadata (and whatever else the cache wrote)
+    but holds the other entry's weights, as a shared cache written by a faulty peer would."""
+    import torch
+
+    a, b = _entry(root, first), _entry(root, second)
+    a["state_dict"], b["state_dict"] = b["state_dict"], a["state_dict"]
+    torch.save(a, root / f"{first}.pt")
+    torch.save(b, root / f"{second}.pt")
+
+
+def test_swapped_weights_and_renamed_entries_are_misses(tmp_path):
+    """Hostile-user finding (issue 27, 3): an entry whose state_dict was replaced by another
+    model's (metadata kept) was served as if it were the right one."""
+    import shutil
+
+    import torch
+
+    from robench.cache import ModelCache, entry_key
+    from robench.models import LeNet5
+
+    cache, why = ModelCache(tmp_path), []
+    keys = [entry_key(f"plan{i}", "data") for i in range(3)]
+    models = []
+    for i, key in enumerate(keys[:2]):
+        torch.manual_seed(i)
+        models.append(LeNet5())
+        assert cache.save(key, models[-1], {"seconds": 1.0}) is None
+    assert cache.load(keys[0], LeNet5()) is not None  # a clean entry is served
+    _swap_state_dicts(tmp_path, keys[0].hex, keys[1].hex)
+    for key in keys[:2]:
+        model = LeNet5()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        assert cache.load(key, model, on_reject=why.append) is None
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert len(why) == 2 and all("weights do not match" in w and "\n" not in w for w in why)
+    # an entry copied under another key's file name: its recorded key names another entry
+    _swap_state_dicts(tmp_path, keys[0].hex, keys[1].hex)  # back to clean
+    shutil.copy(tmp_path / f"{keys[0].hex}.pt", tmp_path / f"{keys[2].hex}.pt")
+    assert cache.load(keys[0].hex, LeNet5()) is not None  # a plain key string loads too
+    assert cache.load(keys[2], LeNet5(), on_reject=why.append) is None
+    assert "recorded for another key" in why[-1]
+
+
+def test_entries_without_or_with_damaged_records_are_misses(tmp_path):
+    """An entry from an older robench records no weights hash: recomputed once, never served
+    unverified; a record of the wrong type is a miss, never a crash."""
+    import torch
+
+    from robench.cache import ModelCache, entry_key
+    from robench.models import LeNet5
+
+    cache, key, why = ModelCache(tmp_path), entry_key("plan", "data"), []
+    assert cache.save(key, LeNet5(), {"seconds": 1.0}) is None
+    good = _entry(tmp_path, key.hex)
+    # one changed value in one tensor: the hash over every tensor changes
+    nudged = {**good, "state_dict": dict(good["state_dict"])}
+    nudged["state_dict"]["classifier.5.bias"] = good["state_dict"]["classifier.5.bias"] + 1e-6
+    old = {k: v for k, v in good.items() if k in ("state_dict", "meta")}
+    variants = {"nudged": nudged, "old": old}
+    for field in set(good) - {"state_dict", "meta"}:
+        for odd in (None, 7, ["x"], "0" * 16):
+            variants[f"{field}={odd!r}"] = {**good, field: odd}
+    for name, blob in variants.items():
+        torch.save(blob, tmp_path / f"{key.hex}.pt")
+        assert cache.load(key, LeNet5(), on_reject=why.append) is None, name
+        assert "\n" not in why[-1], name
+    assert "records no weights hash" in why[1]  # the "old" variant
+    torch.save(good, tmp_path / f"{key.hex}.pt")
+    assert cache.load(key, LeNet5(), on_reject=why.append) is not None
+    assert cache.load(entry_key("absent", "data"), LeNet5(), on_reject=why.append) is None
+    assert len(why) == len(variants)  # an absent entry is a plain miss: nothing to say
+
+
+CACHED_SUITE = """\
+name: cached
+seed: {seed}
+data: {{dataset: mnist, eval_limit: 100}}
+train: {{epochs: 0}}
+attacks:
+  - name: fgsm
+    eps: [0.0, 0.1]
+  - name: pgd
+    eps: [0.1]
+    params: {{steps: 2, alpha: 0.05}}
+"""
+
+
+@pytest.mark.slow
+def test_a_poisoned_cache_entry_is_recomputed_not_served(tmp_path, cli_env, robench_cli,
+                                                         mnist):
+    """Hostile-user finding (issue 27, 3): the baseline entry's state_dict replaced by another
+    model's made `none` report another model's numbers, and a resume overwrote the correct
+    rows with them. Now the entry is a miss: the resume keeps every row, a fresh run equals
+    the clean one, and the log says why the entry was not used."""
+    from robench.cache import data_key
+    from robench.plan import load_plan
+
+    from .conftest import numbers, run_logged
+
+    cache = Path(cli_env["ROBENCH_CACHE_DIR"])
+    suites, keys, clean = [], [], []
+    for seed in (0, 1):
+        suite = tmp_path / f"seed{seed}.yaml"
+        suite.write_text(CACHED_SUITE.format(seed=seed))
+        suites.append(suite)
+        keys.append(data_key(load_plan(suite).baseline.cache_key, mnist.fingerprint))
+        run_logged(robench_cli, suite, tmp_path / f"clean{seed}")
+        clean.append(numbers(tmp_path / f"clean{seed}"))
+    assert sorted(p.stem for p in cache.glob("*.pt")) == sorted(keys)
+    assert not clean[0].equals(clean[1])  # two different models
+    _swap_state_dicts(cache, keys[0], keys[1])
+
+    before = (tmp_path / "clean0" / "results.csv").read_text()
+    log = run_logged(robench_cli, suites[0], tmp_path / "clean0")  # a resume
+    assert "loaded from cache" not in log and "weights do not match" in log
+    assert (tmp_path / "clean0" / "results.csv").read_text() == before
+    log = run_logged(robench_cli, suites[1], tmp_path / "fresh1")
+    assert "loaded from cache" not in log and "weights do not match" in log
+    assert numbers(tmp_path / "fresh1").equals(clean[1])
+    # the recomputed entries were stored again, verified: served from now on
+    log = run_logged(robench_cli, suites[0], tmp_path / "fresh0")
+    assert "loaded from cache" in log and numbers(tmp_path / "fresh0").equals(clean[0])
