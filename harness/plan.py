@@ -44,7 +44,7 @@ from robench.models import MODELS, LogitsKey, SelectOutput, check_logits
 from robench.plan_hash import code_hash
 from robench.seeds import derive_seed
 from robench.training import TrainConfig, train
-from robench.weights import WeightsFile, weights_file
+from robench.weights import WeightsFile, size_limit, weights_file
 
 if TYPE_CHECKING:
     from robench.attacks.verifier import Verifier
@@ -249,7 +249,8 @@ def _params(plugin: Any, raw: dict[str, Any], source: str, where: str) -> Any:
 def _baseline(suite: Suite, source: str, seed: int) -> BaselineSpec:
     _plugin(DATASETS, suite.data.dataset, f"{source}: data.dataset")
     model_cls = _plugin(MODELS, suite.model.name, f"{source}: model.name")
-    weights = None if suite.model.weights is None else weights_file(suite.model.weights, source)
+    weights = (None if suite.model.weights is None else
+               weights_file(suite.model.weights, source, size_limit(model_cls, suite.model.name)))
     # only set options join the key, so the keys of suites without them stay as they were
     extra: dict[str, Any] = {}
     if weights is not None:

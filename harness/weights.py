@@ -9,6 +9,12 @@ all start with ``module.`` (saved from ``nn.DataParallel``/DDP) lose that prefix
 must fit the architecture exactly: every key present, no extra key, every shape equal (no
 ``strict=False``: a silently half-loaded model is the worst outcome).
 
+Every tensor must be a plain dense one (strided layout, real values): a sparse, quantized,
+nested or meta tensor is refused in one line naming its key. A file far larger than the
+architecture needs is refused from its size before any of it is read (``size_limit``: the
+model's parameter and buffer bytes times ``SIZE_FACTOR``, plus ``HEADER_BYTES``), so a
+mistaken path to a multi-gigabyte file costs nothing.
+
 The file's sha256 joins the baseline's cache key (and so every defense's), and run.json
 records it; the file is read and checked when the suite is resolved, read again when the
 baseline is built, and a file that changed in between is an error.
@@ -18,7 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +41,10 @@ WHERE = "model.weights"
 #: containers of a state dict in common checkpoint layouts (first match wins)
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model")
 SHOWN = 3  # how many keys an error lists per kind
+#: a checkpoint may hold more than the weights (optimizer moments, an EMA copy, float64
+#: values): up to this many times the model's own bytes are read, plus HEADER_BYTES
+SIZE_FACTOR = 8
+HEADER_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,7 @@ class WeightsFile:
     path: Path
     sha256: str
     where: str  # "<suite file>: model.weights", for error messages
+    limit: SizeLimit | None = None  # the most bytes read (None: no limit)
 
     def record(self) -> dict[str, str]:
         """What run.json stores about the file."""
@@ -49,7 +62,7 @@ class WeightsFile:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The file's state dict, read again; an error if its content changed since resolve."""
-        data = _read(self.path, self.where)
+        data = _read(self.path, self.where, self.limit)
         if hashlib.sha256(data).hexdigest() != self.sha256:
             raise UserError(f"{self.path} changed since the suite was read (sha256 differs); "
                             "run again", where=self.where)
@@ -61,28 +74,83 @@ class WeightsFile:
         return model
 
 
-def weights_file(text: str, source: str) -> WeightsFile:
+@dataclass(frozen=True)
+class SizeLimit:
+    """The most bytes a weights file for model ``model`` may have: ``model_bytes`` (its
+    parameters and buffers) times ``SIZE_FACTOR`` plus ``HEADER_BYTES``."""
+
+    model: str
+    model_bytes: int
+
+    @property
+    def bytes(self) -> int:
+        return self.model_bytes * SIZE_FACTOR + HEADER_BYTES
+
+
+def size_limit(model_cls: type[nn.Module], model_name: str,
+               num_classes: int = 10) -> SizeLimit | None:
+    """The size limit for checkpoints of ``model_cls``, from a copy built without memory
+    (on the meta device; None when the model cannot be built so: no limit then, and the
+    model's own error comes when it is built for the run)."""
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = model_cls(num_classes=num_classes)
+        tensors = itertools.chain(model.parameters(), model.buffers())
+        return SizeLimit(model_name, sum(t.numel() * t.element_size() for t in tensors))
+    except Exception:  # noqa: BLE001 - a plugin's constructor may fail in its own ways
+        return None
+
+
+def weights_file(text: str, source: str, limit: SizeLimit | None = None) -> WeightsFile:
     """Resolve ``model.weights`` (relative paths: relative to the suite file's folder), read
-    the file once and check that it holds a state dict; one ``UserError`` otherwise."""
+    the file once (refused unread when it is larger than ``limit``) and check that it holds a
+    state dict of dense tensors; one ``UserError`` otherwise."""
     where = f"{source}: {WHERE}"
     path = Path(text).expanduser()
     if not path.is_absolute():
         path = Path(source).parent / path
     path = path.resolve()
-    data = _read(path, where)
+    data = _read(path, where, limit)
     parse_checkpoint(data, path, where)
-    return WeightsFile(path, hashlib.sha256(data).hexdigest(), where)
+    return WeightsFile(path, hashlib.sha256(data).hexdigest(), where, limit)
 
 
-def _read(path: Path, where: str) -> bytes:
+def _read(path: Path, where: str, limit: SizeLimit | None = None) -> bytes:
     if not path.is_file():
         what = ("is a folder, not a checkpoint file" if path.is_dir() else
                 "is not a regular file" if path.exists() else "not found")
         raise UserError(f"weights file {path} {what}", where=where)
     try:
-        return path.read_bytes()
+        with path.open("rb") as f:
+            size = _size_checked(path, f.fileno(), limit, where)
+            data = f.read(size + 1)  # a file that grew since its size was checked stays bounded
     except OSError as err:
         raise UserError(f"cannot read weights file {path} ({err.strerror})", where=where) from None
+    if limit is not None and len(data) > limit.bytes:
+        _too_large(path, len(data), limit, where)
+    return data
+
+
+def _size_checked(path: Path, fd: int, limit: SizeLimit | None, where: str) -> int:
+    import os
+
+    size = os.fstat(fd).st_size
+    if limit is not None and size > limit.bytes:
+        _too_large(path, size, limit, where)
+    return size
+
+
+def _too_large(path: Path, size: int, limit: SizeLimit, where: str) -> None:
+    raise UserError(f"weights file {path} is {_bytes(size)}, but model {limit.model!r} has "
+                    f"{_bytes(limit.model_bytes)} of weights (files up to {_bytes(limit.bytes)} "
+                    "are read): not a checkpoint of this model?", where=where)
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _looks_like_safetensors(data: bytes) -> bool:
@@ -105,7 +173,9 @@ def parse_checkpoint(data: bytes, path: Path, where: str) -> dict[str, torch.Ten
                             f"({type(err).__name__}: {_short(err)})", where=where) from None
     else:
         try:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's notes on sparse or quantized tensors:
+                warnings.simplefilter("ignore")  # such a file is refused below in one line
+                state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - pickle/zip/torch errors of a foreign file
             raise UserError(f"{path.name} is not a checkpoint: neither safetensors nor a torch "
                             f"file that torch.load(weights_only=True) reads ({_why(err)})",
@@ -130,10 +200,29 @@ def _unwrap(state: Any, path: Path, where: str) -> dict[str, torch.Tensor]:
             what = f"a {type(state).__name__}"
         raise UserError(f"{path.name} holds {what}, not a state dict (parameter names mapped "
                         "to tensors)", where=where)
+    for name, tensor in state.items():
+        odd = _not_dense(tensor)
+        if odd:
+            raise UserError(f"{path.name}: tensor {_short(repr(name), 80)} is not a plain dense "
+                            f"tensor ({odd}); save dense values (tensor.to_dense(), "
+                            "dequantize())", where=where)
     names = list(state)
     if all(name.startswith("module.") for name in names):  # saved from (Distributed)DataParallel
         state = {name[len("module."):]: tensor for name, tensor in state.items()}
     return dict(state)
+
+
+def _not_dense(tensor: torch.Tensor) -> str:
+    """What makes ``tensor`` more or less than plain values in memory ("" when nothing)."""
+    if tensor.is_nested:
+        return "nested"
+    if tensor.layout != torch.strided:
+        return str(tensor.layout).replace("torch.", "")
+    if tensor.is_quantized:
+        return "quantized"
+    if tensor.is_meta:
+        return "meta, without values"
+    return ""
 
 
 def load_exactly(model: nn.Module, state: Mapping[str, torch.Tensor], model_name: str,

@@ -159,6 +159,20 @@ def _write(path: Path, what: str) -> None:
         torch.save({k: v.to(torch.int64) for k, v in state.items()}, path)
     elif what == "bad_safetensors":
         path.write_bytes((100).to_bytes(8, "little") + b"{" + b"x" * 120)
+    elif what in ODD_TENSORS:
+        state["classifier.5.weight"] = ODD_TENSORS[what](state["classifier.5.weight"])
+        torch.save(state, path)
+
+
+#: tensors torch.load(weights_only=True) reads that are not plain dense values (hostile-user
+#: finding, issue 27, 9: a sparse tensor gave a traceback; a meta tensor holds no values at all)
+ODD_TENSORS = {
+    "sparse_coo": lambda t: t.to_sparse(),
+    "sparse_csr": lambda t: t.to_sparse_csr(),
+    "meta": lambda t: t.to("meta"),
+    "quantized": lambda t: torch.quantize_per_tensor(t, 0.1, 0, torch.qint8),
+    "nested": lambda t: torch.nested.nested_tensor(list(t)),
+}
 
 
 BAD = [
@@ -173,9 +187,15 @@ BAD = [
      "(+"),
     ("bad_safetensors", "not a readable safetensors file", ""),
     ("integer_values", "non-float values", "(file torch.int64, model torch.float32)"),
+    ("sparse_coo", "'classifier.5.weight' is not a plain dense tensor", "sparse"),
+    ("sparse_csr", "'classifier.5.weight' is not a plain dense tensor", "sparse"),
+    ("meta", "'classifier.5.weight' is not a plain dense tensor", "meta"),
+    ("quantized", "'classifier.5.weight' is not a plain dense tensor", "quantized"),
+    ("nested", "'classifier.5.weight' is not a plain dense tensor", "nested"),
 ]
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch: sparse/quantized are "beta"
 @pytest.mark.parametrize(("what", "fragment", "detail"), BAD, ids=[b[0] for b in BAD])
 def test_bad_checkpoints_are_one_line_errors_naming_the_key(tmp_path, mnist, what, fragment,
                                                             detail):
@@ -216,4 +236,35 @@ def test_cli_wrong_architecture_exits_2_before_writing(tmp_path, cli_env, robenc
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{suite}: model.weights: checkpoint does not fit model " \
         "'mnist_cnn'" in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("what", ["sparse", "oversized_256m", "oversized_7g"])
+def test_cli_odd_or_oversized_weights_exit_2_before_reading_or_writing(tmp_path, cli_env,
+                                                                       robench_cli, what):
+    """Hostile-user finding (issue 27, 9): a sparse tensor in a .pt gave a traceback, and a
+    7 GB weights file was read whole. A file far larger than the architecture needs is
+    refused from its size, before a byte is read (the file here is sparse on disk)."""
+    path = tmp_path / "w.pt"
+    if what == "sparse":
+        state = lenet_state(0)
+        state["classifier.3.weight"] = state["classifier.3.weight"].to_sparse()
+        torch.save(state, path)
+    else:
+        torch.save(lenet_state(0), path)  # a real checkpoint, then a hole to the size asked
+        with path.open("r+b") as f:
+            f.truncate(256 * 2**20 if what == "oversized_256m" else 7 * 2**30)
+    suite = tmp_path / "s.yaml"
+    suite.write_text(yaml.safe_dump(suite_raw("w.pt")))
+    out = tmp_path / "out"
+    done = robench_cli("run", str(suite), "--out", str(out))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{suite}: model.weights: " in lines[0]
+    if what == "sparse":
+        assert "'classifier.3.weight' is not a plain dense tensor (sparse" in lines[0]
+    else:
+        assert str(path) in lines[0] and ("256.0 MiB" in lines[0] or "7.0 GiB" in lines[0])
+        assert "model 'lenet5' has" in lines[0]
     assert not out.exists()
