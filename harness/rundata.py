@@ -26,6 +26,7 @@ from robench.errors import UserError
 from robench.idx_files import check_dataset_files
 from robench.outdir import OutputFolder
 from robench.plan import Plan, resolve
+from robench.probe import check_baseline
 from robench.run_files import output_names
 
 
@@ -149,7 +150,7 @@ def prepare(path: str | Path, opts: RunOptions, keep_loaded: bool = True
     dataset = (load_dataset(name, root) if keep_loaded
                else DATASETS.get(name)(resolve_data_root(root)))
     check_data_sizes(plan, dataset)  # before the folder is opened
-    plan.baseline.check(dataset)  # checkpoint fits, model returns logits: before any write
+    check_baseline(plan, dataset)  # checkpoint fits, logits for every batch size: before writes
     out_dir = Path(opts.out) if opts.out else Path("results") / plan.name
     return plan, dataset, out_dir
 

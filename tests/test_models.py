@@ -191,3 +191,55 @@ def test_doc_example_without_logits_stops_before_writing(tmp_path, cli_env, robe
         f"robench: error: {suite}: model.name: model 'tiny_net' returns a dict with keys "
         "'features', 'logits', not a tensor of logits; set model.logits to the key of the logits")
     assert not (tmp_path / "out").exists()
+
+
+# -- a model right for the 2-image probe, wrong for the run's batches --------------------------
+QUIRKY = '''\
+"""Right logits for batches of up to two images, something else for larger batches."""
+import torch
+from torch import nn
+
+
+class QuirkyNet(nn.Module):
+    """A linear classifier whose output goes wrong for batches of more than two images."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.fc = nn.Linear(28 * 28, num_classes)
+
+    def forward(self, x):
+        out = self.fc(x.flatten(1))
+        if len(x) <= 2:
+            return out
+        return {QUIRK}
+'''
+QUIRKS = {
+    "too_few_classes": "out[:, :5]",
+    "too_few_rows": "out[:2]",
+    "an_extra_row": "torch.cat([out, out[:1]])",
+    "raises": "out @ torch.zeros(3, 3)",
+    "not_float": "out.argmax(1, keepdim=True).expand(-1, 10)",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quirk", list(QUIRKS))
+def test_a_model_wrong_only_for_real_batches_stops_before_writing(tmp_path, cli_env,
+                                                                 robench_subprocess, quirk):
+    """Hostile-user finding (issue 27, 9): a model whose output is right for the 2-image probe
+    and wrong for larger batches gave a traceback and left the results folder behind. The
+    run's own batch sizes are probed too, before anything is written."""
+    env = plugin_site(tmp_path, "quirky_models", QUIRKY.replace("{QUIRK}", QUIRKS[quirk]),
+                      "robench.models", "quirky_net = quirky_models:QuirkyNet", cli_env)
+    suite = tmp_path / "quirky.yaml"
+    suite.write_text(yaml.safe_dump({**SUITE, "model": {"name": "quirky_net"},
+                                     "train": {"epochs": 0}}))
+    out = tmp_path / "out"
+    ran = robench_subprocess("run", str(suite), "--out", str(out), env=env, cwd=tmp_path,
+                             timeout=300)
+    assert ran.returncode == 2 and "Traceback" not in ran.stderr, ran.stdout + ran.stderr
+    lines = ran.stderr.strip().splitlines()
+    assert len(lines) == 1, ran.stderr
+    assert lines[0].startswith(f"robench: error: {suite}: model.name: model 'quirky_net' ")
+    assert "200" in lines[0]  # the batch it failed on: the evaluation split's 200 images
+    assert not out.exists()
