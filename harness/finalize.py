@@ -4,7 +4,8 @@
 function, so the three can never disagree. The model diagnostics that some checks need (input
 gradients, randomness, softmax outputs) are measured during the run, when the models exist,
 and stored in ``diagnostics.json`` beside results.csv; a folder without that file gets only the
-checks that the table alone supports.
+checks that the table alone supports. The run's plan (run.json, ``robench.completeness``) tells
+which defenses are complete: the others are unranked and named first.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from robench.checks import run_checks, summarise
+from robench.checks import complete_checks, run_checks, summarise
+from robench.completeness import RUN_RECORD, completeness_of, read_run_record
 from robench.diagnostics import DIAGNOSTIC_KEYS
 from robench.errors import UserError
 from robench.leaderboard import write_leaderboard
@@ -54,11 +56,17 @@ def finalize(results_dir: Path, out: OutputFolder, reporter: Reporter | None = N
     source = results_dir if results_dir.is_dir() else results_dir.parent
     results = read_results(results_dir)
     outcomes = read_robust_per_image(source)  # indexed once, never held whole
+    run = read_run_record(source)
+    planned = completeness_of(run, source / RUN_RECORD)
     checks = run_checks(results, read_diagnostics(source), outcomes)
+    complete = complete_checks(results, planned)
+    if complete:  # first: a defense not fully measured is named before anything else
+        checks = pd.concat([pd.DataFrame(complete, columns=checks.columns), checks],
+                           ignore_index=True)
     write_csv(out, "checks.csv", checks)
     board = write_leaderboard(results, out, title=str(results["suite"].iloc[0]),
-                              status=summarise(checks), outcomes=outcomes)
-    write_report(out, results, checks, board, source=source)
+                              status=summarise(checks), outcomes=outcomes, planned=planned)
+    write_report(out, results, checks, board, source=source, run=run)
     if reporter is not None:
         for _, check in checks[checks["status"] != "pass"].iterrows():
             reporter.info(f"check {check['status']}: [{check['defense']}] {check['check']}: "

@@ -33,17 +33,25 @@ defenses minus those significantly worse (e.g. ``4–12``). ``p_vs_none`` is the
 against the undefended baseline (the entry of the ``none`` plugin, whatever its label). A
 defense whose sanity checks failed (see ``robench.checks``) is listed last, without a rank,
 because its numbers cannot be trusted.
+
+Completeness: given the run's planned cells (``robench.completeness``: run.json's suite), a
+defense with a planned cell missing (a stopped run, a deleted row) is incomplete: unranked,
+listed last, its worst case marked as covering only the attacks present and no ``p_vs_none``;
+a planned defense with no row at all is listed as not measured (``COMPLETENESS_COLUMNS``,
+``completeness_notes``). Without a plan every defense's completeness is ``unknown``, said once.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import pandas as pd
 
 from robench.attacks.base import DEFAULT_NORM
+from robench.completeness import Completeness, cells_text
 from robench.eps import canonical_eps, eps_text, same_eps
-from robench.outcomes import RobustPerImage
+from robench.outcomes import Cell, RobustPerImage
 from robench.outdir import OutputFolder
 from robench.results import eps_mask, write_csv
 from robench.stats import paired_over_seeds, seed_interval, wilson_interval
@@ -77,12 +85,24 @@ def _is_linf(results: pd.DataFrame) -> pd.Series:
 
 ALPHA = 0.05  # significance level of the pairwise McNemar tests behind shared ranks
 NONE_LABEL = "none"
+#: after the status: ``complete`` (yes: every planned cell has its row; no: some are missing,
+#: the defense is unranked; unknown: no plan to compare with), ``missing`` (how many planned
+#: cells have no row) and ``missing_cells`` (which: ``pgd@0.1,0.3``; why unknown when unknown)
+COMPLETENESS_COLUMNS = ["complete", "missing", "missing_cells"]
+COMPLETE, INCOMPLETE, UNKNOWN = "yes", "no", "unknown"
+NOT_PLANNED = "not in the run's plan"
 
 
 def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
-                      outcomes: pd.DataFrame | RobustPerImage | None = None) -> pd.DataFrame:
+                      outcomes: pd.DataFrame | RobustPerImage | None = None,
+                      planned: Completeness | Iterable[Cell] | None = None) -> pd.DataFrame:
+    """One row per defense (see the module docstring); ``planned``: the run's planned cells
+    (``robench.completeness``; None: unknown), against which every defense is complete or
+    not (``COMPLETENESS_COLUMNS``); an incomplete one is unranked, a planned one without rows
+    listed last."""
     if results.empty:
         raise ValueError("no result rows")
+    plan = Completeness.of(planned)
     outcomes = RobustPerImage.of(outcomes)
     # a verifier's rows are lower bounds, not attacks: their own columns, never the worst case
     bounds = bound_rows(results)
@@ -133,18 +153,73 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
                                                       *extra)] + [worst_col, *extra]
     board = add_verified_columns(board[ordered].reset_index(drop=True), bounds, outcomes,
                                  before=worst_col)
-    failed = pd.Series(False, index=board.index)
+    board = _with_completeness(board, results, plan)
     if status is not None and not status.empty:
         board = board.merge(status[["defense", "status", "reason"]], on="defense", how="left")
-        # a row whose checks failed cannot be trusted: listed last, without a rank
-        failed = board["status"] == "fail"
-        board = pd.concat([board[~failed], board[failed]], ignore_index=True)
-        failed = board["status"] == "fail"
-    board.insert(0, "rank", _ranks(board, worst_col, failed, per_image))
+        board = board[[c for c in board.columns if c not in COMPLETENESS_COLUMNS]
+                      + COMPLETENESS_COLUMNS]
+    # a row whose checks failed cannot be trusted, an incomplete one was not fully measured:
+    # listed last, without a rank
+    unranked = _unranked(board)
+    board = pd.concat([board[~unranked], board[unranked]], ignore_index=True)
+    unranked = _unranked(board)
+    board.insert(0, "rank", _ranks(board, worst_col, unranked, per_image))
     reference = _undefended_label(results)
+    # a p-value against, or of, a worst case over fewer attacks means nothing
+    partial = set(board.loc[board["complete"] == INCOMPLETE, "defense"].astype(str))
     board.insert(board.columns.get_loc("worst_kind") + 1, "p_vs_none",
-                 [_p_value(per_image, str(d), reference) for d in board["defense"]])
+                 [float("nan") if {str(d), reference} & partial
+                  else _p_value(per_image, str(d), reference) for d in board["defense"]])
     return board
+
+
+def _unranked(board: pd.DataFrame) -> pd.Series:
+    failed = board["status"] == "fail" if "status" in board else False
+    return (board["complete"] == INCOMPLETE) | failed
+
+
+def _with_completeness(board: pd.DataFrame, results: pd.DataFrame,
+                       plan: Completeness) -> pd.DataFrame:
+    """``board`` with ``COMPLETENESS_COLUMNS`` and a row for every planned defense that has
+    no row (not measured: every number missing)."""
+    if not plan.known:
+        return board.assign(complete=UNKNOWN, missing=float("nan"), missing_cells=plan.reason)
+    missing, planned = plan.missing(results), set(plan.defenses())
+    absent = [d for d in plan.defenses() if d not in plan.measured(results)]
+    board = pd.concat([board, pd.DataFrame({"defense": absent})], ignore_index=True) \
+        if absent else board
+    complete, count, text = [], [], []
+    for defense in board["defense"].astype(str):
+        cells = missing.get(defense, set())
+        complete.append(COMPLETE if defense in planned and not cells else INCOMPLETE)
+        count.append(len(cells))
+        text.append(NOT_PLANNED if defense not in planned else cells_text(cells, plan.seeds()))
+    return board.assign(complete=complete, missing=count, missing_cells=text)
+
+
+def completeness_notes(board: pd.DataFrame) -> list[str]:
+    """What the leaderboard's completeness columns say, one sentence per incomplete or
+    unmeasured defense, or one line when completeness could not be checked ([] when every
+    defense is complete)."""
+    if "complete" not in board:
+        return []
+    unknown = board[board["complete"] == UNKNOWN]
+    if not unknown.empty:
+        return [f"completeness cannot be checked: {unknown['missing_cells'].iloc[0]}"]
+    notes = []
+    for _, row in board[board["complete"] == INCOMPLETE].iterrows():
+        cells = str(row["missing_cells"])
+        if cells == NOT_PLANNED:
+            notes.append(f"incomplete: {row['defense']} is not in the run's plan (run.json): "
+                         "unranked")
+        elif pd.isna(row["clean_acc"]):
+            notes.append(f"not measured: {row['defense']} (none of its {int(row['missing'])} "
+                         "planned cells has a row)")
+        else:
+            notes.append(f"incomplete: {row['defense']} is unranked, its worst case covers only "
+                         f"the attacks present; missing {int(row['missing'])} planned "
+                         f"cell{'' if int(row['missing']) == 1 else 's'}: {cells}")
+    return notes
 
 
 def bound_rows(results: pd.DataFrame) -> pd.DataFrame:
@@ -350,15 +425,19 @@ def shown_table(board: pd.DataFrame) -> pd.DataFrame:
     shown = board.copy()
     worst_cols = [c for c in shown.columns if c.startswith("worst")
                   and not c.endswith(("_lo", "_hi")) and c not in ("worst_n", "worst_kind")]
+    partial = shown["complete"] == INCOMPLETE if "complete" in shown else \
+        pd.Series(False, index=shown.index)
     for col in worst_cols:
         if f"{col}_lo" in shown:
-            shown[col] = [_with_interval(v, lo, hi) for v, lo, hi in
-                          zip(shown[col], shown[f"{col}_lo"], shown[f"{col}_hi"], strict=True)]
+            # an incomplete defense's worst case covers only the attacks present
+            shown[col] = [_with_interval(v, lo, hi) + (" (incomplete)" if p and v == v else "")
+                          for v, lo, hi, p in zip(shown[col], shown[f"{col}_lo"],
+                                                  shown[f"{col}_hi"], partial, strict=True)]
             shown = shown.drop(columns=[f"{col}_lo", f"{col}_hi"])
     shown["rank"] = shown["rank"].map(lambda v: "-" if pd.isna(v) or v == "" else str(v))
     if "p_vs_none" in shown:
         shown["p_vs_none"] = shown["p_vs_none"].map(format_p)
-    for column in ("worst_n", "seeds"):
+    for column in ("worst_n", "seeds", "missing"):
         if column in shown:
             shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else str(int(v)))
     for column in shown.columns:
@@ -379,12 +458,12 @@ def to_markdown(board: pd.DataFrame, title: str | None = None,
     kinds = sorted(set(board["worst_kind"].dropna()) - {""}) if "worst_kind" in board else []
     shown = shown_table(board.drop(columns=["worst_kind"], errors="ignore"))
     shown.columns = [escape_markdown(c) for c in shown.columns]
-    notes = [*(notes or []), *(f"worst case: {k}" + (" (an image counts only if it survives "
-                                                     "every regular attack at that eps)"
-                                                     if k == "per image" else
-                                                     " (no per-image outcomes)")
-                               for k in kinds)]
-    for column in ("defense", "reason"):
+    # completeness first: a defense not fully measured is named before anything else
+    notes = [*completeness_notes(board), *(notes or []),
+             *(f"worst case: {k}" + (" (an image counts only if it survives every regular "
+                                     "attack at that eps)" if k == "per image" else
+                                     " (no per-image outcomes)") for k in kinds)]
+    for column in ("defense", "reason", "missing_cells"):
         if column in shown:
             shown[column] = shown[column].map(escape_markdown)
     if "seeds" in board:
@@ -406,8 +485,9 @@ def to_markdown(board: pd.DataFrame, title: str | None = None,
 
 def write_leaderboard(results: pd.DataFrame, out: OutputFolder, title: str | None = None,
                       status: pd.DataFrame | None = None,
-                      outcomes: pd.DataFrame | RobustPerImage | None = None) -> pd.DataFrame:
-    board = build_leaderboard(results, status, outcomes)
+                      outcomes: pd.DataFrame | RobustPerImage | None = None,
+                      planned: Completeness | Iterable[Cell] | None = None) -> pd.DataFrame:
+    board = build_leaderboard(results, status, outcomes, planned)
     write_csv(out, "leaderboard.csv", board)
     out.write_text("leaderboard.md", to_markdown(board, title, subset_notes(results)))
     return board

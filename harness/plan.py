@@ -276,13 +276,35 @@ def _resolve_entries(entries: list[Any], registry: Any, section: str, source: st
     return out
 
 
+def _defense_labels(suite: Suite, resolved: list[tuple[Any, Any]], source: str) -> list[str]:
+    return _labels(suite.defenses, [dict(e.params) for e in suite.defenses],
+                   [f"{e.name}\0{params_json(p)}"
+                    for e, (_, p) in zip(suite.defenses, resolved, strict=True)],
+                   "defenses", source)
+
+
+def _attack_labels(suite: Suite, resolved: list[tuple[Any, Any]], source: str) -> list[str]:
+    return _labels(suite.attacks, [_attack_raw(e) for e in suite.attacks],
+                   # labelled entries may repeat settings at other eps (their own columns)
+                   [json.dumps([e.name, params_json(p), e.limit, e.role]
+                               + ([e.eps] if e.label else []))
+                    for e, (_, p) in zip(suite.attacks, resolved, strict=True)],
+                   "attacks", source, [_always_shown(plugin, params)
+                                       for plugin, params in resolved])
+
+
+def entry_labels(suite: Suite, source: str) -> tuple[list[str], list[str]]:
+    """The labels ``resolve`` gives the defense and attack entries, in suite order (plugins
+    and params checked; no weights read, no code hashed): e.g. a recorded suite's cells."""
+    defenses = _resolve_entries(suite.defenses, DEFENSES, "defenses", source)
+    attacks = _resolve_entries(suite.attacks, ATTACKS, "attacks", source)
+    return _defense_labels(suite, defenses, source), _attack_labels(suite, attacks, source)
+
+
 def _defenses(suite: Suite, source: str, baseline: BaselineSpec, seed: int
               ) -> tuple[DefenseSpec, ...]:
     resolved = _resolve_entries(suite.defenses, DEFENSES, "defenses", source)
-    labels = _labels(suite.defenses, [dict(e.params) for e in suite.defenses],
-                     [f"{e.name}\0{params_json(p)}"
-                      for e, (_, p) in zip(suite.defenses, resolved, strict=True)],
-                     "defenses", source)
+    labels = _defense_labels(suite, resolved, source)
     seed = derive_seed(seed)
     specs = []
     for label, entry, (plugin, params) in zip(labels, suite.defenses, resolved, strict=True):
@@ -304,13 +326,7 @@ def _attack_raw(entry: AttackEntry) -> dict[str, Any]:
 def _attacks(suite: Suite, source: str, seed: int,
              defenses: tuple[DefenseSpec, ...]) -> tuple[AttackSpec, ...]:
     resolved = _resolve_entries(suite.attacks, ATTACKS, "attacks", source)
-    labels = _labels(suite.attacks, [_attack_raw(e) for e in suite.attacks],
-                     # labelled entries may repeat settings at other eps (their own columns)
-                     [json.dumps([e.name, params_json(p), e.limit, e.role]
-                                 + ([e.eps] if e.label else []))
-                      for e, (_, p) in zip(suite.attacks, resolved, strict=True)],
-                     "attacks", source, [_always_shown(plugin, params)
-                                         for plugin, params in resolved])
+    labels = _attack_labels(suite, resolved, source)
     libraries = _library_versions()
     specs = []
     for i, (label, entry, (plugin, params)) in enumerate(zip(labels, suite.attacks, resolved,

@@ -19,6 +19,7 @@ from robench.checks import (
     WARN,
     Check,
     check_meaning,
+    complete_checks,
     family_of,
     run_checks,
     summarise,
@@ -65,7 +66,10 @@ def _everything() -> pd.DataFrame:
     outcomes = pd.DataFrame({"defense": "d", "attack": "pgd", "eps": 0.1, "seed": 0,
                              "image": np.arange(100), "clean_correct": True,
                              "adv_correct": np.arange(100) < 35})
-    return pd.concat([run_checks(table, diagnostics), run_checks(table, outcomes=outcomes)])
+    # and a planned cell without its row (``complete``, given the run's plan)
+    incomplete = pd.DataFrame(complete_checks(table, {("d", "pgd", 0.3, 0)}))
+    return pd.concat([run_checks(table, diagnostics), run_checks(table, outcomes=outcomes),
+                      incomplete])
 
 
 def test_every_emitted_check_is_registered_and_every_registered_check_is_emitted():

@@ -6,7 +6,8 @@ beating white-box ones likewise) and the checklist of Carlini et al. 2019, "On E
 Adversarial Robustness" (arXiv 1902.06705): eps 0 = clean, accuracy monotone in eps,
 iterative <= single-step, unbounded attacks reach ~0 %, more iterations/restarts change
 little, independent implementations agree; and no attack breaks an image a verifier certified
-(``bounds_hold``: attacks bound robust accuracy from above, verifiers from below).
+(``bounds_hold``: attacks bound robust accuracy from above, verifiers from below); and that
+every planned cell has its row (``complete``: a stopped run ranks nothing it did not measure).
 
 Every check is a ``Check`` in ``CHECKS`` (``registry``): its name, the status it gives when it
 fires (warn or fail) and what that means. The checks are grouped by what they compare:
@@ -21,6 +22,7 @@ family. Rows whose plugin is not installed get only the checks that need no trai
 
 from robench.checks.between_attacks import FGSM_MONOTONE_TOL, LARGE_EPS, LARGE_EPS_MAX_ACC
 from robench.checks.bounds import BOUND_ROLE
+from robench.checks.complete import COMPLETE, complete_checks
 from robench.checks.model import DIAGNOSTIC_CHECKS
 from robench.checks.paired import TOL, Paired
 from robench.checks.registry import (
@@ -40,7 +42,8 @@ from robench.checks.rows import MIN_CLEAN_ACC
 from robench.checks.run import run_checks, summarise
 
 __all__ = [
-    "BOUND_ROLE", "CHECKS", "DIAGNOSTIC_CHECKS", "FAIL", "FGSM_MONOTONE_TOL", "LARGE_EPS",
-    "LARGE_EPS_MAX_ACC", "MIN_CLEAN_ACC", "PASS", "STATUSES", "TOL", "WARN", "Check", "Paired",
-    "Status", "check_meaning", "family_of", "run_checks", "summarise", "worst", "worst_first",
+    "BOUND_ROLE", "CHECKS", "COMPLETE", "DIAGNOSTIC_CHECKS", "FAIL", "FGSM_MONOTONE_TOL",
+    "LARGE_EPS", "LARGE_EPS_MAX_ACC", "MIN_CLEAN_ACC", "PASS", "STATUSES", "TOL", "WARN", "Check",
+    "Paired", "Status", "check_meaning", "complete_checks", "family_of", "run_checks",
+    "summarise", "worst", "worst_first",
 ]

@@ -31,11 +31,11 @@ and the check registry's meanings) and renders it as Markdown (``markdown``) and
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
+from robench.completeness import read_run_record
 from robench.errors import UserError
 from robench.outdir import OutputFolder
 from robench.report.columns import AttackColumns, BoardColumn, BoardColumns, WorstCase
@@ -77,19 +77,6 @@ def _read_optional(path: Path) -> pd.DataFrame | None:
         raise UserError(f"not a readable CSV ({type(err).__name__})", where=str(path)) from None
 
 
-def _read_run_record(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise UserError(f"not a robench run record ({type(err).__name__})",
-                        where=str(path)) from None
-    if not isinstance(record, dict):
-        raise UserError("not a robench run record (not a JSON object)", where=str(path))
-    return record
-
-
 def _read_log(path: Path) -> list[str]:
     try:
         return path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -98,11 +85,15 @@ def _read_log(path: Path) -> list[str]:
 
 
 def write_report(out: OutputFolder, results: pd.DataFrame, checks: pd.DataFrame,
-                 board: pd.DataFrame, source: Path) -> tuple[Path, Path]:
+                 board: pd.DataFrame, source: Path, run: dict | None = None
+                 ) -> tuple[Path, Path]:
     """report.md and a self-contained report.html (images inlined) in the folder ``out``, from
-    the finalized tables (see ``robench.finalize``) and the run's files in ``source``."""
+    the finalized tables (see ``robench.finalize``) and the run's files in ``source``; ``run``:
+    its run.json as read by finalize (``robench.completeness.read_run_record``; read here
+    when not given)."""
     metrics = _read_optional(source / "defense_metrics.csv")
-    run = _read_run_record(source / "run.json")
+    if run is None:
+        run = read_run_record(source) or {}
     log = _read_log(source / "run.log")
     figures = plot_curves(results, out, board)
     report = ReportContent(results, checks, board, metrics, run, log, figures)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from robench.checks import STATUSES
-from robench.leaderboard import subset_notes
+from robench.leaderboard import INCOMPLETE, completeness_notes, subset_notes
 from robench.report.columns import BoardColumns
 from robench.report.figures import Figure
 from robench.report.layout import board_groups, defense_lines, pack_groups, problem_rows, provenance
@@ -38,6 +38,7 @@ class ReportContent:
         self.provenance = provenance(run, log, results)
         self.figures = figures
         self.notes = subset_notes(results)
+        self.completeness = completeness_notes(board)
 
     @property
     def has_p(self) -> bool:
@@ -49,11 +50,29 @@ class ReportContent:
         """Whether the summary has a verified-accuracy column."""
         return any(line.verified is not None for line in self.lines)
 
+    @property
+    def incomplete(self) -> int:
+        """How many defenses were not fully measured (incomplete or without rows)."""
+        return int((self.board["complete"] == INCOMPLETE).sum()) if "complete" in self.board \
+            else 0
+
+    def completeness_lead(self) -> tuple[str, str]:
+        """The summary's first sentence, (bold part, rest), when the run is incomplete or its
+        completeness unknown (("", "") when every planned cell has its row)."""
+        if not self.completeness:
+            return "", ""
+        if not self.incomplete:  # one line: completeness cannot be checked
+            return "", self.completeness[0][0].upper() + self.completeness[0][1:] + "."
+        return (f"Incomplete run: {self.incomplete} of {plural(len(self.lines), 'defense')} "
+                "not fully measured, so unranked.", "; ".join(self.completeness) + ".")
+
     def headline(self) -> str:
         """Defenses and their statuses, the threat model, data and model, in one line."""
         counts = {s: sum(line.status == s for line in self.lines) for s in STATUSES}
         parts = [plural(len(self.lines), "defense")] + [f"{n} {s}" for s, n in counts.items()
                                                          if n]
+        if self.incomplete:
+            parts.insert(1, f"{self.incomplete} incomplete")
         eps = self.worst.threat
         if eps:
             parts.append(f"threat model L∞ eps {eps}")
@@ -76,7 +95,8 @@ class ReportContent:
                "the minimum over the attacks run at the threat eps")
         text = (f"Accuracy in % with 95 % Wilson score intervals in brackets; the worst case is "
                 f"{how}. A defense with a failed check is unranked (–): its numbers cannot be "
-                "trusted.")
+                "trusted; so is one with planned cells missing (its worst case covers only the "
+                "attacks present).")
         if "seeds" in self.board:
             text += (" Several seeds: accuracies are means over seeds; the worst case's "
                      "interval covers both the Student-t interval over seeds and the Wilson "

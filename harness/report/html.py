@@ -97,6 +97,7 @@ def render_html(report: ReportContent) -> str:
         css=Markup(css), dash=DASH, badges=BADGE, title=report.title,
         headline=report.headline(), worst_header=report.worst_header(),
         ci_note=report.ci_note(), check_counts=report.check_counts(),
+        lead=report.completeness_lead(),
         has_p=report.has_p, has_verified=report.has_verified,
         summary=[(line, _bar(line)) for line in report.lines],
         problems=report.problems,

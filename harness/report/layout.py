@@ -15,8 +15,9 @@ from typing import Literal
 
 import pandas as pd
 
+from robench.checks import COMPLETE as COMPLETE_CHECK
 from robench.checks import check_meaning, worst_first
-from robench.leaderboard import CHECK_ROLE
+from robench.leaderboard import CHECK_ROLE, COMPLETENESS_COLUMNS, INCOMPLETE
 from robench.report.columns import BoardColumns
 from robench.report.text import (
     DASH,
@@ -96,7 +97,8 @@ def board_groups(board: pd.DataFrame, results: pd.DataFrame, columns: BoardColum
     """The leaderboard's numbers as column groups: clean, one per attack, verified, worst
     case, and anything not recognised (so nothing is lost)."""
     groups = [ColumnGroup("clean", n_note_all(results), [TableColumn("", "clean_acc")])]
-    used = {"rank", "defense", "clean_acc", "status", "reason"}
+    # completeness is the summary's (its lead and notes), not a number column
+    used = {"rank", "defense", "clean_acc", "status", "reason", *COMPLETENESS_COLUMNS}
     for label, attack in columns.attacks.items():
         shown = [TableColumn(eps, col) for eps, col in attack.eps]
         used.update(col for _, col in attack.eps)
@@ -214,6 +216,15 @@ def _note(rank: str, reason: str, failed: list[str], warned: list[str], n_checks
     return f"all {n_checks} checks passed" if n_checks else "no checks"
 
 
+def _incomplete_note(row: pd.Series, failed: list[str]) -> str:
+    """An incomplete defense's note: what is missing first, then its other failed checks."""
+    what = ("unranked: not measured (no rows)" if missing(row.get("clean_acc")) else
+            "unranked: incomplete, worst case over the attacks present only; missing "
+            f"{row.get('missing_cells')}")
+    others = [c for c in failed if c != COMPLETE_CHECK.name]
+    return what + ("; failed " + "; ".join(others) if others else "")
+
+
 def defense_lines(board: pd.DataFrame, checks: pd.DataFrame, results: pd.DataFrame,
                   columns: BoardColumns) -> tuple[list[DefenseLine], bool]:
     """One summary line per defense in leaderboard order; and whether some interval came from
@@ -241,6 +252,8 @@ def defense_lines(board: pd.DataFrame, checks: pd.DataFrame, results: pd.DataFra
                      _failed_checks(checks, defense, "fail"),
                      _failed_checks(checks, defense, "warn"),
                      int((checks["defense"] == defense).sum()))
+        if row.get("complete") == INCOMPLETE:
+            note = _incomplete_note(row, _failed_checks(checks, defense, "fail"))
         lines.append(DefenseLine(
             rank=rank, defense=defense,
             status="" if missing(row.get("status")) else str(row.get("status")),

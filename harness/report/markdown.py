@@ -49,7 +49,10 @@ def _summary(report: ReportContent) -> list[str]:
         row += [line.p or DASH] * has_p + [line.verified or DASH] * has_v
         rows.append(row + [_md(line.note)])
     numbers = [0, 3, 4] + [5] * has_p + [5 + has_p] * has_v
-    return ["## Summary", "", report.ci_note(), "", _md_table(head, rows, right=numbers), ""]
+    strong, rest = report.completeness_lead()
+    lead = " ".join([f"**{_md(strong)}**"] * bool(strong) + [_md(rest)] * bool(rest))
+    return ["## Summary", ""] + [lead, ""] * bool(lead) + [
+        report.ci_note(), "", _md_table(head, rows, right=numbers), ""]
 
 
 def _checks(report: ReportContent) -> list[str]:

@@ -1,0 +1,155 @@
+"""What a run planned against what results.csv holds: a defense is complete only when every
+planned cell (defense x attack x eps x seed) has its row.
+
+A run is stopped (Ctrl-C, a crash) or a row is deleted: the leaderboard would otherwise rank a
+defense on fewer attacks, its worst case an upper bound over the attacks present only. The plan
+is run.json's recorded ``suite`` (the suite as run, command-line overrides included), resolved
+to labels with ``robench.plan.entry_labels``, the labelling ``robench run`` used; so every
+run.json robench wrote can be checked, whichever version wrote it, as long as its plugins are
+installed. Without run.json (a bare results.csv), completeness is unknown and said to be.
+
+``read_run_record`` is the one reader of run.json, ``planned_cells`` the one definition of a
+recorded plan's cells; ``Completeness`` compares them with a results table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from robench.config import parse_suite
+from robench.eps import canonical_eps, eps_text
+from robench.errors import UserError
+from robench.outcomes import Cell
+from robench.plan import entry_labels
+
+RUN_RECORD = "run.json"
+#: how many missing cells ``cells_text`` names before it counts the rest
+SHOWN_CELLS = 12
+
+
+def read_run_record(folder: Path) -> dict[str, Any] | None:
+    """run.json of a results folder as a mapping; None when there is none; a ``UserError``
+    when it is not a JSON object."""
+    path = Path(folder) / RUN_RECORD
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"not a robench run record ({type(err).__name__})",
+                        where=str(path)) from None
+    if not isinstance(record, dict):
+        raise UserError("not a robench run record (not a JSON object)", where=str(path))
+    return record
+
+
+def planned_cells(run: dict[str, Any], where: str) -> set[Cell]:
+    """Every cell the run recorded in ``run`` planned: its suite's defense labels x attack
+    labels x that attack's eps x the suite's seeds (a ``UserError`` naming ``where`` when the
+    suite cannot be resolved here, or resolves to other labels than the run recorded)."""
+    if "suite" not in run:
+        raise UserError("no recorded suite", where=f"{where}: suite")
+    suite = parse_suite(run["suite"], f"{where}: suite")
+    defenses, attacks = entry_labels(suite, f"{where}: suite")
+    for key, labels in (("defenses", defenses), ("attacks", attacks)):
+        recorded = run.get(key)
+        if isinstance(recorded, dict) and set(recorded) != set(labels):
+            raise UserError(f"its suite resolves to other {key} than the run recorded "
+                            f"({', '.join(sorted(set(recorded) ^ set(labels))[:4])})",
+                            where=f"{where}: {key}")
+    return {(d, a, canonical_eps(e), int(s)) for s in suite.seed_list for d in defenses
+            for a, entry in zip(attacks, suite.attacks, strict=True) for e in entry.eps}
+
+
+def present_cells(results: pd.DataFrame) -> set[Cell]:
+    """The cells a results table holds (seed 0 when it has no seed column)."""
+    seeds = results["seed"] if "seed" in results else pd.Series(0, index=results.index)
+    return {(str(d), str(a), canonical_eps(e), int(s)) for d, a, e, s in
+            zip(results["defense"], results["attack"], results["eps"], seeds, strict=True)}
+
+
+def cells_text(cells: Iterable[Cell], seeds: Iterable[int]) -> str:
+    """Cells of one defense, compact: ``pgd@0.1,0.3``; a seed named only when not every planned
+    seed of ``seeds`` lacks the cell (``fgsm@0.1 (seed 1)``); the first ``SHOWN_CELLS``
+    groups, then how many more."""
+    every = set(seeds)
+    by_attack_eps: dict[tuple[str, float], set[int]] = {}
+    for _, attack, eps, seed in sorted(cells, key=lambda c: (c[3], c[1], c[2])):
+        by_attack_eps.setdefault((attack, eps), set()).add(seed)
+    groups: dict[tuple[str, str], list[str]] = {}
+    for (attack, eps), of_seeds in by_attack_eps.items():
+        which = "" if of_seeds == every else \
+            " (seed " + ", ".join(map(str, sorted(of_seeds))) + ")"
+        groups.setdefault((attack, which), []).append(eps_text(eps))
+    parts = [f"{attack}@{','.join(eps)}{which}" for (attack, which), eps in groups.items()]
+    more = len(parts) - SHOWN_CELLS
+    return "; ".join(parts[:SHOWN_CELLS]) + (f"; and {more} more" if more > 0 else "")
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """The planned cells of a run (None: unknown, with the ``reason``)."""
+
+    planned: frozenset[Cell] | None
+    reason: str = ""
+
+    @classmethod
+    def of(cls, planned: Completeness | Iterable[Cell] | None) -> Completeness:
+        """A ``Completeness`` from itself, planned cells, or None (unknown: no plan given)."""
+        if isinstance(planned, Completeness):
+            return planned
+        if planned is None:
+            return cls(None, "no run.json beside results.csv, so the planned cells are unknown")
+        return cls(frozenset((str(d), str(a), canonical_eps(e), int(s))
+                             for d, a, e, s in planned))
+
+    @property
+    def known(self) -> bool:
+        return self.planned is not None
+
+    def defenses(self) -> list[str]:
+        """The planned defenses (sorted: the plan's cells are a set)."""
+        return sorted({c[0] for c in self.planned or ()})
+
+    def seeds(self) -> list[int]:
+        return sorted({c[3] for c in self.planned or ()})
+
+    def planned_of(self, defense: str) -> set[Cell]:
+        return {c for c in self.planned or () if c[0] == defense}
+
+    def missing(self, results: pd.DataFrame) -> dict[str, set[Cell]]:
+        """Per planned defense with a planned cell absent from ``results``: those cells ({}
+        when every defense is complete or the plan is unknown)."""
+        if self.planned is None:
+            return {}
+        absent = self.planned - present_cells(results)
+        out: dict[str, set[Cell]] = {}
+        for cell in absent:
+            out.setdefault(cell[0], set()).add(cell)
+        return out
+
+    def measured(self, results: pd.DataFrame) -> set[str]:
+        """Planned defenses with at least one row."""
+        return {str(d) for d in results["defense"]} & set(self.defenses())
+
+
+def completeness_of(run: dict[str, Any] | None, where: str | Path) -> Completeness:
+    """The planned cells of the run recorded in ``run`` (``read_run_record`` of the file
+    ``where``), or unknown with the reason (no run.json; a suite that cannot be resolved
+    here)."""
+    if run is None:
+        return Completeness.of(None)
+    try:
+        return Completeness(frozenset(planned_cells(run, str(where))))
+    except UserError as err:
+        return Completeness(None, f"run.json's plan cannot be resolved here ({err})"[:300])
+
+
+__all__ = ["RUN_RECORD", "SHOWN_CELLS", "Completeness", "cells_text", "completeness_of",
+           "planned_cells", "present_cells", "read_run_record"]
