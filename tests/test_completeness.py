@@ -110,6 +110,18 @@ def test_the_complete_check_fails_an_incomplete_defense_and_names_an_absent_one(
     assert got.loc["at", "status"] == "fail" and got.loc["absent", "status"] == "fail"
 
 
+def test_rows_of_a_defense_the_plan_does_not_list_are_not_ranked():
+    from robench.checks import complete_checks
+
+    plan = planned(defenses=("none", "at"))
+    checks = pd.DataFrame(complete_checks(table(planned()), plan))
+    assert summarise(checks).set_index("defense").loc["weak", "status"] == "fail"
+    got = board(planned(), plan)
+    assert got.loc["weak", "rank"] == "" and got.loc["weak", "complete"] == "no"
+    assert got.loc["weak", "missing_cells"] == "not in the run's plan"
+    assert got.loc["at", "rank"] == "1"
+
+
 def test_without_a_plan_completeness_is_unknown_and_said_once():
     got = build_leaderboard(table(planned()))
     assert (got["complete"] == "unknown").all() and got["missing"].isna().all()

@@ -2,8 +2,9 @@
 
 A defense with planned cells missing (the run was stopped, rows were deleted) fails: its worst
 case covers only the attacks present, so it cannot be ranked. A planned defense without any row
-fails as "not measured". Nothing is checked when the plan is unknown (a results.csv without
-run.json); the leaderboard says so instead (``robench.completeness``).
+fails as "not measured", and so do rows of a defense the plan does not list. Nothing is
+checked when the plan is unknown (a results.csv without run.json); the leaderboard says so
+instead (``robench.completeness``).
 """
 
 from __future__ import annotations
@@ -42,4 +43,8 @@ def complete_checks(results: pd.DataFrame,
         else:
             detail = f"all {total} planned cells present"
         rows.append(COMPLETE.row(defense, bool(absent), detail))
+    for defense in dict.fromkeys(str(d) for d in results["defense"]):
+        if defense not in plan.defenses():  # rows the recorded run did not plan
+            rows.append(COMPLETE.row(defense, True, "not in the run's plan (run.json): rows "
+                                     "of another run?"))
     return rows
