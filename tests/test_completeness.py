@@ -160,6 +160,32 @@ def test_the_report_summary_says_first_which_defenses_are_incomplete(tmp_path):
     assert "Incomplete run" in summary.split("<table", 1)[0]
 
 
+def test_an_incomplete_defense_with_an_odd_label_is_named_escaped(tmp_path):
+    evil = "<b>x|y</b>"
+    cells = {(evil if d == "weak" else d, a, e, s) for d, a, e, s in planned()}
+    results = table(planned()).replace({"defense": {"weak": evil}})
+    md, html = _report_markdown(results.query("attack != 'pgd' or defense != @evil"),
+                                cells, tmp_path)
+    first = _summary_first_line(md)
+    assert "x\\|y" in first and "<b>" not in first  # escape_markdown: no tag, no table break
+    assert "<b>x" not in html and "&lt;b&gt;x|y&lt;/b&gt;" in html
+
+
+def test_no_p_value_against_an_incomplete_baseline():
+    from .test_leaderboard import cells as outcome_cells
+
+    plan = {(d, a, 0.3, 0) for d in ("none", "at") for a in ("fgsm", "pgd")}
+    rng = __import__("numpy").random.default_rng(0)
+    none = outcome_cells("none", {"fgsm": rng.random(200) < 0.3})
+    at = outcome_cells("at", {"fgsm": rng.random(200) < 0.8, "pgd": rng.random(200) < 0.7})
+    results = pd.DataFrame(none[0] + at[0])
+    outcomes = pd.concat([none[1], at[1]])
+    with_p = build_leaderboard(results, outcomes=outcomes).set_index("defense")
+    assert with_p.loc["at", "p_vs_none"] < 0.05  # today's p-value: against FGSM alone
+    got = build_leaderboard(results, outcomes=outcomes, planned=plan).set_index("defense")
+    assert got["p_vs_none"].isna().all() and got.loc["at", "rank"] == "1"
+
+
 def test_the_report_says_when_completeness_cannot_be_checked(tmp_path):
     md, _ = _report_markdown(table(planned()), None, tmp_path)
     assert "completeness cannot be checked" in _summary_first_line(md).lower()
