@@ -3,10 +3,11 @@
 Written for a reviewer who wants to see in ten seconds which defenses hold up and which numbers
 cannot be trusted, in this order (the markdown follows the same order):
 
-1. **Summary**: one line per defense: rank (or why it is unranked), a status badge that reads
-   without colour (PASS / WARN / FAIL), clean accuracy and the worst case at the threat eps with
-   their 95 % intervals, the paired p-value against ``none`` and verified accuracy when the
-   leaderboard has them.
+1. **Summary**: first, when the run is incomplete, which defenses were not fully measured (or
+   that completeness cannot be checked: no run.json); then one line per defense: rank (or why
+   it is unranked), a status badge that reads without colour (PASS / WARN / FAIL), clean
+   accuracy and the worst case at the threat eps with their 95 % intervals, the paired p-value
+   against ``none`` and verified accuracy when the leaderboard has them.
 2. **Checks**: failures and warnings first, each with its detail and a one-line explanation of
    what it means; the passes collapsed.
 3. **Leaderboard** by attack: one column group per attack with its eps columns, packed into
