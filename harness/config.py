@@ -1,8 +1,9 @@
-"""The suite file: a strict schema, loaded with ``yaml.safe_load``.
+"""The suite file: a strict schema, loaded with ``yaml.safe_load``'s semantics within bounds
+(``robench.suite_yaml``: file size, nesting, alias expansion, repeated and merged keys).
 
 This module checks structure (pydantic: unknown keys, wrong types, eps in [0, 28] (L-inf:
 [0, 1], checked by ``robench.plan`` once the norm is known) and canonicalised, empty lists,
-repeated eps, duplicate YAML keys). ``robench.plan`` then resolves the plugins once (names,
+repeated eps). ``robench.plan`` then resolves the plugins once (names,
 params, labels, seeds, cache keys). Every error becomes one ``UserError`` naming the file and
 the key path, before any work starts.
 """
@@ -13,7 +14,6 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -26,6 +26,7 @@ from pydantic import (
 
 from robench.eps import canonical_eps
 from robench.errors import UserError, key_path
+from robench.suite_yaml import MAX_SUITE_BYTES, read_suite_yaml
 from robench.training import TrainConfig
 
 if TYPE_CHECKING:
@@ -199,47 +200,23 @@ def parse_suite(raw: Any, source: str) -> Suite:
         raise  # unreachable: raise_validation always raises
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (YAML lets the later
-    one silently win)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key {str(key)[:40]!r} appears twice (also at line "
-                        f"{seen[key] + 1})", key_node.start_mark)
-                seen[key] = key_node.start_mark.line
-            except TypeError:  # an unhashable key: let the constructor report it
-                pass
-        return super().construct_mapping(node, deep=deep)
-
-
-# PyYAML follows YAML 1.1, where ``3e-1`` and ``1e-10`` (no dot) are strings: read them as the
-# numbers a user means
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
-
-
 def load_suite(path: str | Path) -> Suite:
-    """Read and validate a suite file; every problem is a ``UserError`` naming file and key."""
+    """Read and validate a suite file; every problem is a ``UserError`` naming file and key.
+    The YAML is read within ``robench.suite_yaml``'s bounds (size, nesting, alias expansion)
+    before anything validates it."""
     path = Path(path)
     if not path.is_file():
         raise UserError("suite file not found", where=str(path))
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or "invalid YAML"
-        raise UserError(f"invalid YAML{at}: {problem}", where=str(path)) from None
+        with path.open("rb") as file:
+            data = file.read(MAX_SUITE_BYTES + 1)
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UserError("not a UTF-8 text file", where=str(path)) from None
-    return parse_suite(raw, str(path))
+    except OSError as err:
+        raise UserError(f"cannot read the suite file ({err.strerror})", where=str(path)) \
+            from None
+    if len(data) > MAX_SUITE_BYTES:
+        raise UserError(f"the suite file is larger than {MAX_SUITE_BYTES >> 10} KiB",
+                        where=str(path))
+    return parse_suite(read_suite_yaml(text, str(path)), str(path))

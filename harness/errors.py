@@ -4,12 +4,35 @@ from __future__ import annotations
 
 import signal
 import threading
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 #: error messages only: editing this module changes no result (see robench.codehash)
 AFFECTS_RESULTS = False
+
+#: the longest message and ``where`` a UserError prints: a value echoed from a hostile input
+#: (an alias bomb's expansion) must not make the one line megabytes long
+MAX_MESSAGE = 600
+MAX_WHERE = 1000
+#: Unicode categories escaped in error lines: control (line breaks, NEL), format (bidi
+#: overrides, zero-width), line and paragraph separators
+_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def one_line(text: str, limit: int) -> str:
+    """``text`` as one printable line of at most ``limit`` characters: line breaks, bidi and
+    other invisible characters escaped (``\\u202e``), the middle cut when too long (a
+    file path's start and a key path's end both stay)."""
+    if any(unicodedata.category(c) in _HIDDEN for c in text[:limit * 8]) or len(text) > limit:
+        text = "".join(c.encode("unicode_escape").decode("ascii")
+                       if unicodedata.category(c) in _HIDDEN else c
+                       for c in text[:limit * 8])
+    if len(text) > limit:
+        keep = limit - 5
+        text = text[:keep - keep // 3] + " ... " + text[len(text) - keep // 3:]
+    return text
 
 
 class UserError(Exception):
@@ -19,6 +42,9 @@ class UserError(Exception):
     """
 
     def __init__(self, message: str, where: str | None = None) -> None:
+        # one bounded line, however large or strange the input it quotes
+        message = one_line(str(message), MAX_MESSAGE)
+        where = None if where is None else one_line(str(where), MAX_WHERE)
         self.message = message
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
@@ -96,7 +122,8 @@ def nested_params_message(err: Any, owner: str) -> str:
     ``owner`` (e.g. ``"for unlearning method 'ssd'"``)."""
     first = err.errors()[0]
     extra = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    got = "" if first["type"] in ("missing", "extra_forbidden") else \
-        f" (got {first.get('input')!r})"
+    shown = "" if first["type"] in ("missing", "extra_forbidden") else \
+        repr(first.get("input"))
+    got = f" (got {shown[:60] + '...' if len(shown) > 60 else shown})" if shown else ""
     msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
     return f"{key_path(tuple(first['loc']))}: {msg}{got} {owner}{extra}"
