@@ -11,6 +11,7 @@ the key path, before any work starts.
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -24,6 +25,7 @@ from pydantic import (
     field_validator,
 )
 
+from robench.column_names import reserved_label_reason
 from robench.eps import canonical_eps
 from robench.errors import UserError, key_path
 from robench.suite_yaml import MAX_SUITE_BYTES, read_suite_yaml
@@ -74,21 +76,37 @@ class ModelConfig(_Strict):
         return value
 
 
-RESERVED_LABELS = ("worst", "rank", "defense", "clean_acc", "status", "reason")
+#: Unicode categories a label must not contain: control characters (line breaks, NEL), format
+#: characters (bidi overrides and isolates, zero-width ones: U+202E shows "none" reversed),
+#: line and paragraph separators, and private-use, surrogate or unassigned code points
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"})
+
+
+def hidden_or_reserved(label: str) -> str | None:
+    """What makes ``label`` unusable as any label, explicit or automatic (None: nothing): a
+    hidden character or a name the leaderboard generates."""
+    hidden = next((c for c in label if unicodedata.category(c) in HIDDEN_CATEGORIES), None)
+    if hidden is not None:
+        return (f"must not contain line breaks, control or invisible characters "
+                f"(U+{ord(hidden):04X} at position {label.index(hidden) + 1})")
+    reserved = reserved_label_reason(label)
+    return None if reserved is None else f"{reserved}; choose another label"
 
 
 def _valid_label(label: str) -> str:
     """A label names a leaderboard row or column and part of file names."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in label):
-        raise ValueError("must not contain line breaks or control characters")
+    hidden = next((c for c in label if unicodedata.category(c) in HIDDEN_CATEGORIES), None)
+    if hidden is not None:
+        raise ValueError(hidden_or_reserved(label))
     if label != label.strip():
         raise ValueError("must not start or end with a space")
     if label[0] in "=+-@":
         raise ValueError("must not start with = + - @ (a spreadsheet would run it as a formula)")
     if "@" in label:
         raise ValueError("must not contain '@' (leaderboard columns are named attack@eps)")
-    if label in RESERVED_LABELS:
-        raise ValueError(f"{label!r} is a leaderboard column name; choose another label")
+    problem = hidden_or_reserved(label)
+    if problem is not None:
+        raise ValueError(problem)
     return label
 
 

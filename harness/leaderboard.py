@@ -49,6 +49,7 @@ from collections.abc import Iterable
 import pandas as pd
 
 from robench.attacks.base import DEFAULT_NORM
+from robench.column_names import VERIFIED, WORST
 from robench.completeness import Completeness, cells_text
 from robench.eps import canonical_eps, eps_text, same_eps
 from robench.outcomes import Cell, RobustPerImage
@@ -109,7 +110,7 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
     results = with_traits(results if "seed" in results else results.assign(seed=0))
     attack_rows = results.drop(bounds.index)
     eps_star = threat_eps(attack_rows)
-    worst_col = "worst" if eps_star is None else f"worst@{eps_text(eps_star)}"
+    worst_col = WORST if eps_star is None else f"{WORST}@{eps_text(eps_star)}"
     # suite order, grouped by norm: the L-inf columns first, then those of each other norm
     norm_of = dict(zip(attack_rows["attack"], attack_rows["norm"], strict=True))
     attacks = sorted(dict.fromkeys(attack_rows["attack"]),
@@ -244,7 +245,7 @@ def add_verified_columns(board: pd.DataFrame, bounds: pd.DataFrame,
         cells = bounds[eps_mask(bounds["eps"], eps)]
         values = {str(d): _verified(rows, outcomes) for d, rows in
                   cells.groupby(cells["defense"].astype(str), sort=False)}
-        board.insert(at, f"verified@{eps_text(eps)}",
+        board.insert(at, f"{VERIFIED}@{eps_text(eps)}",
                      [values.get(str(d), float("nan")) for d in board["defense"]])
     return board
 

@@ -34,7 +34,14 @@ import robench
 from robench.attacks import ATTACKS, Attack, AttackParams
 from robench.attacks.base import DEFAULT_NORM
 from robench.cache import cache_key
-from robench.config import AttackEntry, Suite, load_suite, parse_suite, raise_validation
+from robench.config import (
+    AttackEntry,
+    Suite,
+    hidden_or_reserved,
+    load_suite,
+    parse_suite,
+    raise_validation,
+)
 from robench.data import DATASETS, Dataset
 from robench.defenses import DEFENSES, Defense, DefenseParams
 from robench.eps import eps_text
@@ -228,6 +235,10 @@ def _labels(entries: list[Any], raws: list[dict[str, Any]], identities: list[str
         if len(label) > MAX_LABEL:
             raise UserError(f"automatic label is longer than {MAX_LABEL} characters; "
                             "give this entry a `label:`", where=where)
+        problem = hidden_or_reserved(label) if entries[i].label is None else None
+        if problem is not None:  # a plugin or params value named like a generated column
+            raise UserError(f"automatic label {label!r} {problem}; give this entry a `label:`",
+                            where=where)
         seen[label] = i
     return labels
 

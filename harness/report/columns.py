@@ -23,12 +23,13 @@ from typing import Literal, cast
 
 import pandas as pd
 
+from robench.column_names import FIXED_COLUMNS, VERIFIED, WORST
+
 ColumnKind = Literal["fixed", "attack", "attack_mean", "worst", "worst_lo", "worst_hi",
                      "verified", "other"]
 
 #: columns with a fixed name and meaning (the summary, ranks and the worst case's statistics)
-FIXED = frozenset({"rank", "defense", "clean_acc", "status", "reason", "p_vs_none", "worst_n",
-                   "worst_kind", "clean_acc_lo", "clean_acc_hi", "worst_sd", "seeds"})
+FIXED = FIXED_COLUMNS
 _SIDES: dict[str, ColumnKind] = {"": "worst", "_lo": "worst_lo", "_hi": "worst_hi"}
 
 
@@ -54,9 +55,9 @@ class BoardColumn:
 def _worst_parts(name: str) -> tuple[str, str] | None:
     """(eps text, side) of a worst-case column name (``worst``, ``worst@0.3``,
     ``worst@0.3_lo``, ``worst_hi``; side is "", "_lo" or "_hi"), None for any other name."""
-    if not name.startswith("worst"):
+    if not name.startswith(WORST):
         return None
-    rest = name.removeprefix("worst")
+    rest = name.removeprefix(WORST)
     if rest in _SIDES:
         return "", rest
     if not rest.startswith("@") or len(rest) < 2:
@@ -76,7 +77,7 @@ def classify(name: str) -> BoardColumn:
     if worst is not None:
         eps_text, side = worst
         return BoardColumn(name, _SIDES[side], eps_text=eps_text, eps=eps_value(eps_text))
-    if name.startswith("verified"):
+    if name.startswith(VERIFIED):
         return BoardColumn(name, "verified")
     if "@" in name:
         label, eps_text = name.rsplit("@", 1)
