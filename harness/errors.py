@@ -17,8 +17,9 @@ AFFECTS_RESULTS = False
 MAX_MESSAGE = 600
 MAX_WHERE = 1000
 #: Unicode categories escaped in error lines: control (line breaks, NEL), format (bidi
-#: overrides, zero-width), line and paragraph separators
-_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp"})
+#: overrides, zero-width), line and paragraph separators, and the lone surrogates of a file
+#: name that is not UTF-8 (they cannot be printed)
+_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
 
 def one_line(text: str, limit: int) -> str:
