@@ -149,10 +149,10 @@ def long_legal_suite() -> str:
     eps = ", ".join(f"{i / 1000:g}" for i in range(30))
     lines = [HEAD, "defenses:\n  - name: none\n", "attacks:\n",
              f"  - {{name: pgd, label: pgd0, eps: [{eps}], "
-             "params: &common {steps: 2, alpha: 0.05, random_start: false}}\n"]
+             "params: &common {steps: 1, alpha: 0.05, random_start: false}}\n"]
     for i in range(1, 150):
         lines.append(f"  - {{name: pgd, label: pgd{i}, eps: [{eps}], "
-                     f"params: {{<<: *common, steps: {1 + i % 3}}}}}\n")
+                     f"params: {{<<: *common, steps: {i + 1}}}}}\n")
     return "".join(lines)
 
 
