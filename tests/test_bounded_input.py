@@ -165,6 +165,33 @@ def test_long_legal_suite_still_plans(tmp_path, cli_env):
     assert "Traceback" not in proc.stderr
 
 
+#: in this process (the fast lane): bombs only just over the cap, so that a regression costs
+#: a few hundred thousand values, not the machine
+FAST_CASES = [
+    ("small_bomb", suite(attacks=laughs(levels=4, width=20)), "attacks[0].params.extra"),
+    # a key that is not a scalar is named "?"
+    ("small_bomb_in_key", suite(top=f"? {laughs(levels=4, width=20)}\n: 1\n"), "?[3]"),
+    ("nested_mapping_500", suite(attacks=nested_mapping(500)), "line 8"),
+    ("chained_aliases_200", suite(attacks=chained_aliases(200)), "attacks[0].params.extra"),
+    ("recursive_alias", suite(attacks="&r [1, *r]"), "attacks[0].params.extra[1]"),
+    ("recursive_mapping", suite(attacks="&m {a: 1, b: *m}"), "attacks[0].params.extra.b"),
+]
+
+
+@pytest.mark.parametrize("case_id,text,where", FAST_CASES, ids=[c[0] for c in FAST_CASES])
+def test_bounds_checked_before_validation(tmp_path, case_id, text, where):
+    from robench.config import load_suite
+    from robench.errors import UserError
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as caught:
+        load_suite(path)
+    line = str(caught.value)
+    assert line.startswith(f"{path}: ") and where in line, line
+    assert len(line) <= MAX_LINE and len(line.splitlines()) == 1
+
+
 def test_caps_leave_room_for_the_shipped_suites():
     from robench.config import load_suite
 
