@@ -1,6 +1,6 @@
 """Reading a suite file's YAML safely: ``yaml.safe_load``'s semantics within bounds.
 
-A suite is small (the shipped ones hold a few hundred values, at most 6 levels deep), but YAML
+A suite is small (the shipped ones hold under 500 values, at most 7 levels deep), but YAML
 lets a few hundred bytes of aliases expand to billions of values ("billion laughs"), and a deep
 nest overflows the recursive composer and every validator after it. So, before anything
 constructs or validates the document:
@@ -34,9 +34,9 @@ from robench.errors import UserError
 #: parser takes seconds per 100 kB of short values
 MAX_SUITE_BYTES = 128 << 10
 #: values (scalars, lists, mappings, keys included) once aliases are expanded (the shipped
-#: suites hold under 1000, and a file of MAX_SUITE_BYTES written out in full about 65 000)
+#: suites hold under 500, and a file of MAX_SUITE_BYTES written out in full about 65 000)
 MAX_SUITE_NODES = 100_000
-#: levels of nesting (the shipped suites use 6: attacks[0].params.method_params.key)
+#: levels of nesting, leaf values included (the shipped suites use at most 7)
 MAX_SUITE_DEPTH = 50
 
 _MERGE = "tag:yaml.org,2002:merge"
