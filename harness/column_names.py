@@ -25,9 +25,13 @@ FIXED_COLUMNS = frozenset({"rank", "defense", "clean_acc", "status", "reason", "
                            "worst_n", "worst_kind", "clean_acc_lo", "clean_acc_hi", "worst_sd",
                            "seeds"})
 
+#: a defense's completeness against the run's plan (``robench.completeness``): whether all its
+#: planned cells have rows, how many do not and which
+COMPLETENESS_COLUMNS = ("complete", "missing", "missing_cells")
+
 #: every generated name a label must not spell (compared case-insensitively: ``Verified``
 #: reads as ``verified`` in a table)
-RESERVED_LABELS = frozenset(FIXED_COLUMNS | set(RESULT_COLUMNS)
+RESERVED_LABELS = frozenset(FIXED_COLUMNS | set(COMPLETENESS_COLUMNS) | set(RESULT_COLUMNS)
                             | {WORST, f"{WORST}_lo", f"{WORST}_hi", VERIFIED})
 #: generated names that are prefixes: a label starting with one is read as that column
 RESERVED_PREFIXES = (VERIFIED,)

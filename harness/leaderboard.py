@@ -49,6 +49,7 @@ from collections.abc import Iterable
 import pandas as pd
 
 from robench.attacks.base import DEFAULT_NORM
+from robench.column_names import COMPLETENESS_COLUMNS as _COMPLETENESS
 from robench.column_names import VERIFIED, WORST
 from robench.completeness import Completeness, cells_text
 from robench.eps import canonical_eps, eps_text, same_eps
@@ -89,7 +90,7 @@ NONE_LABEL = "none"
 #: after the status: ``complete`` (yes: every planned cell has its row; no: some are missing,
 #: the defense is unranked; unknown: no plan to compare with), ``missing`` (how many planned
 #: cells have no row) and ``missing_cells`` (which: ``pgd@0.1,0.3``; why unknown when unknown)
-COMPLETENESS_COLUMNS = ["complete", "missing", "missing_cells"]
+COMPLETENESS_COLUMNS = list(_COMPLETENESS)
 COMPLETE, INCOMPLETE, UNKNOWN = "yes", "no", "unknown"
 NOT_PLANNED = "not in the run's plan"
 

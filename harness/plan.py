@@ -37,7 +37,6 @@ from robench.cache import cache_key
 from robench.config import (
     AttackEntry,
     Suite,
-    hidden_or_reserved,
     load_suite,
     parse_suite,
     raise_validation,
@@ -47,6 +46,7 @@ from robench.defenses import DEFENSES, Defense, DefenseParams
 from robench.eps import eps_text
 from robench.errors import UserError
 from robench.evaluation import evaluate_attack
+from robench.labels import unique_labels
 from robench.models import MODELS, LogitsKey, SelectOutput, check_logits
 from robench.plan_hash import code_hash
 from robench.seeds import derive_seed
@@ -55,8 +55,6 @@ from robench.weights import WeightsFile, size_limit, weights_file
 
 if TYPE_CHECKING:
     from robench.attacks.verifier import Verifier
-
-MAX_LABEL = 80
 
 
 def params_json(params: BaseModel | dict[str, Any]) -> str:
@@ -169,80 +167,6 @@ class Plan:
 
 
 # -- labels ------------------------------------------------------------------------------------
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(_flat(item, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: value}
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, float):
-        return f"{value:g}"
-    return json.dumps(value, separators=(",", ":"))
-
-
-def automatic_labels(name: str, raw: list[dict[str, Any]],
-                     always: list[dict[str, Any]] | None = None) -> list[str]:
-    """Labels for unlabelled entries of one plugin: the plugin name plus the settings the user
-    wrote that tell its entries apart (none when it is listed once), plus ``always[i]``: the
-    settings the plugin wants in every label (``Attack.label_params``, e.g. a reduced
-    variant's ``version=fast``)."""
-    flat = [_flat(r) for r in raw]
-    keys = sorted({k for f in flat for k in f})
-    differing = [k for k in keys if len({json.dumps(f.get(k, "\0"), sort_keys=True)
-                                         for f in flat}) > 1] if len(raw) > 1 else []
-    labels = []
-    for i, f in enumerate(flat):
-        pairs = {k: f[k] for k in differing if k in f}
-        pairs.update((always or [{}] * len(raw))[i])
-        shown = ",".join(f"{k}={_shown(v)}" for k, v in sorted(pairs.items()))
-        labels.append(f"{name}[{shown}]" if shown else name)
-    return labels
-
-
-def _labels(entries: list[Any], raws: list[dict[str, Any]], identities: list[str],
-            section: str, source: str, always: list[dict[str, Any]] | None = None) -> list[str]:
-    """Explicit or automatic labels; identical entries and colliding labels are errors."""
-    first: dict[str, int] = {}
-    for i, identity in enumerate(identities):
-        if identity in first:
-            hint = "merge their eps or give one a `label:`" if section == "attacks" else \
-                "remove one"
-            raise UserError(f"same plugin and settings as {section}[{first[identity]}]; {hint}",
-                            where=f"{source}: {section}[{i}]")
-        first[identity] = i
-    labels: list[str] = [entry.label for entry in entries]
-    unlabelled: dict[str, list[int]] = {}
-    for i, entry in enumerate(entries):
-        if entry.label is None:
-            unlabelled.setdefault(entry.name, []).append(i)
-    for name, indices in unlabelled.items():
-        forced = [(always or [{}] * len(entries))[i] for i in indices]
-        for i, label in zip(indices, automatic_labels(name, [raws[i] for i in indices], forced),
-                            strict=True):
-            labels[i] = label
-    seen: dict[str, int] = {}
-    for i, label in enumerate(labels):
-        where = f"{source}: {section}[{i}]"
-        if label in seen:
-            raise UserError(f"label {label!r} is also the label of {section}[{seen[label]}]; "
-                            "give one of them a distinct `label:`", where=where)
-        if len(label) > MAX_LABEL:
-            raise UserError(f"automatic label is longer than {MAX_LABEL} characters; "
-                            "give this entry a `label:`", where=where)
-        problem = hidden_or_reserved(label) if entries[i].label is None else None
-        if problem is not None:  # a plugin or params value named like a generated column
-            raise UserError(f"automatic label {label!r} {problem}; give this entry a `label:`",
-                            where=where)
-        seen[label] = i
-    return labels
-
-
 # -- resolving ---------------------------------------------------------------------------------
 def _plugin(registry: Any, name: str, where: str) -> Any:
     if name not in registry:
@@ -288,14 +212,14 @@ def _resolve_entries(entries: list[Any], registry: Any, section: str, source: st
 
 
 def _defense_labels(suite: Suite, resolved: list[tuple[Any, Any]], source: str) -> list[str]:
-    return _labels(suite.defenses, [dict(e.params) for e in suite.defenses],
+    return unique_labels(suite.defenses, [dict(e.params) for e in suite.defenses],
                    [f"{e.name}\0{params_json(p)}"
                     for e, (_, p) in zip(suite.defenses, resolved, strict=True)],
                    "defenses", source)
 
 
 def _attack_labels(suite: Suite, resolved: list[tuple[Any, Any]], source: str) -> list[str]:
-    return _labels(suite.attacks, [_attack_raw(e) for e in suite.attacks],
+    return unique_labels(suite.attacks, [_attack_raw(e) for e in suite.attacks],
                    # labelled entries may repeat settings at other eps (their own columns)
                    [json.dumps([e.name, params_json(p), e.limit, e.role]
                                + ([e.eps] if e.label else []))
