@@ -198,31 +198,33 @@ def leaderboard(
     from robench.leaderboard import to_markdown
 
     try:
-        board = _finalize(results_csv, out)
+        board, note = _finalize(results_csv, out)
     except UserError as err:
         _fail(err)
-    typer.echo(to_markdown(board))
+    typer.echo((f"**{note}**\n\n" if note else "") + to_markdown(board))
 
 
 def _finalize(results: Path, out: Path | None):
     """The run's finalize step on a results folder or CSV, written into ``out`` (default: the
-    results' own folder), which robench locks and writes only its own files into."""
-    from robench.finalize import finalize
+    results' own folder), which robench locks and writes only its own files into; returns the
+    leaderboard and the "unverified" mark of its inputs (None: verified)."""
+    from robench.finalize import finalize, read_inputs
     from robench.outdir import OutputFolder, resolve_out
-    from robench.results import read_results
 
     if out is not None and not str(out).strip():
         raise UserError("empty folder name", where="--out")
     # resolved before any check: 'OTHER/newsub/..' is OTHER, although newsub/ does not exist
     results = results.absolute()
     out = None if out is None else resolve_out(out)
-    read_results(results)  # a bad input stops here, before any folder is created
+    # every input read and verified here: a bad, edited or blocking one stops before any
+    # folder is created or locked
+    inputs = read_inputs(results)
     folder = results if results.is_dir() else results.parent
     if out is not None and out.resolve() != folder.resolve() and (out / "results.csv").exists():
         raise UserError("holds another run's results.csv; write this leaderboard into an "
                         "empty folder", where=str(out))
     with OutputFolder.open(out if out is not None else folder) as target:
-        return finalize(results, target)
+        return finalize(inputs, target), inputs.note
 
 
 @app.command()

@@ -15,6 +15,7 @@ seed by seed (``robench.stats.paired_over_seeds``: a t interval over the per-see
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from robench.eps import canonical_eps, eps_text
 from robench.errors import UserError
 from robench.leaderboard import escape_markdown, format_p, seed_pairs
 from robench.outcomes import OUTCOMES_FILE, RobustPerImage, read_outcomes
+from robench.outdir import RunFiles
 from robench.results import read_results
 from robench.stats import paired_over_seeds
 
@@ -213,16 +215,23 @@ def reproduction_line(folder: Path, results: pd.DataFrame) -> str:
             f"results.csv (largest {worst.max():.2f} pp); see robench compare")
 
 
-def _outcomes_of(path: Path) -> pd.DataFrame | None:
+def _read_run(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
+    """A run's results and outcomes, verified before they are parsed (``robench.outdir.
+    verify``), and its label: the path, marked when no manifest vouches for the files."""
     path = Path(path)
-    return read_outcomes(path if path.is_dir() else path.parent)
+    if not os.path.lexists(path):
+        raise UserError("results file not found", where=str(path))
+    files = RunFiles.of(path)
+    results = read_results(path, files)
+    outcomes = read_outcomes(files.folder, files)
+    files.warn()
+    return results, outcomes, str(path) + (f" ({files.note})" if files.note else "")
 
 
 def compare_results(path_a: Path, path_b: Path) -> str:
     """Markdown comparison of two results folders or CSVs; bad input raises ``UserError``."""
-    return to_markdown(compare_frames(read_results(path_a), read_results(path_b),
-                                      _outcomes_of(path_a), _outcomes_of(path_b)),
-                       str(path_a), str(path_b))
+    (a, outcomes_a, label_a), (b, outcomes_b, label_b) = _read_run(path_a), _read_run(path_b)
+    return to_markdown(compare_frames(a, b, outcomes_a, outcomes_b), label_a, label_b)
 
 
 def compare_defenses(path: Path, defense_a: str, defense_b: str) -> str:
@@ -230,7 +239,7 @@ def compare_defenses(path: Path, defense_a: str, defense_b: str) -> str:
     if defense_a == defense_b:
         raise UserError(f"compare two different defenses (got {defense_a!r} twice)",
                         where="--defenses")
-    results, outcomes = read_results(path), _outcomes_of(path)
+    results, outcomes, label = _read_run(path)
     if outcomes is None:  # two defenses of one run are compared image by image
         folder = Path(path) if Path(path).is_dir() else Path(path).parent
         raise UserError("missing; comparing two defenses needs the run's per-image outcomes "
@@ -247,5 +256,5 @@ def compare_defenses(path: Path, defense_a: str, defense_b: str) -> str:
             outcomes["defense"].astype(str) == name].assign(defense=both)
         sides.append((rows, outs))
     (a, oa), (b, ob) = sides
-    return to_markdown(compare_frames(a, b, oa, ob), f"{path}: {defense_a}",
-                       f"{path}: {defense_b}")
+    return to_markdown(compare_frames(a, b, oa, ob), f"{label}: {defense_a}",
+                       f"{label}: {defense_b}")

@@ -26,6 +26,7 @@ from robench.config import parse_suite
 from robench.eps import canonical_eps, eps_text
 from robench.errors import UserError
 from robench.outcomes import Cell
+from robench.outdir import RunFiles
 from robench.plan import entry_labels
 
 RUN_RECORD = "run.json"
@@ -33,15 +34,17 @@ RUN_RECORD = "run.json"
 SHOWN_CELLS = 12
 
 
-def read_run_record(folder: Path) -> dict[str, Any] | None:
-    """run.json of a results folder as a mapping; None when there is none; a ``UserError``
-    when it is not a JSON object."""
-    path = Path(folder) / RUN_RECORD
-    if not path.exists():
+def read_run_record(files: RunFiles) -> dict[str, Any] | None:
+    """run.json of a results folder as a mapping, verified against the folder's manifest before
+    it is parsed (``robench.outdir.RunFiles``); None when there is none; a ``UserError`` when
+    it is edited, damaged, not a regular file or not a JSON object."""
+    path = files.folder / RUN_RECORD
+    data = files.read(RUN_RECORD)
+    if data is None:
         return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+        record = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise UserError(f"not a robench run record ({type(err).__name__})",
                         where=str(path)) from None
     if not isinstance(record, dict):

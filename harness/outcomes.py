@@ -11,6 +11,7 @@ what a true worst case over attacks and paired tests between defenses need.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 
 from robench.eps import canonical_eps
 from robench.errors import UserError
-from robench.outdir import OutputFolder
+from robench.outdir import OutputFolder, RunFiles
 from robench.run_files import OUTCOMES_FILE
 
 if TYPE_CHECKING:  # the type only: storage does not depend on how outcomes are computed
@@ -307,13 +308,23 @@ def _not_boolean(frame: pd.DataFrame) -> str | None:
     return None
 
 
-def read_outcomes(folder: Path) -> pd.DataFrame | None:
-    """The per-image outcomes of a results folder, or None when it has none."""
+def _verified_bytes(folder: Path, files: RunFiles | None) -> bytes | None:
+    """The outcomes file's bytes as robench wrote it (``robench.outdir.verify``); None when
+    the folder has none (a dangling link is damage, not "no outcomes": refused)."""
+    if files is None and not os.path.lexists(Path(folder) / OUTCOMES_FILE):
+        return None
+    return (files or RunFiles.of(folder)).read(OUTCOMES_FILE)
+
+
+def read_outcomes(folder: Path, files: RunFiles | None = None) -> pd.DataFrame | None:
+    """The per-image outcomes of a results folder, or None when it has none; read through
+    ``files`` (default ``RunFiles.of(folder)``), i.e. verified before it is parsed."""
     path = Path(folder) / OUTCOMES_FILE
-    if not os.path.lexists(path):  # a dangling link is damage, not "no outcomes"
+    data = _verified_bytes(folder, files)
+    if data is None:
         return None
     try:
-        frame = pd.read_parquet(path)
+        frame = pd.read_parquet(io.BytesIO(data))
     except Exception as err:  # noqa: BLE001 - pyarrow raises several types on damage
         raise _unreadable(path, err) from None
     _check_columns(list(frame.columns), path)
@@ -325,16 +336,19 @@ def read_outcomes(folder: Path) -> pd.DataFrame | None:
 READ_ROWS = 256 * 1024
 
 
-def read_robust_per_image(folder: Path) -> RobustPerImage | None:
+def read_robust_per_image(folder: Path, files: RunFiles | None = None
+                          ) -> RobustPerImage | None:
     """What ``read_outcomes`` reads, indexed by cell (``RobustPerImage``), read whole row groups
-    at a time (``READ_ROWS``): the table itself is never held whole, so the index is the only
+    at a time (``READ_ROWS``): the table itself is never held whole (only the file's
+    compressed bytes, which are verified before they are parsed), so the index is the only
     large thing in memory. None when the folder has no outcomes; damage as
     ``read_outcomes``."""
     path = Path(folder) / OUTCOMES_FILE
-    if not os.path.lexists(path):  # a dangling link is damage, not "no outcomes"
+    data = _verified_bytes(folder, files)
+    if data is None:
         return None
     try:
-        file = pq.ParquetFile(path)
+        file = pq.ParquetFile(pa.BufferReader(data))
         schema = file.schema_arrow
         # a frame saved by pandas with an index stores it as a column: read_parquet hides it
         hidden = {c for c in (schema.pandas_metadata or {}).get("index_columns", [])

@@ -10,8 +10,10 @@ cell the plan is about to compute and its numbers are exactly what its per-image
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +22,7 @@ import pandas as pd
 
 from robench.eps import FLOAT_FORMAT, canonical_eps, same_eps
 from robench.errors import UserError
-from robench.outdir import OutputFolder
+from robench.outdir import OutputFolder, RunFiles, check_whole_csv
 from robench.outdir.atomic import atomic_write_text as atomic_write_text  # its old home
 
 if TYPE_CHECKING:
@@ -181,15 +183,23 @@ def _complete(row: dict[str, Any]) -> bool:
         return False
 
 
-def read_results(path: Path) -> pd.DataFrame:
-    """Read a results.csv (or a results folder) written by ``robench run``."""
+def read_results(path: Path, files: RunFiles | None = None) -> pd.DataFrame:
+    """Read a results.csv (or a results folder) written by ``robench run``: as robench wrote
+    it (``files``, default ``RunFiles.of(path)``: verified against the folder's manifest, a
+    regular file, whole; see ``robench.outdir.verify``)."""
     path = Path(path)
     if path.is_dir():
         path = path / "results.csv"
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise UserError("results file not found", where=str(path))
+    own = files is None  # read here: warned here, once the table has parsed
+    files = files or RunFiles.of(path)
+    data = files.read(path.name)
+    if data is None:
+        raise UserError("results file not found", where=str(path))
+    text = check_whole_csv(data, str(path))
     try:
-        frame = _read_csv(path)
+        frame = _read_csv(io.StringIO(text))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError,
             ValueError) as err:
         raise UserError(f"not a readable CSV ({' '.join(str(err).split())[:120]})",
@@ -212,10 +222,12 @@ def read_results(path: Path) -> pd.DataFrame:
     if frame[["defense", "attack", "attack_name"]].isna().any().any():
         raise UserError("not a robench results table (empty defense, attack or attack_name)",
                         where=str(path))
+    if own:
+        files.warn()
     return frame.assign(eps=frame["eps"].map(canonical_eps))
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_csv(path: Path | io.StringIO) -> pd.DataFrame:
     """Text columns as text, and only an empty field is missing (a label "NA" stays "NA")."""
     return pd.read_csv(path, dtype=TEXT_DTYPES, keep_default_na=False, na_values=[""])
 

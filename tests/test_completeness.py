@@ -197,11 +197,12 @@ COMMITTED = sorted(p.parent for p in (REPO / "results").glob("*/run.json"))
 
 def test_every_committed_run_records_a_complete_plan():
     from robench.completeness import completeness_of, read_run_record
+    from robench.outdir import RunFiles
     from robench.results import read_results
 
     assert len(COMMITTED) == 6
     for folder in COMMITTED:
-        known = completeness_of(read_run_record(folder), folder / "run.json")
+        known = completeness_of(read_run_record(RunFiles.of(folder)), folder / "run.json")
         assert known.planned is not None, (folder, known.reason)
         assert known.missing(read_results(folder)) == {}, folder
 

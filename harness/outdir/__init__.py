@@ -52,7 +52,8 @@ The parts, each usable alone: ``files`` (the reserved names, descriptor-level he
 ``atomic`` (the one temp + fsync + rename primitive, also ``atomic_write_text`` for a file
 outside any results folder), ``lock`` (one run per folder), ``manifest`` (ownership records
 and recovery), ``log`` (append-only logs), ``paths`` (a user's ``--out`` resolved before
-any check) and ``folder`` (``OutputFolder``, composing them).
+any check), ``folder`` (``OutputFolder``, composing them) and ``verify`` (``RunFiles``: how
+readers read a folder's files, as the manifest vouches for them).
 
 Platform: POSIX only (Linux, macOS): needs ``fcntl.flock``, ``O_NOFOLLOW`` and ``dir_fd``
 support. An ``OutputFolder`` is meant for one run in one thread; it is not thread-safe. A
@@ -63,6 +64,8 @@ from robench.outdir.atomic import atomic_write_text
 from robench.outdir.files import LOCK_NAME, LOCKED_MESSAGE, MANIFEST_NAME
 from robench.outdir.folder import OutputFolder
 from robench.outdir.paths import resolve_out, results_folder_holding
+from robench.outdir.verify import RunFiles, UnverifiedWarning, check_whole_csv
 
-__all__ = ["LOCK_NAME", "LOCKED_MESSAGE", "MANIFEST_NAME", "OutputFolder", "atomic_write_text",
-           "resolve_out", "results_folder_holding"]
+__all__ = ["LOCK_NAME", "LOCKED_MESSAGE", "MANIFEST_NAME", "OutputFolder", "RunFiles",
+           "UnverifiedWarning", "atomic_write_text", "check_whole_csv", "resolve_out",
+           "results_folder_holding"]

@@ -24,6 +24,10 @@ read once by name (``columns``: ``<attack>@<eps>``, ``<attack>_mean``, ``worst@<
 optional ``_lo``/``_hi``, ``worst_n``, ``p_vs_none``, ``verified…``), anything else is shown as
 is. Every write goes through the ``OutputFolder``; figures are rendered in memory.
 
+The run's own files (defense_metrics.csv, run.json, run.log) are read as robench wrote them
+(``read_report_inputs``, through ``robench.outdir.RunFiles``); a report made from files no
+manifest vouches for says "unverified" in its title.
+
 The package, in reading order: ``write_report`` (here) reads the run's files, draws the figures
 (``figures``), computes the content once (``content``, from ``columns``, ``layout``, ``text``
 and the check registry's meanings) and renders it as Markdown (``markdown``) and HTML
@@ -32,13 +36,15 @@ and the check registry's meanings) and renders it as Markdown (``markdown``) and
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from robench.completeness import read_run_record
 from robench.errors import UserError
-from robench.outdir import OutputFolder
+from robench.outdir import OutputFolder, RunFiles, check_whole_csv
 from robench.report.columns import AttackColumns, BoardColumn, BoardColumns, WorstCase
 from robench.report.content import ReportContent
 from robench.report.figures import SMALL_MULTIPLES_ABOVE, Figure, plot_curves
@@ -63,41 +69,60 @@ __all__ = [
     "TABLE_BUDGET_PX", "AttackColumns", "BoardColumn", "BoardColumns", "ColumnGroup",
     "DefenseLine", "Figure", "ReportContent", "TableColumn", "WorstCase", "board_groups",
     "defense_lines", "interval_text", "p_text", "pack_groups", "pct",
-    "plot_curves", "problem_rows", "provenance", "rank_text", "render_html", "render_markdown",
-    "write_report",
+    "plot_curves", "problem_rows", "provenance", "rank_text", "read_report_inputs",
+    "render_html", "render_markdown", "ReportInputs", "write_report",
 ]
 
 
 # -- reading the run's own files ------------------------------------------------------------
-def _read_optional(path: Path) -> pd.DataFrame | None:
-    if not path.exists() or not path.stat().st_size:
+@dataclass(frozen=True)
+class ReportInputs:
+    """What the report reads from the run's folder besides the finalized tables; ``note``: the
+    "unverified" mark of a folder no manifest vouches for (None: verified)."""
+
+    metrics: pd.DataFrame | None
+    run: dict
+    log: list[str]
+    note: str | None = None
+
+
+def read_report_inputs(files: RunFiles) -> ReportInputs:
+    """defense_metrics.csv, run.json and run.log of a results folder, each verified before it
+    is parsed (one-line ``UserError`` for an edited, damaged or non-regular file)."""
+    return ReportInputs(_read_optional(files, "defense_metrics.csv"),
+                        read_run_record(files) or {}, _read_log(files, "run.log"),
+                        files.note)
+
+
+def _read_optional(files: RunFiles, name: str) -> pd.DataFrame | None:
+    path = files.folder / name
+    data = files.read(name)
+    if not data:
         return None
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(io.StringIO(check_whole_csv(data, str(path))))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UserError(f"not a readable CSV ({type(err).__name__})", where=str(path)) from None
 
 
-def _read_log(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return []
+def _read_log(files: RunFiles, name: str) -> list[str]:
+    data = files.read(name)
+    return [] if data is None else data.decode("utf-8", errors="replace").splitlines()
 
 
 def write_report(out: OutputFolder, results: pd.DataFrame, checks: pd.DataFrame,
-                 board: pd.DataFrame, source: Path, run: dict | None = None
-                 ) -> tuple[Path, Path]:
+                 board: pd.DataFrame, source: Path | ReportInputs) -> tuple[Path, Path]:
     """report.md and a self-contained report.html (images inlined) in the folder ``out``, from
-    the finalized tables (see ``robench.finalize``) and the run's files in ``source``; ``run``:
-    its run.json as read by finalize (``robench.completeness.read_run_record``; read here
-    when not given)."""
-    metrics = _read_optional(source / "defense_metrics.csv")
-    if run is None:
-        run = read_run_record(source) or {}
-    log = _read_log(source / "run.log")
+    the finalized tables (see ``robench.finalize``) and the run's files: already read
+    (``ReportInputs``), or read here from the folder ``source``."""
+    if not isinstance(source, ReportInputs):
+        files = RunFiles.of(source)
+        source = read_report_inputs(files)
+        files.warn()
+    inputs = source
     figures = plot_curves(results, out, board)
-    report = ReportContent(results, checks, board, metrics, run, log, figures)
+    report = ReportContent(results, checks, board, inputs.metrics, inputs.run, inputs.log,
+                           figures, note=inputs.note)
     out.write_text("report.md", render_markdown(report))
     out.write_text("report.html", render_html(report))
     return out.path / "report.md", out.path / "report.html"

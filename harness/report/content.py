@@ -23,8 +23,9 @@ class ReportContent:
 
     def __init__(self, results: pd.DataFrame, checks: pd.DataFrame, board: pd.DataFrame,
                  metrics: pd.DataFrame | None, run: dict, log: list[str],
-                 figures: list[Figure]) -> None:
-        self.title = str(results["suite"].iloc[0])
+                 figures: list[Figure], note: str | None = None) -> None:
+        # note: the "unverified" mark of files no manifest vouches for, in the title itself
+        self.title = str(results["suite"].iloc[0]) + (f" ({note})" if note else "")
         self.results, self.checks, self.board = results, checks, board
         self.columns = BoardColumns.of(board)
         self.worst = self.columns.worst
