@@ -2,7 +2,9 @@
 and in B, B - A, and a paired test where the same images were evaluated.
 
 A and B are results folders or results.csv files written by ``robench run`` (read with
-``robench.results.read_results``); ``compare_defenses`` makes A and B two defenses of one run.
+``robench.results.read_results``, each side's files verified against its folder's manifest
+first, ``robench.outdir.verify``: an edited file is refused, a side no manifest vouches for is
+marked "unverified" in its label); ``compare_defenses`` makes A and B two defenses of one run.
 Cells are matched on (defense, attack, eps); a cell with several rows on one side (several
 seeds) is their mean, and the table says so. Cells present on only one side are listed, never
 silently dropped. Differences are in percentage points. When both sides have per-image

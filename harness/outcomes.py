@@ -66,12 +66,13 @@ class OutcomeTable:
     def __len__(self) -> int:
         return sum(len(b.image) for b in self._cells.values())
 
-    def load_existing(self) -> bool:
-        """Read the outcomes on disk; False when the file exists but cannot be read."""
-        if not self.path.exists():
+    def load_existing(self, data: bytes | None = None) -> bool:
+        """Read the outcomes on disk (or ``data``, the file's bytes as a reader verified them:
+        ``robench plan``); False when the file exists but cannot be read."""
+        if data is None and not self.path.exists():
             return True
         try:
-            frame = pd.read_parquet(self.path)
+            frame = pd.read_parquet(self.path if data is None else io.BytesIO(data))
         except Exception:  # noqa: BLE001 - any damage means: trust none of it
             return False
         if (list(frame.columns) != OUTCOME_COLUMNS or _not_boolean(frame)

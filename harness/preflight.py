@@ -42,9 +42,11 @@ from robench.estimate import (
 )
 from robench.models import model_hash as fingerprint
 from robench.outcomes import OutcomeTable
+from robench.outdir import RunFiles
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
 from robench.results import CellExpectation, ResultTable
 from robench.resume import cell_verified
+from robench.run_files import OUTCOMES_FILE, RESULTS_FILE
 from robench.rundata import RunOptions, check_out_dir, data_splits, prepare, resolve_device
 from robench.work import NO_WORK, Work
 
@@ -144,12 +146,18 @@ def _stored(out_dir: Path, force: bool) -> tuple[ResultTable, OutcomeTable, list
     notes: list[str] = []
     if force:
         return table, outcomes, ["--force: every stored cell and cached model is ignored"]
-    unreadable = table.load_existing()
+    # read as the manifest vouches for them (check_out_dir refused files robench did not
+    # write), from the bytes checked, never blocking on a FIFO put there since
+    files = RunFiles.of(out_dir) if out_dir.is_dir() else None
+    stored = {name: files.read(name, may_be_absent=True) if files else None
+              for name in (RESULTS_FILE, OUTCOMES_FILE)}
+    unreadable = table.load_existing(stored[RESULTS_FILE]) if stored[RESULTS_FILE] is not None \
+        else 0
     if unreadable:
         what = "the file" if unreadable < 0 else f"{unreadable} rows"
         notes.append(f"{ResultTable.NAME}: {what} could not be read as robench results; "
                      "not trusted")
-    if not outcomes.load_existing():
+    if stored[OUTCOMES_FILE] is not None and not outcomes.load_existing(stored[OUTCOMES_FILE]):
         notes.append("outcomes.parquet could not be read; its cells count as to do")
     return table, outcomes, notes
 

@@ -110,12 +110,15 @@ class ResultTable:
         self.path = folder.path / self.NAME
         self.rows: list[dict[str, Any]] = []
 
-    def load_existing(self) -> int:
-        """Read the rows already on disk; returns how many could not be parsed (dropped)."""
-        if not self.path.exists() or self.path.stat().st_size == 0:
+    def load_existing(self, data: bytes | None = None) -> int:
+        """Read the rows already on disk (or ``data``, the file's bytes as a reader verified
+        them: ``robench plan``); returns how many could not be parsed (dropped)."""
+        if data is None and (not self.path.exists() or self.path.stat().st_size == 0):
+            return 0
+        if data is not None and not data:
             return 0
         try:
-            frame = _read_csv(self.path)
+            frame = _read_csv(self.path if data is None else io.StringIO(data.decode("utf-8")))
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError,
                 ValueError):
             return -1

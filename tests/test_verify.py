@@ -251,6 +251,14 @@ def test_plan_refuses_a_forged_results_csv(run, robench_cli, tmp_path):
     assert snapshot(run) == before
 
 
+@pytest.mark.slow
+def test_plan_counts_a_deleted_table_as_to_do(run, robench_cli, tmp_path):
+    (run / "results.csv").unlink()  # gone is not forged: run would recompute, plan says so
+    (tmp_path / "s.yaml").write_text(SUITE)
+    proc = robench_cli("plan", str(tmp_path / "s.yaml"), "--out", str(run), "--no-calibrate")
+    assert proc.returncode == 0, proc.stderr
+
+
 # -- finding 7: reads that can block ---------------------------------------------------------
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
 
@@ -264,17 +272,19 @@ needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on t
     ("run.json", ["report", "{run}"]),
     ("outcomes.parquet", ["compare", "{run}", "{run}"]),
     ("outcomes.parquet", ["compare", "{run}", "--defenses", "none,x"]),
+    ("outcomes.parquet", ["plan", "{run}/../s.yaml", "--out", "{run}", "--no-calibrate"]),
 ])
 def test_a_fifo_is_refused_at_once(run, robench_subprocess, name, args):
     (run / name).unlink()
     os.mkfifo(run / name)
+    (run.parent / "s.yaml").write_text(SUITE)
     before = sorted(p.name for p in run.iterdir())
     try:
         proc = robench_subprocess(*[a.format(run=run) for a in args], timeout=120)
     except subprocess.TimeoutExpired:
         pytest.fail(f"robench {args[0]} blocked on a FIFO at {name}")
     line = refused(proc, name)
-    assert "regular file" in line
+    assert "regular file" in line or "did not write" in line  # plan: as run refuses it
     assert sorted(p.name for p in run.iterdir()) == before
 
 
@@ -284,3 +294,20 @@ def test_a_folder_at_an_input_name_is_refused(run, robench_cli):
     (run / "outcomes.parquet").mkdir()
     refused(robench_cli("leaderboard", str(run / "results.csv")), "outcomes.parquet",
             "regular file")
+
+
+# -- the committed results -------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "results").iterdir()
+                                        if (p / "results.csv").exists()))
+def test_every_committed_folder_reads_verified(tmp_path, name):
+    """Each committed folder's manifest vouches for every file finalize reads (on a copy)."""
+    import warnings
+
+    from robench.finalize import read_inputs
+
+    folder = tmp_path / name
+    shutil.copytree(REPO / "results" / name, folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inputs = read_inputs(folder)
+    assert inputs.note is None and not inputs.results.empty

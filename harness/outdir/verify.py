@@ -157,15 +157,17 @@ class RunFiles:
             return f"unverified: no robench manifest in {self.folder}"
         return f"unverified: robench's manifest in {self.folder} does not list {RESULTS_FILE}"
 
-    def read(self, name: str) -> bytes | None:
-        """The bytes of the file ``name`` of this folder (None when it is absent and may be);
-        one-line ``UserError`` when it is not a regular file, was edited or damaged, is not
-        robench's in a run's folder, or is a file robench wrote there that is gone."""
+    def read(self, name: str, *, may_be_absent: bool = False) -> bytes | None:
+        """The bytes of the file ``name`` of this folder (None when it is absent and may be:
+        ``may_be_absent``, e.g. cells ``robench plan`` then counts as to do); one-line
+        ``UserError`` when it is not a regular file, was edited or damaged, is not robench's in
+        a run's folder, or is a file robench wrote there that is gone."""
         where = str(self.folder / name)
         entry = self._manifest.entry(name)
         data = read_regular(self.folder / name)
         if data is None:
-            if self.verified and entry is not None and name not in MAY_BE_ABSENT:
+            if (self.verified and entry is not None and not may_be_absent
+                    and name not in MAY_BE_ABSENT):
                 raise UserError("missing: robench wrote it in this run's folder (its manifest "
                                 "lists it); restore it or run the suite again", where=where)
             return None
