@@ -65,6 +65,9 @@ def run(
     address: Annotated[str | None, typer.Option(
         help="Join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto) instead of "
              "starting one; default $RAY_ADDRESS.")] = None,
+    models_from: Annotated[str | None, typer.Option(
+        help="Load the baseline and the cacheable defended models from this results folder's "
+             "shipped model files instead of training them.")] = None,
 ) -> None:
     """Run a suite: train, defend, attack, and write results.csv + leaderboard.
 
@@ -81,7 +84,7 @@ def run(
         opts = RunOptions(data_dir=data_dir, out=out, device=device, eval_limit=eval_limit,
                           epochs=epochs, seed=seed, seeds=seeds, quiet=quiet,
                           use_cache=not no_cache, force=force, executor=executor, jobs=jobs,
-                          address=address)
+                          address=address, models_from=_models_from(models_from))
         out_dir, board = run_suite(suite, opts)
     except UserError as err:
         _fail(err)
@@ -115,6 +118,9 @@ def plan(
         "--force", help="Plan a run that recomputes everything.")] = False,
     no_calibrate: Annotated[bool, typer.Option(
         "--no-calibrate", help="Print the plan without timing the model (no times).")] = False,
+    models_from: Annotated[str | None, typer.Option(
+        help="Load the baseline and the cacheable defended models from this results folder's "
+             "shipped model files instead of training them.")] = None,
 ) -> None:
     """Show what robench run would do: every cell (done or to do), which models are cached,
     and an estimated time per stage. Writes nothing and trains nothing.
@@ -135,7 +141,8 @@ def plan(
         data_dir, out = _start_paths(data_dir, out)
         opts = RunOptions(data_dir=data_dir, out=out, device=device, eval_limit=eval_limit,
                           epochs=epochs, seed=seed, seeds=seeds, quiet=True,
-                          use_cache=not no_cache, force=force)
+                          use_cache=not no_cache, force=force,
+                          models_from=_models_from(models_from))
         result = preflight(suite, opts, calibrated=not no_calibrate)
     except UserError as err:
         _fail(err)
@@ -156,6 +163,15 @@ def _start_paths(data_dir: str | None, out: str | None) -> tuple[str | None, str
     if out is not None and out.strip():
         out = str(resolve_out(out))
     return data_dir, out
+
+
+def _models_from(path: str | None) -> str | None:
+    """``--models-from`` against the folder robench started in; an empty value is refused."""
+    if path is None:
+        return None
+    if not path.strip():
+        raise UserError("empty folder name", where="--models-from")
+    return str(Path(path).expanduser().absolute())
 
 
 def _width() -> int:

@@ -10,6 +10,8 @@ options, the same one-line errors). Then, without writing anything and without t
   resume applies (``robench.resume.cell_verified``) against the model it would attack; a
   stored row whose model is not cached cannot be checked without training it, so it is shown
   as *unverified* and counted as work;
+- with ``--models-from``, the baseline and the cacheable defended models are those shipped
+  in that folder (``robench.models_from``), loaded and checked as a run loads them;
 - the remaining work of every stage is priced by ``robench.estimate`` (a calibration of the
   suite's model on this machine, unless ``calibrate`` is False).
 """
@@ -41,6 +43,7 @@ from robench.estimate import (
     images_attacked,
 )
 from robench.models import model_hash as fingerprint
+from robench.models_from import ModelSource, open_source
 from robench.outcomes import OutcomeTable
 from robench.outdir import RunFiles
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
@@ -48,13 +51,14 @@ from robench.results import CellExpectation, ResultTable
 from robench.resume import cell_verified
 from robench.run_files import OUTCOMES_FILE, RESULTS_FILE
 from robench.rundata import RunOptions, check_out_dir, data_splits, prepare, resolve_device
+from robench.shipped import load_shipped
 from robench.work import NO_WORK, Work
 
 #: progress and estimates only: no result depends on this module (see robench.codehash)
 AFFECTS_RESULTS = False
 
 CellState = Literal["done", "to do", "unverified"]
-ModelState = Literal["cached", "checkpoint", "to train", "free", "to run"]
+ModelState = Literal["cached", "checkpoint", "to train", "free", "to run", "shipped"]
 
 
 @dataclass
@@ -125,11 +129,14 @@ class _ReadOnlyFolder:
 def preflight(path: str | Path, opts: RunOptions, calibrated: bool = True) -> Preflight:
     """The plan of ``robench run path`` with these options, and where it stands."""
     plan, dataset, out_dir = prepare(path, opts)
+    source = (open_source(opts.models_from, plan, dataset.num_classes)
+              if opts.models_from is not None else None)
     check_out_dir(out_dir)  # what run would refuse, plan refuses (writing nothing)
     train, validation, evaluation = data_splits(plan, dataset)
     table, outcomes, notes = _stored(out_dir, opts.force)
     cache = ModelCache(enabled=opts.use_cache and not opts.force)
-    checker = _Checker(plan, dataset, cache, table, outcomes, (train, validation, evaluation))
+    checker = _Checker(plan, dataset, cache, table, outcomes, (train, validation, evaluation),
+                       source)
     seeds = [checker.seed(seed) for seed in plan.seeds]
     calibration = None
     if calibrated:
@@ -166,8 +173,10 @@ class _Checker:
     """Looks models up in the cache and checks stored cells, one seed at a time."""
 
     def __init__(self, plan: Plan, dataset: Dataset, cache: ModelCache, table: ResultTable,
-                 outcomes: OutcomeTable, splits: tuple[Split, Split, Split]) -> None:
+                 outcomes: OutcomeTable, splits: tuple[Split, Split, Split],
+                 source: ModelSource | None = None) -> None:
         self.plan, self.dataset, self.cache = plan, dataset, cache
+        self.source = source
         self.table, self.outcomes = table, outcomes
         self.train, self.validation, self.evaluation = splits
         self.stored = table.keys()
@@ -176,11 +185,11 @@ class _Checker:
         seeded = self.plan.for_seed(seed)
         baseline, state = self._baseline(seeded.baseline)
         status = SeedStatus(seed, seeded.baseline, state,
-                            NO_WORK if state in ("cached", "checkpoint") else
+                            NO_WORK if state in ("cached", "checkpoint", "shipped") else
                             baseline_work(seeded.baseline, len(self.train)))
         for spec in seeded.defenses:
             model, model_state = self._defense(spec, baseline, seed)
-            work = NO_WORK if model_state in ("cached", "free") else defense_work(
+            work = NO_WORK if model_state in ("cached", "free", "shipped") else defense_work(
                 spec, self.plan.suite.train, len(self.train), len(self.validation))
             defense = DefenseStatus(spec, model_state, work)
             model_hash = fingerprint(model) if model is not None else None
@@ -192,6 +201,8 @@ class _Checker:
     def _baseline(self, spec: BaselineSpec) -> tuple[nn.Module | None, ModelState]:
         with torch.random.fork_rng(devices=[]):  # building draws initial weights
             model = spec.build(self.dataset.num_classes)
+        if self.source is not None:
+            return load_shipped(self.source.baseline(spec.seed), model), "shipped"
         if spec.weights is not None:
             return model.eval(), "checkpoint"
         key = data_key(spec.cache_key, self.dataset.fingerprint)
@@ -204,6 +215,8 @@ class _Checker:
         if spec.plugin.cacheable:
             with torch.random.fork_rng(devices=[]):  # an instance to load the weights into
                 model = self.plan.baseline.build(self.dataset.num_classes)
+            if self.source is not None:
+                return load_shipped(self.source.defense(seed, spec.label), model), "shipped"
             if self.cache.load(data_key(spec.cache_key, self.dataset.fingerprint),
                                model) is not None:
                 return model.eval(), "cached"
@@ -246,7 +259,8 @@ class _Checker:
 
 # -- what robench plan prints ------------------------------------------------------------------
 MODEL_TEXT = {"cached": "cached", "checkpoint": "checkpoint", "to train": "to train",
-              "free": "rebuilt (no cost)", "to run": "to run"}
+              "free": "rebuilt (no cost)", "to run": "to run",
+              "shipped": "from --models-from"}
 UPPER_BOUND_NOTE = (
     "Estimates of a simple cost model (training: epochs x images; an attack: images x its "
     "gradient steps or queries per eps), priced by timing one batch of the suite's model on "

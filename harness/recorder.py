@@ -3,7 +3,8 @@
 An executor (``robench.executors``) runs the tasks and reports what finished; the
 ``RunRecorder`` only records: results.csv and outcomes.parquet (atomically, per cell), the
 defended models' diagnostics, defense_metrics.csv, run.json, the overall progress line, and
-the resume check that tells an executor which cells still need computing.
+the resume check that tells an executor which cells still need computing, and the shipped
+model files (``robench.shipped``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from robench.results import (
     write_json,
 )
 from robench.resume import cell_verified, interval_columns
-from robench.run_files import DIAGNOSTICS_FILE, METRICS_FILE, output_names
+from robench.run_files import DIAGNOSTICS_FILE, METRICS_FILE, is_model_name, output_names
+from robench.shipped import ModelFile, write_model_file
 from robench.tasks import ModelFacts, Target, seed_tag, serial_order
 
 
@@ -61,6 +63,8 @@ class RunRecorder:
         self.cells_done = 0
         self.metric_rows: list[dict[str, Any]] = []
         self.diagnostics: dict[str, dict[str, float]] = {}
+        #: the shipped model files of this run's models (robench.shipped)
+        self.shipped: set[str] = set()
 
     # -- before the executor --------------------------------------------------------------
     def start(self, n_eval: int, environment: dict[str, Any]) -> None:
@@ -153,6 +157,12 @@ class RunRecorder:
             self.diagnostics[spec.label] = facts.diagnostics
             write_json(self.folder, DIAGNOSTICS_FILE, self.diagnostics)
 
+    def on_model(self, file: ModelFile | None) -> None:
+        """Ship a model (a baseline or a cacheable defended model) into the results folder,
+        unless robench's file of it is already there; None: nothing to ship."""
+        if file is not None:
+            self.shipped.add(write_model_file(self.folder, file))
+
     def missing_cells(self, target: Target, attack: AttackSpec,
                       image_ids: list[int]) -> list[float]:
         """The eps of ``attack`` on ``target`` (attacking these images) whose cells are not yet
@@ -215,6 +225,11 @@ class RunRecorder:
                             if k in {d.label for d in self.plan.defenses}}
         write_json(self.folder, DIAGNOSTICS_FILE, self.diagnostics)
         self.write_metrics()
+        # a complete run ships exactly its own models: a file of a model it no longer has
+        # (another code or defense earlier) would name weights no row was computed on
+        for name in output_names(self.folder.path):
+            if is_model_name(name) and name not in self.shipped and self.folder.owns(name):
+                self.folder.remove(name)
 
     def order_like_serial(self) -> None:
         """Rows, outcomes and defense metrics in the order a fresh serial run writes them

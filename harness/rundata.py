@@ -47,6 +47,7 @@ class RunOptions:
     executor: str = "serial"       # serial | ray (robench.executors)
     jobs: int | None = None        # CPUs of the local Ray cluster (--executor ray)
     address: str | None = None     # an existing Ray cluster to join (--executor ray)
+    models_from: str | None = None  # a results folder whose shipped models are loaded
 
 
 def apply_overrides(suite: Suite, opts: RunOptions, source: str) -> Suite:

@@ -25,6 +25,7 @@ from robench.estimate import suite_work
 from robench.executors import Executor, SerialExecutor, check_options, open_executor
 from robench.finalize import finalize
 from robench.memory import peak_rss_text, release_freed_memory
+from robench.models_from import ModelSource, open_source
 from robench.outdir import OutputFolder
 from robench.plan import Plan
 from robench.progress import Reporter
@@ -85,8 +86,10 @@ class Runner:
     computes, its recorder (made by ``run``) records."""
 
     def __init__(self, plan: Plan, folder: OutputFolder, opts: RunOptions,
-                 device: torch.device | None = None, executor: Executor | None = None) -> None:
+                 device: torch.device | None = None, executor: Executor | None = None,
+                 models_from: ModelSource | None = None) -> None:
         self.plan = plan
+        self.models_from = models_from
         self.folder = folder
         self.out_dir = folder.path
         self.opts = opts
@@ -111,7 +114,8 @@ class Runner:
                                                force=self.opts.force)
         recorder.start(len(splits[2]), {
             "versions": versions(), **git_state(), "device": str(self.device),
-            "threads": torch.get_num_threads(), **self.executor.run_record()})
+            "threads": torch.get_num_threads(), **self.executor.run_record(),
+            **({"models_from": str(self.models_from.folder)} if self.models_from else {})})
         reporter.start_overall(suite_work(plan, len(splits[0]), len(splits[1]),
                                           len(splits[2])).units, f"suite {plan.name}")
         seeds = ", ".join(map(str, plan.seeds))
@@ -120,7 +124,8 @@ class Runner:
                       f"{len(splits[2])} images, seed {seeds}, device {self.device}")
         ctx = RunContext(device=self.device, cache=self.cache, data_hash=data.fingerprint,
                          num_classes=data.dataset.num_classes, train_config=plan.suite.train,
-                         reporter=reporter)
+                         reporter=reporter, dataset=plan.baseline.dataset,
+                         model_name=plan.baseline.model, models_from=self.models_from)
         planned = self.executor.execute(plan, data, ctx, recorder)
         reporter.close_overall()
         recorder.finish(planned)
@@ -136,6 +141,8 @@ def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, p
     opts = opts or RunOptions()
     check_options(opts.executor, opts.jobs, opts.address)
     plan, dataset, out_dir = prepare(path, opts, keep_loaded=False)
+    source = (open_source(opts.models_from, plan, dataset.num_classes)
+              if opts.models_from is not None else None)
     data = RunData.of(plan, dataset)
     del dataset  # the run keeps only its splits (RunData)
     release_freed_memory()
@@ -145,7 +152,8 @@ def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, p
                        device_where) as (device, executor), \
             OutputFolder.open(out_dir) as folder:
         folder.refuse_foreign(output_names(folder.path))
-        runner = Runner(plan, folder, opts, device=device, executor=executor)
+        runner = Runner(plan, folder, opts, device=device, executor=executor,
+                        models_from=source)
         try:
             board = runner.run(data)
         except KeyboardInterrupt:

@@ -11,7 +11,7 @@ import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,7 +24,11 @@ from robench.evaluation import AttackOutcome, evaluate_attack
 from robench.models import model_hash as fingerprint
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
 from robench.progress import Reporter
+from robench.shipped import ModelFile, load_shipped, model_file
 from robench.training import TrainConfig, accuracy, train
+
+if TYPE_CHECKING:
+    from robench.models_from import ModelSource
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,11 @@ class RunContext:
     num_classes: int
     train_config: TrainConfig
     reporter: Reporter
+    #: what the shipped model files name (``robench.shipped``): the dataset and architecture
+    dataset: str = ""
+    model_name: str = ""
+    #: ``--models-from``: the baseline and cacheable defended models loaded from there
+    models_from: ModelSource | None = None
 
 
 @dataclass
@@ -104,6 +113,11 @@ def train_baseline(spec: BaselineSpec, train_split: Split,
     reporter = ctx.reporter
     torch.manual_seed(spec.seed)
     model = spec.build(ctx.num_classes).to(ctx.device)
+    if ctx.models_from is not None:
+        entry = ctx.models_from.baseline(spec.seed)
+        load_shipped(entry, model)
+        reporter.info(f"baseline {spec.model}: {ctx.models_from.describe(entry)}")
+        return model.to(ctx.device).eval(), True
     if spec.weights is not None:  # model.weights: a user's checkpoint, not trained or cached
         reporter.info(f"baseline {spec.model}: weights {spec.weights.path} "
                       f"(sha256 {spec.weights.sha256[:12]})")
@@ -139,6 +153,11 @@ def apply_defense(spec: DefenseSpec, baseline: nn.Module, train_split: Split,
     the baseline itself is never changed (the defense gets a private copy)."""
     reporter = ctx.reporter
     model = copy.deepcopy(baseline)
+    if spec.plugin.cacheable and ctx.models_from is not None:
+        entry = ctx.models_from.defense(spec.seed, spec.label)
+        load_shipped(entry, model)
+        reporter.info(f"[{spec.label}] defended model {ctx.models_from.describe(entry)}")
+        return Defended(model.to(ctx.device).eval(), entry.seconds, entry.metrics, cached=True)
     key = entry_key(spec.cache_key, ctx.data_hash)
     meta = (ctx.cache.load(key, model, on_reject=reporter.info) if spec.plugin.cacheable
             else None)
@@ -162,6 +181,25 @@ def apply_defense(spec: DefenseSpec, baseline: nn.Module, train_split: Split,
     if spec.plugin.cacheable:
         warn(reporter, ctx.cache.save(key, defended, {"seconds": seconds, "metrics": metrics}))
     return Defended(defended, seconds, metrics)
+
+
+def baseline_file(spec: BaselineSpec, model: nn.Module, ctx: RunContext) -> ModelFile:
+    """The shipped file of a seed's baseline (``robench.shipped``)."""
+    return model_file(model, dataset=spec.dataset, model_name=spec.model,
+                      num_classes=ctx.num_classes, seed=spec.seed, role="baseline",
+                      label="baseline", data_hash=ctx.data_hash, cache_key=spec.cache_key)
+
+
+def defense_file(spec: DefenseSpec, done: Defended, ctx: RunContext) -> ModelFile | None:
+    """The shipped file of a defended model; None for a defense that is not cacheable (a
+    cheap function of the baseline, applied again to the shipped baseline)."""
+    if not spec.plugin.cacheable:
+        return None
+    return model_file(done.model, dataset=ctx.dataset, model_name=ctx.model_name,
+                      num_classes=ctx.num_classes, seed=spec.seed, role="defense",
+                      label=spec.label, defense=spec.name, defense_params=spec.params_json,
+                      data_hash=ctx.data_hash, cache_key=spec.cache_key, seconds=done.seconds,
+                      metrics=done.metrics)
 
 
 def inspect_model(model: nn.Module, test_split: Split, diagnostics: bool) -> ModelFacts:
@@ -200,6 +238,7 @@ def merge_outcomes(parts: Sequence[Sequence[AttackOutcome]]) -> list[AttackOutco
     return merged
 
 
-__all__ = ["Defended", "ModelFacts", "RunContext", "Target", "apply_defense", "inspect_model",
+__all__ = ["Defended", "ModelFacts", "RunContext", "Target", "apply_defense", "baseline_file",
+           "defense_file", "inspect_model",
            "recorded_metrics", "merge_outcomes", "run_attack_cells", "seed_tag", "serial_order",
            "train_baseline", "transfer_sources"]

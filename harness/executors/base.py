@@ -13,6 +13,7 @@ from robench.evaluation import AttackOutcome
 from robench.outcomes import Cell
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
 from robench.rundata import RunData
+from robench.shipped import ModelFile
 from robench.tasks import ModelFacts, RunContext, Target
 
 
@@ -25,6 +26,8 @@ class Recorder(Protocol):
                    cached: bool, metrics: list[dict[str, Any]]) -> None: ...
 
     def on_defended(self, seed: int, spec: DefenseSpec, facts: ModelFacts) -> None: ...
+
+    def on_model(self, file: ModelFile | None) -> None: ...
 
     def missing_cells(self, target: Target, attack: AttackSpec,
                       image_ids: list[int]) -> list[float]: ...

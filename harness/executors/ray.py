@@ -37,11 +37,14 @@ from robench.memory import release_freed_memory, trimming_freed_memory
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
 from robench.progress import Reporter
 from robench.rundata import RunData
+from robench.shipped import ModelFile
 from robench.tasks import (
     ModelFacts,
     RunContext,
     Target,
     apply_defense,
+    baseline_file,
+    defense_file,
     inspect_model,
     merge_outcomes,
     run_attack_cells,
@@ -72,17 +75,19 @@ class DefenseReport:
     facts: ModelFacts
     lines: list[str] = field(default_factory=list)
     cached: bool = False
+    file: ModelFile | None = None    # the shipped file, written by the driver's recorder
 
 
 def baseline_task(spec: BaselineSpec, train_split: Split,
-                  ctx: RunContext) -> tuple[nn.Module, tuple[list[str], bool]]:
+                  ctx: RunContext) -> tuple[nn.Module, tuple[list[str], bool, ModelFile]]:
     torch.set_num_threads(TASK_CPUS)
     reporter = _Lines()
     ctx = replace(ctx, reporter=reporter)
     with trimming_freed_memory():
         model, cached = train_baseline(spec, train_split.to(ctx.device), ctx)
+    file = baseline_file(spec, model, ctx)
     release_freed_memory()  # the worker runs the next task in the same process
-    return model.cpu(), (reporter.lines, cached)
+    return model.cpu(), (reporter.lines, cached, file)
 
 
 def defense_task(spec: DefenseSpec, baseline: nn.Module, train_split: Split, validation: Split,
@@ -96,9 +101,10 @@ def defense_task(spec: DefenseSpec, baseline: nn.Module, train_split: Split, val
         done = apply_defense(spec, baseline.to(dev), train_split.to(dev), validation.to(dev),
                              ctx)
     facts = inspect_model(done.model, test_split.to(dev), diagnostics)
+    file = defense_file(spec, done, ctx)
     release_freed_memory()  # the worker runs the next task in the same process
     return done.model.cpu(), DefenseReport(done.seconds, done.metrics, facts, reporter.lines,
-                                           done.cached)
+                                           done.cached, file)
 
 
 def attack_task(spec: AttackSpec, model: nn.Module, source: nn.Module | None,
@@ -204,12 +210,13 @@ class RayExecutor:
 
     @staticmethod
     def _on_baseline(recorder: Recorder, ctx: RunContext, spec: BaselineSpec,
-                     n_train: int) -> Callable[[tuple[list[str], bool]], None]:
-        def handle(report: tuple[list[str], bool]) -> None:
-            lines, cached = report
+                     n_train: int) -> Callable[[tuple[list[str], bool, ModelFile]], None]:
+        def handle(report: tuple[list[str], bool, ModelFile]) -> None:
+            lines, cached, file = report
             for line in lines:
                 ctx.reporter.info(line)
             recorder.on_baseline(spec, n_train, cached)
+            recorder.on_model(file)
         return handle
 
     def _on_defended(self, recorder: Recorder, ctx: RunContext, seed: int, seeded: Plan,
@@ -221,6 +228,7 @@ class RayExecutor:
             recorder.on_defense(seed, defense, len(splits[0]), len(splits[1]), report.cached,
                                 report.metrics)
             recorder.on_defended(seed, defense, report.facts)
+            recorder.on_model(report.file)
             target = Target(seed, defense, report.facts.model_hash, report.seconds)
             # the longest attacks first (standard AutoAttack), so they do not finish last alone
             n_eval = len(splits[2])

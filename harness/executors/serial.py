@@ -17,6 +17,8 @@ from robench.tasks import (
     RunContext,
     Target,
     apply_defense,
+    baseline_file,
+    defense_file,
     inspect_model,
     run_attack_cells,
     seed_tag,
@@ -71,6 +73,7 @@ class SerialExecutor:
         model, cached = train_baseline(spec, train_split, ctx)
         release_freed_memory()  # what training freed, before the cells add theirs on top
         recorder.on_baseline(spec, len(train_split), cached)
+        recorder.on_model(baseline_file(spec, model, ctx))
         return model
 
     def defend(self, seed: int, spec: DefenseSpec, baseline: nn.Module,
@@ -81,6 +84,7 @@ class SerialExecutor:
         release_freed_memory()  # what training freed, before the cells add theirs on top
         recorder.on_defense(seed, spec, len(train_split), len(validation), done.cached,
                             done.metrics)
+        recorder.on_model(defense_file(spec, done, ctx))
         return done.model, done.seconds
 
     def attack(self, target: Target, attack: AttackSpec, model: nn.Module,

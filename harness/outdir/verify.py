@@ -181,6 +181,12 @@ class RunFiles:
                             "move it away", where=where)
         return data
 
+    def listed(self) -> list[str]:
+        """The names the folder's manifest lists as files robench wrote (sorted; none without
+        a manifest), present or not: a reader finds there the files that went missing."""
+        data = self._manifest.data
+        return sorted(data["files"]) if data is not None else []
+
     def warn(self) -> None:
         """One ``UnverifiedWarning`` for this folder if it is not verified (later calls: none);
         a reader calls it once its files have parsed."""
