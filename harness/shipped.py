@@ -180,7 +180,19 @@ def model_file(model: nn.Module, *, dataset: str, model_name: str, num_classes: 
     # contiguous private copies: safetensors refuses tensors that share memory (tied weights)
     state = {name: tensor.detach().cpu().contiguous().clone()
              for name, tensor in model.state_dict().items()}
-    return ModelFile(model_file_name(digest), save(state, metadata))
+    return ModelFile(model_file_name(digest), _sorted_header(save(state, metadata)))
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """``data`` (safetensors bytes) with its JSON header's keys sorted: safetensors writes the
+    metadata in hash-map order, so the same model would give other bytes (another sha256 in
+    the manifest) on every run. The tensors' offsets are relative to the data after the header,
+    so they stay valid; the header is padded with spaces to 8 bytes, as safetensors does."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size:]
 
 
 def write_model_file(out: OutputFolder, file: ModelFile) -> str:

@@ -249,6 +249,11 @@ def test_ray_run_gives_the_serial_results(tmp_path, ray_address, cli_env, robenc
                                   pd.read_parquet(ray / "outcomes.parquet"))
     assert (serial / "diagnostics.json").read_text() == (ray / "diagnostics.json").read_text()
     assert (serial / "leaderboard.csv").read_text() == (ray / "leaderboard.csv").read_text()
+    # the model a Ray worker trained reaches the driver's folder, byte for byte the serial one
+    models = sorted(p.name for p in serial.glob("model-*.safetensors"))
+    assert len(models) == 1  # the baseline; bit_depth_reduction is not cacheable
+    assert models == sorted(p.name for p in ray.glob("model-*.safetensors"))
+    assert (serial / models[0]).read_bytes() == (ray / models[0]).read_bytes()
     log = (ray / "run.log").read_text()
     assert "baseline lenet5: trained 1 epochs" in log  # trained by a task, not from a cache
     record = json.loads((ray / "run.json").read_text())

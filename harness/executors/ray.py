@@ -10,7 +10,8 @@ random starts are drawn per image id (``Attack.set_images``), so every number is
 run's. Models travel through Ray's object store (no shared folder needed); the model cache
 (``ROBENCH_CACHE_DIR``) is used by the tasks as by a serial run, so a defense cached by any
 earlier run is loaded, not recomputed. Tasks return values and write nothing: the driver's
-recorder alone writes results, atomically and per cell, so a task retried by Ray
+recorder alone writes results (and the shipped model files, which a task returns as bytes:
+``robench.shipped.ModelFile``), atomically and per cell, so a task retried by Ray
 (``MAX_RETRIES``) never duplicates a row, and a driver killed at any point resumes like a
 serial run.
 
