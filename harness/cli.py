@@ -91,8 +91,9 @@ def run(
     except Interrupted as stop:
         typer.echo(f"robench: {stop}", err=True)
         raise typer.Exit(code=130) from None
-    except KeyboardInterrupt:
-        typer.echo("robench: interrupted before any result was written", err=True)
+    except KeyboardInterrupt:  # outside the run (it says what it kept): before it or after it
+        typer.echo("robench: interrupted; every result written is kept (run the same command "
+                   "again to resume)", err=True)
         raise typer.Exit(code=130) from None
     if not quiet:
         typer.echo(to_markdown(board))
@@ -201,20 +202,31 @@ def list_plugins() -> None:
 
 @app.command()
 def leaderboard(
-    results_csv: Annotated[Path, typer.Argument(help="A results.csv written by robench run.")],
-    out: Annotated[Path | None, typer.Option(help="Folder for the leaderboard, checks, plots "
-                                                "and report (default: next to the CSV).")] = None,
+    results_csv: Annotated[Path, typer.Argument(help="A results folder or its results.csv, "
+                                                     "written by robench run.")],
+    out: Annotated[Path | None, typer.Option(help="Also write the leaderboard, checks, plots "
+                                                "and report into this folder.")] = None,
+    write: Annotated[bool, typer.Option(
+        "--write", help="Also write them into the results' own folder.")] = False,
 ) -> None:
-    """Print the leaderboard of a results.csv; write it with its checks, plots and report.
+    """Print the leaderboard of a results.csv; writes nothing unless asked (--out or --write:
+    the leaderboard with its checks, plots and report).
 
     The same finalize step as the end of ``robench run``, so the two never disagree.
 
     Example: robench leaderboard results/fgsm_lenet/results.csv
     """
+    from robench.finalize import leaderboard_of, read_inputs
     from robench.leaderboard import to_markdown
 
     try:
-        board, note = _finalize(results_csv, out)
+        if out is not None and write:
+            raise UserError("give --out or --write, not both", where="--write")
+        if out is not None or write:
+            board, note = _finalize(results_csv, out)
+        else:
+            inputs = read_inputs(results_csv.absolute())
+            board, note = leaderboard_of(inputs), inputs.note
     except UserError as err:
         _fail(err)
     typer.echo((f"**{note}**\n\n" if note else "") + to_markdown(board))

@@ -1,11 +1,13 @@
 """The one finalize path: results.csv -> checks -> leaderboard -> plots -> report.
 
-``robench run`` ends here, and ``robench leaderboard`` and ``robench report`` call the same
-function, so the three can never disagree. The model diagnostics that some checks need (input
-gradients, randomness, softmax outputs) are measured during the run, when the models exist,
-and stored in ``diagnostics.json`` beside results.csv; a folder without that file gets only the
-checks that the table alone supports. The run's plan (run.json, ``robench.completeness``) tells
-which defenses are complete: the others are unranked and named first.
+``robench run`` ends here, and ``robench report`` and ``robench leaderboard --out/--write``
+call the same function, so they can never disagree (``robench leaderboard`` alone prints
+``leaderboard_of``, the same table, and writes nothing). The model diagnostics that some
+checks need (input gradients, randomness, softmax outputs) are measured during the run, when
+the models exist, and stored in ``diagnostics.json`` beside results.csv; a folder without that
+file gets only the checks that the table alone supports. The run's plan (run.json,
+``robench.completeness``) tells which defenses are complete: the others are unranked and named
+first.
 
 Every file is read, and verified, before anything is written (``read_inputs``; see
 ``robench.outdir.verify``): an edited, damaged or non-regular file stops finalize with one line
@@ -23,10 +25,10 @@ from pathlib import Path
 import pandas as pd
 
 from robench.checks import complete_checks, run_checks, summarise
-from robench.completeness import RUN_RECORD, completeness_of
+from robench.completeness import RUN_RECORD, Completeness, completeness_of
 from robench.diagnostics import DIAGNOSTIC_KEYS
 from robench.errors import UserError
-from robench.leaderboard import write_leaderboard
+from robench.leaderboard import build_leaderboard, write_leaderboard
 from robench.outcomes import RobustPerImage, read_robust_per_image
 from robench.outdir import OutputFolder, RunFiles
 from robench.progress import Reporter
@@ -88,12 +90,8 @@ def read_inputs(results_dir: Path) -> RunInputs:
     return inputs
 
 
-def finalize(results_dir: Path | RunInputs, out: OutputFolder, reporter: Reporter | None = None
-             ) -> pd.DataFrame:
-    """Checks, leaderboard, plots and report of the results in ``results_dir`` (a folder or a
-    results.csv, or its ``read_inputs``), written into the open folder ``out``; returns the
-    leaderboard."""
-    inputs = results_dir if isinstance(results_dir, RunInputs) else read_inputs(results_dir)
+def checked(inputs: RunInputs) -> tuple[pd.DataFrame, Completeness]:
+    """The checks of a read results folder (completeness first) and its plan's completeness."""
     results, outcomes = inputs.results, inputs.outcomes
     planned = completeness_of(inputs.report.run or None, inputs.source / RUN_RECORD)
     checks = run_checks(results, inputs.diagnostics, outcomes)
@@ -101,6 +99,24 @@ def finalize(results_dir: Path | RunInputs, out: OutputFolder, reporter: Reporte
     if complete:  # first: a defense not fully measured is named before anything else
         checks = pd.concat([pd.DataFrame(complete, columns=checks.columns), checks],
                            ignore_index=True)
+    return checks, planned
+
+
+def leaderboard_of(inputs: RunInputs) -> pd.DataFrame:
+    """The leaderboard ``finalize`` writes for these inputs, computed without writing anything
+    (``robench leaderboard`` without ``--out`` or ``--write``)."""
+    checks, planned = checked(inputs)
+    return build_leaderboard(inputs.results, summarise(checks), inputs.outcomes, planned)
+
+
+def finalize(results_dir: Path | RunInputs, out: OutputFolder, reporter: Reporter | None = None
+             ) -> pd.DataFrame:
+    """Checks, leaderboard, plots and report of the results in ``results_dir`` (a folder or a
+    results.csv, or its ``read_inputs``), written into the open folder ``out``; returns the
+    leaderboard."""
+    inputs = results_dir if isinstance(results_dir, RunInputs) else read_inputs(results_dir)
+    results, outcomes = inputs.results, inputs.outcomes
+    checks, planned = checked(inputs)
     write_csv(out, "checks.csv", checks)
     title = str(results["suite"].iloc[0]) + (f" ({inputs.note})" if inputs.note else "")
     board = write_leaderboard(results, out, title=title, status=summarise(checks),

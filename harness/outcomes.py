@@ -117,6 +117,20 @@ class OutcomeTable:
                                       o.adv_ok.numpy().astype(bool))
         self.flush()
 
+    def cells(self) -> set[Cell]:
+        """The cells it holds."""
+        return set(self._cells)
+
+    def move_cells(self, other: OutcomeTable, cells: Iterable[Cell]) -> None:
+        """Move these cells' outcomes (those it holds) into ``other``, where each goes to the
+        end as a new one; neither table is flushed."""
+        for key in cells:
+            key = (key[0], key[1], canonical_eps(key[2]), key[3])
+            block = self._cells.pop(key, None)
+            if block is not None:
+                other._cells.pop(key, None)
+                other._cells[key] = block
+
     def keep_only(self, cells: set[Cell]) -> None:
         """Drop every stored cell that is not one of ``cells`` (and flush if any went)."""
         wanted = {(d, a, canonical_eps(e), s) for d, a, e, s in cells}

@@ -20,6 +20,9 @@ METRICS_FILE = "defense_metrics.csv"
 OUTPUT_NAMES = (RESULTS_FILE, OUTCOMES_FILE, "run.json", "run.log", DIAGNOSTICS_FILE,
                 METRICS_FILE, "checks.csv", "leaderboard.csv", "leaderboard.md",
                 "report.md", "report.html")
+#: what the finalize step renders from the files above (``robench.finalize``): stale as soon as
+#: a run changes them, so a run removes them before its first write and renders them at its end
+DERIVED_NAMES = ("checks.csv", "leaderboard.csv", "leaderboard.md", "report.md", "report.html")
 #: the report's figures (robench.report.figures): curve_<attack>, worst_case, curves_by_defense,
 #: each as .png and .svg
 FIGURE_PREFIXES = ("curve_", "worst_case.", "curves_by_defense.")
@@ -56,3 +59,8 @@ def output_names(folder: Path) -> list[str]:
         names += sorted(p.name for p in folder.iterdir()
                         if is_figure_name(p.name) or is_model_name(p.name))
     return names
+
+
+def derived_names(folder: Path) -> list[str]:
+    """The finalize step's outputs (``DERIVED_NAMES`` and the figures) that exist in ``folder``."""
+    return [n for n in output_names(folder) if n in DERIVED_NAMES or is_figure_name(n)]

@@ -100,6 +100,18 @@ class Runner:
                                  log=lambda line: folder.append_line("run.log", line))
         self.cache = ModelCache(enabled=opts.use_cache and not opts.force)
         self.recorder: RunRecorder | None = None
+        self.finished = False
+
+    def interrupted_text(self) -> str:
+        """The line an interrupted run ends with: what the folder holds, truthfully."""
+        if self.finished:
+            return (f"interrupted after the run finished: its results, leaderboard and report "
+                    f"are complete in {self.out_dir}")
+        if self.recorder is None:
+            return (f"interrupted before the run wrote anything in {self.out_dir}; run the same "
+                    "command again to start it")
+        return (f"interrupted: {self.recorder.kept_text()}; run the same command again to "
+                "resume")
 
     @property
     def cells_done(self) -> int:
@@ -129,11 +141,17 @@ class Runner:
         planned = self.executor.execute(plan, data, ctx, recorder)
         reporter.close_overall()
         recorder.finish(planned)
-        # logged before the report, which shows both lines (as a later `robench report` does)
-        reporter.info(reproduction_line(self.out_dir, recorder.table.frame()))
-        reporter.info(f"done in {time.perf_counter() - started:.1f}s, {peak_rss_text()} "
+        # recorded in run.json before the report, which shows both (as a later `robench
+        # report` does, run.log or not)
+        reproduction = reproduction_line(self.out_dir, recorder.table.frame())
+        reporter.info(reproduction)
+        wall = time.perf_counter() - started
+        recorder.record_provenance(wall, reproduction)
+        reporter.info(f"done in {wall:.1f}s, {peak_rss_text()} "
                       f"(checks and report follow); results in {self.out_dir}")
-        return finalize(self.out_dir, self.folder, reporter=reporter)
+        board = finalize(self.out_dir, self.folder, reporter=reporter)
+        self.finished = True
+        return board
 
 
 def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, pd.DataFrame]:
@@ -148,18 +166,20 @@ def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, p
     release_freed_memory()
     check_out_dir(out_dir)  # before a Ray cluster takes seconds to start (checked again below)
     device_where = "--device" if opts.device else f"{path}: device"
-    with open_executor(opts.executor, opts.jobs, opts.address, opts.quiet, plan.suite.device,
-                       device_where) as (device, executor), \
-            OutputFolder.open(out_dir) as folder:
-        folder.refuse_foreign(output_names(folder.path))
-        runner = Runner(plan, folder, opts, device=device, executor=executor,
-                        models_from=source)
-        try:
+    runner: Runner | None = None
+    try:  # the folder's close and the executor's shutdown included: a Ctrl-C there too
+        with open_executor(opts.executor, opts.jobs, opts.address, opts.quiet,
+                           plan.suite.device, device_where) as (device, executor), \
+                OutputFolder.open(out_dir) as folder:
+            folder.refuse_foreign(output_names(folder.path))
+            runner = Runner(plan, folder, opts, device=device, executor=executor,
+                            models_from=source)
             board = runner.run(data)
-        except KeyboardInterrupt:
-            raise Interrupted(f"interrupted: {runner.cells_done} cells finished in this run "
-                              f"and every earlier verified cell are kept in {out_dir}; run "
-                              "the same command again to resume") from None
+    except KeyboardInterrupt:
+        if runner is None:
+            raise Interrupted(f"interrupted before the run wrote anything in {out_dir}") \
+                from None
+        raise Interrupted(runner.interrupted_text()) from None
     return out_dir, board
 
 

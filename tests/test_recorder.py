@@ -8,7 +8,8 @@ def test_a_metric_row_cannot_name_another_defense_or_seed():
 
     from robench.recorder import RunRecorder
 
-    holder = SimpleNamespace(metric_rows=[], write_metrics=lambda: None)
+    holder = SimpleNamespace(metric_rows=[], write_metrics=lambda: None, metrics_seen=set(),
+                             writing=True)
     spec = SimpleNamespace(label="at:fgsm", name="adversarial_training")
     RunRecorder.add_metrics(holder, spec, 3, [{"defense": "none", "seed": 7, "step": 1,
                                             "metric": "loss", "value": 0.5}])

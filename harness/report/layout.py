@@ -308,17 +308,13 @@ def provenance(run: dict, log: list[str], results: pd.DataFrame) -> list[tuple[s
                   + (f", {threads} threads" if threads else "")))
     if run.get("started_at"):
         items.append(("started", str(run["started_at"])))
-    times = [float(m.group(1)) for line in log
-             if (m := re.search(r"\bdone in ([0-9.]+)\s*s", line))]
-    if times:
-        text = f"{times[-1]:.1f} s"
-        if len(times) > 1:
-            text += f" (last of {len(times)} runs into this folder; {sum(times):.1f} s in all)"
-        items.append(("wall time", text))
-    else:
-        items.append(("wall time", "not recorded (no run.log)"))
-    repro = [line for line in log if re.search(r"\b(not )?reproduc", line)]
-    items.append(("reproduction", _strip_stamp(repro[-1]) if repro else "not recorded"))
+    items.append(("wall time", wall_time(run, log)))
+    repro = run.get("reproduction")
+    if not isinstance(repro, str) or not repro:  # a folder older than run.json's record
+        found = [line for line in log if re.search(r"\b(not )?reproduc", line)]
+        repro = _strip_stamp(found[-1]) if found else "not recorded"
+    # the run's log line reads "reproduction: ..." where it has no verdict; the label says it
+    items.append(("reproduction", repro.removeprefix("reproduction: ")))
     per_attack = []
     for attack, rows in results.groupby("attack", sort=False):
         note = n_note(results, str(attack)).removeprefix("n = ")
@@ -330,6 +326,27 @@ def provenance(run: dict, log: list[str], results: pd.DataFrame) -> list[tuple[s
     if len(seeds):
         items.append(("seeds", ", ".join(str(int(s)) for s in seeds)))
     return items
+
+
+def wall_time(run: dict, log: list[str]) -> str:
+    """The run's wall time as run.json records it (run.log's "done in" lines for a folder
+    older than that record)."""
+    seconds, runs, total = (run.get(k) for k in ("wall_seconds", "runs_into_folder",
+                                                  "wall_seconds_total"))
+    if isinstance(seconds, (int, float)):
+        last = float(seconds)
+        count = runs if isinstance(runs, int) and runs > 0 else 1
+        overall = float(total) if isinstance(total, (int, float)) else last
+    else:
+        times = [float(m.group(1)) for line in log
+                 if (m := re.search(r"\bdone in ([0-9.]+)\s*s", line))]
+        if not times:
+            return "not recorded (no run.log)"
+        last, count, overall = times[-1], len(times), sum(times)
+    text = f"{last:.1f} s"
+    if count > 1:
+        text += f" (last of {count} runs into this folder; {overall:.1f} s in all)"
+    return text
 
 
 def _strip_stamp(line: str) -> str:
