@@ -70,7 +70,7 @@ def test_run_leaderboard_and_report_share_one_finalize(tmp_path, plugin_env, rob
     files = ("checks.csv", "leaderboard.csv", "leaderboard.md", "report.md")
     written = {name: (out / name).read_bytes() for name in files}
     assert "input_gradients" in written["checks.csv"].decode()  # model diagnostics included
-    assert robench_subprocess("leaderboard", str(out / "results.csv"),
+    assert robench_subprocess("leaderboard", str(out / "results.csv"), "--write",
                               env=plugin_env).returncode == 0
     assert robench_subprocess("report", str(out), env=plugin_env).returncode == 0
     for name in files:

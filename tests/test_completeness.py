@@ -212,7 +212,7 @@ def test_every_committed_run_records_a_complete_plan():
 def test_leaderboard_on_a_copy_of_committed_results_is_complete(tmp_path, robench_cli, name):
     copy = tmp_path / name
     shutil.copytree(REPO / "results" / name, copy)
-    proc = robench_cli("leaderboard", str(copy / "results.csv"))
+    proc = robench_cli("leaderboard", str(copy / "results.csv"), "--write")
     assert proc.returncode == 0, proc.stderr
     assert "incomplete" not in proc.stdout and "cannot be checked" not in proc.stdout
     lb = pd.read_csv(copy / "leaderboard.csv")
@@ -225,7 +225,7 @@ def test_a_bare_results_csv_says_completeness_cannot_be_checked(tmp_path, robenc
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(REPO / "results" / "madry_mnist_short" / "results.csv", bare)
-    proc = robench_cli("leaderboard", str(bare / "results.csv"))
+    proc = robench_cli("leaderboard", str(bare / "results.csv"), "--write")
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if "completeness cannot be checked"
              in line]
@@ -272,7 +272,7 @@ def test_an_interrupted_run_ranks_no_incomplete_defense(tmp_path, cli_env, roben
     assert proc.returncode == 130, err
     assert len(pd.read_csv(out / "results.csv")) == 2  # none's FGSM cells only
 
-    got = robench_cli("leaderboard", str(out / "results.csv"))
+    got = robench_cli("leaderboard", str(out / "results.csv"), "--write")
     assert got.returncode == 0 and "Traceback" not in got.stderr, got.stderr
     lb = pd.read_csv(out / "leaderboard.csv", keep_default_na=False).set_index("defense")
     assert lb.loc["none", "rank"] == "" and lb.loc["none", "complete"] == "no"

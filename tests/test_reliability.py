@@ -133,7 +133,7 @@ def test_sigterm_prints_what_was_kept(tmp_path, cli_env):
     proc.terminate()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err
-    assert "interrupted: 2 cells finished in this run" in err
+    assert "interrupted: 2 cells computed in this run and 0 earlier cells" in err
     assert len(pd.read_csv(out / "results.csv")) == 2
 
 

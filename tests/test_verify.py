@@ -198,7 +198,7 @@ def test_a_bare_csv_is_read_with_one_warning_and_marked_unverified(run, robench_
     bare.mkdir()
     shutil.copy(run / "results.csv", bare / "results.csv")
     for attempt in range(2):  # the second time, bare/ holds the manifest of the outputs
-        proc = robench_cli("leaderboard", str(bare / "results.csv"))
+        proc = robench_cli("leaderboard", str(bare / "results.csv"), "--write")
         assert proc.returncode == 0, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "unverified" in lines[0] and str(bare) in lines[0], attempt
