@@ -71,9 +71,9 @@ class RunRecorder:
         self.cells_done = 0
         self.metric_rows: list[dict[str, Any]] = []
         self.diagnostics: dict[str, dict[str, float]] = {}
-        #: the shipped model files of this run's models (robench.shipped)
-        self.shipped: set[str] = set()
-        self.models_waiting: list[ModelFile] = []  # shipped with the run's first write
+        #: this run's model files by name (robench.shipped): written with its first write,
+        #: and again after earlier outputs are set aside
+        self.models: dict[str, ModelFile] = {}
         # keeping runs apart: stored rows not checked yet wait here once the earlier outputs
         # are set aside (never written; copied back to the tables above when they verify)
         self.reserve = ResultTable(folder)
@@ -203,16 +203,16 @@ class RunRecorder:
                     self.folder.remove(name)
             self.writing = True
             self.write_bookkeeping()
-            for file in self.models_waiting:
-                self.shipped.add(write_model_file(self.folder, file))
-            self.models_waiting.clear()
 
     def write_bookkeeping(self) -> None:
-        """run.json, diagnostics.json and defense_metrics.csv as this run holds them."""
+        """run.json, diagnostics.json, defense_metrics.csv and the model files as this run
+        holds them."""
         write_json(self.folder, "run.json", self.record)
         if self.diagnostics or self.folder.owns(DIAGNOSTICS_FILE):
             write_json(self.folder, DIAGNOSTICS_FILE, self.diagnostics)
         self.write_metrics()
+        for file in self.models.values():  # a file robench already wrote there is kept
+            write_model_file(self.folder, file)
 
     def stored_metrics(self) -> list[dict[str, Any]]:
         """The folder's defense_metrics.csv rows (none when absent, not robench's, or
@@ -308,10 +308,10 @@ class RunRecorder:
     def on_model(self, file: ModelFile | None) -> None:
         """Ship a model (a baseline or a cacheable defended model) into the results folder,
         unless robench's file of it is already there; None: nothing to ship."""
-        if file is not None and not self.writing:  # a run changes the folder first with a cell
-            self.models_waiting.append(file)
-        elif file is not None:
-            self.shipped.add(write_model_file(self.folder, file))
+        if file is not None:
+            self.models[file.name] = file
+            if self.writing:  # else with the run's first write (``begin_writing``)
+                write_model_file(self.folder, file)
 
     def missing_cells(self, target: Target, attack: AttackSpec,
                       image_ids: list[int]) -> list[float]:
@@ -409,7 +409,7 @@ class RunRecorder:
         # a complete run ships exactly its own models: a file of a model it no longer has
         # (another code or defense earlier) would name weights no row was computed on
         for name in output_names(self.folder.path):
-            if is_model_name(name) and name not in self.shipped and self.folder.owns(name):
+            if is_model_name(name) and name not in self.models and self.folder.owns(name):
                 self.folder.remove(name)
         if self.stored:
             self.reporter.info(f"resumed: {len(self.verified)} of the {self.stored} stored rows "
