@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +18,17 @@ from robench.errors import Interrupted, UserError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adversarial-robustness benchmarking: attacks x defenses, "
                        "tidy leaderboards.")
+
+
+@contextmanager
+def _warnings_held() -> Iterator[None]:
+    """Warnings given inside are shown once the block has succeeded: a command that fails
+    prints its error as its only line."""
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    for warning in caught:
+        warnings.showwarning(warning.message, warning.category, warning.filename,
+                             warning.lineno)
 
 
 def _fail(err: UserError) -> None:
@@ -225,7 +238,9 @@ def leaderboard(
         if out is not None or write:
             board, note = _finalize(results_csv, out)
         else:
-            inputs = read_inputs(results_csv.absolute())
+            from robench.outdir import resolve_out
+
+            inputs = read_inputs(resolve_out(results_csv, where=str(results_csv)))
             board, note = leaderboard_of(inputs), inputs.note
     except UserError as err:
         _fail(err)
@@ -242,7 +257,8 @@ def _finalize(results: Path, out: Path | None):
     if out is not None and not str(out).strip():
         raise UserError("empty folder name", where="--out")
     # resolved before any check: 'OTHER/newsub/..' is OTHER, although newsub/ does not exist
-    results = results.absolute()
+    # (and every path shown is one without '..')
+    results = resolve_out(results, where=str(results))
     out = None if out is None else resolve_out(out)
     # every input read and verified here: a bad, edited or blocking one stops before any
     # folder is created or locked
@@ -252,7 +268,10 @@ def _finalize(results: Path, out: Path | None):
         raise UserError("holds another run's results.csv; write this leaderboard into an "
                         "empty folder", where=str(out))
     with OutputFolder.open(out if out is not None else folder) as target:
-        return finalize(inputs, target), inputs.note
+        inputs.check_unchanged()  # under the lock: a run that finished meanwhile is kept
+        board = finalize(inputs, target)
+    inputs.warn()  # after every guard: a refusal is the only line
+    return board, inputs.note
 
 
 @app.command()
@@ -274,23 +293,24 @@ def compare(
     from robench.outdir import atomic_write_text, resolve_out
 
     try:
-        # resolved first: a guard must see the file 'RUN/newsub/../results.csv' really names
-        target = None if out is None else resolve_out(out)
-        if defenses is not None:
-            names = [d.strip() for d in defenses.split(",")]
-            if len(names) != 2 or not all(names) or b is not None:
-                raise UserError("give two defense names 'X,Y' and one run", where="--defenses")
-            text = compare_defenses(a, names[0], names[1])
-        elif b is None:
-            raise UserError("give two runs, or one run and --defenses X,Y", where="compare")
-        else:
-            text = compare_results(a, b)
-        if target is not None:
-            try:
-                atomic_write_text(target, text)
-            except OSError as err:
-                raise UserError(f"cannot write the comparison ({err.strerror})",
-                                where=str(target)) from None
+        with _warnings_held():  # an unverified run's warning, once --out is written
+            # resolved first: a guard must see the file 'RUN/newsub/../results.csv' really names
+            target = None if out is None else resolve_out(out)
+            if defenses is not None:
+                names = [d.strip() for d in defenses.split(",")]
+                if len(names) != 2 or not all(names) or b is not None:
+                    raise UserError("give two defense names 'X,Y' and one run", where="--defenses")
+                text = compare_defenses(a, names[0], names[1])
+            elif b is None:
+                raise UserError("give two runs, or one run and --defenses X,Y", where="compare")
+            else:
+                text = compare_results(a, b)
+            if target is not None:
+                try:
+                    atomic_write_text(target, text)
+                except OSError as err:
+                    raise UserError(f"cannot write the comparison ({err.strerror})",
+                                    where=str(target)) from None
     except UserError as err:
         _fail(err)
     typer.echo(text, nl=False)

@@ -217,23 +217,27 @@ def reproduction_line(folder: Path, results: pd.DataFrame) -> str:
             f"results.csv (largest {worst.max():.2f} pp); see robench compare")
 
 
-def _read_run(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
+def _read_run(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, str, RunFiles]:
     """A run's results and outcomes, verified before they are parsed (``robench.outdir.
-    verify``), and its label: the path, marked when no manifest vouches for the files."""
+    verify``), its label (the path, marked when no manifest vouches for the files) and its
+    files (whose ``warn`` the caller calls once both runs were read)."""
     path = Path(path)
     if not os.path.lexists(path):
         raise UserError("results file not found", where=str(path))
     files = RunFiles.of(path)
     results = read_results(path, files)
     outcomes = read_outcomes(files.folder, files)
-    files.warn()
-    return results, outcomes, str(path) + (f" ({files.note})" if files.note else "")
+    return results, outcomes, str(path) + (f" ({files.note})" if files.note else ""), files
 
 
 def compare_results(path_a: Path, path_b: Path) -> str:
     """Markdown comparison of two results folders or CSVs; bad input raises ``UserError``."""
-    (a, outcomes_a, label_a), (b, outcomes_b, label_b) = _read_run(path_a), _read_run(path_b)
-    return to_markdown(compare_frames(a, b, outcomes_a, outcomes_b), label_a, label_b)
+    (a, outcomes_a, label_a, files_a), (b, outcomes_b, label_b, files_b) = \
+        _read_run(path_a), _read_run(path_b)
+    text = to_markdown(compare_frames(a, b, outcomes_a, outcomes_b), label_a, label_b)
+    files_a.warn()  # once both runs were read: a refusal of either is the only line
+    files_b.warn()
+    return text
 
 
 def compare_defenses(path: Path, defense_a: str, defense_b: str) -> str:
@@ -241,7 +245,7 @@ def compare_defenses(path: Path, defense_a: str, defense_b: str) -> str:
     if defense_a == defense_b:
         raise UserError(f"compare two different defenses (got {defense_a!r} twice)",
                         where="--defenses")
-    results, outcomes, label = _read_run(path)
+    results, outcomes, label, files = _read_run(path)
     if outcomes is None:  # two defenses of one run are compared image by image
         folder = Path(path) if Path(path).is_dir() else Path(path).parent
         raise UserError("missing; comparing two defenses needs the run's per-image outcomes "
@@ -258,5 +262,7 @@ def compare_defenses(path: Path, defense_a: str, defense_b: str) -> str:
             outcomes["defense"].astype(str) == name].assign(defense=both)
         sides.append((rows, outs))
     (a, oa), (b, ob) = sides
-    return to_markdown(compare_frames(a, b, oa, ob), f"{label}: {defense_a}",
+    text = to_markdown(compare_frames(a, b, oa, ob), f"{label}: {defense_a}",
                        f"{label}: {defense_b}")
+    files.warn()  # once every guard passed: a refusal is the only line
+    return text

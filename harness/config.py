@@ -28,6 +28,7 @@ from pydantic import (
 from robench.column_names import reserved_label_reason
 from robench.eps import canonical_eps
 from robench.errors import UserError, key_path
+from robench.outdir.files import read_regular
 from robench.suite_yaml import MAX_SUITE_BYTES, read_suite_yaml
 from robench.training import TrainConfig
 
@@ -223,11 +224,10 @@ def load_suite(path: str | Path) -> Suite:
     The YAML is read within ``robench.suite_yaml``'s bounds (size, nesting, alias expansion)
     before anything validates it."""
     path = Path(path)
-    if not path.is_file():
+    data = read_regular(path, follow_links=True, limit=MAX_SUITE_BYTES + 1)
+    if data is None:
         raise UserError("suite file not found", where=str(path))
     try:
-        with path.open("rb") as file:
-            data = file.read(MAX_SUITE_BYTES + 1)
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UserError("not a UTF-8 text file", where=str(path)) from None

@@ -11,8 +11,8 @@ first.
 
 Every file is read, and verified, before anything is written (``read_inputs``; see
 ``robench.outdir.verify``): an edited, damaged or non-regular file stops finalize with one line
-and changes nothing; a folder no manifest vouches for is read with one warning, and its
-leaderboard and report say "unverified" in their titles.
+and changes nothing; a bare results.csv no manifest vouches for is read with one warning (given
+once everything is written), and its leaderboard and report say "unverified" in their titles.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from robench.errors import UserError
 from robench.leaderboard import build_leaderboard, write_leaderboard
 from robench.outcomes import RobustPerImage, read_robust_per_image
 from robench.outdir import OutputFolder, RunFiles
+from robench.outdir.verify import warn_unverified
 from robench.progress import Reporter
 from robench.report import ReportInputs, read_report_inputs, write_report
 from robench.results import read_results, write_csv
@@ -73,6 +74,16 @@ class RunInputs:
     diagnostics: dict[str, dict[str, float]]
     report: ReportInputs
     note: str | None
+    files: RunFiles
+
+    def warn(self) -> None:
+        """The "unverified" warning line, if any: given once every guard passed."""
+        warn_unverified(self.note)
+
+    def check_unchanged(self) -> None:
+        """Refuse if a run wrote the folder since it was read (see ``RunFiles``); called
+        with the folder's lock held, before anything is written."""
+        self.files.check_unchanged()
 
 
 def read_inputs(results_dir: Path) -> RunInputs:
@@ -84,10 +95,10 @@ def read_inputs(results_dir: Path) -> RunInputs:
     files = RunFiles.of(results_dir)
     results = read_results(results_dir, files)
     outcomes = read_robust_per_image(source, files)  # indexed once, never held whole
-    inputs = RunInputs(source, results, outcomes, read_diagnostics(source, files),
-                       read_report_inputs(files), files.note)
-    files.warn()  # once everything parsed: a damaged file is one error line, no warning
-    return inputs
+    # no warning here: the caller warns once every guard passed (``RunInputs.warn``), so a
+    # refusal (a damaged file, a foreign output) is the only line
+    return RunInputs(source, results, outcomes, read_diagnostics(source, files),
+                     read_report_inputs(files), files.note, files)
 
 
 def checked(inputs: RunInputs) -> tuple[pd.DataFrame, Completeness]:
@@ -114,7 +125,8 @@ def finalize(results_dir: Path | RunInputs, out: OutputFolder, reporter: Reporte
     """Checks, leaderboard, plots and report of the results in ``results_dir`` (a folder or a
     results.csv, or its ``read_inputs``), written into the open folder ``out``; returns the
     leaderboard."""
-    inputs = results_dir if isinstance(results_dir, RunInputs) else read_inputs(results_dir)
+    read_here = not isinstance(results_dir, RunInputs)
+    inputs = read_inputs(results_dir) if read_here else results_dir
     results, outcomes = inputs.results, inputs.outcomes
     checks, planned = checked(inputs)
     write_csv(out, "checks.csv", checks)
@@ -126,4 +138,6 @@ def finalize(results_dir: Path | RunInputs, out: OutputFolder, reporter: Reporte
         for _, check in checks[checks["status"] != "pass"].iterrows():
             reporter.info(f"check {check['status']}: [{check['defense']}] {check['check']}: "
                           f"{check['detail']}")
+    if read_here:
+        inputs.warn()
     return board

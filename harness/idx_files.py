@@ -14,11 +14,11 @@ downloaded ``.gz`` against its MD5 itself.
 from __future__ import annotations
 
 import os
-import stat
 import struct
 from pathlib import Path
 
 from robench.errors import UserError
+from robench.outdir.files import NotRegularFile, open_regular_file
 
 #: error messages only: editing this module changes no result (see robench.codehash)
 AFFECTS_RESULTS = False
@@ -44,11 +44,9 @@ def check_idx_file(path: Path, ndim: int) -> int:
     labels in 0..9): magic number, dimensions, size equal to what its header promises, labels
     in range. Returns the number of items; a damaged file is a ``UserError`` naming it."""
     try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            raise _damaged(path, "not a regular file")
         header_size = 4 + 4 * ndim
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular_file(path, follow_links=True), "rb") as f:
+            info = os.fstat(f.fileno())
             header = f.read(header_size)
             if len(header) < header_size:
                 raise _damaged(path, f"truncated ({len(header)} bytes, shorter than its "
@@ -74,6 +72,8 @@ def check_idx_file(path: Path, ndim: int) -> int:
                 if expected > MAX_LABEL_BYTES:
                     raise _damaged(path, f"{count} labels, more than any dataset robench knows")
                 _check_labels(path, f.read(count))
+    except NotRegularFile as err:
+        raise _damaged(path, f"{err.kind}, not a regular file") from None
     except OSError as err:
         raise UserError(f"cannot read the dataset file ({err.strerror})", where=str(path)) from None
     return count

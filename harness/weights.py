@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import os
 import re
 import warnings
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from robench.errors import UserError
+from robench.outdir.files import NotRegularFile, open_regular_file
 
 WHERE = "model.weights"
 #: containers of a state dict in common checkpoint layouts (first match wins)
@@ -116,12 +118,18 @@ def weights_file(text: str, source: str, limit: SizeLimit | None = None) -> Weig
 
 
 def _read(path: Path, where: str, limit: SizeLimit | None = None) -> bytes:
-    if not path.is_file():
-        what = ("is a folder, not a checkpoint file" if path.is_dir() else
-                "is not a regular file" if path.exists() else "not found")
-        raise UserError(f"weights file {path} {what}", where=where)
     try:
-        with path.open("rb") as f:
+        fd = open_regular_file(path, follow_links=True)
+    except FileNotFoundError:
+        raise UserError(f"weights file {path} not found", where=where) from None
+    except NotRegularFile as err:
+        what = ("is a folder, not a checkpoint file" if err.kind == "a folder" else
+                f"is not a regular file ({err.kind})")
+        raise UserError(f"weights file {path} {what}", where=where) from None
+    except OSError as err:
+        raise UserError(f"cannot read weights file {path} ({err.strerror})", where=where) from None
+    try:
+        with os.fdopen(fd, "rb") as f:
             size = _size_checked(path, f.fileno(), limit, where)
             data = f.read(size + 1)  # a file that grew since its size was checked stays bounded
     except OSError as err:
@@ -132,8 +140,6 @@ def _read(path: Path, where: str, limit: SizeLimit | None = None) -> bytes:
 
 
 def _size_checked(path: Path, fd: int, limit: SizeLimit | None, where: str) -> int:
-    import os
-
     size = os.fstat(fd).st_size
     if limit is not None and size > limit.bytes:
         _too_large(path, size, limit, where)

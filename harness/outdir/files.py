@@ -1,9 +1,12 @@
 """Names and descriptor-level file helpers shared by every part of ``robench.outdir``.
 
-Everything here works relative to a folder descriptor (``dir_fd``) and never follows a link:
+Everything here works relative to a folder descriptor (``dir_fd``) and never follows a link
+(``read_regular`` also takes a path, and follows a link there only when asked):
 the bookkeeping names robench reserves in a results folder, the rule for a plain output name,
-unique temporary names, small wrappers around ``os`` calls (full writes, hashing, stat), and
-opening, probing and making folders with one-line errors.
+unique temporary names, small wrappers around ``os`` calls (full writes, hashing, stat), the
+one way robench opens a file it reads (``open_regular_file``, ``read_regular``: regular files
+only, never blocking; also for inputs outside a results folder), and opening, probing and
+making folders with one-line errors.
 """
 
 from __future__ import annotations
@@ -129,19 +132,93 @@ def is_regular(dir_fd: int, name: str) -> bool:
     return info is not None and stat.S_ISREG(info.st_mode)
 
 
-def open_regular(dir_fd: int, name: str) -> int | None:
-    """A read descriptor for ``name`` if it is a regular file reached without a link."""
+class NotRegularFile(OSError):
+    """A name that is there but is not a regular file; ``kind`` says what it is ("a FIFO")."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(errno.EINVAL, f"{kind}, not a regular file")
+        self.kind = kind
+
+
+def kind_of(mode: int) -> str:
+    """What a file of this ``st_mode`` is, for a message ("a FIFO", "a folder", ...)."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular_file(path: str | os.PathLike[str], *, dir_fd: int | None = None,
+                      follow_links: bool = False) -> int:
+    """A read descriptor of the regular file ``path``: the one way robench opens a file it
+    reads. The name is checked with a stat before it is opened (a FIFO, device, socket or
+    folder is never opened: opening a FIFO blocks until a writer comes), opened with
+    ``O_NONBLOCK`` (and ``O_NOFOLLOW`` unless ``follow_links``) and checked again with
+    ``fstat`` (something swapped in between is refused, never waited on). Raises
+    ``FileNotFoundError``, ``NotRegularFile``, or the ``OSError`` of the open."""
+    info = os.stat(path, dir_fd=dir_fd, follow_symlinks=follow_links)
+    if not stat.S_ISREG(info.st_mode):
+        raise NotRegularFile(kind_of(info.st_mode))
+    flags = READ_FLAGS if not follow_links else READ_FLAGS & ~os.O_NOFOLLOW
     try:
-        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+        fd = os.open(path, flags, dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno in LINK_ERRNOS and not follow_links:
+            raise NotRegularFile("a symbolic link") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):  # replaced between the stat and the open
+            raise NotRegularFile(kind_of(mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: str | os.PathLike[str], *, dir_fd: int | None = None,
+                 where: str | None = None, follow_links: bool = False,
+                 limit: int | None = None) -> bytes | None:
+    """The bytes of the regular file ``path`` (``open_regular_file``; at most ``limit``
+    bytes), None if nothing is there; a one-line ``UserError`` naming ``where`` (default: the
+    path) for a link (unless ``follow_links``), a FIFO, a device, a socket, a folder or a read
+    error. Never blocks on what it opens."""
+    where = where or os.fspath(path)
+    try:
+        fd = open_regular_file(path, dir_fd=dir_fd, follow_links=follow_links)
+    except FileNotFoundError:
+        return None
+    except NotRegularFile as err:
+        raise UserError(f"is {err.kind}; robench reads only regular files here"
+                        + ("" if follow_links else " (a link is not followed)"),
+                        where=where) from None
+    except OSError as err:
+        raise UserError(f"cannot read ({why(err)})", where=where) from None
+    try:
+        chunks, left = [], limit
+        while left is None or left > 0:
+            chunk = os.read(fd, CHUNK if left is None else min(CHUNK, left))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if left is not None:
+                left -= len(chunk)
+        return b"".join(chunks)
+    except OSError as err:
+        raise UserError(f"cannot read ({why(err)})", where=where) from None
+    finally:
+        os.close(fd)
+
+
+def open_regular(dir_fd: int, name: str) -> int | None:
+    """A read descriptor for ``name`` if it is a regular file reached without a link (None
+    for anything else: ``open_regular_file`` without the reasons)."""
+    try:
+        return open_regular_file(name, dir_fd=dir_fd)
     except OSError:
         return None
-    try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            return fd
-    except OSError:
-        pass
-    os.close(fd)
-    return None
 
 
 def fingerprint(dir_fd: int, name: str) -> tuple[int, int, int, str] | None:

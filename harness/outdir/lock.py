@@ -4,7 +4,8 @@
 after an in-process registry of held folders (so a second open in the same process is refused
 even where flock is emulated per process, e.g. on NFS). A lock file left by a finished or
 killed run is reused: the flock, not the file, is the lock, and it dies with its process.
-``check_unlocked`` refuses as acquiring would without taking or creating anything.
+``check_unlocked`` refuses as acquiring would without taking or creating anything, and
+``held_elsewhere`` tells a reader whether another process is writing the folder.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from robench.outdir.files import (
     why,
 )
 
-__all__ = ["FolderLock", "check_unlocked"]
+__all__ = ["FolderLock", "check_unlocked", "held_elsewhere"]
 
 _held: set[tuple[int, int]] = set()  # (st_dev, st_ino) of folders locked by this process
 _held_guard = threading.Lock()
@@ -141,16 +142,29 @@ def check_unlocked(dir_fd: int, where: str) -> None:
     with _held_guard:
         if (info.st_dev, info.st_ino) in _held:
             raise _locked(where)
+    if held_elsewhere(dir_fd):
+        raise _locked(where)
+
+
+def held_elsewhere(dir_fd: int) -> bool:
+    """Whether another process holds the lock of the folder behind ``dir_fd``: a shared,
+    non-blocking flock test on its existing ``.robench.lock`` (never created, never waited
+    on). False for a lock this process holds itself: what it reads there, it wrote."""
+    info = os.fstat(dir_fd)
+    with _held_guard:
+        if (info.st_dev, info.st_ino) in _held:
+            return False
     try:
         fd = os.open(LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | CLOEXEC,
                      dir_fd=dir_fd)
     except OSError:
-        return  # no lock file (or an odd one, which opening reports itself)
+        return False  # no lock file (or an odd one, which opening the folder reports)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise _locked(where) from None
+        return True
     except OSError:
-        pass
+        return False
     finally:
         os.close(fd)  # releases the shared lock
+    return False

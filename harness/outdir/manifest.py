@@ -14,7 +14,6 @@ import copy
 import json
 import os
 import re
-import stat
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -23,20 +22,18 @@ from typing import Any
 from robench.errors import UserError
 from robench.outdir.atomic import write_replace
 from robench.outdir.files import (
-    CHUNK,
-    LINK_ERRNOS,
     MANIFEST_NAME,
     MANIFEST_TEMP_PREFIX,
-    READ_FLAGS,
     TEMP_PREFIX,
     is_plain,
     is_regular,
     open_regular,
+    read_regular,
     sha256_fd,
     why,
 )
 
-__all__ = ["MANIFEST_FORMAT", "MANIFEST_VERSION", "Manifest", "empty_manifest", "put"]
+__all__ = ["MANIFEST_FORMAT", "MANIFEST_VERSION", "Manifest", "empty_manifest", "put", "vouched"]
 
 MANIFEST_FORMAT = "robench-output-manifest"
 MANIFEST_VERSION = 1
@@ -58,6 +55,26 @@ def put(manifest: dict[str, Any], name: str, entry: Entry | None) -> None:
         manifest["files"][name] = entry
 
 
+def vouched(entry: Entry, length: int, sha256_of: Callable[[int], str]
+            ) -> tuple[int, str] | None:
+    """The (size, sha256) by which ``entry`` vouches for a content of ``length`` bytes whose
+    first n bytes hash to ``sha256_of(n)``: a file's whole content (its recorded version, or
+    the pending one of a write a kill interrupted), a log's recorded prefix (lines appended
+    after it are not vouched for); None when no version matches. The one rule both the
+    ownership of a file and a reader's check of what it read follow."""
+    versions = [entry]
+    if isinstance(entry.get("pending"), dict):
+        versions.insert(0, {"kind": "file", **entry["pending"]})
+    for version in versions:
+        size, digest, kind = version.get("size"), version.get("sha256"), version.get("kind")
+        if not isinstance(size, int) or isinstance(size, bool) or not isinstance(digest, str):
+            continue
+        if ((kind == "file" and length == size) or (kind == "log" and length >= size)) \
+                and sha256_of(size) == digest:
+            return size, digest
+    return None
+
+
 class Manifest:
     """The manifest of the folder behind ``dir_fd``: ``data`` is None while there is none."""
 
@@ -75,30 +92,12 @@ class Manifest:
     def load(self) -> None:
         """Read the folder's manifest (none is fine); UserError if it is a link or damaged."""
         where = str(self._path / MANIFEST_NAME)
-        try:
-            fd = os.open(MANIFEST_NAME, READ_FLAGS, dir_fd=self._dir_fd)
-        except FileNotFoundError:
+        raw = read_regular(MANIFEST_NAME, dir_fd=self._dir_fd, where=where)
+        if raw is None:
             self.data = None
             return
-        except OSError as err:
-            if err.errno in LINK_ERRNOS:
-                raise UserError("is a symbolic link; robench does not follow links: remove it",
-                                where=where) from None
-            raise UserError(f"cannot read the ownership manifest ({why(err)})",
-                            where=where) from None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise UserError("is not a regular file: remove it", where=where)
-            chunks = []
-            while chunk := os.read(fd, CHUNK):
-                chunks.append(chunk)
-        except OSError as err:
-            raise UserError(f"cannot read the ownership manifest ({why(err)})",
-                            where=where) from None
-        finally:
-            os.close(fd)
-        try:
-            data = json.loads(b"".join(chunks).decode("utf-8"))
+            data = json.loads(raw.decode("utf-8"))
             valid = (isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT
                      and data.get("version") == MANIFEST_VERSION
                      and isinstance(data.get("files"), dict))
@@ -125,30 +124,17 @@ class Manifest:
     def owns(self, name: str) -> bool:
         """True only if ``name`` is a regular file (not a link) whose content matches what
         robench recorded when it wrote it (either version of a pending write)."""
-        if self.data is None:
-            return False
-        entry = self.data["files"].get(name)
-        if not isinstance(entry, dict):
-            return False
-        pending = entry.get("pending")
-        if isinstance(pending, dict) and self.matches(name, {"kind": "file", **pending}):
-            return True
-        return self.matches(name, entry)
+        entry = self.entry(name)
+        return entry is not None and self.matches(name, entry)
 
     def matches(self, name: str, entry: Entry) -> bool:
-        """Whether the file ``name`` holds what ``entry`` records (a log: as its prefix)."""
-        size, digest, kind = entry.get("size"), entry.get("sha256"), entry.get("kind")
-        if not isinstance(size, int) or not isinstance(digest, str) or kind not in ("file",
-                                                                                     "log"):
-            return False
+        """Whether the file ``name`` holds what ``entry`` records (``vouched``)."""
         fd = open_regular(self._dir_fd, name)
         if fd is None:
             return False
         try:
-            actual = os.fstat(fd).st_size
-            if kind == "file":
-                return actual == size and sha256_fd(fd) == digest
-            return actual >= size and sha256_fd(fd, size) == digest
+            return vouched(entry, os.fstat(fd).st_size,
+                           lambda size: sha256_fd(fd, size)) is not None
         except OSError:
             return False
         finally:
