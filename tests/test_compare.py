@@ -133,8 +133,12 @@ def test_two_defenses_of_one_run_are_compared_on_the_same_images(tmp_path):
         blocks.append(pd.DataFrame({"defense": name, "attack": "pgd", "eps": 0.3, "seed": 0,
                                     "image": np.arange(n), "clean_correct": True,
                                     "adv_correct": ok}))
-    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
-    pd.concat(blocks).to_parquet(tmp_path / "outcomes.parquet", index=False)
+    from robench.outdir import OutputFolder
+
+    with OutputFolder.open(tmp_path) as out:  # a run's files: read as its manifest vouches
+        out.write_text("results.csv", pd.DataFrame(rows).to_csv(index=False))
+        with out.temp_file("outcomes.parquet") as temp:
+            pd.concat(blocks).to_parquet(temp, index=False)
     from robench.compare import compare_defenses
 
     text = compare_defenses(tmp_path, "a", "b")

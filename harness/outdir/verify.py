@@ -20,9 +20,9 @@
   (its absence would change what is shown: checks vanish without ``diagnostics.json``), except
   ``run.log`` (a log is not kept in git).
 * **A run's files without their manifest are not read at all.** A folder that holds
-  ``run.json`` or ``outcomes.parquet`` (files only a run writes) but no manifest, or a
-  manifest that does not list ``results.csv``, is refused in one line: deleting the manifest
-  must not turn a forgery into a warning.
+  ``run.json`` or ``outcomes.parquet`` (files only a run writes) beside ``results.csv`` but no
+  manifest, or a manifest that does not list ``results.csv``, is refused in one line:
+  deleting the manifest must not turn a forgery into a warning.
 * **Anything else is unverified, and says so.** A bare ``results.csv`` (a copy, perhaps with
   the leaderboard robench wrote beside it) is read with one ``UnverifiedWarning`` per folder
   (``warn``, once every guard of the command passed: a refusal is the only line), and
@@ -104,8 +104,8 @@ class RunFiles:
         self.verified = manifest.entry(RESULTS_FILE) is not None
         #: robench run files in a folder no manifest vouches for: nothing there is read
         #: unverified (a forgery would only need to delete the manifest)
-        self._orphans = [] if self.verified else [
-            name for name in RUN_ONLY if os.path.lexists(folder / name)]
+        self._orphans = [] if self.verified or not os.path.lexists(folder / RESULTS_FILE) \
+            else [name for name in RUN_ONLY if os.path.lexists(folder / name)]
         #: what each file read was verified as: (size, sha256), "absent" with its entry then,
         #: or None (no entry); ``check_unchanged`` compares the manifest with it
         self._seen: dict[str, tuple[int, str] | tuple[str, Entry | None] | None] = {}
