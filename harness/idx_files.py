@@ -61,6 +61,9 @@ def check_idx_file(path: Path, ndim: int) -> int:
                 raise _damaged(path, f"images are {dims[1]}x{dims[2]}, not "
                                      f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}")
             count = dims[0]
+            if count == 0:  # torchvision's frombuffer fails on an empty body (a traceback)
+                raise _damaged(path, f"no {'images' if ndim == 3 else 'labels'} (its header "
+                                     "says 0 items)")
             expected = header_size + count * (IMAGE_SIZE[0] * IMAGE_SIZE[1] if ndim == 3 else 1)
             if info.st_size < expected:
                 raise _damaged(path, f"truncated ({info.st_size} bytes; its header promises "

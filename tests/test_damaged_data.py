@@ -121,3 +121,61 @@ def test_fashion_mnist_files_are_checked_too(tmp_path, mnist_root):
     with pytest.raises(UserError, match="train-labels-idx1-ubyte: .*label 200 at position 17"):
         check_dataset_files("fashion_mnist", root)
     check_dataset_files("mnist", root)  # no MNIST files there: the loader's turn
+
+
+def empty_idx(ndim: int) -> bytes:
+    """A well-formed header that promises no items (images 0x28x28, or 0 labels)."""
+    dims = (0, 28, 28) if ndim == 3 else (0,)
+    return bytes([0, 0, 8, ndim]) + struct.pack(f">{ndim}I", *dims)
+
+
+@pytest.mark.parametrize("split", ["t10k", "train"])
+def test_a_split_of_zero_items_is_refused_naming_the_file(tmp_path, mnist_root, robench_cli,
+                                                          split):
+    # headers agree (0 images, 0 labels) and sizes match them: torchvision then crashed
+    # in torch.frombuffer with a traceback
+    root = damaged_root(tmp_path, mnist_root, f"{split}-images-idx3-ubyte",
+                        lambda data: empty_idx(3))
+    labels = root / "MNIST" / "raw" / f"{split}-labels-idx1-ubyte"
+    labels.unlink()
+    labels.write_bytes(empty_idx(1))
+    suite, out = tmp_path / "s.yaml", tmp_path / "out"
+    suite.write_text(SUITE)
+    proc = robench_cli("plan", str(suite), "--data-dir", str(root), "--out", str(out),
+                       "--no-calibrate")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert f"{split}-images-idx3-ubyte" in lines[0] and "no images" in lines[0], lines[0]
+    assert not out.exists()
+
+
+def test_a_labels_file_of_zero_items_is_refused(tmp_path):
+    from robench.errors import UserError
+    from robench.idx_files import check_idx_file
+
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    path.write_bytes(empty_idx(1))
+    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte: .*no labels"):
+        check_idx_file(path, 1)
+
+
+def test_a_folder_with_only_torchvisions_processed_files_is_not_refused(tmp_path, robench_cli):
+    # torchvision reads processed/{training,test}.pt (its old format) and then never looks at
+    # raw/: robench checks only the raw files present, so such a folder is not refused
+    import torch
+
+    processed = tmp_path / "data" / "MNIST" / "processed"
+    processed.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    for file, n in (("training.pt", 120), ("test.pt", 100)):
+        images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=gen)
+        torch.save((images, torch.arange(n) % 10), processed / file)
+    suite, out = tmp_path / "s.yaml", tmp_path / "out"
+    suite.write_text(SUITE.replace("eval_limit: 50", "eval_limit: 50, validation_size: 0"))
+    proc = robench_cli("plan", str(suite), "--data-dir", str(tmp_path / "data"), "--out",
+                       str(out), "--no-calibrate")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "data" / "MNIST" / "raw").exists()  # nothing downloaded
