@@ -14,8 +14,13 @@ constructs or validates the document:
   cycle) is refused.
 
 The loader also refuses a key given twice in one mapping, two ``<<`` merge keys in one mapping
-and a key merged in from two mappings (YAML lets one silently win); an explicit key still
-overrides a merged one, as YAML defines (``{<<: *defaults, steps: 40}``).
+and a key merged in from two mappings. YAML 1.1 accepts the last two, and a precedence rule
+the reader does not see decides which value is kept (the first merged mapping wins, the later
+``<<`` key wins): a suite whose value is not the one its author meant is what robench refuses.
+An explicit key still overrides a merged one, as YAML defines (``{<<: *defaults, steps: 40}``),
+also when the mapping holding the override is itself merged elsewhere: PyYAML flattens a
+merged node in place, so the checks read each mapping as it was written (``_written``), never
+as another mapping's flattening left it.
 """
 
 from __future__ import annotations
@@ -127,6 +132,9 @@ class SuiteLoader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+        #: each flattened mapping's pairs as written, by id (the node is kept alive with them)
+        self._as_written: dict[int, tuple[MappingNode, list[tuple[Node, Node]]]] = {}
+        self._checked: dict[int, MappingNode] = {}  # by id, the node kept alive
 
     def compose_node(self, parent: Node | None, index: Any) -> Node:
         # the composer recurses once per level: stop before Python's recursion limit does
@@ -143,10 +151,30 @@ class SuiteLoader(yaml.SafeLoader):
         check_bounds(node)
         return super().construct_document(node)
 
+    def flatten_mapping(self, node: MappingNode) -> None:
+        # PyYAML replaces a merged node's pairs by their flattened form, before that node's
+        # own construct_mapping may have run: keep them as written for the checks
+        self._as_written.setdefault(id(node), (node, list(node.value)))
+        super().flatten_mapping(node)
+
+    def _written(self, node: MappingNode) -> list[tuple[Node, Node]]:
+        """A mapping's pairs as the file writes them (merge keys included)."""
+        return self._as_written.get(id(node), (node, node.value))[1]
+
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict:
+        self._check_mapping(node)
+        return super().construct_mapping(node, deep=deep)
+
+    def _check_mapping(self, node: MappingNode) -> None:
+        """Refuse a repeated key, a second ``<<`` key, or a key merged in from two mappings,
+        in ``node`` or in a mapping it merges (a merged mapping is never constructed on its
+        own: it is checked here); each mapping once."""
+        if id(node) in self._checked:
+            return
+        self._checked[id(node)] = node
         seen: dict[Any, int] = {}
         merges: list[Node] = []
-        for key_node, value_node in node.value:
+        for key_node, value_node in self._written(node):
             if key_node.tag == _MERGE:
                 if merges:
                     raise ConstructorError(
@@ -154,7 +182,7 @@ class SuiteLoader(yaml.SafeLoader):
                         f"{merges[0].start_mark.line + 1}); merge several mappings with "
                         "<<: [*a, *b]", key_node.start_mark)
                 merges.append(key_node)
-                _check_merged(value_node)
+                self._check_merged(value_node)
                 continue
             key = self.construct_object(key_node, deep=True)
             try:
@@ -165,36 +193,35 @@ class SuiteLoader(yaml.SafeLoader):
                 seen[key] = key_node.start_mark.line
             except TypeError:  # an unhashable key: let the constructor report it
                 pass
-        return super().construct_mapping(node, deep=deep)
 
+    def _merged_keys(self, node: Node) -> list[tuple[str, Node]]:
+        """The plain keys a merged mapping brings (its own and those it merges in itself)."""
+        if not isinstance(node, MappingNode):
+            return []  # not a mapping: the constructor reports it
+        out: list[tuple[str, Node]] = []
+        for key, value in self._written(node):
+            if key.tag == _MERGE:
+                for inner in value.value if isinstance(value, SequenceNode) else [value]:
+                    out += self._merged_keys(inner)
+            elif isinstance(key, ScalarNode):
+                out.append((str(key.value), key))
+        return out
 
-def _merged_keys(node: Node) -> list[tuple[str, Node]]:
-    """The plain keys a merged mapping brings (its own and those it merges in itself)."""
-    if not isinstance(node, MappingNode):
-        return []  # not a mapping: the constructor reports it
-    out: list[tuple[str, Node]] = []
-    for key, value in node.value:
-        if key.tag == _MERGE:
-            for inner in value.value if isinstance(value, SequenceNode) else [value]:
-                out += _merged_keys(inner)
-        elif isinstance(key, ScalarNode):
-            out.append((str(key.value), key))
-    return out
-
-
-def _check_merged(value: Node) -> None:
-    """Refuse a key that two mappings merged into one mapping both give (YAML keeps the first
-    one's silently)."""
-    sources = value.value if isinstance(value, SequenceNode) else [value]
-    given: dict[str, Node] = {}
-    for source in sources:
-        for name in dict(_merged_keys(source)):
-            if name in given:
-                raise ConstructorError(
-                    None, None, f"key {name[:40]!r} is merged in from two mappings (also at "
-                    f"line {given[name].start_mark.line + 1}); give it once",
-                    source.start_mark)
-            given[name] = source
+    def _check_merged(self, value: Node) -> None:
+        """Refuse a key that two mappings merged into one mapping both give (YAML keeps the
+        first one's silently)."""
+        sources = value.value if isinstance(value, SequenceNode) else [value]
+        given: dict[str, Node] = {}
+        for source in sources:
+            if isinstance(source, MappingNode):
+                self._check_mapping(source)
+            for name in dict(self._merged_keys(source)):
+                if name in given:
+                    raise ConstructorError(
+                        None, None, f"key {name[:40]!r} is merged in from two mappings (also "
+                        f"at line {given[name].start_mark.line + 1}); give it once",
+                        source.start_mark)
+                given[name] = source
 
 
 # PyYAML follows YAML 1.1, where ``3e-1`` and ``1e-10`` (no dot) are strings: read them as the

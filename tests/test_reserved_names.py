@@ -148,3 +148,47 @@ def test_one_list_of_reserved_names():
         assert reserved_label_reason(label), label
     for label in ("pgd40", "at:fgsm", "unlearning[attack=pgd]", "worstcase_pgd", "verifier"):
         assert reserved_label_reason(label) is None, label
+
+
+# Legal merges through a shared (anchored) node that itself merges and overrides: PyYAML's
+# flatten rewrites that node in place when another mapping merges it, so a check reading the
+# node afterwards saw its merged keys as explicit ones ("'steps' appears twice").
+SHARED_MERGES = [
+    ("override_in_shared_node",
+     "base: &base {steps: 10, eps: 1}\na: {b: &mid {<<: *base, steps: 40}}\nc: {<<: *mid}\n"),
+    ("chain_of_overrides",
+     "base: &base {steps: 10, eps: 1}\nm1: &m1 {<<: *base, steps: 20}\n"
+     "m2: &m2 {<<: *m1, eps: 2}\nx: {<<: *m2}\ny: {<<: *m2, steps: 30}\nz: {<<: *m1}\n"),
+    ("shared_node_in_a_list",
+     "base: &base {steps: 10, eps: 1}\nl: [{k: &mid {<<: *base, steps: 40}}, {<<: *mid}]\n"
+     "c: {<<: [*mid], alpha: 2}\n"),
+    ("shared_node_block_style",
+     "base: &base\n  steps: 10\n  eps: 1\nmid: &mid\n  <<: *base\n  steps: 40\n"
+     "outer:\n  inner:\n    <<: *mid\n    eps: 3\n  again:\n    <<: *mid\n"),
+    ("merged_list_then_override",
+     "p: &p {steps: 1}\nq: &q {eps: 2}\nr: &r {<<: [*p, *q], steps: 5}\ns: {<<: *r}\n"
+     "t: {<<: [*r], eps: 7}\n"),
+]
+
+
+@pytest.mark.parametrize("case_id,text", SHARED_MERGES, ids=[c[0] for c in SHARED_MERGES])
+def test_merging_a_node_that_merges_reads_as_yaml_does(case_id, text):
+    from robench.suite_yaml import read_suite_yaml
+
+    assert read_suite_yaml(text, "s.yaml") == yaml.safe_load(text)
+
+
+@pytest.mark.parametrize("text,fragment", [
+    # still refused when the shared node is flattened by another mapping first
+    ("p: &p {steps: 2}\nm: &m {<<: *p, <<: {steps: 3}}\nc: {<<: *m}\n", "'<<' appears twice"),
+    ("c: {<<: &m {<<: [{steps: 2}, {steps: 3}]}}\nd: {<<: *m}\n",
+     "'steps' is merged in from two mappings"),
+    ("m: &m {steps: 1, steps: 2}\nc: {<<: *m}\n", "'steps' appears twice"),
+])
+def test_ambiguous_merge_in_a_shared_node_still_refused(text, fragment):
+    from robench.errors import UserError
+    from robench.suite_yaml import read_suite_yaml
+
+    with pytest.raises(UserError, match=fragment):
+        read_suite_yaml(text, "s.yaml")
+
