@@ -224,17 +224,16 @@ def load_suite(path: str | Path) -> Suite:
     The YAML is read within ``robench.suite_yaml``'s bounds (size, nesting, alias expansion)
     before anything validates it."""
     path = Path(path)
+    # a read error, a FIFO or a folder is a one-line UserError (never blocks)
     data = read_regular(path, follow_links=True, limit=MAX_SUITE_BYTES + 1)
     if data is None:
         raise UserError("suite file not found", where=str(path))
+    # the size first: the cut at MAX_SUITE_BYTES + 1 may split a character
+    if len(data) > MAX_SUITE_BYTES:
+        raise UserError(f"the suite file is larger than {MAX_SUITE_BYTES >> 10} KiB",
+                        where=str(path))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UserError("not a UTF-8 text file", where=str(path)) from None
-    except OSError as err:
-        raise UserError(f"cannot read the suite file ({err.strerror})", where=str(path)) \
-            from None
-    if len(data) > MAX_SUITE_BYTES:
-        raise UserError(f"the suite file is larger than {MAX_SUITE_BYTES >> 10} KiB",
-                        where=str(path))
     return parse_suite(read_suite_yaml(text, str(path)), str(path))

@@ -84,6 +84,9 @@ CASES = [
     ("flat_list_near_cap", suite(attacks="[" + "1," * (MAX_SUITE_BYTES // 2 - 200) + "1]"),
      ["attacks[0].params.extra", "unknown key"]),
     ("oversized_file", suite() + "# " + "x" * MAX_SUITE_BYTES + "\n", ["larger than"]),
+    # the cap's cut falls inside a two-byte character: still "larger than", not "not UTF-8"
+    ("oversized_file_cut_in_a_char", suite() + "# " + "\u00e9" * 70_000 + "\n",
+     ["larger than"]),
 ]
 
 
@@ -222,3 +225,22 @@ def test_nested_params_message_is_bounded(tmp_path, robench_cli):
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and len(lines[0]) <= MAX_LINE, result.stderr[:3000]
     assert "method_params" in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("data", [
+    "\u00e9".encode() * 70_000,  # the cut at MAX_SUITE_BYTES + 1 splits an "é"
+    "\U0001f600".encode() * 33_000,  # and a four-byte emoji
+    b"\xff" + b"x" * MAX_SUITE_BYTES,  # not UTF-8 and too large: the size is the news
+], ids=["two_byte_chars", "four_byte_chars", "latin1_byte"])
+def test_an_oversized_suite_is_refused_for_its_size_whatever_its_bytes(tmp_path, data):
+    from robench.config import load_suite
+    from robench.errors import UserError
+
+    path = tmp_path / "suite.yaml"
+    path.write_bytes(data)
+    assert len(data) > MAX_SUITE_BYTES
+    with pytest.raises(UserError, match=f"larger than {MAX_SUITE_BYTES >> 10} KiB"):
+        load_suite(path)
+    path.write_bytes(data[:1000] + b"\xff")  # within the cap: its encoding is the news
+    with pytest.raises(UserError, match="not a UTF-8 text file"):
+        load_suite(path)
