@@ -25,15 +25,21 @@ _HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 def one_line(text: str, limit: int) -> str:
     """``text`` as one printable line of at most ``limit`` characters: line breaks, bidi and
     other invisible characters escaped (``\\u202e``), the middle cut when too long (a
-    file path's start and a key path's end both stay)."""
-    if any(unicodedata.category(c) in _HIDDEN for c in text[:limit * 8]) or len(text) > limit:
-        text = "".join(c.encode("unicode_escape").decode("ascii")
-                       if unicodedata.category(c) in _HIDDEN else c
-                       for c in text[:limit * 8])
-    if len(text) > limit:
-        keep = limit - 5
-        text = text[:keep - keep // 3] + " ... " + text[len(text) - keep // 3:]
-    return text
+    file path's start and a key path's end both stay). The ends are cut before escaping, so
+    the work is bounded however long ``text`` is."""
+    def escape(part: str) -> str:
+        return "".join(c.encode("unicode_escape").decode("ascii")
+                       if unicodedata.category(c) in _HIDDEN else c for c in part)
+
+    if len(text) <= limit:
+        text = escape(text)
+        if len(text) <= limit:
+            return text
+        head = tail = text
+    else:  # an escape only lengthens: ``limit`` characters from each end are enough
+        head, tail = escape(text[:limit]), escape(text[-limit:])
+    keep = limit - 5
+    return head[:keep - keep // 3] + " ... " + tail[len(tail) - keep // 3:]
 
 
 class UserError(Exception):

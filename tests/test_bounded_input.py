@@ -244,3 +244,22 @@ def test_an_oversized_suite_is_refused_for_its_size_whatever_its_bytes(tmp_path,
     path.write_bytes(data[:1000] + b"\xff")  # within the cap: its encoding is the news
     with pytest.raises(UserError, match="not a UTF-8 text file"):
         load_suite(path)
+
+
+@pytest.mark.parametrize("middle", ["k" * 20_000, "k\u202e" * 5_000, "\x85" * 9_000],
+                         ids=["plain", "hidden_chars_between", "all_hidden"])
+def test_a_long_where_keeps_its_start_and_its_key_paths_end(middle):
+    # one_line cut before escaping only text[:limit * 8]: past 8000 characters the key path's
+    # end, which its docstring promises to keep, was lost
+    from robench.errors import MAX_WHERE, UserError, one_line
+
+    where = "/data/suite.yaml: defenses[0]." + middle + ".params.steps"
+    err = UserError("unknown key", where=where)
+    assert err.where.startswith("/data/suite.yaml: defenses[0].")
+    assert err.where.endswith(".params.steps"), err.where[-60:]
+    assert len(err.where) <= MAX_WHERE and len(str(err).splitlines()) == 1
+    hidden = one_line("a" * 9_000 + "\u202e.tail", 100)
+    assert hidden.endswith("\\u202e.tail") and hidden.startswith("aaa") and len(hidden) <= 100
+    assert one_line("short \u2028 text", 100) == "short \\u2028 text"
+    escaped = one_line("\u202e" * 30, 100)  # under the limit until escaped: then cut too
+    assert len(escaped) <= 100 and escaped.startswith("\\u202e") and " ... " in escaped
