@@ -14,14 +14,16 @@ are summed, so a cluster's entries serve a laptop; but the weights are then not 
 to what this machine would train, so its numbers can differ slightly from a cold run's
 (an example is in benchmarks/RESULTS.md), and the log says so.
 
-An entry is served only when it verifies: it records the hash of its weights
-(``robench.models.weights_hash``, the hash of every tensor in a fixed order) and the canonical
-text its key is the hash of, and ``load`` treats it as a miss when the weights it holds do not
-hash to the recorded value or the recorded text does not hash to the entry's key (its file
-name). So an entry whose weights were swapped for another model's, or copied under another
-key's name, is recomputed rather than served, in a cache shared by many machines too. This
-guards against mix-ups and damage, not against a forger who recomputes both hashes: the cache
-is only as trustworthy as the folder it lives in. An entry written before these records
+An entry is served only when it verifies: it records its key's inputs (the canonical JSON a
+plan's key is the hash of, joined with the fingerprint of the data: ``CacheKey.with_data``),
+the hash of its weights (``state_hash``: what ``robench.models.weights_hash`` gives the model
+they are loaded into) and the hash of its metadata (the seconds and a defense's metrics a run
+records from it), and ``load`` treats it as a miss when its recorded inputs do not hash to its
+file name, or its weights or metadata do not hash to their recorded values. So an entry whose
+weights were swapped for another model's, whose metadata was edited, or that was copied under
+another key's name, is recomputed rather than served, in a cache shared by many machines too.
+This guards against mix-ups and damage, not against a forger who recomputes the hashes: the
+cache is only as trustworthy as the folder it lives in. An entry written before these records
 existed is a miss once, and is then written again with them.
 """
 
@@ -42,8 +44,6 @@ import torch
 from platformdirs import user_cache_dir
 from torch import nn
 
-from robench.models import weights_hash
-
 CACHE_ENV = "ROBENCH_CACHE_DIR"
 
 
@@ -52,40 +52,43 @@ def cache_dir() -> Path:
 
 
 @dataclass(frozen=True)
-class EntryKey:
-    """A cache key with the canonical text it is the hash of (what an entry records, so that
-    an entry can show which inputs it was stored for)."""
+class CacheKey:
+    """The inputs that determine a model's weights, as canonical JSON (``text``: what an entry
+    records), and their hash (``hex``: a plan's ``cache_key``, an entry's file name)."""
 
     text: str
 
     @property
     def hex(self) -> str:
-        return _digest(self.text)
+        return digest(self.text)
+
+    def with_data(self, data_hash: str) -> CacheKey:
+        """These inputs and the fingerprint of the data actually loaded: the key a run stores
+        its models under (``robench plan`` looks up the same key)."""
+        return cache_key(**json.loads(self.text), data=data_hash)
 
 
-def key_of(**parts: Any) -> EntryKey:
+def cache_key(**parts: Any) -> CacheKey:
     """The key of ``parts``: their JSON with sorted keys, compact, values as ``str`` when JSON
     has no type for them."""
-    return EntryKey(json.dumps(parts, sort_keys=True, default=str, separators=(",", ":")))
+    return CacheKey(json.dumps(parts, sort_keys=True, default=str, separators=(",", ":")))
 
 
-def cache_key(**parts: Any) -> str:
-    return key_of(**parts).hex
-
-
-def entry_key(plan_key: str, data_hash: str) -> EntryKey:
-    """A plan's cache key joined with the fingerprint of the data actually loaded: the key a
-    run stores its models under (``robench plan`` looks up the same key)."""
-    return key_of(plan=plan_key, data=data_hash)
-
-
-def data_key(plan_key: str, data_hash: str) -> str:
-    """``entry_key``'s hex digest (an entry's file name)."""
-    return entry_key(plan_key, data_hash).hex
-
-
-def _digest(text: str) -> str:
+def digest(text: str) -> str:
+    """The short sha256 of ``text`` that keys and records use."""
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def state_hash(state: Mapping[str, torch.Tensor]) -> str:
+    """The hash of a state dict's tensors (names, dtypes, shapes and bytes, in name order):
+    what ``robench.models.weights_hash`` gives a model with this state dict, computed before
+    the tensors are copied into one."""
+    hasher = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        value = tensor.detach().cpu().contiguous()
+        hasher.update(f"{name}:{value.dtype}:{tuple(value.shape)}\0".encode())
+        hasher.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return hasher.hexdigest()[:16]
 
 
 def fits(state: Any, model: nn.Module) -> bool:
@@ -105,12 +108,12 @@ class ModelCache:
     def _path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
 
-    def load(self, key: str | EntryKey, model: nn.Module,
+    def load(self, key: str | CacheKey, model: nn.Module,
              on_reject: Callable[[str], None] | None = None) -> dict[str, Any] | None:
         """Load weights into ``model``; returns the stored metadata, or None on a miss. An
         entry that exists but is not served (damaged, of another model, unverified) leaves
         ``model`` untouched and is passed to ``on_reject`` as one line saying why."""
-        name = key.hex if isinstance(key, EntryKey) else key
+        name = key.hex if isinstance(key, CacheKey) else key
         path = self._path(name)
         if not self.enabled or not path.exists():
             return None
@@ -145,10 +148,10 @@ class ModelCache:
             path.unlink(missing_ok=True)
         return len(entries)
 
-    def save(self, key: EntryKey, model: nn.Module, meta: dict[str, Any]) -> str | None:
-        """Store the weights, with their hash and the key's text; returns None, or why they
-        could not be stored (an unwritable or full cache folder costs only the reuse, never
-        the run)."""
+    def save(self, key: CacheKey, model: nn.Module, meta: dict[str, Any]) -> str | None:
+        """Store the weights and ``meta``, with their hashes and the key's inputs; returns
+        None, or why they could not be stored (an unwritable or full cache folder costs only
+        the reuse, never the run)."""
         if not self.enabled:
             return None
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -157,9 +160,10 @@ class ModelCache:
             self.root.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=self.root)
             os.close(fd)
-            meta = {**meta, "trained_with": trained_with(model)}
-            torch.save({"state_dict": state, "meta": json.dumps(meta, default=str),
-                        WEIGHTS_FIELD: _tensors_hash(state), KEY_FIELD: key.text}, tmp)
+            text = json.dumps({**meta, "trained_with": trained_with(model)}, default=str,
+                              sort_keys=True)
+            torch.save({"state_dict": state, "meta": text, WEIGHTS_FIELD: state_hash(state),
+                        META_FIELD: digest(text), KEY_FIELD: key.text}, tmp)
             os.replace(tmp, self._path(key.hex))
         except (OSError, RuntimeError) as err:
             return f"model cache {self.root} is not writable ({err}); continuing without it"
@@ -169,25 +173,10 @@ class ModelCache:
         return None
 
 
-#: what an entry records beside its weights and metadata
+#: what an entry records beside its weights and metadata: their hashes, and its key's inputs
 WEIGHTS_FIELD = "weights_hash"
+META_FIELD = "meta_hash"
 KEY_FIELD = "key"
-
-
-class _Tensors(nn.Module):
-    """A state dict seen as a module, so that an entry's tensors hash, before they are copied
-    into a model, to what ``weights_hash`` gives that model after."""
-
-    def __init__(self, state: Mapping[str, torch.Tensor]) -> None:
-        super().__init__()
-        self.tensors = dict(state)
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
-        return self.tensors
-
-
-def _tensors_hash(state: Mapping[str, torch.Tensor]) -> str:
-    return weights_hash(_Tensors(state))
 
 
 def _rejected(blob: Any, key: str, model: nn.Module) -> str | None:
@@ -199,12 +188,17 @@ def _rejected(blob: Any, key: str, model: nn.Module) -> str | None:
         return "its metadata is damaged"
     if not fits(blob.get("state_dict"), model):
         return "its weights do not fit the model"
-    recorded, text = blob.get(WEIGHTS_FIELD), blob.get(KEY_FIELD)
-    if not isinstance(recorded, str) or not isinstance(text, str):
-        return "it records no weights hash or key (written by an older robench, or damaged)"
-    if _digest(text) != key:
-        return "it was recorded for another key (a copied or renamed entry)"
-    if _tensors_hash(blob["state_dict"]) != recorded:
+    recorded = [blob.get(field) for field in (WEIGHTS_FIELD, META_FIELD, KEY_FIELD)]
+    if not all(isinstance(value, str) for value in recorded):
+        return ("it records no weights hash, metadata hash or key (written by an older "
+                "robench, or damaged)")
+    weights, meta, text = recorded
+    if digest(text) != key:
+        return ("it was recorded for another key (its recorded inputs do not hash to its "
+                "name: a copied or renamed entry)")
+    if digest(blob["meta"]) != meta:
+        return "its metadata does not match its recorded hash (edited or damaged)"
+    if state_hash(blob["state_dict"]) != weights:
         return "its weights do not match their recorded hash (replaced or damaged)"
     return None
 

@@ -33,7 +33,7 @@ from torch import nn
 import robench
 from robench.attacks import ATTACKS, Attack, AttackParams
 from robench.attacks.base import DEFAULT_NORM
-from robench.cache import cache_key
+from robench.cache import CacheKey, cache_key
 from robench.config import (
     AttackEntry,
     Suite,
@@ -74,10 +74,15 @@ class BaselineSpec:
     train: TrainConfig
     seed: int
     code_hash: str
-    cache_key: str
+    key: CacheKey                           # the inputs that determine the trained weights
     weights: WeightsFile | None = None      # model.weights: a checkpoint instead of training
     logits: LogitsKey | None = None         # model.logits: which output holds the logits
     source: str = ""                        # the suite file, for error messages
+
+    @property
+    def cache_key(self) -> str:
+        """The hash of ``key``'s inputs (recorded in run.json and shipped model files)."""
+        return self.key.hex
 
     def build(self, num_classes: int) -> nn.Module:
         """The baseline's architecture on the CPU: with the checkpoint's weights loaded when
@@ -107,7 +112,12 @@ class DefenseSpec:
     params_json: str
     seed: int
     code_hash: str
-    cache_key: str          # of the defended weights: baseline key + this defense
+    key: CacheKey           # of the defended weights: baseline key + this defense
+
+    @property
+    def cache_key(self) -> str:
+        """The hash of ``key``'s inputs (recorded in run.json and shipped model files)."""
+        return self.key.hex
 
     def build(self) -> Defense:
         return self.plugin(self.params)
@@ -281,7 +291,7 @@ def _attacks(suite: Suite, source: str, seed: int,
         crafted_on = _source_defense(plugin, params, defenses, f"{source}: attacks[{i}]")
         # a transfer cell also changes with its source model (the source defense's key)
         extra = {"source": crafted_on.cache_key} if crafted_on is not None else {}
-        code = cache_key(code=code, libs=libraries, **extra)
+        code = cache_key(code=code, libs=libraries, **extra).hex
         specs.append(AttackSpec(label, entry.name, plugin, params, text, tuple(entry.eps),
                                 entry.limit, role,
                                 derive_seed(seed, "attack", entry.name, text), code[:16],

@@ -4,8 +4,9 @@ The suite is resolved exactly as ``run`` resolves it (``robench.rundata.prepare`
 options, the same one-line errors). Then, without writing anything and without training:
 
 - the baseline and every defended model are looked up in the model cache under the keys a
-  run uses (``robench.cache.data_key``); a defense that costs nothing (``Defense.cost`` is
-  zero: ``none``, input transformations) is rebuilt from a cached baseline;
+  run uses (``robench.cache.CacheKey.with_data``); a defense that costs nothing
+  (``Defense.cost`` is zero: ``none``, input transformations) is rebuilt from a cached
+  baseline;
 - every cell (defense x attack x eps x seed) is **done** when its stored row passes the check
   resume applies (``robench.resume.cell_verified``) against the model it would attack; a
   stored row whose model is not cached cannot be checked without training it, so it is shown
@@ -29,7 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
-from robench.cache import ModelCache, data_key
+from robench.cache import ModelCache
 from robench.data import Dataset, Split
 from robench.defenses import DefenseContext
 from robench.eps import eps_text
@@ -205,7 +206,7 @@ class _Checker:
             return load_shipped(self.source.baseline(spec.seed), model), "shipped"
         if spec.weights is not None:
             return model.eval(), "checkpoint"
-        key = data_key(spec.cache_key, self.dataset.fingerprint)
+        key = spec.key.with_data(self.dataset.fingerprint)
         if self.cache.load(key, model) is not None:
             return model.eval(), "cached"
         return None, "to train"
@@ -217,7 +218,7 @@ class _Checker:
                 model = self.plan.baseline.build(self.dataset.num_classes)
             if self.source is not None:
                 return load_shipped(self.source.defense(seed, spec.label), model), "shipped"
-            if self.cache.load(data_key(spec.cache_key, self.dataset.fingerprint),
+            if self.cache.load(spec.key.with_data(self.dataset.fingerprint),
                                model) is not None:
                 return model.eval(), "cached"
         if defense_work(spec, self.plan.suite.train, len(self.train),

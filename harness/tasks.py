@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from robench.cache import ModelCache, entry_key, provenance_text
+from robench.cache import ModelCache, provenance_text
 from robench.data import Split
 from robench.defenses import DefenseContext
 from robench.diagnostics import model_diagnostics
@@ -122,7 +122,7 @@ def train_baseline(spec: BaselineSpec, train_split: Split,
         reporter.info(f"baseline {spec.model}: weights {spec.weights.path} "
                       f"(sha256 {spec.weights.sha256[:12]})")
         return model.eval(), True
-    key = entry_key(spec.cache_key, ctx.data_hash)
+    key = spec.key.with_data(ctx.data_hash)
     meta = ctx.cache.load(key, model, on_reject=reporter.info)
     if meta is not None:
         reporter.info(f"baseline {spec.model}: loaded from cache ({key.hex[:10]}; "
@@ -158,7 +158,7 @@ def apply_defense(spec: DefenseSpec, baseline: nn.Module, train_split: Split,
         load_shipped(entry, model)
         reporter.info(f"[{spec.label}] defended model {ctx.models_from.describe(entry)}")
         return Defended(model.to(ctx.device).eval(), entry.seconds, entry.metrics, cached=True)
-    key = entry_key(spec.cache_key, ctx.data_hash)
+    key = spec.key.with_data(ctx.data_hash)
     meta = (ctx.cache.load(key, model, on_reject=reporter.info) if spec.plugin.cacheable
             else None)
     if meta is not None:

@@ -47,10 +47,10 @@ def test_a_cache_entry_records_how_it_was_trained_and_the_log_says_it(tmp_path):
 
     import torch
 
-    from robench.cache import ModelCache, entry_key, provenance_text
+    from robench.cache import ModelCache, cache_key, digest, provenance_text
     from robench.models import LeNet5
 
-    cache, key = ModelCache(tmp_path), entry_key("plan", "data")
+    cache, key = ModelCache(tmp_path), cache_key(plan="plan", data="data")
     threads = torch.get_num_threads()
     assert cache.save(key, LeNet5(), {"seconds": 1.0}) is None
     meta = cache.load(key, LeNet5())
@@ -65,14 +65,17 @@ def test_a_cache_entry_records_how_it_was_trained_and_the_log_says_it(tmp_path):
     assert provenance_text({"seconds": 2.0}) == "trained where: not recorded"
     for odd in ("cpu", None, [1]):  # a damaged record is shown as unknown, never a crash
         assert provenance_text({"trained_with": odd}) == "trained where: not recorded"
-    # metadata edited in an otherwise valid entry (its weights and key verify)
+    # metadata edited in an otherwise valid entry (its weights, key and metadata hash verify:
+    # a forger's edit, read as robench reads any entry)
     good = _entry(tmp_path, key.hex)
     # a reviewer's finding: metrics that are not a list made apply_defense raise TypeError;
     # hostile-user findings: rows that are not metric rows crashed every later run
     for meta in ({"seconds": 2.0, "metrics": None}, {"seconds": 2.0, "metrics": [1, 2]},
                  {"seconds": 2.0, "metrics": [{}]}, {"seconds": float("nan")},
                  {"seconds": -1.0}):
-        torch.save({**good, "meta": json.dumps(meta)}, tmp_path / f"{key.hex}.pt")
+        text = json.dumps(meta)
+        torch.save({**good, "meta": text, "meta_hash": digest(text)},
+                   tmp_path / f"{key.hex}.pt")
         assert cache.load(key, LeNet5()) is None, meta
 
 
@@ -101,11 +104,11 @@ def test_swapped_weights_and_renamed_entries_are_misses(tmp_path):
 
     import torch
 
-    from robench.cache import ModelCache, entry_key
+    from robench.cache import ModelCache, cache_key
     from robench.models import LeNet5
 
     cache, why = ModelCache(tmp_path), []
-    keys = [entry_key(f"plan{i}", "data") for i in range(3)]
+    keys = [cache_key(plan=f"plan{i}", data="data") for i in range(3)]
     models = []
     for i, key in enumerate(keys[:2]):
         torch.manual_seed(i)
@@ -132,10 +135,10 @@ def test_entries_without_or_with_damaged_records_are_misses(tmp_path):
     unverified; a record of the wrong type is a miss, never a crash."""
     import torch
 
-    from robench.cache import ModelCache, entry_key
+    from robench.cache import ModelCache, cache_key
     from robench.models import LeNet5
 
-    cache, key, why = ModelCache(tmp_path), entry_key("plan", "data"), []
+    cache, key, why = ModelCache(tmp_path), cache_key(plan="plan", data="data"), []
     assert cache.save(key, LeNet5(), {"seconds": 1.0}) is None
     good = _entry(tmp_path, key.hex)
     # one changed value in one tensor: the hash over every tensor changes
@@ -153,8 +156,106 @@ def test_entries_without_or_with_damaged_records_are_misses(tmp_path):
     assert "records no weights hash" in why[1]  # the "old" variant
     torch.save(good, tmp_path / f"{key.hex}.pt")
     assert cache.load(key, LeNet5(), on_reject=why.append) is not None
-    assert cache.load(entry_key("absent", "data"), LeNet5(), on_reject=why.append) is None
+    assert cache.load(cache_key(plan="absent", data="data"), LeNet5(),
+                      on_reject=why.append) is None
     assert len(why) == len(variants)  # an absent entry is a plain miss: nothing to say
+
+
+
+def test_an_entry_whose_metadata_was_edited_is_a_miss(tmp_path):
+    """Reviewer's finding: only the weights were hashed, so an entry's seconds and a defense's
+    metrics (what defense_metrics.csv reports) could be edited and were still served."""
+    import json
+
+    import torch
+
+    from robench.cache import ModelCache, cache_key
+    from robench.models import LeNet5
+
+    cache, key, why = ModelCache(tmp_path), cache_key(plan="plan", data="data"), []
+    rows = [{"step": 1, "metric": "robust_acc", "value": 0.5}]
+    assert cache.save(key, LeNet5(), {"seconds": 1.0, "metrics": rows}) is None
+    good = _entry(tmp_path, key.hex)
+    meta = json.loads(good["meta"])
+    edits = {"seconds": {**meta, "seconds": 9999.0},
+             "metric": {**meta, "metrics": [{**rows[0], "value": 0.99}]},
+             "row_added": {**meta, "metrics": rows * 2},
+             "trained_with": {**meta, "trained_with": {**meta["trained_with"], "device": "tpu"}},
+             "same_json_reordered": dict(reversed(meta.items()))}
+    for name, edited in edits.items():
+        torch.save({**good, "meta": json.dumps(edited)}, tmp_path / f"{key.hex}.pt")
+        assert cache.load(key, LeNet5(), on_reject=why.append) is None, name
+        assert "metadata does not match" in why[-1], why[-1]
+    torch.save(good, tmp_path / f"{key.hex}.pt")
+    assert cache.load(key, LeNet5())["metrics"] == rows
+
+
+SMALL_SUITE = """\
+name: keyed
+data: {dataset: mnist, eval_limit: 50}
+train: {epochs: 0}
+defenses: [{name: none}, {name: bit_depth_reduction, params: {bits: 3}}]
+attacks: [{name: fgsm, eps: [0.1]}]
+"""
+
+
+def test_an_entry_records_its_keys_inputs_and_is_a_miss_when_they_do_not_hash_to_its_name(
+        tmp_path):
+    """Reviewer's finding: an entry recorded {"data": hash, "plan": hash}, hashes rather than
+    the inputs its key is made of. It records the plan's inputs and the data's fingerprint,
+    which hash to its file name; a recorded input changed (the file name kept) is a miss."""
+    import json
+
+    import torch
+    import yaml
+
+    from robench.cache import ModelCache, digest
+    from robench.models import LeNet5
+    from robench.plan import resolve_raw
+
+    plan = resolve_raw(yaml.safe_load(SMALL_SUITE), str(tmp_path / "s.yaml"))
+    cache, why = ModelCache(tmp_path), []
+    for spec, kind in ((plan.baseline, "baseline"), (plan.defenses[1], "defense")):
+        key = spec.key.with_data("f" * 16)
+        assert cache.save(key, LeNet5(), {"seconds": 1.0}) is None
+        entry = _entry(tmp_path, key.hex)
+        inputs = json.loads(entry["key"])
+        assert digest(entry["key"]) == key.hex  # its inputs hash to its file name
+        assert inputs["kind"] == kind and inputs["data"] == "f" * 16
+        assert {k: v for k, v in inputs.items() if k != "data"} == json.loads(spec.key.text)
+        assert digest(spec.key.text) == spec.cache_key  # the plan's key: the same inputs
+        if kind == "baseline":
+            assert inputs["dataset"] == "mnist" and inputs["model"] == "lenet5"
+            assert inputs["train"]["epochs"] == 0
+        else:
+            assert inputs["baseline"] == plan.baseline.cache_key
+            assert json.loads(inputs["params"])["bits"] == 3
+        assert cache.load(key, LeNet5()) is not None
+        for field, value in (("seed", inputs["seed"] + 1), ("data", "0" * 16),
+                             ("code", "edited")):
+            forged = json.dumps({**inputs, field: value}, sort_keys=True,
+                                separators=(",", ":"))
+            torch.save({**entry, "key": forged}, tmp_path / f"{key.hex}.pt")
+            assert cache.load(key, LeNet5(), on_reject=why.append) is None, field
+            assert "recorded for another key" in why[-1]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+def test_state_hash_agrees_with_weights_hash(dtype):
+    # the cache hashes a state dict before copying it into a model; weights_hash hashes the
+    # model after: the two must agree (buffers included: LeNet5's Normalize mean and std)
+    import torch
+
+    from robench.cache import state_hash
+    from robench.models import LeNet5, MnistCNN, weights_hash
+
+    for cls in (LeNet5, MnistCNN):
+        torch.manual_seed(0)
+        model = cls().to(getattr(torch, dtype))
+        assert state_hash(model.state_dict()) == weights_hash(model)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        state[next(iter(state))].view(-1)[0] += 1
+        assert state_hash(state) != weights_hash(model)
 
 
 CACHED_SUITE = """\
@@ -178,7 +279,6 @@ def test_a_poisoned_cache_entry_is_recomputed_not_served(tmp_path, cli_env, robe
     model's made `none` report another model's numbers, and a resume overwrote the correct
     rows with them. Now the entry is a miss: the resume keeps every row, a fresh run equals
     the clean one, and the log says why the entry was not used."""
-    from robench.cache import data_key
     from robench.plan import load_plan
 
     from .conftest import numbers, run_logged
@@ -189,7 +289,7 @@ def test_a_poisoned_cache_entry_is_recomputed_not_served(tmp_path, cli_env, robe
         suite = tmp_path / f"seed{seed}.yaml"
         suite.write_text(CACHED_SUITE.format(seed=seed))
         suites.append(suite)
-        keys.append(data_key(load_plan(suite).baseline.cache_key, mnist.fingerprint))
+        keys.append(load_plan(suite).baseline.key.with_data(mnist.fingerprint).hex)
         run_logged(robench_cli, suite, tmp_path / f"clean{seed}")
         clean.append(numbers(tmp_path / f"clean{seed}"))
     assert sorted(p.stem for p in cache.glob("*.pt")) == sorted(keys)

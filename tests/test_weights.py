@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from robench.cache import cache_dir, cache_key
+from robench.cache import cache_dir
 from robench.data import load_dataset
 from robench.errors import UserError
 from robench.models import LeNet5, MnistCNN
@@ -57,9 +57,8 @@ def test_checkpoint_saved_by_one_run_evaluates_identically(tmp_path, mnist_root,
     trained = pd.read_csv(tmp_path / "out_first" / "results.csv")
 
     # the trained baseline's state dict, from the model cache of the first run
-    key = cache_key(plan=load_plan(first).baseline.cache_key,
-                    data=load_dataset("mnist", mnist_root).fingerprint)
-    state = torch.load(cache_dir() / f"{key}.pt", weights_only=True)["state_dict"]
+    key = load_plan(first).baseline.key.with_data(load_dataset("mnist", mnist_root).fingerprint)
+    state = torch.load(cache_dir() / f"{key.hex}.pt", weights_only=True)["state_dict"]
     (tmp_path / "ckpt").mkdir()
     save_file(state, tmp_path / "ckpt" / "baseline.safetensors")
     torch.save(state, tmp_path / "ckpt" / "baseline.pt")
