@@ -41,13 +41,13 @@ from robench.config import (
     parse_suite,
     raise_validation,
 )
-from robench.data import DATASETS, Dataset
+from robench.data import DATASETS
 from robench.defenses import DEFENSES, Defense, DefenseParams
 from robench.eps import eps_text
 from robench.errors import UserError
 from robench.evaluation import evaluate_attack
 from robench.labels import unique_labels
-from robench.models import MODELS, LogitsKey, SelectOutput, check_logits
+from robench.models import MODELS, LogitsKey, SelectOutput
 from robench.plan_hash import code_hash
 from robench.seeds import derive_seed
 from robench.training import TrainConfig, train
@@ -91,14 +91,6 @@ class BaselineSpec:
         if self.weights is not None:
             self.weights.load_into(model, self.model)
         return model if self.logits is None else SelectOutput(model, self.logits)
-
-    def check(self, dataset: Dataset) -> None:
-        """Before anything is written: the checkpoint fits the architecture and the model
-        returns logits for the dataset's classes (a ``UserError`` otherwise)."""
-        with torch.random.fork_rng(devices=[]):  # leaves the global RNG as it was
-            model = self.build(dataset.num_classes)
-        check_logits(model, dataset.test.images[:2], dataset.num_classes, self.model,
-                     self.logits, self.source)
 
 
 @dataclass(frozen=True)

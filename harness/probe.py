@@ -24,7 +24,7 @@ from robench.models import check_logits
 from robench.plan import Plan
 from robench.training import accuracy
 
-PROBE = 2  # the images of the first probe (BaselineSpec.check's)
+PROBE = 2  # the images of the first probe
 
 
 def loop_sizes(batch: int, n: int) -> set[int]:

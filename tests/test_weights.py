@@ -18,6 +18,7 @@ from robench.data import load_dataset
 from robench.errors import UserError
 from robench.models import LeNet5, MnistCNN
 from robench.plan import load_plan, resolve_raw
+from robench.probe import check_baseline
 from robench.runner import RunOptions, run_suite
 
 
@@ -40,7 +41,7 @@ def lenet_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def resolve_and_check(path: Path, mnist, model: str = "lenet5", source: str | None = None):
     plan = resolve_raw(suite_raw(str(path), model), source or str(path.parent / "suite.yaml"))
-    plan.baseline.check(mnist)
+    check_baseline(plan, mnist)
     return plan
 
 
