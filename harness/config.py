@@ -86,29 +86,39 @@ HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"})
 def hidden_or_reserved(label: str) -> str | None:
     """What makes ``label`` unusable as any label, explicit or automatic (None: nothing): a
     hidden character or a name the leaderboard generates."""
+    return _hidden(label) or _reserved(label)
+
+
+def _hidden(label: str) -> str | None:
     hidden = next((c for c in label if unicodedata.category(c) in HIDDEN_CATEGORIES), None)
-    if hidden is not None:
-        return (f"must not contain line breaks, control or invisible characters "
-                f"(U+{ord(hidden):04X} at position {label.index(hidden) + 1})")
+    if hidden is None:
+        return None
+    return (f"must not contain line breaks, control or invisible characters "
+            f"(U+{ord(hidden):04X} at position {label.index(hidden) + 1})")
+
+
+def _reserved(label: str) -> str | None:
     reserved = reserved_label_reason(label)
     return None if reserved is None else f"{reserved}; choose another label"
 
 
 def _valid_label(label: str) -> str:
     """A label names a leaderboard row or column and part of file names."""
-    hidden = next((c for c in label if unicodedata.category(c) in HIDDEN_CATEGORIES), None)
-    if hidden is not None:
-        raise ValueError(hidden_or_reserved(label))
-    if label != label.strip():
-        raise ValueError("must not start or end with a space")
-    if label[0] in "=+-@":
-        raise ValueError("must not start with = + - @ (a spreadsheet would run it as a formula)")
-    if "@" in label:
-        raise ValueError("must not contain '@' (leaderboard columns are named attack@eps)")
-    problem = hidden_or_reserved(label)
+    # in this order: a trailing line break is a hidden character, not "ends with a space"
+    problem = _hidden(label) or _misplaced(label) or _reserved(label)
     if problem is not None:
         raise ValueError(problem)
     return label
+
+
+def _misplaced(label: str) -> str | None:
+    if label != label.strip():
+        return "must not start or end with a space"
+    if label[0] in "=+-@":
+        return "must not start with = + - @ (a spreadsheet would run it as a formula)"
+    if "@" in label:
+        return "must not contain '@' (leaderboard columns are named attack@eps)"
+    return None
 
 
 Label = Annotated[str, Field(min_length=1, max_length=80), AfterValidator(_valid_label)]

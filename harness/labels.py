@@ -56,7 +56,8 @@ def automatic_labels(name: str, raw: list[dict[str, Any]],
 
 
 def unique_labels(entries: list[Any], raws: list[dict[str, Any]], identities: list[str],
-            section: str, source: str, always: list[dict[str, Any]] | None = None) -> list[str]:
+                  section: str, source: str, always: list[dict[str, Any]] | None = None
+                  ) -> list[str]:
     """Explicit or automatic labels; identical entries and colliding labels are errors."""
     first: dict[str, int] = {}
     for i, identity in enumerate(identities):

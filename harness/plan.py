@@ -215,19 +215,19 @@ def _resolve_entries(entries: list[Any], registry: Any, section: str, source: st
 
 def _defense_labels(suite: Suite, resolved: list[tuple[Any, Any]], source: str) -> list[str]:
     return unique_labels(suite.defenses, [dict(e.params) for e in suite.defenses],
-                   [f"{e.name}\0{params_json(p)}"
-                    for e, (_, p) in zip(suite.defenses, resolved, strict=True)],
-                   "defenses", source)
+                         [f"{e.name}\0{params_json(p)}"
+                          for e, (_, p) in zip(suite.defenses, resolved, strict=True)],
+                         "defenses", source)
 
 
 def _attack_labels(suite: Suite, resolved: list[tuple[Any, Any]], source: str) -> list[str]:
     return unique_labels(suite.attacks, [_attack_raw(e) for e in suite.attacks],
-                   # labelled entries may repeat settings at other eps (their own columns)
-                   [json.dumps([e.name, params_json(p), e.limit, e.role]
-                               + ([e.eps] if e.label else []))
-                    for e, (_, p) in zip(suite.attacks, resolved, strict=True)],
-                   "attacks", source, [_always_shown(plugin, params)
-                                       for plugin, params in resolved])
+                         # labelled entries may repeat settings at other eps (their own columns)
+                         [json.dumps([e.name, params_json(p), e.limit, e.role]
+                                     + ([e.eps] if e.label else []))
+                          for e, (_, p) in zip(suite.attacks, resolved, strict=True)],
+                         "attacks", source, [_always_shown(plugin, params)
+                                             for plugin, params in resolved])
 
 
 def entry_labels(suite: Suite, source: str) -> tuple[list[str], list[str]]:
