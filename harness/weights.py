@@ -167,6 +167,16 @@ def _looks_like_safetensors(data: bytes) -> bool:
     return 2 <= size <= len(data) - 8 and data[8:9] == b"{"
 
 
+#: the starts of torch.load's notes on sparse and quantized tensors, silenced: such a file is
+#: refused in one line after loading (``_unwrap``); any other warning still shows
+TORCH_LOAD_NOTES = (
+    "Validating sparse tensor invariants",
+    "Sparse CSR tensor support is in beta",
+    "TypedStorage is deprecated",
+    "torch.quantize_per_tensor, torch.quantize_per_channel and other quantized",
+)
+
+
 def parse_checkpoint(data: bytes, path: Path, where: str) -> dict[str, torch.Tensor]:
     """The state dict in a checkpoint's bytes (safetensors or torch ``weights_only``)."""
     if _looks_like_safetensors(data) or path.suffix == ".safetensors":
@@ -179,8 +189,9 @@ def parse_checkpoint(data: bytes, path: Path, where: str) -> dict[str, torch.Ten
                             f"({type(err).__name__}: {_short(err)})", where=where) from None
     else:
         try:
-            with warnings.catch_warnings():  # torch's notes on sparse or quantized tensors:
-                warnings.simplefilter("ignore")  # such a file is refused below in one line
+            with warnings.catch_warnings():
+                for note in TORCH_LOAD_NOTES:
+                    warnings.filterwarnings("ignore", message=note, category=UserWarning)
                 state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - pickle/zip/torch errors of a foreign file
             raise UserError(f"{path.name} is not a checkpoint: neither safetensors nor a torch "

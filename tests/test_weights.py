@@ -268,3 +268,35 @@ def test_cli_odd_or_oversized_weights_exit_2_before_reading_or_writing(tmp_path,
         assert str(path) in lines[0] and ("256.0 MiB" in lines[0] or "7.0 GiB" in lines[0])
         assert "model 'lenet5' has" in lines[0]
     assert not out.exists()
+
+
+def test_loading_silences_only_torchs_notes_on_odd_tensors(tmp_path, monkeypatch):
+    """Reviewer's finding: every warning around torch.load was ignored, so a warning unrelated
+    to sparse or quantized tensors (a deprecation, a torch bug's note) was lost too. Now only
+    torch's notes on those tensors are silenced (the file is refused in one line anyway)."""
+    import warnings
+
+    from robench.weights import parse_checkpoint
+
+    for what in ODD_TENSORS:
+        path = tmp_path / f"{what}.pt"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # creating them: torch's "beta" notes
+            _write(path, what)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(UserError, match="not a plain dense tensor"):
+                parse_checkpoint(path.read_bytes(), path, "model.weights")
+        assert [str(w.message) for w in caught] == [], what
+    real_load = torch.load
+
+    def load_with_a_note(*args, **kwargs):
+        warnings.warn("an unrelated note from torch", UserWarning, stacklevel=2)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load_with_a_note)
+    torch.save(lenet_state(), tmp_path / "dense.pt")
+    with pytest.warns(UserWarning, match="an unrelated note from torch"):
+        state = parse_checkpoint((tmp_path / "dense.pt").read_bytes(), tmp_path / "dense.pt",
+                                 "model.weights")
+    assert set(state) == set(lenet_state())
