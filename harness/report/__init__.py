@@ -65,12 +65,11 @@ from robench.report.markdown import render_markdown
 from robench.report.text import BADGE, DASH, interval_text, p_text, pct, rank_text
 
 __all__ = [
-    "BADGE", "DASH", "PAGE_PX", "SMALL_MULTIPLES_ABOVE",
-    "TABLE_BUDGET_PX", "AttackColumns", "BoardColumn", "BoardColumns", "ColumnGroup",
-    "DefenseLine", "Figure", "ReportContent", "TableColumn", "WorstCase", "board_groups",
-    "defense_lines", "interval_text", "p_text", "pack_groups", "pct",
-    "plot_curves", "problem_rows", "provenance", "rank_text", "read_report_inputs",
-    "render_html", "render_markdown", "ReportInputs", "write_report",
+    "BADGE", "DASH", "PAGE_PX", "SMALL_MULTIPLES_ABOVE", "TABLE_BUDGET_PX", "AttackColumns",
+    "BoardColumn", "BoardColumns", "ColumnGroup", "DefenseLine", "Figure", "ReportContent",
+    "ReportInputs", "TableColumn", "WorstCase", "board_groups", "defense_lines", "interval_text",
+    "p_text", "pack_groups", "pct", "plot_curves", "problem_rows", "provenance", "rank_text",
+    "read_report_inputs", "render_html", "render_markdown", "write_report",
 ]
 
 
