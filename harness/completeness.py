@@ -8,8 +8,9 @@ to labels with ``robench.plan.entry_labels``, the labelling ``robench run`` used
 run.json robench wrote can be checked, whichever version wrote it, as long as its plugins are
 installed. Without run.json (a bare results.csv), completeness is unknown and said to be.
 
-``read_run_record`` is the one reader of run.json, ``planned_cells`` the one definition of a
-recorded plan's cells; ``Completeness`` compares them with a results table.
+``read_run_record`` is the one reader of run.json, ``planned_cells`` the cells of a recorded
+plan (built by ``robench.outcomes.cell_grid``, as a run's own plan's cells are:
+``robench.recorder.plan_cells``); ``Completeness`` compares them with a results table.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pandas as pd
 from robench.config import parse_suite
 from robench.eps import canonical_eps, eps_text
 from robench.errors import UserError
-from robench.outcomes import Cell
+from robench.outcomes import Cell, cell_grid
 from robench.outdir import RunFiles
 from robench.plan import entry_labels
 
@@ -66,8 +67,8 @@ def planned_cells(run: dict[str, Any], where: str) -> set[Cell]:
             raise UserError(f"its suite resolves to other {key} than the run recorded "
                             f"({', '.join(sorted(set(recorded) ^ set(labels))[:4])})",
                             where=f"{where}: {key}")
-    return {(d, a, canonical_eps(e), int(s)) for s in suite.seed_list for d in defenses
-            for a, entry in zip(attacks, suite.attacks, strict=True) for e in entry.eps}
+    return cell_grid(defenses, [(a, entry.eps) for a, entry in
+                                zip(attacks, suite.attacks, strict=True)], suite.seed_list)
 
 
 def present_cells(results: pd.DataFrame) -> set[Cell]:

@@ -38,6 +38,16 @@ KEY_COLUMNS = OUTCOME_COLUMNS[:4]  # a cell
 Cell = tuple[str, str, float, int]  # (defense, attack, eps, seed), eps canonical
 
 
+def cell_grid(defenses: Iterable[str], attacks: Iterable[tuple[str, Iterable[float]]],
+              seeds: Iterable[int]) -> set[Cell]:
+    """The cells of a run: every defense label x every attack label at each of its eps x every
+    seed. The one definition behind a resolved plan's cells (``robench.recorder.plan_cells``)
+    and a recorded one's (``robench.completeness.planned_cells``)."""
+    defenses, attacks = list(defenses), [(label, list(eps)) for label, eps in attacks]
+    return {(d, a, canonical_eps(e), int(s)) for s in seeds for d in defenses
+            for a, eps in attacks for e in eps}
+
+
 @dataclass(frozen=True)
 class _Block:
     """One cell's outcomes: numpy arrays, one entry per image, in evaluation order."""

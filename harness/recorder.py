@@ -24,7 +24,7 @@ from robench.errors import UserError, interrupts_deferred
 from robench.estimate import attack_work, baseline_work, defense_work
 from robench.evaluation import AttackOutcome
 from robench.finalize import read_diagnostics
-from robench.outcomes import OUTCOMES_FILE, Cell, OutcomeTable
+from robench.outcomes import OUTCOMES_FILE, Cell, OutcomeTable, cell_grid
 from robench.outdir import OutputFolder
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
 from robench.progress import Reporter
@@ -50,8 +50,8 @@ from robench.tasks import ModelFacts, Target, seed_tag, serial_order
 
 def plan_cells(plan: Plan) -> set[Cell]:
     """Every cell of ``plan``, over all its seeds."""
-    return {(d.label, a.label, eps, seed) for seed in plan.seeds
-            for d in plan.defenses for a in plan.attacks for eps in a.eps}
+    return cell_grid([d.label for d in plan.defenses], [(a.label, a.eps) for a in plan.attacks],
+                     plan.seeds)
 
 
 class RunRecorder:

@@ -287,3 +287,22 @@ def test_an_interrupted_run_ranks_no_incomplete_defense(tmp_path, cli_env, roben
     assert first.lower().startswith("**incomplete run") and "none" in first
     checks = pd.read_csv(out / "checks.csv").set_index(["defense", "check"])
     assert checks.loc[("none", "complete"), "status"] == "fail"
+
+
+def test_a_recorded_plan_has_the_cells_of_the_plan_it_records():
+    # two definitions of a run's cells (a resolved plan's for the recorder, a recorded suite's
+    # for the leaderboard) come from one function and agree: labels, eps, seeds
+    from robench.completeness import planned_cells
+    from robench.plan import resolve_raw
+    from robench.recorder import plan_cells
+
+    suite = {"name": "cells", "seeds": [0, 3], "data": {"dataset": "mnist", "eval_limit": 50},
+             "train": {"epochs": 0},
+             "defenses": [{"name": "none"}, {"name": "bit_depth_reduction", "params": {"bits": 3}},
+                          {"name": "bit_depth_reduction", "params": {"bits": 5}}],
+             "attacks": [{"name": "fgsm", "eps": [0.0, 0.1, 0.30000000001]},
+                         {"name": "pgd", "label": "pgd2", "eps": [0.2],
+                          "params": {"steps": 2}}]}
+    cells = plan_cells(resolve_raw(suite, "s.yaml"))
+    assert len(cells) == 3 * 4 * 2
+    assert cells == planned_cells({"suite": suite}, "run.json")
