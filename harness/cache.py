@@ -30,6 +30,7 @@ existed is a miss once, and is then written again with them.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -43,6 +44,9 @@ from typing import Any
 import torch
 from platformdirs import user_cache_dir
 from torch import nn
+
+from robench.errors import UserError
+from robench.outdir.files import read_regular
 
 CACHE_ENV = "ROBENCH_CACHE_DIR"
 
@@ -115,14 +119,23 @@ class ModelCache:
         ``model`` untouched and is passed to ``on_reject`` as one line saying why."""
         name = key.hex if isinstance(key, CacheKey) else key
         path = self._path(name)
-        if not self.enabled or not path.exists():
+        if not self.enabled or not os.path.lexists(path):
             return None
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
+            # a regular file only (a FIFO planted there must not block the run), and never far
+            # larger than the model's own weights
+            data = read_regular(path, limit=_size_cap(model) + 1)
+            if data is None:
+                return None
+            if len(data) > _size_cap(model):
+                raise ValueError("far larger than the model's weights")
+            blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             why = _rejected(blob, name, model)
             if why is None:
                 model.load_state_dict(blob["state_dict"])
                 return json.loads(blob["meta"])
+        except UserError as err:  # not a regular file: a miss, said in one line
+            why = f"it cannot be read ({err.message})"
         except Exception as err:  # a corrupt or incompatible entry is a miss, never a crash
             why = f"it cannot be read ({type(err).__name__})"
         if on_reject is not None:
@@ -162,8 +175,9 @@ class ModelCache:
             os.close(fd)
             text = json.dumps({**meta, "trained_with": trained_with(model)}, default=str,
                               sort_keys=True)
-            torch.save({"state_dict": state, "meta": text, WEIGHTS_FIELD: state_hash(state),
-                        META_FIELD: digest(text), KEY_FIELD: key.text}, tmp)
+            torch.save({"state_dict": state, "meta": text,
+                        WEIGHTS_FIELD: _bound(key.text, state_hash(state)),
+                        META_FIELD: _bound(key.text, text), KEY_FIELD: key.text}, tmp)
             os.replace(tmp, self._path(key.hex))
         except (OSError, RuntimeError) as err:
             return f"model cache {self.root} is not writable ({err}); continuing without it"
@@ -196,11 +210,24 @@ def _rejected(blob: Any, key: str, model: nn.Module) -> str | None:
     if digest(text) != key:
         return ("it was recorded for another key (its recorded inputs do not hash to its "
                 "name: a copied or renamed entry)")
-    if digest(blob["meta"]) != meta:
+    if _bound(text, blob["meta"]) != meta:
         return "its metadata does not match its recorded hash (edited or damaged)"
-    if state_hash(blob["state_dict"]) != weights:
+    if _bound(text, state_hash(blob["state_dict"])) != weights:
         return "its weights do not match their recorded hash (replaced or damaged)"
     return None
+
+
+def _bound(key_text: str, value: str) -> str:
+    """A recorded hash bound to its entry's key: a hash copied from another entry (with its
+    weights or metadata) does not verify under this entry's key."""
+    return digest(f"{key_text}\0{value}")
+
+
+def _size_cap(model: nn.Module) -> int:
+    """The largest entry file read for ``model``: 8x its weights' bytes plus 16 MiB (room for
+    the pickle's framing and metadata, never a file far larger than the model needs)."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return 8 * weights + (16 << 20)
 
 
 def _valid_meta(meta: Any) -> bool:

@@ -130,6 +130,44 @@ def test_swapped_weights_and_renamed_entries_are_misses(tmp_path):
     assert "recorded for another key" in why[-1]
 
 
+def test_weights_copied_with_their_hash_from_another_entry_are_a_miss(tmp_path):
+    """Hostile-review finding: copying another entry's state_dict AND its recorded weights hash
+    (key and metadata kept) needed no hashing, and the other model was served; the recorded
+    hashes are bound to the entry's key, so a copied one does not verify."""
+    import torch
+
+    from robench.cache import WEIGHTS_FIELD, ModelCache, cache_key
+    from robench.models import LeNet5
+
+    cache, why = ModelCache(tmp_path), []
+    keys = [cache_key(plan=f"plan{i}", data="data") for i in range(2)]
+    for i, key in enumerate(keys):
+        torch.manual_seed(i)
+        assert cache.save(key, LeNet5(), {"seconds": 1.0}) is None
+    target, donor = (_entry(tmp_path, key.hex) for key in keys)
+    target["state_dict"], target[WEIGHTS_FIELD] = donor["state_dict"], donor[WEIGHTS_FIELD]
+    torch.save(target, tmp_path / f"{keys[0].hex}.pt")
+    assert cache.load(keys[0], LeNet5(), on_reject=why.append) is None
+    assert len(why) == 1 and "weights do not match" in why[0]
+
+
+def test_a_fifo_at_an_entry_is_a_miss_at_once(tmp_path):
+    """Hostile-review finding: a FIFO planted at an entry's name blocked torch.load forever;
+    the cache opens only regular files, without blocking."""
+    import os
+
+    from robench.cache import ModelCache, cache_key
+    from robench.models import LeNet5
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    cache, why = ModelCache(tmp_path), []
+    key = cache_key(plan="plan", data="data")
+    os.mkfifo(tmp_path / f"{key.hex}.pt")
+    assert cache.load(key, LeNet5(), on_reject=why.append) is None
+    assert len(why) == 1 and "FIFO" in why[0] and "\n" not in why[0]
+
+
 def test_entries_without_or_with_damaged_records_are_misses(tmp_path):
     """An entry from an older robench records no weights hash: recomputed once, never served
     unverified; a record of the wrong type is a miss, never a crash."""
