@@ -15,7 +15,6 @@ plan (built by ``robench.outcomes.cell_grid``, as a run's own plan's cells are:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import pandas as pd
 from robench.config import parse_suite
 from robench.eps import canonical_eps, eps_text
 from robench.errors import UserError
+from robench.json_input import UnreadableJSON, loads
 from robench.outcomes import Cell, cell_grid
 from robench.outdir import RunFiles
 from robench.plan import entry_labels
@@ -44,10 +44,10 @@ def read_run_record(files: RunFiles) -> dict[str, Any] | None:
     if data is None:
         return None
     try:
-        record = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise UserError(f"not a robench run record ({type(err).__name__})",
-                        where=str(path)) from None
+        record = loads(data.decode("utf-8"))
+    except ValueError as err:  # UnicodeDecodeError, JSONDecodeError, UnreadableJSON
+        why = str(err) if isinstance(err, UnreadableJSON) else type(err).__name__
+        raise UserError(f"not a robench run record ({why})", where=str(path)) from None
     if not isinstance(record, dict):
         raise UserError("not a robench run record (not a JSON object)", where=str(path))
     return record

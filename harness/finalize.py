@@ -17,7 +17,6 @@ once everything is written), and its leaderboard and report say "unverified" in 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from robench.checks import complete_checks, run_checks, summarise
 from robench.completeness import RUN_RECORD, Completeness, completeness_of
 from robench.diagnostics import DIAGNOSTIC_KEYS
 from robench.errors import UserError
+from robench.json_input import loads
 from robench.leaderboard import build_leaderboard, write_leaderboard
 from robench.outcomes import RobustPerImage, read_robust_per_image
 from robench.outdir import OutputFolder, RunFiles
@@ -48,7 +48,7 @@ def read_diagnostics(folder: Path, files: RunFiles | None = None) -> dict[str, d
     if data is None:
         return {}
     try:
-        parsed = json.loads(data.decode("utf-8"))
+        parsed = loads(data.decode("utf-8"))
         if not isinstance(parsed, dict) or not all(isinstance(v, dict) for v in parsed.values()):
             raise ValueError("not a mapping of defense -> diagnostics")
         out = {str(k): {str(m): float(x) for m, x in v.items()} for k, v in parsed.items()}

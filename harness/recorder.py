@@ -9,7 +9,6 @@ model files (``robench.shipped``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ from robench.errors import UserError, interrupts_deferred
 from robench.estimate import attack_work, baseline_work, defense_work
 from robench.evaluation import AttackOutcome
 from robench.finalize import read_diagnostics
+from robench.json_input import loads
 from robench.outcomes import OUTCOMES_FILE, Cell, OutcomeTable, cell_grid
 from robench.outdir import OutputFolder
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
@@ -235,7 +235,7 @@ class RunRecorder:
         if not self.folder.owns("run.json"):
             return None
         try:
-            record = json.loads((self.folder.path / "run.json").read_text("utf-8"))
+            record = loads((self.folder.path / "run.json").read_text("utf-8"))
         except (OSError, ValueError):
             return None
         return record if isinstance(record, dict) else None

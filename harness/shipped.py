@@ -69,6 +69,7 @@ from torch import nn
 
 import robench
 from robench.errors import UserError
+from robench.json_input import UnreadableJSON, loads
 from robench.models import model_hash, weights_hash
 from robench.outdir import OutputFolder, RunFiles
 from robench.run_files import MODEL_NAME, is_model_name, model_file_name
@@ -246,10 +247,11 @@ def read_metadata(data: bytes, name: str, where: str) -> dict[str, str]:
     if not 2 <= size <= min(len(data) - 8, HEADER_BYTES) or data[8:9] != b"{":
         raise UserError("is not a safetensors file (no valid header)", where=where)
     try:
-        header = json.loads(data[8:8 + size].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise UserError("is not a safetensors file (its header is not JSON)",
-                        where=where) from None
+        header = loads(data[8:8 + size].decode("utf-8"))
+    except ValueError as err:  # UnicodeDecodeError, JSONDecodeError, UnreadableJSON
+        why = f"its header is {err}" if isinstance(err, UnreadableJSON) else \
+            "its header is not JSON"
+        raise UserError(f"is not a safetensors file ({why})", where=where) from None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"is not a robench model file (its metadata has no format {FORMAT!r})",
@@ -287,9 +289,9 @@ def _bad_metadata(meta: dict[str, str]) -> str | None:
         except ValueError:
             return f"seconds is not a number ({meta['seconds']!r})"
     try:
-        metrics = json.loads(meta["metrics"])
-    except ValueError:
-        return "metrics is not JSON"
+        metrics = loads(meta["metrics"])
+    except ValueError as err:
+        return f"metrics is {err}" if isinstance(err, UnreadableJSON) else "metrics is not JSON"
     if not isinstance(metrics, list) or not all(isinstance(m, dict) for m in metrics):
         return "metrics is not a list of rows"
     return None

@@ -8,7 +8,6 @@ The checks and the leaderboard both read rows through these helpers.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pandas as pd
@@ -16,6 +15,7 @@ import pandas as pd
 from robench.attacks import ATTACKS, Attack
 from robench.attacks.base import DEFAULT_NORM
 from robench.errors import UserError
+from robench.json_input import loads
 
 
 def plugin_of(attack_name: str) -> type[Attack] | None:
@@ -41,7 +41,7 @@ def with_traits(results: pd.DataFrame) -> pd.DataFrame:
 def norm_of_params(params_json: Any) -> str:
     """The threat model of a row's canonical attack params (``linf`` unless they say ``l2``)."""
     try:
-        params = json.loads(str(params_json))
+        params = loads(str(params_json))
     except ValueError:
         return DEFAULT_NORM
     if not isinstance(params, dict):
