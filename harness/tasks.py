@@ -22,6 +22,7 @@ from robench.defenses import DefenseContext
 from robench.diagnostics import model_diagnostics
 from robench.evaluation import AttackOutcome, evaluate_attack
 from robench.models import model_hash as fingerprint
+from robench.output_guard import guarded
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
 from robench.progress import Reporter
 from robench.shipped import ModelFile, load_shipped, model_file
@@ -129,8 +130,10 @@ def train_baseline(spec: BaselineSpec, train_split: Split,
                       f"{provenance_text(meta)})")
         return model.to(ctx.device).eval(), True
     t0 = time.perf_counter()
-    train(model, train_split, spec.train, seed=spec.seed, reporter=reporter,
-          desc=f"train {spec.model}")
+    with guarded([model], ctx.num_classes, f"while training {spec.model!r}",
+                 f"{spec.source}: model.name"):
+        train(model, train_split, spec.train, seed=spec.seed, reporter=reporter,
+              desc=f"train {spec.model}")
     seconds = time.perf_counter() - t0
     reporter.info(f"baseline {spec.model}: trained {spec.train.epochs} epochs in {seconds:.1f}s")
     warn(reporter, ctx.cache.save(key, model, {"seconds": seconds}))
@@ -202,25 +205,32 @@ def defense_file(spec: DefenseSpec, done: Defended, ctx: RunContext) -> ModelFil
                       metrics=done.metrics)
 
 
-def inspect_model(model: nn.Module, test_split: Split, diagnostics: bool) -> ModelFacts:
+def inspect_model(model: nn.Module, test_split: Split, diagnostics: bool,
+                  num_classes: int | None = None, label: str = "") -> ModelFacts:
     """Fingerprint, clean accuracy and (when asked: the first seed's models) the gradient
-    diagnostics of a defended model."""
-    return ModelFacts(model_hash=fingerprint(model), clean_acc=accuracy(model, test_split),
-                      diagnostics=model_diagnostics(model, test_split) if diagnostics else None)
+    diagnostics of a defended model (its outputs checked when ``num_classes`` is given:
+    ``robench.output_guard``; ``label``: the defense's, for that message)."""
+    with guarded([model], num_classes, "measuring its clean accuracy", f"[{label}]"):
+        return ModelFacts(model_hash=fingerprint(model), clean_acc=accuracy(model, test_split),
+                          diagnostics=(model_diagnostics(model, test_split) if diagnostics
+                                       else None))
 
 
 def run_attack_cells(spec: AttackSpec, model: nn.Module, source: nn.Module | None,
                      eps: Sequence[float], data: Split, reporter: Reporter,
-                     desc: str) -> list[AttackOutcome]:
+                     desc: str, num_classes: int | None = None) -> list[AttackOutcome]:
     """The outcomes of attack ``spec`` on ``data`` at each eps (in order): one cell per eps.
     ``source`` is the model a transfer attack crafts on (``AttackSpec.source``), None for every
-    other attack."""
+    other attack. Given ``num_classes``, every output of both models is checked
+    (``robench.output_guard``), except under a verifier, which may trace the model."""
     attack = spec.build(model)
     if spec.source is not None:
         if source is None:
             raise ValueError(f"attack {spec.label!r} crafts on {spec.source!r}: give its model")
         attack.set_source(source)
-    return evaluate_attack(model, attack, list(eps), data, reporter=reporter, desc=desc)
+    check = None if spec.plugin.family == "verifier" else num_classes
+    with guarded([model, source], check, f"under attack {spec.label!r}", desc):
+        return evaluate_attack(model, attack, list(eps), data, reporter=reporter, desc=desc)
 
 
 def merge_outcomes(parts: Sequence[Sequence[AttackOutcome]]) -> list[AttackOutcome]:

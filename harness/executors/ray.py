@@ -101,7 +101,8 @@ def defense_task(spec: DefenseSpec, baseline: nn.Module, train_split: Split, val
     with trimming_freed_memory():
         done = apply_defense(spec, baseline.to(dev), train_split.to(dev), validation.to(dev),
                              ctx)
-    facts = inspect_model(done.model, test_split.to(dev), diagnostics)
+    facts = inspect_model(done.model, test_split.to(dev), diagnostics, ctx.num_classes,
+                          spec.label)
     file = defense_file(spec, done, ctx)
     release_freed_memory()  # the worker runs the next task in the same process
     return done.model.cpu(), DefenseReport(done.seconds, done.metrics, facts, reporter.lines,
@@ -109,13 +110,15 @@ def defense_task(spec: DefenseSpec, baseline: nn.Module, train_split: Split, val
 
 
 def attack_task(spec: AttackSpec, model: nn.Module, source: nn.Module | None,
-                eps: list[float], data: Split, device: str) -> list[AttackOutcome]:
+                eps: list[float], data: Split, device: str,
+                num_classes: int | None = None) -> list[AttackOutcome]:
     torch.set_num_threads(TASK_CPUS)
     dev = torch.device(device)
     with trimming_freed_memory():  # as the serial executor: transients not left resident
         return run_attack_cells(spec, model.to(dev),
                                 None if source is None else source.to(dev), eps, data.to(dev),
-                                Reporter(quiet=True), desc=spec.label)
+                                Reporter(quiet=True), desc=spec.label,
+                                num_classes=num_classes)
 
 
 def compact(split: Split) -> Split:
@@ -235,11 +238,11 @@ class RayExecutor:
             n_eval = len(splits[2])
             for attack in sorted(seeded.attacks, key=lambda a: -attack_work(
                     a, images_attacked(a, n_eval), a.eps).units):
-                self._submit_attack(recorder, target, attack, splits[2])
+                self._submit_attack(recorder, target, attack, splits[2], ctx.num_classes)
         return handle
 
     def _submit_attack(self, recorder: Recorder, target: Target, attack: AttackSpec,
-                       test_split: Split) -> None:
+                       test_split: Split, num_classes: int) -> None:
         data, image_ids, missing = cells_to_compute(recorder, target, attack, test_split)
         if not missing:
             return
@@ -255,7 +258,7 @@ class RayExecutor:
             work = _CellWork(target, attack, image_ids, [None] * len(parts))
             for index, part in enumerate(parts):
                 ref = self._task(attack_task).remote(attack, model, source, eps, part,
-                                                     str(self.device))
+                                                     str(self.device), num_classes)
                 self.pending[ref] = self._on_chunk(recorder, work, index)
 
     def _chunk_refs(self, data: Split) -> list[Any]:

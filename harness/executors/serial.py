@@ -54,7 +54,8 @@ class SerialExecutor:
             for defense in seeded.defenses:
                 model, seconds = sources.get(defense.label) or self.defend(
                     seed, defense, baseline, splits, ctx, recorder)
-                facts = inspect_model(model, test_split, diagnostics=seed == plan.seeds[0])
+                facts = inspect_model(model, test_split, seed == plan.seeds[0],
+                                      ctx.num_classes, defense.label)
                 recorder.on_defended(seed, defense, facts)
                 target = Target(seed, defense, facts.model_hash, seconds)
                 for attack in seeded.attacks:
@@ -95,7 +96,8 @@ class SerialExecutor:
         if not missing:
             return
         outcomes = run_attack_cells(attack, model, source, missing, data, ctx.reporter,
-                                    desc=f"{target.defense.label} / {attack.label}")
+                                    desc=f"{target.defense.label} / {attack.label}",
+                                    num_classes=ctx.num_classes)
         recorder.on_cell_done(target, attack, image_ids, outcomes)
 
 
