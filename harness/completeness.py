@@ -3,10 +3,14 @@ planned cell (defense x attack x eps x seed) has its row.
 
 A run is stopped (Ctrl-C, a crash) or a row is deleted: the leaderboard would otherwise rank a
 defense on fewer attacks, its worst case an upper bound over the attacks present only. The plan
-is run.json's recorded ``suite`` (the suite as run, command-line overrides included), resolved
-to labels with ``robench.plan.entry_labels``, the labelling ``robench run`` used; so every
-run.json robench wrote can be checked, whichever version wrote it, as long as its plugins are
-installed. Without run.json (a bare results.csv), completeness is unknown and said to be.
+is run.json's ``planned`` record (defense labels, attack labels with their eps, seeds: written
+out by the recorder, so it is read without any plugin); a run.json written before that record
+existed has its recorded ``suite`` (the suite as run, command-line overrides included) resolved
+to labels with ``robench.plan.entry_labels``, the labelling ``robench run`` used, which needs
+its plugins installed. When run.json's plan can be neither read nor resolved, completeness is
+unknown and no defense is ranked (the cells it planned may be missing). Without run.json (a
+bare results.csv, which claims no plan), completeness is unknown and said to be; its defenses
+are ranked as the table stands.
 
 ``read_run_record`` is the one reader of run.json, ``planned_cells`` the cells of a recorded
 plan (built by ``robench.outcomes.cell_grid``, as a run's own plan's cells are:
@@ -15,6 +19,7 @@ plan (built by ``robench.outcomes.cell_grid``, as a run's own plan's cells are:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +33,7 @@ from robench.errors import UserError
 from robench.json_input import UnreadableJSON, loads
 from robench.outcomes import Cell, cell_grid
 from robench.outdir import RunFiles
-from robench.plan import entry_labels
+from robench.plan import Plan, entry_labels
 
 RUN_RECORD = "run.json"
 #: how many missing cells ``cells_text`` names before it counts the rest
@@ -53,10 +58,46 @@ def read_run_record(files: RunFiles) -> dict[str, Any] | None:
     return record
 
 
+def planned_record(plan: Plan) -> dict[str, Any]:
+    """What run.json records as ``planned`` (``robench.recorder``): every defense label x
+    every attack label x that attack's eps x every seed, written out so the plan can be
+    checked where the plugins that labelled it are not installed (``recorded_cells``)."""
+    return {"defenses": [d.label for d in plan.defenses],
+            "attacks": {a.label: list(a.eps) for a in plan.attacks},
+            "seeds": list(plan.seeds)}
+
+
+def recorded_cells(planned: Any, where: str) -> set[Cell]:
+    """The cells of run.json's ``planned`` record (``robench.recorder.planned_record``): its
+    defenses x its attacks x each attack's eps x its seeds; a ``UserError`` naming ``where``
+    when it is not such a record."""
+    defenses, attacks, seeds = (planned.get(k) if isinstance(planned, dict) else None
+                                for k in ("defenses", "attacks", "seeds"))
+    if not (isinstance(defenses, list) and all(isinstance(d, str) for d in defenses)
+            and isinstance(attacks, dict)
+            and all(isinstance(eps, list) and all(_is_number(e) for e in eps)
+                    for eps in attacks.values())
+            and isinstance(seeds, list)
+            and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise UserError("not the planned defenses, attacks with their eps, and seeds",
+                        where=f"{where}: planned")
+    return {(d, str(a), canonical_eps(e), s) for s in seeds for d in defenses
+            for a, eps in attacks.items() for e in eps}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
 def planned_cells(run: dict[str, Any], where: str) -> set[Cell]:
-    """Every cell the run recorded in ``run`` planned: its suite's defense labels x attack
-    labels x that attack's eps x the suite's seeds (a ``UserError`` naming ``where`` when the
-    suite cannot be resolved here, or resolves to other labels than the run recorded)."""
+    """Every cell the run recorded in ``run`` planned: its ``planned`` record when it has one
+    (``recorded_cells``: no plugin needed), else its suite's defense labels x attack labels x
+    that attack's eps x the suite's seeds (a run.json written before ``planned`` was); a
+    ``UserError`` naming ``where`` when the record is damaged, or the suite cannot be resolved
+    here or resolves to other labels than the run recorded."""
+    if "planned" in run:
+        return recorded_cells(run["planned"], where)
     if "suite" not in run:
         raise UserError("no recorded suite", where=f"{where}: suite")
     suite = parse_suite(run["suite"], f"{where}: suite")
@@ -98,10 +139,14 @@ def cells_text(cells: Iterable[Cell], seeds: Iterable[int]) -> str:
 
 @dataclass(frozen=True)
 class Completeness:
-    """The planned cells of a run (None: unknown, with the ``reason``)."""
+    """The planned cells of a run (None: unknown, with the ``reason``). ``ranked``: whether
+    the defenses may be ranked when the plan is unknown: yes without run.json (a bare
+    results.csv claims no plan), no when run.json records a plan that cannot be read here
+    (its cells may well be missing)."""
 
     planned: frozenset[Cell] | None
     reason: str = ""
+    ranked: bool = True
 
     @classmethod
     def of(cls, planned: Completeness | Iterable[Cell] | None) -> Completeness:
@@ -145,15 +190,17 @@ class Completeness:
 
 def completeness_of(run: dict[str, Any] | None, where: str | Path) -> Completeness:
     """The planned cells of the run recorded in ``run`` (``read_run_record`` of the file
-    ``where``), or unknown with the reason (no run.json; a suite that cannot be resolved
-    here)."""
+    ``where``), or unknown with the reason: no run.json (ranked all the same: there is no plan
+    to miss cells of), or a plan that cannot be read or resolved here (nothing ranked)."""
     if run is None:
         return Completeness.of(None)
     try:
         return Completeness(frozenset(planned_cells(run, str(where))))
     except UserError as err:
-        return Completeness(None, f"run.json's plan cannot be resolved here ({err})"[:300])
+        return Completeness(None, f"run.json's plan cannot be resolved here ({err})"[:300],
+                            ranked=False)
 
 
 __all__ = ["RUN_RECORD", "SHOWN_CELLS", "Completeness", "cells_text", "completeness_of",
-           "planned_cells", "present_cells", "read_run_record"]
+           "planned_cells", "planned_record", "present_cells", "read_run_record",
+           "recorded_cells"]

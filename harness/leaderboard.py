@@ -38,7 +38,8 @@ Completeness: given the run's planned cells (``robench.completeness``: run.json'
 defense with a planned cell missing (a stopped run, a deleted row) is incomplete: unranked,
 listed last, its worst case marked as covering only the attacks present and no ``p_vs_none``;
 a planned defense with no row at all is listed as not measured (``COMPLETENESS_COLUMNS``,
-``completeness_notes``). Without a plan every defense's completeness is ``unknown``, said once.
+``completeness_notes``). Without a plan every defense's completeness is ``unknown``, said once;
+when run.json records a plan that cannot be read here, no defense is ranked either.
 """
 
 from __future__ import annotations
@@ -162,22 +163,23 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
                       + COMPLETENESS_COLUMNS]
     # a row whose checks failed cannot be trusted, an incomplete one was not fully measured:
     # listed last, without a rank
-    unranked = _unranked(board)
+    unranked = _unranked(board, plan)
     board = pd.concat([board[~unranked], board[unranked]], ignore_index=True)
-    unranked = _unranked(board)
+    unranked = _unranked(board, plan)
     board.insert(0, "rank", _ranks(board, worst_col, unranked, per_image))
     reference = _undefended_label(results)
     # a p-value against, or of, a worst case over fewer attacks means nothing
-    partial = set(board.loc[board["complete"] == INCOMPLETE, "defense"].astype(str))
+    partial = set(board.loc[(board["complete"] == INCOMPLETE) | (not plan.ranked),
+                            "defense"].astype(str))
     board.insert(board.columns.get_loc("worst_kind") + 1, "p_vs_none",
                  [float("nan") if {str(d), reference} & partial
                   else _p_value(per_image, str(d), reference) for d in board["defense"]])
     return board
 
 
-def _unranked(board: pd.DataFrame) -> pd.Series:
+def _unranked(board: pd.DataFrame, plan: Completeness) -> pd.Series:
     failed = board["status"] == "fail" if "status" in board else False
-    return (board["complete"] == INCOMPLETE) | failed
+    return (board["complete"] == INCOMPLETE) | failed | (not plan.ranked)
 
 
 def _with_completeness(board: pd.DataFrame, results: pd.DataFrame,
@@ -185,7 +187,8 @@ def _with_completeness(board: pd.DataFrame, results: pd.DataFrame,
     """``board`` with ``COMPLETENESS_COLUMNS`` and a row for every planned defense that has
     no row (not measured: every number missing)."""
     if not plan.known:
-        return board.assign(complete=UNKNOWN, missing=float("nan"), missing_cells=plan.reason)
+        return board.assign(complete=UNKNOWN, missing=float("nan"), missing_cells=plan.reason
+                            + ("" if plan.ranked else ": not ranked"))
     missing, planned = plan.missing(results), set(plan.defenses())
     absent = [d for d in plan.defenses() if d not in plan.measured(results)]
     board = pd.concat([board, pd.DataFrame({"defense": absent})], ignore_index=True) \

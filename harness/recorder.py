@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 import robench
+from robench.completeness import planned_record
 from robench.eps import canonical_eps, eps_text
 from robench.errors import UserError, interrupts_deferred
 from robench.estimate import attack_work, baseline_work, defense_work
@@ -136,6 +137,7 @@ class RunRecorder:
                                             for s in plan.seeds],
                                   "code_hash": a.code_hash}
                         for i, a in enumerate(plan.attacks)},
+            "planned": planned_record(plan),  # plan_cells, readable without the plugins
             **environment,
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
