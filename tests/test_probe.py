@@ -196,3 +196,47 @@ def test_the_guard_changes_no_number(synthetic):
         assert not model._forward_hooks  # removed again
     for a, b in zip(*runs, strict=True):
         assert torch.equal(a.clean_ok, b.clean_ok) and torch.equal(a.adv_ok, b.adv_ok)
+
+
+NINE = '''\
+"""A defense whose model drops the last class (its output has 9 columns)."""
+from torch import nn
+
+from robench.defenses import Defense, DefenseParams, DefenseResult
+
+
+class Drop(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)[:, :9]
+
+
+class NineDefense(Defense):
+    """Wraps the baseline to return 9 logits."""
+
+    Params = DefenseParams
+
+    def apply(self, ctx):
+        return DefenseResult(model=Drop(ctx.model), metrics=ctx.metrics)
+'''
+
+
+@pytest.mark.slow
+def test_a_defended_model_with_the_wrong_output_stops_the_run_in_one_line(tmp_path, cli_env,
+                                                                         robench_subprocess):
+    """The probe sees the baseline only; a defense's model is checked on its real forward
+    passes (``robench.output_guard``): 9 logits gave robust accuracies computed over 9
+    classes, exit 0."""
+    env = plugin_site(tmp_path, "nine_defense", NINE, "robench.defenses",
+                      "nine = nine_defense:NineDefense", cli_env)
+    suite = tmp_path / "nine.yaml"
+    suite.write_text(yaml.safe_dump({**SUITE, "model": {"name": "lenet5"},
+                                     "defenses": [{"name": "nine"}]}))
+    proc = robench_subprocess("run", str(suite), "--out", str(tmp_path / "out"), "-q",
+                              env=env, cwd=tmp_path, timeout=300)
+    line = one_line_error(proc)
+    assert line.startswith("robench: error: [nine]: the model returns") and "(200, 9)" in line
+    assert not (tmp_path / "out" / "results.csv").exists()
