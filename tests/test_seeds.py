@@ -13,6 +13,7 @@ from robench.compare import compare_defenses
 from robench.data import evaluation_split, hold_out_validation
 from robench.errors import UserError
 from robench.leaderboard import build_leaderboard
+from robench.outdir import OutputFolder
 from robench.plan import resolve_raw
 from robench.runner import RunOptions, apply_overrides
 from robench.stats import mcnemar_exact, newcombe_interval, paired_over_seeds, wilson_interval
@@ -175,8 +176,10 @@ def _two_seed_run(tmp_path):
                                         "seed": seed, "image": np.arange(100),
                                         "clean_correct": True, "adv_correct": ok}))
     results, outcomes = pd.DataFrame(rows), pd.concat(blocks, ignore_index=True)
-    results.to_csv(tmp_path / "results.csv", index=False)
-    outcomes.to_parquet(tmp_path / "outcomes.parquet", index=False)
+    with OutputFolder.open(tmp_path) as out:  # a run's files: read as its manifest vouches
+        out.write_text("results.csv", results.to_csv(index=False))
+        with out.temp_file("outcomes.parquet") as temp:
+            outcomes.to_parquet(temp, index=False)
     return results, outcomes
 
 
@@ -204,10 +207,11 @@ def test_compare_pairs_seed_by_seed(tmp_path):
     _two_seed_run(tmp_path)
     text = compare_defenses(tmp_path, "a", "b")
     assert "| seeds" in text and "paired over seeds" in text
-    (tmp_path / "outcomes.parquet").write_bytes(b"not parquet")
+    with OutputFolder.open(tmp_path) as out:  # damaged by robench itself: verified, unreadable
+        out.write_bytes("outcomes.parquet", b"not parquet")
     with pytest.raises(UserError, match="outcomes.parquet: not a readable outcomes table"):
         compare_defenses(tmp_path, "a", "b")
-    (tmp_path / "outcomes.parquet").unlink()
+    (tmp_path / "outcomes.parquet").unlink()  # deleted by hand: robench wrote it, it is gone
     with pytest.raises(UserError, match="outcomes.parquet: missing"):
         compare_defenses(tmp_path, "a", "b")
 
