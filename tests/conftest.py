@@ -296,7 +296,14 @@ def run_logged(robench, suite: Path, out: Path, env: dict[str, str] | None = Non
     before = (out / "run.log").read_text() if (out / "run.log").exists() else ""
     proc = robench("run", str(suite), "--out", str(out), "--quiet", env=env)
     assert proc.returncode == 0, proc.stderr
-    return (out / "run.log").read_text()[len(before):]
+    now = (out / "run.log").read_text()
+    if now.startswith(before):
+        return now[len(before):]
+    # the run set the earlier outputs aside (previous-<time>/, its log included) and began a
+    # new log: this run's part is the old log's tail and the whole new one
+    moved = [p for p in sorted(out.glob("previous-*/run.log")) if p.read_text().startswith(before)]
+    assert moved, "run.log neither grew nor was set aside"
+    return moved[-1].read_text()[len(before):] + now
 
 
 def numbers(out: Path):
