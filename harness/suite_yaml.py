@@ -239,6 +239,8 @@ def read_suite_yaml(text: str, source: str) -> Any:
         return yaml.load(text, Loader=SuiteLoader)  # noqa: S506 - a SafeLoader subclass
     except SuiteTooLarge as err:
         raise UserError(err.message, where=f"{source}: {err.where}") from None
+    except ValueError as err:  # a value PyYAML cannot build, e.g. an integer over 4300 digits
+        raise UserError(f"invalid YAML value ({str(err)[:100]})", where=source) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -263,3 +263,20 @@ def test_a_long_where_keeps_its_start_and_its_key_paths_end(middle):
     assert one_line("short \u2028 text", 100) == "short \\u2028 text"
     escaped = one_line("\u202e" * 30, 100)  # under the limit until escaped: then cut too
     assert len(escaped) <= 100 and escaped.startswith("\\u202e") and " ... " in escaped
+
+
+@pytest.mark.parametrize("key", ["seed", "eval_limit"])
+def test_an_integer_python_cannot_convert_is_one_line(tmp_path, key):
+    """Hostile-review finding: an integer of 5000 digits made PyYAML raise ValueError
+    ("Exceeds the limit (4300 digits)"): a traceback instead of one line."""
+    from robench.config import load_suite
+    from robench.errors import UserError
+
+    value = "9" * 5000
+    text = (f"name: big\nseed: {value}\n" if key == "seed"
+            else f"name: big\ndata: {{eval_limit: {value}}}\n")
+    path = tmp_path / "big.yaml"
+    path.write_text(text + "attacks:\n  - {name: fgsm, eps: [0.1]}\n")
+    with pytest.raises(UserError) as info:
+        load_suite(path)
+    assert "invalid YAML value" in info.value.message and "\n" not in str(info.value)

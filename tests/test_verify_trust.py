@@ -242,3 +242,42 @@ def test_a_fifo_swapped_in_after_the_check_is_not_waited_on(tmp_path, monkeypatc
     for follow in (False, True):
         with pytest.raises(UserError, match="FIFO"):
             files.read_regular(fifo, follow_links=follow)
+
+
+# -- re-check of the fixes: the manifest itself, and files swollen past their entry ----------
+def _edit_manifest(run: Path, change) -> None:
+    path = run / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.slow
+def test_a_table_the_manifest_calls_a_log_is_refused(run, robench_cli):
+    """A manifest entry that calls results.csv a "log" let rows appended to it pass as
+    robench's (only the prefix was checked); only a log may be vouched for by its prefix."""
+    _edit_manifest(run, lambda m: m["files"]["results.csv"].update(kind="log"))
+    with open(run / "results.csv", "a") as table:
+        table.write("FORGED\n")
+    refused(robench_cli("leaderboard", str(run)), MANIFEST_NAME, "damaged")
+
+
+@pytest.mark.slow
+def test_a_manifest_nested_too_deeply_is_one_line(run, robench_cli):
+    (run / MANIFEST_NAME).write_text("[" * 200_000 + "]" * 200_000)
+    for command in (["leaderboard", str(run)], ["report", str(run)]):
+        refused(robench_cli(*command), MANIFEST_NAME, "damaged")
+
+
+@pytest.mark.slow
+def test_a_file_swollen_past_its_entry_is_refused_unread(run, robench_cli):
+    """A diagnostics.json grown to 3 GB (sparse) was read whole (6.9 GB of memory) before the
+    size told; a reader now reads at most one byte more than the manifest vouches for."""
+    from robench.outdir import RunFiles
+
+    with open(run / "diagnostics.json", "r+b") as file:
+        file.truncate(3 << 30)
+    files = RunFiles.of(run)
+    with pytest.raises(Exception, match="differs from what robench wrote"):
+        files.read("diagnostics.json")
+    refused(robench_cli("leaderboard", str(run)), "diagnostics.json", DIFFERS)

@@ -75,6 +75,10 @@ def vouched(entry: Entry, length: int, sha256_of: Callable[[int], str]
     return None
 
 
+#: the names robench appends to (``robench.outdir.log``), the only ones a "log" entry may name
+LOG_SUFFIX = ".log"
+
+
 class Manifest:
     """The manifest of the folder behind ``dir_fd``: ``data`` is None while there is none."""
 
@@ -100,8 +104,12 @@ class Manifest:
             data = json.loads(raw.decode("utf-8"))
             valid = (isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT
                      and data.get("version") == MANIFEST_VERSION
-                     and isinstance(data.get("files"), dict))
-        except ValueError:
+                     and isinstance(data.get("files"), dict)
+                     # only a log may be vouched for by its prefix: an entry that calls a
+                     # table a "log" would let rows appended to it pass
+                     and all(name.endswith(LOG_SUFFIX) for name, e in data["files"].items()
+                             if isinstance(e, dict) and e.get("kind") == "log"))
+        except (ValueError, RecursionError):  # RecursionError: JSON nested too deeply
             valid = False
         if not valid:
             raise UserError("ownership manifest is damaged or from another version; move it "

@@ -136,7 +136,9 @@ class RunFiles:
         files no manifest vouches for (see the module)."""
         where = str(self.folder / name)
         entry = self._manifest.entry(name)
-        data = read_regular(self.folder / name)
+        # never more than the manifest vouches for (a file one byte more, to see it grew): a
+        # file swollen to gigabytes is refused without being read whole
+        data = read_regular(self.folder / name, limit=_read_limit(entry))
         if data is None:
             self._seen[name] = ("absent", entry)
             if (self.verified and entry is not None and not may_be_absent
@@ -216,6 +218,18 @@ def _load_manifest(folder: Path) -> Manifest:
     finally:
         os.close(fd)
     return manifest
+
+
+def _read_limit(entry: Entry | None) -> int | None:
+    """How many bytes of a file to read for ``entry``: a log's recorded prefix, a file's
+    largest recorded size plus one; no limit without an entry (read, then refused or parsed)."""
+    if entry is None:
+        return None
+    versions = [entry, *([entry["pending"]] if isinstance(entry.get("pending"), dict) else [])]
+    sizes = [v.get("size") for v in versions]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes):
+        return None
+    return max(sizes) + (0 if entry.get("kind") == "log" and len(versions) == 1 else 1)
 
 
 def check_whole_csv(data: bytes, where: str) -> str:
