@@ -334,6 +334,43 @@ def report(
     typer.echo(f"wrote {folder / 'report.md'} and {folder / 'report.html'}")
 
 
+@app.command()
+def verify(
+    results_dir: Annotated[Path, typer.Argument(help="A results folder written by robench run "
+                                                     "(with its shipped models).")],
+    sample: Annotated[int | None, typer.Option(
+        help="Images re-attacked per cell (default 50; at most the cell's images).")] = None,
+    retrain: Annotated[bool, typer.Option(
+        "--retrain", help="Also retrain the baseline and cacheable defenses and compare "
+                          "weights and outcomes (takes as long as their training).")] = False,
+    seed: Annotated[int, typer.Option(help="Draws the sample of images.")] = 0,
+    data_dir: Annotated[str | None, typer.Option(
+        help="Dataset root, as for robench run.")] = None,
+) -> None:
+    """Check a results folder against the models it ships, writing nothing: every number
+    against the per-image outcomes, the leaderboard and checks against what finalize computes,
+    each model's hash against its rows, and a seeded sample of every cell's images attacked
+    again. Exit 0: verified; 1: differences (one line each); 2: bad input.
+
+    Example: robench verify results/fgsm_lenet --sample 50
+    """
+    from robench.verify_run import DEFAULT_SAMPLE, VerifyOptions
+    from robench.verify_run import verify as verify_folder
+
+    try:
+        data_dir, _ = _start_paths(data_dir, None)
+        opts = VerifyOptions(sample=DEFAULT_SAMPLE if sample is None else sample,
+                             retrain=retrain, seed=seed, data_dir=data_dir)
+        verdict = verify_folder(results_dir, opts, echo=typer.echo)
+    except UserError as err:
+        _fail(err)
+    except KeyboardInterrupt:
+        typer.echo("robench: interrupted; verify wrote nothing", err=True)
+        raise typer.Exit(code=130) from None
+    typer.echo(verdict.summary())
+    raise typer.Exit(code=verdict.code)
+
+
 cache_app = typer.Typer(no_args_is_help=True, help="The model cache (trained and defended "
                                                    "weights, keyed by settings and code).")
 app.add_typer(cache_app, name="cache")

@@ -1,0 +1,162 @@
+"""``robench verify``'s re-attack: a seeded random sample of each cell's images attacked again
+on the same model, with the cell's seed and the images named (``Attack.set_images``), and the
+per-image outcomes compared with outcomes.parquet.
+
+**The sample.** Per (seed, attack) of the plan, ``k = min(N, n)`` of the ``n`` images of the
+attack's cells, drawn with ``derive_seed(verify seed, "verify", "sample", run seed, attack
+label)``: the same images for every defense and every eps of the attack (an eps sweep is one
+attack over the images, as in the run; a transfer attack crafts its examples once). The
+cells' own image ids are the suite's evaluation images (``head(limit)`` of the evaluation
+split); a cell whose stored ids are others is named, not re-attacked.
+
+**Which attacks repeat image by image.** robench's native attacks draw every random start
+per image from ``(attack seed, eps, draw, image id)`` (``Attack.uniform_noise``), so an image
+gets the same start in any batch: FGSM, R+FGSM, PGD and BIM (active set included: an image
+stops on its own logits and the final whole-batch check only resumes images that are not
+fooled), transfer (its crafting attack is native), and the verifiers (IBP, CROWN: no
+randomness). Their outcomes must be identical (tolerance 0) on the device and thread count
+the run recorded. AutoAttack and Square (torchattacks' components reseed the global
+generator and draw for the whole batch; AutoAttack's later components attack only the images
+the earlier ones left), the ``torchattacks``/``art`` backends, and any attack on a model
+whose forward pass is random, draw per batch: an image attacked in another batch gets other
+random numbers. Their differing images are counted and allowed up to ``BATCH_TOLERANCE`` of
+the sample per cell (re-running a whole 1000-image AutoAttack cell costs minutes).
+
+**Another device or thread count.** Float sums in another order change logits in the last
+bits; an image within that of a tie between two classes can flip. Then every cell allows
+``DEVICE_TOLERANCE`` of its sample (at least one image), and the verdict says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from robench.data import Split
+from robench.eps import canonical_eps
+from robench.plan import AttackSpec
+from robench.progress import Reporter
+from robench.seeds import derive_seed
+from robench.tasks import run_attack_cells
+from robench.verify_tables import cell_name
+
+#: images re-attacked per cell by default: the flagship (561 cells) in about 5 minutes on
+#: 2 CPU cores (benchmarks/RESULTS.md, "robench verify")
+DEFAULT_SAMPLE = 50
+#: share of a cell's sample that may differ for an attack whose random draws are per batch
+BATCH_TOLERANCE = 0.10
+#: share of a cell's sample (at least one image) that may differ on another device or thread
+#: count than the run recorded
+DEVICE_TOLERANCE = 0.01
+
+
+def batch_dependence(spec: AttackSpec, randomized_model: bool) -> str | None:
+    """Why the outcomes of ``spec`` depend on the batch an image is attacked in (None: they
+    do not: its random draws are per image)."""
+    if randomized_model:
+        return "the model's forward pass is random"
+    if spec.backend != "native":
+        return f"the {spec.backend} backend draws its random numbers per batch"
+    if spec.plugin.family in ("ensemble", "black_box"):
+        return "its components draw random numbers per batch (torchattacks)"
+    return None
+
+
+def randomized(model: nn.Module, data: Split) -> bool:
+    """Whether two forward passes of the same images give other logits."""
+    x = data.images[:64]
+    with torch.no_grad():
+        return not torch.equal(model(x), model(x))
+
+
+def sample_positions(n: int, k: int, verify_seed: int, run_seed: int, attack: str
+                     ) -> np.ndarray:
+    """``k`` of the positions ``0..n-1``, seeded, in increasing (evaluation) order."""
+    rng = np.random.default_rng(derive_seed(verify_seed, "verify", "sample", run_seed, attack))
+    return np.sort(rng.choice(n, size=min(k, n), replace=False))
+
+
+@dataclass
+class CellCheck:
+    """One cell's re-attack: its name, images re-attacked, images that differ, the differences
+    it allows and why."""
+
+    name: str
+    images: int
+    differ: int
+    allowed: int
+    why: str | None
+    first: list[int] = field(default_factory=list)   # image ids of the first differences
+
+    @property
+    def ok(self) -> bool:
+        return self.differ <= self.allowed
+
+
+def allowed_differences(k: int, batch_why: str | None, other_machine: bool) -> int:
+    """How many of ``k`` re-attacked images may differ (see the module)."""
+    allowed = 0
+    if batch_why is not None:
+        allowed = math.floor(BATCH_TOLERANCE * k)
+    if other_machine:
+        allowed = max(allowed, math.ceil(DEVICE_TOLERANCE * k))
+    return allowed
+
+
+def reattack(spec: AttackSpec, defense: str, seed: int, model: nn.Module,
+             source: nn.Module | None, data: Split,
+             blocks: dict[tuple[str, str, float, int], pd.DataFrame], sample: int,
+             verify_seed: int, other_machine: bool, randomized_model: bool
+             ) -> tuple[list[CellCheck], list[str]]:
+    """Re-attack the sample of the cells of ``spec`` on ``defense``'s ``model`` (``data``: the
+    run's evaluation split); the cells' checks, and problem lines for cells that could not be
+    re-attacked. Cells absent from ``blocks`` (an unfinished run) are skipped."""
+    cells = [(e, blocks.get((defense, spec.label, canonical_eps(e), seed))) for e in spec.eps]
+    present = [(e, b) for e, b in cells if b is not None]
+    if not present:
+        return [], []
+    images = data.head(spec.limit)
+    expected = images.ids.cpu().numpy()
+    problems, usable = [], []
+    for eps, block in present:
+        if not np.array_equal(block["image"].to_numpy(np.int64), expected):
+            problems.append(f"{cell_name(defense, spec.label, eps, seed)}: its images are not "
+                            "the suite's evaluation images (not re-attacked)")
+        else:
+            usable.append((eps, block))
+    if not usable:
+        return [], problems
+    positions = sample_positions(len(expected), sample, verify_seed, seed, spec.label)
+    subset = images.subset(torch.as_tensor(positions, dtype=torch.long,
+                                           device=images.images.device))
+    outcomes = run_attack_cells(spec, model, source, [e for e, _ in usable], subset,
+                                Reporter(quiet=True), desc=f"verify {defense} / {spec.label}")
+    why = batch_dependence(spec, randomized_model)
+    allowed = allowed_differences(len(positions), why, other_machine)
+    checks = []
+    for (eps, block), outcome in zip(usable, outcomes, strict=True):
+        clean = block["clean_correct"].to_numpy(bool)[positions]
+        adv = block["adv_correct"].to_numpy(bool)[positions]
+        wrong = (outcome.clean_ok.numpy() != clean) | (outcome.adv_ok.numpy() != adv)
+        ids = expected[positions][wrong]
+        checks.append(CellCheck(cell_name(defense, spec.label, eps, seed), len(positions),
+                                int(wrong.sum()), allowed, why, [int(i) for i in ids[:5]]))
+    return checks, problems
+
+
+def difference_line(check: CellCheck) -> str:
+    """The problem line of a cell whose re-attack differs by more than it allows."""
+    ids = ", ".join(map(str, check.first)) + (", ..." if check.differ > len(check.first) else "")
+    allowed = f" (allowed {check.allowed}: {check.why})" if check.allowed else ""
+    return (f"{check.name}: {check.differ} of {check.images} re-attacked images differ from "
+            f"outcomes.parquet{allowed}; images {ids}")
+
+
+__all__ = ["BATCH_TOLERANCE", "DEFAULT_SAMPLE", "DEVICE_TOLERANCE", "CellCheck",
+           "allowed_differences", "batch_dependence", "difference_line", "randomized",
+           "reattack", "sample_positions"]
