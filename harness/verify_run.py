@@ -83,6 +83,8 @@ class Verdict:
     checks: list[CellCheck] = field(default_factory=list)
     cells: int = 0
     tolerance: str | None = None        # why some differences are allowed (None: none)
+    machine: str | None = None          # how this machine differs from the run's
+    retrained: int = 0                  # models trained again and compared (--retrain)
 
     @property
     def code(self) -> int:
@@ -93,16 +95,19 @@ class Verdict:
         each = (f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}") if sizes else "0"
         differ = sum(c.differ for c in self.checks)
         within = sum(c.differ for c in self.checks if c.ok)
-        head = f"{self.cells} cells, {each} images each re-attacked"
+        cells = f"{self.cells} cells" + (f" ({len(self.checks)} re-attacked)"
+                                         if len(self.checks) != self.cells else "")
+        head = f"{cells}, {each} images each re-attacked"
         if self.problems:
             return (f"NOT verified: {len(self.problems)} problem(s); {head}, {differ} "
                     "differences")
+        again = (f"; {self.retrained} models retrained: the same weights and outcomes"
+                 if self.retrained else "")
         if differ == 0:
-            exact = "bit-identical" if self.tolerance is None else \
-                f"tolerance {self.tolerance} not needed"
-            return f"verified: {head}, 0 differences ({exact})"
+            where = f", although here {self.machine}" if self.machine else ""
+            return f"verified: {head}, 0 differences (bit-identical{where}){again}"
         return (f"verified: {head}, {within} differences, each cell within its tolerance "
-                f"({self.tolerance})")
+                f"({self.tolerance}){again}")
 
 
 def _refuse(message: str, folder: Path) -> UserError:
@@ -178,7 +183,7 @@ def machine_note(run: dict[str, Any], device: torch.device) -> str | None:
         differs.append(f"device {device} (the run: {run.get('device')})")
     threads = torch.get_num_threads()
     if run.get("threads") is not None and int(run["threads"]) != threads:
-        differs.append(f"{threads} threads (the run: {run['threads']})")
+        differs.append(f"{threads} thread(s) (the run: {run['threads']})")
     return ", ".join(differs) or None
 
 
@@ -293,6 +298,7 @@ def verify(path: str | Path, opts: VerifyOptions,
     device = resolve_device(plan.suite.device)
     other = machine_note(run, device)
     if other:
+        verdict.machine = other
         verdict.tolerance = (f"here {other}: up to {DEVICE_TOLERANCE:.0%} of a cell's images "
                              "may flip on float rounding")
         verdict.notes.append(verdict.tolerance)
@@ -323,6 +329,7 @@ def verify(path: str | Path, opts: VerifyOptions,
         verdict.checks += checks
         if opts.retrain:
             again, differ = retrain_problems(seeded, data, models, device, reporter)
+            verdict.retrained += 1 + sum(d.plugin.cacheable for d in seeded.defenses)
             for line in differ:
                 problem(line)
             checks, bad = reattack_seed(seeded, again, set(), data, blocks, opts, bool(other),

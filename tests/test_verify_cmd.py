@@ -6,6 +6,7 @@ nothing. The real CLI on copies of one small real MNIST run (untrained LeNet: ``
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -169,6 +170,34 @@ def test_a_tampered_defense_weight_is_caught(run, robench_cli):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     bad = [x for x in proc.stdout.splitlines() if "has model_hash" in x]
     assert len(bad) == 1 and bad[0].startswith("[unlearn] seed 0: its model (" + name), bad
+
+
+def test_retrain_finds_the_same_weights_and_outcomes(run, robench_cli):
+    proc = verify(robench_cli, run, "--retrain")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().endswith("(bit-identical); 2 models retrained: the same "
+                                        "weights and outcomes"), proc.stdout
+
+
+def test_retrain_names_a_shipped_model_that_training_does_not_give(run, robench_cli):
+    name = _tamper_weight(run, "defense")
+    proc = verify(robench_cli, run, "--retrain")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = [x for x in proc.stdout.splitlines() if "retrained weights hash" in x]
+    assert len(lines) == 1 and lines[0].startswith("[unlearn] seed 0:") and name in lines[0]
+
+
+def test_another_thread_count_states_its_tolerance(run, robench_subprocess, cli_env):
+    threads = json.loads((run / "run.json").read_text())["threads"]
+    here = 1 if threads != 1 else 2  # torch caps OMP_NUM_THREADS at the cores there are
+    before = state(run)
+    proc = robench_subprocess("verify", str(run), "--sample", "10",
+                              env=dict(cli_env, OMP_NUM_THREADS=str(here)))
+    assert state(run) == before
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"note: here {here} thread(s) (the run: {threads}): up to 1%" in proc.stdout
+    assert proc.stdout.strip().endswith(f"although here {here} thread(s) (the run: "
+                                        f"{threads}))"), proc.stdout
 
 
 def test_a_tampered_baseline_names_every_defense_applied_to_it(run, robench_cli):
