@@ -33,7 +33,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -43,7 +42,7 @@ from robench.plan import AttackSpec
 from robench.progress import Reporter
 from robench.seeds import derive_seed
 from robench.tasks import run_attack_cells
-from robench.verify_tables import cell_name
+from robench.verify_tables import Block, cell_name
 
 #: images re-attacked per cell by default: the flagship (561 cells) in about 5 minutes on
 #: 2 CPU cores (benchmarks/RESULTS.md, "robench verify")
@@ -110,7 +109,7 @@ def allowed_differences(k: int, batch_why: str | None, other_machine: bool) -> i
 
 def reattack(spec: AttackSpec, defense: str, seed: int, model: nn.Module,
              source: nn.Module | None, data: Split,
-             blocks: dict[tuple[str, str, float, int], pd.DataFrame], sample: int,
+             blocks: dict[tuple[str, str, float, int], Block], sample: int,
              verify_seed: int, other_machine: bool, randomized_model: bool
              ) -> tuple[list[CellCheck], list[str]]:
     """Re-attack the sample of the cells of ``spec`` on ``defense``'s ``model`` (``data``: the
@@ -124,7 +123,7 @@ def reattack(spec: AttackSpec, defense: str, seed: int, model: nn.Module,
     expected = images.ids.cpu().numpy()
     problems, usable = [], []
     for eps, block in present:
-        if not np.array_equal(block["image"].to_numpy(np.int64), expected):
+        if not np.array_equal(block.image, expected):
             problems.append(f"{cell_name(defense, spec.label, eps, seed)}: its images are not "
                             "the suite's evaluation images (not re-attacked)")
         else:
@@ -140,8 +139,7 @@ def reattack(spec: AttackSpec, defense: str, seed: int, model: nn.Module,
     allowed = allowed_differences(len(positions), why, other_machine)
     checks = []
     for (eps, block), outcome in zip(usable, outcomes, strict=True):
-        clean = block["clean_correct"].to_numpy(bool)[positions]
-        adv = block["adv_correct"].to_numpy(bool)[positions]
+        clean, adv = block.clean_correct[positions], block.adv_correct[positions]
         wrong = (outcome.clean_ok.numpy() != clean) | (outcome.adv_ok.numpy() != adv)
         ids = expected[positions][wrong]
         checks.append(CellCheck(cell_name(defense, spec.label, eps, seed), len(positions),

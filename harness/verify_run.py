@@ -61,7 +61,7 @@ from robench.verify_attack import (
 from robench.verify_tables import finalized_problems, outcome_blocks, row_problems
 
 #: how to make a folder verify can check
-PRODUCE = "robench run SUITE --out FOLDER with this robench writes it"
+PRODUCE = "run the suite with this robench (robench run SUITE --out FOLDER)"
 
 
 @dataclass
@@ -121,21 +121,22 @@ def read_folder(folder: Path) -> tuple[RunFiles, Any, pd.DataFrame, dict[str, An
         raise _refuse("not found" if not os.path.lexists(folder) else "not a folder", folder)
     files = RunFiles.of(folder)
     if files.note is not None:
-        raise _refuse(f"{files.note}: verify checks only folders robench wrote ({PRODUCE})",
+        raise _refuse(f"{files.note}: verify checks only folders robench wrote; {PRODUCE}",
                       folder)
     if not os.path.lexists(folder / OUTCOMES_FILE):
         raise _refuse(f"has no {OUTCOMES_FILE} (per-image outcomes, which verify re-attacks); "
-                      f"{PRODUCE}", folder)
+                      f"{PRODUCE}, which writes it", folder)
+    if not shipped_models(files):
+        raise _refuse("ships no models (model-<hash>.safetensors), so nothing can be "
+                      f"re-attacked; {PRODUCE}, which ships them", folder)
     inputs = read_inputs(folder)
     run = inputs.report.run
     if not run:
-        raise _refuse(f"has no {RUN_RECORD} (the suite that was run); {PRODUCE}", folder)
+        raise _refuse(f"has no {RUN_RECORD} (the suite that was run); {PRODUCE}, which "
+                      "writes it", folder)
     outcomes = read_outcomes(folder, files)
     if outcomes is None:
-        raise _refuse(f"has no {OUTCOMES_FILE}; {PRODUCE}", folder)
-    if not shipped_models(files):
-        raise _refuse("ships no models (model-<hash>.safetensors), so nothing can be "
-                      f"re-attacked; {PRODUCE} (it ships them)", folder)
+        raise _refuse(f"has no {OUTCOMES_FILE}; {PRODUCE}, which writes it", folder)
     return files, inputs, outcomes, run
 
 
