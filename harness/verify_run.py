@@ -304,10 +304,14 @@ def verify(path: str | Path, opts: VerifyOptions,
                              "may flip on float rounding")
         verdict.notes.append(verdict.tolerance)
         echo(f"note: {verdict.tolerance}")
-    largest = max((len(data.splits[2].head(a.limit)) for a in plan.attacks), default=0)
-    if opts.sample > largest:
+    sizes = {a.label: len(data.splits[2].head(a.limit)) for a in plan.attacks}
+    fewer = [f"{label} ({n})" for label, n in sizes.items() if n < opts.sample]
+    if fewer and len(fewer) == len(sizes):
         echo(f"note: --sample {opts.sample} is more than the cells' images: each cell's "
              "images are all re-attacked")
+    elif fewer:
+        echo(f"note: --sample {opts.sample} is more than the images of the cells of "
+             f"{', '.join(fewer)}: theirs are all re-attacked")
     reporter = Reporter(quiet=True)
     for seed in plan.seeds:
         seeded = plan.for_seed(seed)

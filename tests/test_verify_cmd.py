@@ -242,6 +242,14 @@ def test_a_sample_larger_than_the_cells_is_clamped_with_a_note(run, robench_cli)
     assert "100-120 images each re-attacked, 0 differences (bit-identical)" in proc.stdout
 
 
+def test_a_sample_larger_than_some_cells_names_them(run, robench_cli):
+    proc = verify(robench_cli, run, "--sample", "110")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "note: --sample 110 is more than the images of the cells of pgd (100): theirs " \
+        "are all re-attacked" in proc.stdout
+    assert "100-110 images each re-attacked" in proc.stdout
+
+
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_a_sample_below_one_is_refused(run, robench_cli, value):
     line = one_line_error(verify(robench_cli, run, "--sample", value))
