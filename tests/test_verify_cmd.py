@@ -172,8 +172,10 @@ def test_a_tampered_defense_weight_is_caught(run, robench_cli):
     assert len(bad) == 1 and bad[0].startswith("[unlearn] seed 0: its model (" + name), bad
 
 
-def test_retrain_finds_the_same_weights_and_outcomes(run, robench_cli):
+def test_retrain_finds_the_same_weights_and_outcomes(run, robench_cli, cli_env):
+    cache = Path(cli_env["ROBENCH_CACHE_DIR"])
     proc = verify(robench_cli, run, "--retrain")
+    assert not cache.exists() or not any(cache.iterdir())  # no model cached either
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("(bit-identical); 2 models retrained: the same "
                                         "weights and outcomes"), proc.stdout
