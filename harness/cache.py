@@ -206,7 +206,7 @@ def _rejected(blob: Any, key: str, model: nn.Module) -> str | None:
     if not all(isinstance(value, str) for value in recorded):
         return ("it records no weights hash, metadata hash or key (written by an older "
                 "robench, or damaged)")
-    weights, meta, text = recorded
+    weights, meta, text = (str(value) for value in recorded)
     if digest(text) != key:
         return ("it was recorded for another key (its recorded inputs do not hash to its "
                 "name: a copied or renamed entry)")

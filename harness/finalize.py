@@ -126,7 +126,7 @@ def finalize(results_dir: Path | RunInputs, out: OutputFolder, reporter: Reporte
     results.csv, or its ``read_inputs``), written into the open folder ``out``; returns the
     leaderboard."""
     read_here = not isinstance(results_dir, RunInputs)
-    inputs = read_inputs(results_dir) if read_here else results_dir
+    inputs = results_dir if isinstance(results_dir, RunInputs) else read_inputs(results_dir)
     results, outcomes = inputs.results, inputs.outcomes
     checks, planned = checked(inputs)
     write_csv(out, "checks.csv", checks)

@@ -348,6 +348,7 @@ class RunRecorder:
             with interrupts_deferred():  # the row and its outcomes go back together
                 self.begin_writing()
                 row = stored_row(self.reserve, expect, eps)
+                assert row is not None  # cell_verified found it
                 self.reserve.rows = [r for r in self.reserve.rows if r is not row]
                 self.table.rows.append(row)
                 self.reserve_outcomes.move_cells(self.outcomes, [cell])

@@ -26,7 +26,7 @@ as another mapping's flattening left it.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from yaml.composer import ComposerError
@@ -143,7 +143,7 @@ class SuiteLoader(yaml.SafeLoader):
             if self._depth > MAX_SUITE_DEPTH:
                 raise ComposerError(None, None, f"nested deeper than {MAX_SUITE_DEPTH} levels",
                                     self.peek_event().start_mark)
-            return super().compose_node(parent, index)
+            return cast(Node, super().compose_node(parent, index))  # an event is pending
         finally:
             self._depth -= 1
 

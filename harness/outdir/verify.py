@@ -164,6 +164,7 @@ class RunFiles:
         if match is None:
             self._refuse(f"{DIFFERS} (its size or sha256 is not the one in "
                          ".robench-manifest.json: edited or damaged); not read", where)
+        assert match is not None  # _refuse raises
         self._seen[name] = match
         return data[:match[0]]  # a log: only the prefix the manifest vouches for
 
