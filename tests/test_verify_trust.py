@@ -48,7 +48,7 @@ def test_a_guard_that_fails_after_an_unverified_read_is_the_only_line(run, roben
     (target / "checks.csv").write_text("my own notes\n")  # not robench's: never replaced
     before = snapshot(target)
     args = ["leaderboard", str(bare / "results.csv")] + (["--out", str(target)]
-                                                        if into == "out" else [])
+                                                        if into == "out" else ["--write"])
     line = refused(robench_cli(*args), "checks.csv")
     assert "unverified" not in line
     assert snapshot(target) == before
@@ -148,8 +148,8 @@ def test_a_folder_changed_between_reading_and_locking_is_not_written(run, robenc
         return inputs
 
     monkeypatch.setattr(robench.finalize, "read_inputs", then_a_resume_finishes)
-    command = ["leaderboard", str(run / "results.csv")] if change == "results" else \
-        ["report", str(run)]
+    command = ["leaderboard", str(run / "results.csv"), "--write"] if change == "results" \
+        else ["report", str(run)]
     line = refused(robench_cli(*command), str(run), "changed while being read")
     assert "run the command again" in line
     assert (run / "leaderboard.md").read_text() == "the fresh leaderboard\n"
