@@ -290,6 +290,18 @@ def plugin_env(tmp_path, cli_env) -> dict[str, str]:
                        "tmp_defense = robench_tmp_defense:TmpDefense", cli_env)
 
 
+def finished_run(tmp: Path, suite: str) -> Path:
+    """``suite`` run once by the real CLI in a subprocess into ``tmp/run`` (its own model cache
+    beside it); module-scoped fixtures share it and each test works on a copy."""
+    (tmp / "s.yaml").write_text(suite)
+    env = dict(os.environ, ROBENCH_DATA_DIR=str(data_dir()), ROBENCH_CACHE_DIR=str(tmp / "c"))
+    proc = subprocess.run([sys.executable, "-m", "robench.cli", "run", str(tmp / "s.yaml"),
+                           "--out", str(tmp / "run"), "-q"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return tmp / "run"
+
+
 def run_logged(robench, suite: Path, out: Path, env: dict[str, str] | None = None) -> str:
     """Run a suite with ``robench`` (robench_cli or robench_subprocess), which must succeed;
     return this run's part of run.log."""

@@ -10,13 +10,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from .conftest import REPO, data_dir
+from .conftest import REPO, finished_run
 from .test_reliability import one_line_error, snapshot
 
 SUITE = """\
@@ -37,13 +36,7 @@ DIFFERS = "differs from what robench wrote"
 def finished(tmp_path_factory) -> Path:
     """One small finished run (never changed: each test works on a copy)."""
     tmp = tmp_path_factory.mktemp("verify")
-    (tmp / "s.yaml").write_text(SUITE)
-    env = dict(os.environ, ROBENCH_DATA_DIR=str(data_dir()), ROBENCH_CACHE_DIR=str(tmp / "c"))
-    proc = subprocess.run([sys.executable, "-m", "robench.cli", "run", str(tmp / "s.yaml"),
-                           "--out", str(tmp / "run"), "-q"], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    return tmp / "run"
+    return finished_run(tmp, SUITE)
 
 
 @pytest.fixture

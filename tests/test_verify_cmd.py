@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +22,7 @@ from robench.resume import interval_columns
 from robench.shipped import model_file, shipped_models
 from robench.verify_attack import DEFAULT_SAMPLE, sample_positions
 
-from .conftest import REPO, data_dir
+from .conftest import finished_run
 from .test_reliability import one_line_error
 
 SUITE = """\
@@ -58,13 +55,7 @@ SAMPLE = "20"
 def finished(tmp_path_factory) -> Path:
     """One small finished run that ships its models (each test works on a copy)."""
     tmp = tmp_path_factory.mktemp("verifycmd")
-    (tmp / "s.yaml").write_text(SUITE)
-    env = dict(os.environ, ROBENCH_DATA_DIR=str(data_dir()), ROBENCH_CACHE_DIR=str(tmp / "c"))
-    proc = subprocess.run([sys.executable, "-m", "robench.cli", "run", str(tmp / "s.yaml"),
-                           "--out", str(tmp / "run"), "-q"], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    return tmp / "run"
+    return finished_run(tmp, SUITE)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import hashlib
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,15 +87,21 @@ def sha256_fd(fd: int, limit: int | None = None) -> str:
     """sha256 of the file behind ``fd`` from its start (of its first ``limit`` bytes)."""
     digest = hashlib.sha256()
     os.lseek(fd, 0, os.SEEK_SET)
+    for chunk in read_chunks(fd, limit):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_chunks(fd: int, limit: int | None = None) -> Iterator[bytes]:
+    """The bytes of ``fd`` from its position in chunks, at most ``limit`` of them in all."""
     remaining = limit
     while remaining is None or remaining > 0:
         chunk = os.read(fd, CHUNK if remaining is None else min(CHUNK, remaining))
         if not chunk:
-            break
-        digest.update(chunk)
+            return
+        yield chunk
         if remaining is not None:
             remaining -= len(chunk)
-    return digest.hexdigest()
 
 
 def create_unique(prefix: str, suffix: str = "", *,
@@ -197,15 +204,7 @@ def read_regular(path: str | os.PathLike[str], *, dir_fd: int | None = None,
     except OSError as err:
         raise UserError(f"cannot read ({why(err)})", where=where) from None
     try:
-        chunks, left = [], limit
-        while left is None or left > 0:
-            chunk = os.read(fd, CHUNK if left is None else min(CHUNK, left))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            if left is not None:
-                left -= len(chunk)
-        return b"".join(chunks)
+        return b"".join(read_chunks(fd, limit))
     except OSError as err:
         raise UserError(f"cannot read ({why(err)})", where=where) from None
     finally:
