@@ -26,9 +26,10 @@ import pandas as pd
 
 from robench.eps import canonical_eps, eps_text
 from robench.errors import UserError
-from robench.leaderboard import escape_markdown, format_p, seed_pairs
+from robench.leaderboard import escape_markdown, format_p
 from robench.outcomes import OUTCOMES_FILE, RobustPerImage, read_outcomes
 from robench.outdir import RunFiles
+from robench.ranking import seed_pairs
 from robench.results import read_results
 from robench.stats import paired_over_seeds
 

@@ -53,11 +53,17 @@ from robench.attacks.base import DEFAULT_NORM
 from robench.column_names import COMPLETENESS_COLUMNS as _COMPLETENESS
 from robench.column_names import VERIFIED, WORST
 from robench.completeness import Completeness, cells_text
-from robench.eps import canonical_eps, eps_text, same_eps
+from robench.eps import canonical_eps, eps_text
 from robench.outcomes import Cell, RobustPerImage
 from robench.outdir import OutputFolder
+from robench.ranking import (
+    pair_p_value,
+    rank_ranges,
+    undefended_label,
+    worst_columns,
+    worst_outcomes,
+)
 from robench.results import eps_mask, write_csv
-from robench.stats import paired_over_seeds, seed_interval, wilson_interval
 from robench.traits import norm_of_params, with_traits
 
 #: attack rows with this role are sanity checks (e.g. PGD at eps 1.0), not the threat model
@@ -86,8 +92,6 @@ def _is_linf(results: pd.DataFrame) -> pd.Series:
     return norms == DEFAULT_NORM
 
 
-ALPHA = 0.05  # significance level of the pairwise McNemar tests behind shared ranks
-NONE_LABEL = "none"
 #: after the status: ``complete`` (yes: every planned cell has its row; no: some are missing,
 #: the defense is unranked; unknown: no plan to compare with), ``missing`` (how many planned
 #: cells have no row) and ``missing_cells`` (which: ``pgd@0.1,0.3``; why unknown when unknown)
@@ -117,7 +121,7 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
     norm_of = dict(zip(attack_rows["attack"], attack_rows["norm"], strict=True))
     attacks = sorted(dict.fromkeys(attack_rows["attack"]),
                      key=lambda a: norm_of[a] != DEFAULT_NORM)
-    per_image = _worst_outcomes(attack_rows, outcomes, eps_star)
+    per_image = worst_outcomes(_regular_at(attack_rows, eps_star), outcomes, eps_star)
     records = []
     several = results["seed"].nunique() > 1
     for defense, rows in results.groupby("defense", sort=False):
@@ -145,7 +149,7 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
             if not is_check:
                 for seed, row in zip(at_star["seed"], at_star.itertuples(), strict=True):
                     worst.setdefault(int(seed), []).append((float(row.robust_acc), int(row.n)))
-        record.update(_worst_columns(worst_col, per_image.get(str(defense)), worst, several))
+        record.update(worst_columns(worst_col, per_image.get(str(defense)), worst, several))
         records.append(record)
     board = pd.DataFrame(records)
     board = board.sort_values([worst_col, "clean_acc"], ascending=False, kind="stable")
@@ -166,15 +170,23 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
     unranked = _unranked(board, plan)
     board = pd.concat([board[~unranked], board[unranked]], ignore_index=True)
     unranked = _unranked(board, plan)
-    board.insert(0, "rank", _ranks(board, worst_col, unranked, per_image))
-    reference = _undefended_label(results)
+    board.insert(0, "rank", rank_ranges(board, worst_col, unranked, per_image))
+    reference = undefended_label(results)
     # a p-value against, or of, a worst case over fewer attacks means nothing
     partial = set(board.loc[(board["complete"] == INCOMPLETE) | (not plan.ranked),
                             "defense"].astype(str))
     board.insert(board.columns.get_loc("worst_kind") + 1, "p_vs_none",
                  [float("nan") if {str(d), reference} & partial
-                  else _p_value(per_image, str(d), reference) for d in board["defense"]])
+                  else pair_p_value(per_image, str(d), reference) for d in board["defense"]])
     return board
+
+
+def _regular_at(results: pd.DataFrame, eps_star: float | None) -> pd.DataFrame:
+    """The rows of the regular L-inf attacks (not checks) at ``eps_star``: the worst case's."""
+    if eps_star is None:
+        return results.iloc[:0]
+    return results[(results["role"] != CHECK_ROLE) & _is_linf(results)
+                   & eps_mask(results["eps"], eps_star)]
 
 
 def _unranked(board: pd.DataFrame, plan: Completeness) -> pd.Series:
@@ -274,124 +286,6 @@ def _verified_one_seed(cells: pd.DataFrame, outcomes: RobustPerImage | None, see
                 return float(pd.concat([s.reindex(common) for s in per_verifier], axis=1)
                              .any(axis=1).mean())
     return float(cells["robust_acc"].max())
-
-
-#: per defense, per seed: robust (correct and unbroken by every regular attack) per image
-PerImage = dict[str, dict[int, pd.Series]]
-
-
-def _worst_outcomes(results: pd.DataFrame, outcomes: RobustPerImage | None,
-                    eps_star: float | None) -> PerImage:
-    """Per defense and seed: robust (correct and unbroken by every regular attack at
-    ``eps_star``) per image, on the images all those attacks evaluated. {} without outcomes;
-    a defense lacking outcomes for one of its seeds' cells is left out (table fallback)."""
-    if outcomes is None or eps_star is None:
-        return {}
-    regular = results[(results["role"] != CHECK_ROLE) & _is_linf(results)
-                      & eps_mask(results["eps"], eps_star)]
-    wanted = set(zip(regular["defense"].astype(str), regular["seed"].astype(int),
-                     regular["attack"].astype(str), strict=True))
-    at_star: dict[tuple[str, int], dict[str, pd.Series]] = {}  # (defense, seed) -> attack -> robust
-    for (defense, attack, eps, seed), robust in outcomes.cells.items():
-        if same_eps(eps, eps_star):
-            at_star.setdefault((defense, seed), {})[attack] = robust
-    out: PerImage = {}
-    incomplete: set[str] = set()
-    for (defense, seed), cells in at_star.items():
-        robust = {a: s for a, s in cells.items() if (defense, seed, a) in wanted}
-        expected = {a for d, s, a in wanted if (d, s) == (defense, seed)}
-        if not robust or set(robust) != expected:
-            incomplete.add(defense)  # outcomes incomplete: fall back to the table
-            continue
-        common = sorted(set.intersection(*(set(s.index) for s in robust.values())))
-        out.setdefault(defense, {})[seed] = pd.concat(
-            [s.reindex(common) for s in robust.values()], axis=1).all(axis=1)
-    seeds = {d: {s for dd, s, _ in wanted if dd == d} for d in out}
-    return {d: v for d, v in out.items() if d not in incomplete and set(v) == seeds[d]}
-
-
-def _worst_columns(worst_col: str, per_image: dict[int, pd.Series] | None,
-                   per_attack: dict[int, list[tuple[float, int]]],
-                   several: bool) -> dict[str, object]:
-    """The worst case (mean over seeds), its interval, spread, n and how it was computed."""
-    if per_image and all(len(s) for s in per_image.values()):
-        counts = [(int(s.sum()), len(s)) for s in per_image.values()]
-        kind = "per image"
-    elif per_attack:
-        counts = [(round(v * n), n) for v, n in (min(p) for p in per_attack.values())]
-        kind = "min of attacks"
-    else:
-        nan = float("nan")
-        return {worst_col: nan, f"{worst_col}_lo": nan, f"{worst_col}_hi": nan,
-                **({"worst_sd": nan, "seeds": 0} if several else {}),
-                "worst_n": 0, "worst_kind": ""}
-    # image sampling: the Wilson interval of the mean count on one seed's images (the seeds
-    # score the same images, so pooling them would not add information about images)
-    k = sum(c[0] for c in counts) / len(counts)
-    lo, hi = wilson_interval(k, counts[0][1])
-    values = [ki / ni for ki, ni in counts]
-    mean, sd, t_lo, t_hi = seed_interval(values)
-    if len(values) > 1:
-        lo, hi = min(lo, max(t_lo, 0.0)), max(hi, min(t_hi, 1.0))
-    out: dict[str, object] = {worst_col: mean, f"{worst_col}_lo": lo, f"{worst_col}_hi": hi}
-    if several:
-        out.update(worst_sd=sd, seeds=len(values))
-    # images per seed (the same subset for every seed; the first seed's when they differ)
-    return {**out, "worst_n": counts[0][1], "worst_kind": kind}
-
-
-def _undefended_label(results: pd.DataFrame) -> str:
-    """The label of the undefended baseline: the entry of the ``none`` plugin (by plugin, not
-    by label: another plugin may be labelled "none")."""
-    if "defense_name" in results:
-        labels = results.loc[results["defense_name"] == NONE_LABEL, "defense"]
-        if not labels.empty:
-            return str(labels.iloc[0])
-        return "\0no undefended baseline"
-    return NONE_LABEL
-
-
-def _p_value(per_image: PerImage, a: str, b: str) -> float:
-    """p-value of two defenses' worst-case outcomes on their common images: exact McNemar
-    with one seed, ``paired_over_seeds`` over the seeds both have."""
-    if a == b or a not in per_image or b not in per_image:
-        return float("nan")
-    pairs = seed_pairs(per_image[a], per_image[b])
-    return float(paired_over_seeds(pairs)["p_value"]) if pairs else float("nan")
-
-
-def seed_pairs(a: dict[int, pd.Series], b: dict[int, pd.Series]
-               ) -> list[tuple[pd.Series, pd.Series]]:
-    """Per seed both sides have, the two sides' per-image outcomes on the images that every one
-    of those seeds evaluated on both sides, in one image order (``paired_over_seeds``)."""
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return []
-    common = sorted(set.intersection(*(set(a[s].index) & set(b[s].index) for s in seeds)))
-    if not common:
-        return []
-    return [(a[s].reindex(common).to_numpy(dtype=bool), b[s].reindex(common).to_numpy(dtype=bool))
-            for s in seeds]
-
-
-def _ranks(board: pd.DataFrame, worst_col: str, failed: pd.Series,
-           per_image: PerImage) -> list[str]:
-    """Rank ranges from pairwise tests (a plain position when outcomes are missing)."""
-    ranked = [i for i in board.index if not failed[i]]
-    names = [str(board.at[i, "defense"]) for i in ranked]
-    if not all(name in per_image for name in names):
-        out = {i: str(pos + 1) for pos, i in enumerate(ranked)}
-        return [out.get(i, "") for i in board.index]
-    worst = {name: float(board.at[i, worst_col]) for i, name in zip(ranked, names, strict=True)}
-    out = {}
-    for i, name in zip(ranked, names, strict=True):
-        better = sum(1 for other in names if worst[other] > worst[name]
-                     and _p_value(per_image, name, other) < ALPHA)
-        worse = sum(1 for other in names if worst[other] < worst[name]
-                    and _p_value(per_image, name, other) < ALPHA)
-        lo, hi = 1 + better, len(names) - worse
-        out[i] = str(lo) if lo == hi else f"{lo}–{hi}"
-    return [out.get(i, "") for i in board.index]
 
 
 def subset_notes(results: pd.DataFrame) -> list[str]:
