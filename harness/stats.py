@@ -19,7 +19,18 @@ defenses on the same images, and spread over seeds.
 - ``seed_interval``: mean, sample standard deviation and Student-t interval over seeds.
 - ``paired_over_seeds``: a paired comparison repeated over seeds that scored the same images
   (a sign test on per-image mean differences and a t-test over seeds; an interval covering
-  both image sampling and seed-to-seed spread).
+  both image sampling and seed-to-seed spread). With several seeds the seed is the unit of a
+  claim about a training method (Bouthillier et al. 2021, "Accounting for Variance in Machine
+  Learning Benchmarks", MLSys): the t-test over per-seed differences must find the difference;
+  the image-level sign test can only make the p-value larger, never replace it.
+- ``holm_adjust``: Holm's step-down adjustment for a family of p-values (Holm 1979, "A simple
+  sequentially rejective multiple test procedure", Scandinavian Journal of Statistics 6:65-70).
+- ``wilcoxon_exact``: exact two-sided Wilcoxon signed-rank test over per-seed differences
+  (Wilcoxon 1945, "Individual comparisons by ranking methods", Biometrics Bulletin 1:80-83): no
+  normality assumed; exact by enumerating the sign patterns' rank sums, ties included.
+- ``min_detectable_effect``: the smallest mean difference a two-sided paired t-test over n seeds
+  detects with the given power (Cohen 1988, "Statistical Power Analysis for the Behavioral
+  Sciences", ch. 2; power from the noncentral t distribution).
 """
 
 from __future__ import annotations
@@ -260,3 +271,96 @@ def paired_over_seeds(pairs: list[tuple[Any, Any]], z: float = Z95) -> dict[str,
             "diff": float(mean), "b": worse, "c": better,
             "p_value": max(mcnemar_exact(worse, better), p_seeds),
             "ci_low": max(min(lo, t_lo), -1.0), "ci_high": min(max(hi, t_hi), 1.0)}
+
+
+def holm_adjust(p_values: Any) -> list[float]:
+    """Holm-adjusted p-values of one family, in the input order (Holm 1979).
+
+    Sort the m p-values p_(1) <= ... <= p_(m); the adjusted p_(k) is
+    max_{j <= k} min(1, (m - j + 1) p_(j)): the step-down multiplier, then the running maximum,
+    so a larger raw p never gets a smaller adjusted one. Rejecting where the adjusted p < alpha
+    is Holm's procedure at family-wise error rate alpha. NaN entries are no test: they stay NaN
+    and do not count in m.
+
+    Raises:
+        ValueError: for a p-value outside [0, 1].
+    """
+    arr = np.asarray(p_values, dtype=float).ravel()
+    present = ~np.isnan(arr)
+    if ((arr[present] < 0) | (arr[present] > 1)).any():
+        raise ValueError(f"holm_adjust: p-values must be in [0, 1], got {arr.tolist()}")
+    out = np.full(arr.shape, np.nan)
+    index = np.flatnonzero(present)
+    order = index[np.argsort(arr[index], kind="stable")]
+    m, running = len(order), 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (m - k) * float(arr[i])))
+        out[i] = running
+    return [float(v) for v in out]
+
+
+def wilcoxon_exact(differences: Any) -> float:
+    """Two-sided exact Wilcoxon signed-rank p-value for paired differences (e.g. per seed).
+
+    Zero differences are dropped (Wilcoxon's convention); the others are ranked by magnitude
+    (ties get their mean rank) and W+ is the sum of the ranks of the positive ones. Under the
+    null each sign is + or - with probability 1/2 independently, so the exact distribution of W+
+    is that of the sum over a random subset of the ranks, counted over all 2^n subsets (by
+    dynamic programming on doubled ranks, exact with ties as well). p = min(1,
+    2 min(P(W+ <= w), P(W+ >= w))); 1.0 when every difference is zero. Without ties it equals
+    ``scipy.stats.wilcoxon(d, method="exact")``. With n differences the smallest possible p is
+    2 / 2^n (0.25 for 3 seeds, 0.002 for 10).
+
+    Raises:
+        ValueError: for no values or non-finite ones.
+    """
+    d = np.asarray(differences, dtype=float).ravel()
+    if d.size == 0:
+        raise ValueError("wilcoxon_exact: no values")
+    if not np.isfinite(d).all():
+        raise ValueError(f"wilcoxon_exact: values must be finite, got {d.tolist()}")
+    d = d[d != 0]
+    if d.size == 0:
+        return 1.0
+    doubled = np.rint(2 * _scipy_stats().rankdata(np.abs(d))).astype(int)  # midranks x 2
+    w = int(doubled[d > 0].sum())
+    counts = np.zeros(int(doubled.sum()) + 1)
+    counts[0] = 1.0
+    for r in doubled:  # number of sign patterns reaching each doubled rank sum
+        counts[r:] = counts[r:] + counts[:-r].copy()
+    total = counts.sum()
+    low, high = counts[:w + 1].sum() / total, counts[w:].sum() / total
+    return float(min(1.0, 2.0 * min(low, high)))
+
+
+def min_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean difference a two-sided one-sample (paired) t-test over ``n``
+    values with between-value standard deviation ``sd`` detects at level ``alpha`` with
+    probability ``power`` (Cohen 1988): the delta solving
+    P(|T| > t_{1-alpha/2, n-1}) = power, T noncentral t with n - 1 degrees of freedom and
+    noncentrality delta sqrt(n) / sd. For n = 10, alpha 0.05, power 0.8 it is 0.994 sd.
+
+    Raises:
+        ValueError: for n < 2, sd not finite and positive, alpha or power outside (0, 1).
+    """
+    if isinstance(n, bool) or int(n) != n or n < 2:
+        raise ValueError(f"min_detectable_effect: n must be an integer >= 2, got {n!r}")
+    if not (math.isfinite(sd) and sd > 0):
+        raise ValueError(f"min_detectable_effect: sd must be finite and > 0, got {sd!r}")
+    if not (0 < alpha < 1 and 0 < power < 1):
+        raise ValueError("min_detectable_effect: alpha and power must be in (0, 1)")
+    st = _scipy_stats()
+    df = int(n) - 1
+    crit = float(st.t.ppf(1 - alpha / 2, df))
+
+    def shortfall(nc: float) -> float:
+        lower = float(st.nct.cdf(-crit, df, nc))  # nan far in the tail, where it is ~0
+        return float(st.nct.sf(crit, df, nc)) + (lower if math.isfinite(lower) else 0.0) - power
+
+    from scipy.optimize import brentq
+
+    high = 1.0
+    while shortfall(high) < 0:  # power rises with the noncentrality: bracket the root
+        high *= 2
+    nc = brentq(shortfall, 0.0, high, xtol=1e-12)
+    return float(nc * sd / math.sqrt(int(n)))
