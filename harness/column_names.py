@@ -23,7 +23,8 @@ VERIFIED = "verified"
 #: statistics)
 FIXED_COLUMNS = frozenset({"rank", "defense", "clean_acc", "status", "reason", "p_vs_none",
                            "worst_n", "worst_kind", "clean_acc_lo", "clean_acc_hi", "worst_sd",
-                           "seeds"})
+                           "seeds", "p_vs_none_holm", "clean_sd", "clean_per_seed",
+                           "worst_per_seed", "upper_bound"})
 
 #: a defense's completeness against the run's plan (``robench.completeness``): whether all its
 #: planned cells have rows, how many do not and which

@@ -57,7 +57,11 @@ from robench.eps import canonical_eps, eps_text
 from robench.outcomes import Cell, RobustPerImage
 from robench.outdir import OutputFolder
 from robench.ranking import (
-    pair_p_value,
+    PER_SEED_CLEAN,
+    PER_SEED_WORST,
+    holm_family,
+    per_seed_text,
+    per_seed_values,
     rank_ranges,
     undefended_label,
     worst_columns,
@@ -97,6 +101,21 @@ def _is_linf(results: pd.DataFrame) -> pd.Series:
 #: cells have no row) and ``missing_cells`` (which: ``pgd@0.1,0.3``; why unknown when unknown)
 COMPLETENESS_COLUMNS = list(_COMPLETENESS)
 COMPLETE, INCOMPLETE, UNKNOWN = "yes", "no", "unknown"
+#: the Holm-adjusted ``p_vs_none`` (``robench.ranking.holm_family``)
+P_HOLM = "p_vs_none_holm"
+#: the header of a one-seed leaderboard: what its ranks can and cannot say
+ONE_SEED = ("One seed: the ranks compare these trained models (one per defense), not training "
+            "methods; a claim about a method needs several seeds.")
+#: how the ranks and the adjusted p-values are decided, and the wording rule
+HOLM_NOTE = ("`p_vs_none_holm`: Holm-adjusted over the family of every pair of ranked defenses "
+             "and every p vs none; ranks share a range unless the adjusted p < 0.05 "
+             "(\"significant\" only then).")
+UPPER_BOUND_MARK = "†"
+UPPER_BOUND_NOTE = (f"{UPPER_BOUND_MARK}: the attack did not converge (its `converged` check "
+                    "warned): an upper bound on robust accuracy; the worst case, which includes "
+                    "every attack (AutoAttack too), is the number.")
+#: a ``converged`` check that did not pass, as ``summarise`` names it in ``reason``
+CONVERGED_REASON = r"converged\[([^\]]+)\]@([0-9.eE+-]+)"
 NOT_PLANNED = "not in the run's plan"
 
 
@@ -127,9 +146,11 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
     for defense, rows in results.groupby("defense", sort=False):
         # clean accuracy on the most images (a `limit` subset's clean accuracy differs)
         widest = rows[rows["n"] == rows["n"].max()]
-        record: dict[str, object] = {
-            "defense": defense,
-            "clean_acc": widest.groupby("seed")["clean_acc"].first().mean()}
+        clean = widest.groupby("seed")["clean_acc"].first()
+        record: dict[str, object] = {"defense": defense, "clean_acc": clean.mean()}
+        if several:  # the seed is the unit of a claim about a method: its spread and values
+            record.update({"clean_sd": clean.std(ddof=1), PER_SEED_CLEAN: per_seed_text(
+                {int(seed): float(v) for seed, v in clean.items()})})
         worst: dict[int, list[tuple[float, int]]] = {}
         for attack in attacks:
             a_rows = rows[rows["attack"] == attack]
@@ -153,11 +174,11 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
         records.append(record)
     board = pd.DataFrame(records)
     board = board.sort_values([worst_col, "clean_acc"], ascending=False, kind="stable")
-    extra = [f"{worst_col}_lo", f"{worst_col}_hi", *(["worst_sd", "seeds"] if several else []),
-             "worst_n", "worst_kind"]
-    ordered = ["defense", "clean_acc"] + [c for c in board.columns
-                                         if c not in ("defense", "clean_acc", worst_col,
-                                                      *extra)] + [worst_col, *extra]
+    extra = [f"{worst_col}_lo", f"{worst_col}_hi",
+             *(["worst_sd", PER_SEED_WORST, "seeds"] if several else []), "worst_n", "worst_kind"]
+    head = ["defense", "clean_acc", *(["clean_sd", PER_SEED_CLEAN] if several else [])]
+    ordered = head + [c for c in board.columns if c not in (*head, worst_col, *extra)] \
+        + [worst_col, *extra]
     board = add_verified_columns(board[ordered].reset_index(drop=True), bounds, outcomes,
                                  before=worst_col)
     board = _with_completeness(board, results, plan)
@@ -170,15 +191,42 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
     unranked = _unranked(board, plan)
     board = pd.concat([board[~unranked], board[unranked]], ignore_index=True)
     unranked = _unranked(board, plan)
-    board.insert(0, "rank", rank_ranges(board, worst_col, unranked, per_image))
     reference = undefended_label(results)
     # a p-value against, or of, a worst case over fewer attacks means nothing
     partial = set(board.loc[(board["complete"] == INCOMPLETE) | (not plan.ranked),
                             "defense"].astype(str))
-    board.insert(board.columns.get_loc("worst_kind") + 1, "p_vs_none",
-                 [float("nan") if {str(d), reference} & partial
-                  else pair_p_value(per_image, str(d), reference) for d in board["defense"]])
-    return board
+    vs_none = [] if reference in partial else \
+        [str(d) for d in board["defense"] if str(d) not in partial]
+    # one family: the pairs that decide the ranks and the p_vs_none column, Holm-adjusted
+    raw, adjusted = holm_family(per_image, [str(d) for d in board.loc[~unranked, "defense"]],
+                                reference, vs_none)
+    board.insert(0, "rank", rank_ranges(board, worst_col, unranked, per_image, adjusted))
+    at = board.columns.get_loc("worst_kind") + 1
+    for offset, (column, p) in enumerate((("p_vs_none", raw), (P_HOLM, adjusted))):
+        board.insert(at + offset, column, [p.get(frozenset((str(d), reference)), float("nan"))
+                                           for d in board["defense"]])
+    return _with_upper_bounds(board)
+
+
+def upper_bounds(board: pd.DataFrame) -> dict[str, str]:
+    """Per defense with one, its ``upper_bound`` cells (``pgd@0.3;bim@0.3``)."""
+    if "upper_bound" not in board:
+        return {}
+    return {str(d): str(c) for d, c in zip(board["defense"], board["upper_bound"], strict=True)
+            if isinstance(c, str) and c}
+
+
+def _with_upper_bounds(board: pd.DataFrame) -> pd.DataFrame:
+    """``upper_bound``: the ``<attack>@<eps>`` cells of each defense whose ``converged`` check
+    warned (more steps or restarts still changed accuracy: the number is an upper bound; the
+    worst case, over every attack, is the number to read), ``;``-separated."""
+    if "reason" not in board:
+        return board
+    cells = [";".join(c for c in (f"{attack}@{eps_text(float(eps))}" for attack, eps in
+                                  re.findall(CONVERGED_REASON, str(reason)))
+                      if c in board.columns)
+             if isinstance(reason, str) else "" for reason in board["reason"]]
+    return board.assign(upper_bound=cells)
 
 
 def _regular_at(results: pd.DataFrame, eps_star: float | None) -> pd.DataFrame:
@@ -334,14 +382,24 @@ def shown_table(board: pd.DataFrame) -> pd.DataFrame:
                                                   shown[f"{col}_hi"], partial, strict=True)]
             shown = shown.drop(columns=[f"{col}_lo", f"{col}_hi"])
     shown["rank"] = shown["rank"].map(lambda v: "-" if pd.isna(v) or v == "" else str(v))
-    if "p_vs_none" in shown:
-        shown["p_vs_none"] = shown["p_vs_none"].map(format_p)
+    for column in ("p_vs_none", P_HOLM):
+        if column in shown:
+            shown[column] = shown[column].map(format_p)
+    for column in (PER_SEED_CLEAN, PER_SEED_WORST):
+        if column in shown:
+            shown[column] = shown[column].map(lambda v: " / ".join(
+                f"{100 * x:.1f}" for x in per_seed_values(v).values()) if isinstance(v, str)
+                else "")
+    bounds = shown.pop("upper_bound") if "upper_bound" in shown else None
     for column in ("worst_n", "seeds", "missing"):
         if column in shown:
             shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else str(int(v)))
     for column in shown.columns:
         if pd.api.types.is_numeric_dtype(shown[column]):
             shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}")
+    for row, cells in ([] if bounds is None else bounds.items()):
+        for cell in str(cells).split(";") if isinstance(cells, str) and cells else []:
+            shown.at[row, cell] = f"{shown.at[row, cell]} {UPPER_BOUND_MARK}"
     return shown.fillna("")
 
 
@@ -367,15 +425,19 @@ def to_markdown(board: pd.DataFrame, title: str | None = None,
             shown[column] = shown[column].map(escape_markdown)
     if "seeds" in board:
         how = ("mean over seeds (`seeds`) of the accuracy in % (robust accuracy under each "
-               "attack@eps); the worst case with `worst_sd` (sd over seeds) and a 95 % interval "
-               "covering both the Student-t interval over seeds and the Wilson interval of the "
-               "mean count; `p_vs_none`: the worst case against `none` on the same images, "
-               "paired over seeds (sign test on per-image mean differences and t-test over "
-               "seeds, the larger p).")
+               "attack@eps); `clean_sd`, `worst_sd`: sd over seeds, `clean_per_seed`, "
+               "`worst_per_seed`: each seed's value in seed order; the worst case with a 95 % "
+               "interval covering both the Student-t interval over seeds and the Wilson interval "
+               "of the mean count; `p_vs_none`: the worst case against `none` on the same "
+               "images, paired over seeds (t-test over the per-seed differences, the seed being "
+               "the unit, and a sign test on per-image mean differences; the larger p).")
     else:
         how = ("Accuracy in % (robust accuracy under each attack@eps); the worst case with its "
                "95 % Wilson interval; `p_vs_none`: exact McNemar test of the worst case against "
-               "`none` on the same images.")
+               f"`none` on the same images. {ONE_SEED}")
+    how += f" {HOLM_NOTE}"
+    if upper_bounds(board):
+        notes.append(UPPER_BOUND_NOTE)
     head = f"# Leaderboard: {escape_markdown(title)}\n\n{how}\n\n" if title else ""
     table = shown.to_markdown(index=False, disable_numparse=True) + "\n"
     tail = "".join(f"\n- {escape_markdown(note)}" for note in notes)

@@ -7,14 +7,31 @@ leaderboard, the pairwise tests between defenses and the rank ranges they give. 
 
 from __future__ import annotations
 
+from itertools import combinations
+
 import pandas as pd
 
 from robench.eps import same_eps
 from robench.outcomes import RobustPerImage
-from robench.stats import paired_over_seeds, seed_interval, wilson_interval
+from robench.stats import holm_adjust, paired_over_seeds, seed_interval, wilson_interval
 
 ALPHA = 0.05  # significance level of the pairwise tests behind shared ranks
 NONE_LABEL = "none"
+
+#: with several seeds: the worst case and the clean accuracy of every seed (``per_seed_text``)
+PER_SEED_WORST, PER_SEED_CLEAN = "worst_per_seed", "clean_per_seed"
+
+
+def per_seed_text(values: dict[int, float]) -> str:
+    """Per-seed values as one cell, in seed order: ``0:0.221;1:0.553;2:0.587``."""
+    return ";".join(f"{seed}:{value:.6g}" for seed, value in sorted(values.items()))
+
+
+def per_seed_values(text: str) -> dict[int, float]:
+    """The values of a ``per_seed_text`` cell ({} for an empty one)."""
+    pairs = (item.split(":") for item in str(text).split(";") if item)
+    return {int(seed): float(value) for seed, value in pairs}
+
 
 #: per defense, per seed: robust (correct and unbroken by every regular attack) per image
 PerImage = dict[str, dict[int, pd.Series]]
@@ -54,16 +71,18 @@ def worst_columns(worst_col: str, per_image: dict[int, pd.Series] | None,
                    several: bool) -> dict[str, object]:
     """The worst case (mean over seeds), its interval, spread, n and how it was computed."""
     if per_image and all(len(s) for s in per_image.values()):
-        counts = [(int(s.sum()), len(s)) for s in per_image.values()]
+        by_seed = {seed: (int(s.sum()), len(s)) for seed, s in per_image.items()}
         kind = "per image"
     elif per_attack:
-        counts = [(round(v * n), n) for v, n in (min(p) for p in per_attack.values())]
+        by_seed = {seed: (round(v * n), n) for seed, (v, n) in
+                   ((seed, min(p)) for seed, p in per_attack.items())}
         kind = "min of attacks"
     else:
         nan = float("nan")
         return {worst_col: nan, f"{worst_col}_lo": nan, f"{worst_col}_hi": nan,
-                **({"worst_sd": nan, "seeds": 0} if several else {}),
+                **({"worst_sd": nan, "seeds": 0, PER_SEED_WORST: ""} if several else {}),
                 "worst_n": 0, "worst_kind": ""}
+    counts = list(by_seed.values())
     # image sampling: the Wilson interval of the mean count on one seed's images (the seeds
     # score the same images, so pooling them would not add information about images)
     k = sum(c[0] for c in counts) / len(counts)
@@ -74,7 +93,8 @@ def worst_columns(worst_col: str, per_image: dict[int, pd.Series] | None,
         lo, hi = min(lo, max(t_lo, 0.0)), max(hi, min(t_hi, 1.0))
     out: dict[str, object] = {worst_col: mean, f"{worst_col}_lo": lo, f"{worst_col}_hi": hi}
     if several:
-        out.update(worst_sd=sd, seeds=len(values))
+        out.update({"worst_sd": sd, "seeds": len(values), PER_SEED_WORST: per_seed_text(
+            {seed: k / n for seed, (k, n) in by_seed.items()})})
     # images per seed (the same subset for every seed; the first seed's when they differ)
     return {**out, "worst_n": counts[0][1], "worst_kind": kind}
 
@@ -113,21 +133,43 @@ def seed_pairs(a: dict[int, pd.Series], b: dict[int, pd.Series]
             for s in seeds]
 
 
+#: one p-value per unordered pair of defenses, keyed by the pair
+PairP = dict[frozenset[str], float]
+
+
+def holm_family(per_image: PerImage, ranked: list[str], reference: str,
+                vs_reference: list[str]) -> tuple[PairP, PairP]:
+    """Raw and Holm-adjusted p-values (``robench.stats.holm_adjust``) of one leaderboard's
+    family: every pair of the ``ranked`` defenses (the comparisons that decide the ranks) and
+    each of ``vs_reference`` against ``reference`` (the ``p_vs_none`` column). Pairs without a
+    test (no per-image outcomes) are no part of it."""
+    wanted = [frozenset(pair) for pair in combinations(dict.fromkeys(ranked), 2)]
+    wanted += [frozenset((d, reference)) for d in vs_reference if d != reference]
+    raw = {pair: pair_p_value(per_image, *sorted(pair)) for pair in dict.fromkeys(wanted)}
+    raw = {pair: p for pair, p in raw.items() if p == p}
+    return raw, dict(zip(raw, holm_adjust(list(raw.values())), strict=True))
+
+
 def rank_ranges(board: pd.DataFrame, worst_col: str, failed: pd.Series,
-           per_image: PerImage) -> list[str]:
-    """Rank ranges from pairwise tests (a plain position when outcomes are missing)."""
+                per_image: PerImage, adjusted: PairP) -> list[str]:
+    """Rank ranges from the Holm-adjusted pairwise tests ``adjusted`` (``holm_family``; a plain
+    position when outcomes are missing)."""
     ranked = [i for i in board.index if not failed[i]]
     names = [str(board.at[i, "defense"]) for i in ranked]
     if not all(name in per_image for name in names):
         out = {i: str(pos + 1) for pos, i in enumerate(ranked)}
         return [out.get(i, "") for i in board.index]
     worst = {name: float(board.at[i, worst_col]) for i, name in zip(ranked, names, strict=True)}
+
+    def separated(a: str, b: str) -> bool:
+        return adjusted.get(frozenset((a, b)), 1.0) < ALPHA
+
     out = {}
     for i, name in zip(ranked, names, strict=True):
         better = sum(1 for other in names if worst[other] > worst[name]
-                     and pair_p_value(per_image, name, other) < ALPHA)
+                     and separated(name, other))
         worse = sum(1 for other in names if worst[other] < worst[name]
-                    and pair_p_value(per_image, name, other) < ALPHA)
+                    and separated(name, other))
         lo, hi = 1 + better, len(names) - worse
         out[i] = str(lo) if lo == hi else f"{lo}–{hi}"
     return [out.get(i, "") for i in board.index]

@@ -11,7 +11,16 @@ from __future__ import annotations
 import pandas as pd
 
 from robench.checks import STATUSES
-from robench.leaderboard import INCOMPLETE, completeness_notes, subset_notes
+from robench.leaderboard import (
+    HOLM_NOTE,
+    INCOMPLETE,
+    ONE_SEED,
+    UPPER_BOUND_MARK,
+    UPPER_BOUND_NOTE,
+    completeness_notes,
+    subset_notes,
+    upper_bounds,
+)
 from robench.report.columns import BoardColumns
 from robench.report.figures import Figure
 from robench.report.layout import board_groups, defense_lines, pack_groups, problem_rows, provenance
@@ -103,6 +112,13 @@ class ReportContent:
                      "interval covers both the Student-t interval over seeds and the Wilson "
                      "interval of the mean count, and p vs none is paired over seeds; curve "
                      "bands are the envelope of the per-seed Wilson intervals.")
+        else:
+            text += f" {ONE_SEED}"
+        text += f" {HOLM_NOTE.replace('`p_vs_none_holm`', 'p vs none (Holm)')}"
+        text += "".join(f" {d}: {cells.replace(';', ', ')} {UPPER_BOUND_MARK}."
+                        for d, cells in upper_bounds(self.board).items())
+        if upper_bounds(self.board):
+            text += f" {UPPER_BOUND_NOTE.replace('`', '')}"
         if self.derived_ci:
             text += (" The worst case's interval is that of the attack that attains the "
                      "minimum (the leaderboard has no per-image worst-case interval).")

@@ -82,7 +82,7 @@ class ColumnGroup:
 #: the worst case's statistics, shown after it when the leaderboard has them
 _WORST_STATISTICS: tuple[tuple[str, str, CellKind], ...] = (
     ("worst_sd", "sd over seeds", "pct"), ("seeds", "seeds", "int"), ("worst_n", "n", "int"),
-    ("p_vs_none", "p vs none", "p"))
+    ("p_vs_none", "p vs none", "p"), ("p_vs_none_holm", "p vs none (Holm)", "p"))
 
 
 def _cell_kind(series: pd.Series) -> CellKind:
@@ -132,6 +132,8 @@ def board_groups(board: pd.DataFrame, results: pd.DataFrame, columns: BoardColum
     if shown:
         used.add("worst_kind")
         groups.append(ColumnGroup("worst case", columns.worst_kind, shown))
+    # per-seed values and upper-bound marks are the summary's notes, not number columns
+    used.update(("worst_per_seed", "upper_bound"))
     other = [str(c) for c in board.columns if c not in used and not str(c).startswith("clean_")]
     if other:
         groups.append(ColumnGroup("other", "", [TableColumn(c, c, _cell_kind(board[c]))
