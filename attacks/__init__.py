@@ -4,6 +4,7 @@ built-in attacks; third-party attacks register through the ``robench.attacks`` e
 from robench.attacks import (  # noqa: F401  (registers the built-ins)
     autoattack,
     bim,
+    bpda,
     crown,
     fgsm,
     ibp,

@@ -118,6 +118,10 @@ class Attack:
     #: True when the examples are crafted on another defense's model of the suite (transfer):
     #: the plan resolves ``source_label`` to a defense and the runner calls ``set_source``
     needs_source_model: ClassVar[bool] = False
+    #: the registered attack whose random starts this one shares (its seed is derived from
+    #: that name and the same params): BPDA starts where PGD starts, so the two differ only
+    #: in the gradient they follow
+    random_starts_of: ClassVar[str | None] = None
 
     def __init__(self, model: nn.Module, params: AttackParams | None = None, seed: int = 0) -> None:
         self.model = model

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
+from torch import nn
 
 from robench.attacks.active import attack_until_fooled
 from robench.attacks.backends import run_backend
@@ -129,8 +130,17 @@ class PGD(Attack):
             direction = grad.sign() if norm == "linf" else l2_normalize(grad)
             return project(x_adv + p.alpha * direction, x, eps, norm)
 
+        surrogate = self.gradient_model()
         if p.early_stop:
-            return attack_until_fooled(self.model, x, y, x_adv, p.steps, step, active)
+            return attack_until_fooled(self.model, x, y, x_adv, p.steps, step, active,
+                                       surrogate)
         for _ in range(p.steps):
-            x_adv = step(x_adv, input_gradient(self.model, x_adv, y), x)
+            x_adv = step(x_adv, input_gradient(self.model if surrogate is None else surrogate,
+                                                   x_adv, y), x)
         return x_adv
+
+    def gradient_model(self) -> nn.Module | None:
+        """The model whose input gradients the steps follow when it is not the attacked model
+        itself (None: the attacked model's own); BPDA (``robench.attacks.bpda``) returns the
+        defense's differentiable surrogate. Predictions are always the attacked model's."""
+        return None

@@ -73,6 +73,11 @@ class Defense:
     cacheable: ClassVar[bool] = True
     #: True when ``check_model`` has something to check (the plan then builds the model)
     checks_model: ClassVar[bool] = False
+    #: True when the defended model declares a differentiable surrogate of its
+    #: non-differentiable part: its module has a ``surrogate()`` method returning a
+    #: differentiable module that shares its weights (``robench.attacks.bpda``); the plan
+    #: then escalates to BPDA for it (``adaptive: auto``, docs/adaptive.md)
+    has_surrogate: ClassVar[bool] = False
 
     def __init__(self, params: DefenseParams | None = None) -> None:
         self.params = params if params is not None else self.Params()

@@ -15,7 +15,8 @@ defense use that seed itself (common random numbers: all
 unlearning methods see the same forget samples, so their differences are theirs); each attack
 uses ``derive_seed(seed, "attack", name, canonical params)``, from what it is rather than from
 its label or position (the same random starts against every defense, and adding another entry
-changes no existing entry's numbers; per-image draws: ``Attack.uniform_noise``).
+changes no existing entry's numbers; per-image draws: ``Attack.uniform_noise``); an attack with
+``random_starts_of`` (BPDA: ``pgd``) uses that name instead, so it starts where that attack does.
 """
 
 from __future__ import annotations
@@ -286,7 +287,9 @@ def _attacks(suite: Suite, source: str, seed: int,
         code = cache_key(code=code, libs=libraries, **extra).hex
         specs.append(AttackSpec(label, entry.name, plugin, params, text, tuple(entry.eps),
                                 entry.limit, role,
-                                derive_seed(seed, "attack", entry.name, text), code[:16],
+                                derive_seed(seed, "attack",
+                                            plugin.random_starts_of or entry.name, text),
+                                code[:16],
                                 crafted_on.label if crafted_on is not None else None))
     return tuple(specs)
 
