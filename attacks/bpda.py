@@ -63,7 +63,7 @@ class BPDA(PGD):
     """PGD through the defense's differentiable surrogate (Athalye et al. 2018, BPDA);
     ``pgd`` itself on a model that declares none."""
 
-    Params = BPDAParams
+    Params = BPDAParams  # type: ignore[assignment]  # a PGDParams with backend narrowed
     backend_tolerance = {}
     random_starts_of = "pgd"
 
