@@ -9,16 +9,23 @@ training images`` forward+backward passes; a defense costs what it declares
 suite's model on a batch of the suite's data on this machine, so ``Calibration.seconds``
 turns work into seconds.
 
-For attacks the model is an upper bound: attacks that stop spending steps on images they
-already fooled and AutoAttack's components that run only on the images the earlier ones left
-robust take less. For defenses it is an estimate that can fall short: a plugin's ``cost``
+``Attack.work_per_image`` is an upper bound: attacks that stop spending steps on images they
+already fooled (PGD's and BIM's active set, Square's queries) and AutoAttack's components that
+run only on the images the earlier ones left robust take less, how much less depending on how
+robust the defended model is. ``attack_work_range`` scales the upper bound by ``SAVINGS``: per
+built-in attack, the share of its upper bound its cells took in the committed
+``results/fgsm_lenet`` run (lowest, mean and highest over its 17 defenses, each priced against
+the same defense's single-step attacks, which save nothing; benchmarks/eta.py --fit). A
+third-party attack saves nothing: its range is its upper bound.
+
+For defenses it is an estimate that can fall short: a plugin's ``cost``
 counts its main passes, not every per-batch extra (SCRUB's teacher forward passes make it
 take about twice its estimate; benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
-import statistics
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +42,18 @@ from robench.work import NO_WORK, Work
 
 #: estimates only: editing this module changes no result (see robench.codehash)
 AFFECTS_RESULTS = False
+
+#: share of the upper bound an attack's cells take: (lowest, typical, highest), by registry
+#: name; PGD and BIM only with their active set (``early_stop``). Fitted on the committed
+#: results/fgsm_lenet (benchmarks/eta.py --fit): its mix of broken and robust defenses.
+SAVINGS: dict[str, tuple[float, float, float]] = {
+    "pgd": (0.2, 0.6, 1.0),
+    "bim": (0.2, 0.7, 1.0),
+    "autoattack": (0.02, 0.4, 1.0),
+    "square": (0.02, 0.25, 1.0),
+    "transfer": (0.005, 0.07, 1.0),
+}
+NO_SAVING = (1.0, 1.0, 1.0)
 
 #: each calibration measurement repeats until it has run this long (or ``MAX_REPEATS`` times)
 CALIBRATION_SECONDS = 0.5
@@ -74,12 +93,59 @@ def attack_work(spec: AttackSpec, n_images: int, eps: Sequence[float]) -> Work:
     return attacked.scaled(n_images) + Work(forward=(len(eps) + 1) * n_images)
 
 
+def savings(spec: AttackSpec) -> tuple[float, float, float]:
+    """(lowest, typical, highest) share of its upper bound an attack entry's cells take."""
+    if spec.name in ("pgd", "bim") and not getattr(spec.params, "early_stop", False):
+        return NO_SAVING
+    return SAVINGS.get(spec.name, NO_SAVING) if spec.plugin.__module__.startswith(
+        "robench.attacks.") else NO_SAVING
+
+
+@dataclass(frozen=True)
+class WorkRange:
+    """The work of a stage: lowest, typical and highest (equal where nothing is saved)."""
+
+    low: Work
+    typical: Work
+    high: Work
+
+    def __add__(self, other: object) -> WorkRange:
+        if not isinstance(other, WorkRange):
+            return NotImplemented
+        return WorkRange(self.low + other.low, self.typical + other.typical,
+                         self.high + other.high)
+
+    def __radd__(self, other: object) -> WorkRange:
+        return self if other == 0 else self.__add__(other)
+
+    @classmethod
+    def exact(cls, work: Work) -> WorkRange:
+        return cls(work, work, work)
+
+
+def attack_work_range(spec: AttackSpec, n_images: int, eps: Sequence[float]) -> WorkRange:
+    """``attack_work`` with the attack's measured savings (``SAVINGS``) applied to its attack
+    passes; the forward passes that score the examples are always paid."""
+    upper = attack_work(spec, n_images, eps)
+    if upper == NO_WORK:
+        return WorkRange.exact(NO_WORK)
+    scoring = Work(forward=(len(eps) + 1) * n_images)
+    attacked = upper - scoring
+    low, typical, high = (attacked.scaled(f) + scoring for f in savings(spec))
+    return WorkRange(low, typical, high)
+
+
+def expected_attack_work(spec: AttackSpec, n_images: int, eps: Sequence[float]) -> Work:
+    """The typical work of an attack entry's cells (the run's progress bar counts this)."""
+    return attack_work_range(spec, n_images, eps).typical
+
+
 def suite_work(plan: Plan, n_train: int, n_validation: int, n_eval: int) -> Work:
     """Everything a run of ``plan`` would do from scratch, over all its seeds (the same work
-    for every seed: seeds change random draws, not sizes)."""
+    for every seed: seeds change random draws, not sizes); attacks at their typical work."""
     train_config = plan.suite.train
-    attacks = sum((attack_work(a, images_attacked(a, n_eval), a.eps) for a in plan.attacks),
-                  NO_WORK)
+    attacks = sum((expected_attack_work(a, images_attacked(a, n_eval), a.eps)
+                   for a in plan.attacks), NO_WORK)
     per_seed = baseline_work(plan.baseline, n_train) + sum(
         (defense_work(d, train_config, n_train, n_validation) + attacks
          for d in plan.defenses), NO_WORK)
@@ -89,23 +155,56 @@ def suite_work(plan: Plan, n_train: int, n_validation: int, n_eval: int) -> Work
 # -- calibration -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Calibration:
-    """Seconds per image pass of each kind, measured on this machine."""
+    """Seconds per image pass of each kind, measured on this machine. On a busy machine
+    (``busy``) the passes were timed on one thread, and a run on ``threads`` idle threads may
+    take down to ``1 / threads`` of that: the low end of every range."""
 
     per_pass: Work          # seconds per image: training step, input gradient, forward
     device: str
     threads: int
     train_batch: int
     eval_batch: int
+    load: float = 0.0       # the 1-minute load average before calibrating
+    cores: int = 1
+    busy: bool = False
 
     def seconds(self, work: Work) -> float:
         p = self.per_pass
         return work.train * p.train + work.grad * p.grad + work.forward * p.forward
 
+    def seconds_range(self, work: WorkRange) -> tuple[float, float, float]:
+        """(lowest, typical, highest) seconds of ``work`` on an idle machine."""
+        speedup = self.threads if self.busy else 1
+        return (self.seconds(work.low) / speedup, self.seconds(work.typical),
+                self.seconds(work.high))
+
+    def busy_text(self) -> str | None:
+        """One line saying the machine is busy, or None when it is not."""
+        if not self.busy:
+            return None
+        return (f"the machine is busy (load {self.load:.1f} on {self.cores} cores): the "
+                "estimate assumes an idle machine (timed on one thread, the fastest of "
+                "repeated calls)")
+
+
+def machine_load() -> tuple[float, int]:
+    """The 1-minute load average and the number of cores (load 0 where there is none)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        load = 0.0
+    return load, os.cpu_count() or 1
+
 
 def calibrate(plan: Plan, train: Split, evaluation: Split, num_classes: int,
               device: torch.device) -> Calibration:
     """Time the suite's model on a batch of the suite's data (a few seconds). The model is a
-    fresh one (the calibration never touches the cache or the caller's random stream)."""
+    fresh one (the calibration never touches the cache or the caller's random stream). On a
+    busy CPU (load average at least the number of cores) the passes are timed on one thread:
+    threads that wait for each other's cores would price the estimate on the contention."""
+    load, cores = machine_load()
+    busy = device.type == "cpu" and load >= cores
+    threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = plan.baseline.build(num_classes).to(device)
         train_batch = min(plan.suite.train.batch_size, len(train))
@@ -113,11 +212,19 @@ def calibrate(plan: Plan, train: Split, evaluation: Split, num_classes: int,
         eval_batch = min(EVAL_BATCH_SIZE, len(evaluation))
         x_eval, y_eval = (t[:eval_batch].to(device) for t in
                           (evaluation.images, evaluation.labels))
-        per_pass = Work(
-            train=_per_image(lambda: _train_step(model, x_train, y_train), train_batch, device),
-            grad=_per_image(lambda: _input_gradient(model, x_eval, y_eval), eval_batch, device),
-            forward=_per_image(lambda: _forward(model, x_eval), eval_batch, device))
-    return Calibration(per_pass, str(device), torch.get_num_threads(), train_batch, eval_batch)
+        if busy:
+            torch.set_num_threads(1)
+        try:
+            per_pass = Work(
+                train=_per_image(lambda: _train_step(model, x_train, y_train), train_batch,
+                                 device),
+                grad=_per_image(lambda: _input_gradient(model, x_eval, y_eval), eval_batch,
+                                device),
+                forward=_per_image(lambda: _forward(model, x_eval), eval_batch, device))
+        finally:
+            torch.set_num_threads(threads)
+    return Calibration(per_pass, str(device), threads, train_batch, eval_batch, load, cores,
+                       busy)
 
 
 def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -140,18 +247,19 @@ def _forward(model: nn.Module, x: torch.Tensor) -> None:
 
 def _per_image(step: Callable[[], None], batch: int, device: torch.device) -> float:
     """Seconds per image of ``step`` on a batch: one warm-up call, then repeated calls until
-    ``CALIBRATION_SECONDS`` have passed; the median call counts (the machine as loaded now)."""
+    ``CALIBRATION_SECONDS`` have passed; the fastest call counts (the one least slowed by
+    other processes: the estimate is for an idle machine)."""
     if batch == 0:
         return 0.0
     step()
     times: list[float] = []
-    while sum(times) < CALIBRATION_SECONDS and len(times) < MAX_REPEATS:
+    while not times or (sum(times) < CALIBRATION_SECONDS and len(times) < MAX_REPEATS):
         t0 = time.perf_counter()
         step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times) / batch
+    return min(times) / batch
 
 
 def duration_text(seconds: float) -> str:
@@ -168,5 +276,15 @@ def duration_text(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-__all__ = ["Calibration", "attack_work", "baseline_work", "calibrate",
-           "defense_work", "duration_text", "images_attacked", "suite_work"]
+def range_text(low: float, typical: float, high: float) -> str:
+    """``42 s`` where the range is one value, else ``1 min 10 s (40 s - 3 min 00 s)``."""
+    text = duration_text(typical)
+    if duration_text(low) == duration_text(high):
+        return text
+    return f"{text} ({duration_text(low)} - {duration_text(high)})"
+
+
+__all__ = ["NO_SAVING", "SAVINGS", "Calibration", "WorkRange", "attack_work",
+           "attack_work_range", "baseline_work", "calibrate", "defense_work", "duration_text",
+           "expected_attack_work", "images_attacked", "machine_load", "range_text", "savings",
+           "suite_work"]

@@ -36,12 +36,14 @@ from robench.defenses import DefenseContext
 from robench.eps import eps_text
 from robench.estimate import (
     Calibration,
-    attack_work,
+    WorkRange,
+    attack_work_range,
     baseline_work,
     calibrate,
     defense_work,
     duration_text,
     images_attacked,
+    range_text,
 )
 from robench.models import model_hash as fingerprint
 from robench.models_from import ModelSource, open_source
@@ -67,7 +69,8 @@ class AttackStatus:
     spec: AttackSpec
     images: int
     cells: list[tuple[float, CellState]]
-    work: Work                       # for the cells not done
+    work: Work                       # for the cells not done, typical (``robench.estimate``)
+    work_range: WorkRange            # lowest, typical, highest
 
     def eps_in(self, state: CellState) -> list[float]:
         return [eps for eps, s in self.cells if s == state]
@@ -114,6 +117,13 @@ class Preflight:
             "attacks": sum((a.work for s in self.seeds for d in s.defenses for a in d.attacks),
                            NO_WORK),
         }
+
+    def stage_range(self) -> dict[str, WorkRange]:
+        """Remaining work by stage kind, lowest to highest (only attacks have a range)."""
+        stages = {stage: WorkRange.exact(work) for stage, work in self.stage_work().items()}
+        stages["attacks"] = sum((a.work_range for s in self.seeds for d in s.defenses
+                                 for a in d.attacks), WorkRange.exact(NO_WORK))
+        return stages
 
     def seconds(self, work: Work) -> float | None:
         return None if self.calibration is None else self.calibration.seconds(work)
@@ -254,8 +264,9 @@ class _Checker:
             done = cell_verified(self.table, self.outcomes, expect, eps, ids)
             cells.append((eps, "done" if done else "to do"))
         todo = [eps for eps, state in cells if state != "done"]
+        work = attack_work_range(spec, len(data), todo)
         return AttackStatus(spec, images_attacked(spec, len(self.evaluation)), cells,
-                            attack_work(spec, len(data), todo))
+                            work.typical, work)
 
 
 # -- what robench plan prints ------------------------------------------------------------------
@@ -265,9 +276,11 @@ MODEL_TEXT = {"cached": "cached", "checkpoint": "checkpoint", "to train": "to tr
 UPPER_BOUND_NOTE = (
     "Estimates of a simple cost model (training: epochs x images; an attack: images x its "
     "gradient steps or queries per eps), priced by timing one batch of the suite's model on "
-    "this machine now. Attacks' times are upper bounds and usually much less: active-set "
-    "attacks stop spending steps on images they already fooled, and AutoAttack's later "
-    "components attack only the images the earlier ones left robust. Defenses can take more "
+    "this machine (the fastest of repeated calls). An attack's time is typical, its range in "
+    "brackets: active-set attacks stop spending steps on images they already fooled, and "
+    "AutoAttack's later components attack only the images the earlier ones left robust, so "
+    "attacks take from the share of their upper bounds a broken model's cells took in a "
+    "committed run up to their upper bounds (a robust model). Defenses can take more "
     "than estimated (per-batch work the model does not count, e.g. SCRUB's teacher passes).")
 
 
@@ -301,10 +314,15 @@ def _header(pre: Preflight, console: Console) -> None:
         console.print("no calibration (--no-calibrate): no times")
         return
     ms = cal.per_pass
-    console.print(f"calibration ({cal.device}, {_count(cal.threads, 'thread')}): training step "
+    timed = _count(1, "thread") + f" of the run's {cal.threads}" if cal.busy else \
+        _count(cal.threads, "thread")
+    console.print(f"calibration ({cal.device}, {timed}): training step "
                   f"{1e3 * ms.train:.3f} ms/image (batch {cal.train_batch}), input gradient "
                   f"{1e3 * ms.grad:.3f} ms/image, forward {1e3 * ms.forward:.3f} ms/image "
                   f"(batch {cal.eval_batch})")
+    busy = cal.busy_text()
+    if busy is not None:
+        console.print(f"note: {busy}")
 
 
 def _count(n: int, noun: str) -> str:
@@ -324,6 +342,14 @@ def _time(pre: Preflight, work: Work) -> str:
     if seconds is None:
         return ""
     return "-" if work == NO_WORK else duration_text(seconds)
+
+
+def _range(pre: Preflight, work: WorkRange) -> str:
+    if pre.calibration is None:
+        return ""
+    if work.high == NO_WORK:
+        return "-"
+    return range_text(*pre.calibration.seconds_range(work))
 
 
 def _seed_table(pre: Preflight, status: SeedStatus) -> Table:
@@ -373,13 +399,14 @@ def _summary(pre: Preflight) -> Table:
     table.add_column("to do", justify="right")
     if pre.calibration is not None:
         table.add_column("estimate", justify="right")
-    for stage, work in stages.items():
+    ranges = pre.stage_range()
+    for stage in stages:
         table.add_row(stage, counts[stage],
-                      *([_time(pre, work)] if pre.calibration is not None else []))
-    total = sum(stages.values(), NO_WORK)
+                      *([_range(pre, ranges[stage])] if pre.calibration is not None else []))
+    total = sum(ranges.values(), WorkRange.exact(NO_WORK))
     if pre.calibration is not None:
         table.add_section()
-        table.add_row("[bold]total[/bold]", "", f"[bold]{_time(pre, total)}[/bold]")
+        table.add_row("[bold]total[/bold]", "", f"[bold]{_range(pre, total)}[/bold]")
     return table
 
 

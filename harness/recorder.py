@@ -21,7 +21,7 @@ import robench
 from robench.completeness import planned_record
 from robench.eps import canonical_eps, eps_text
 from robench.errors import UserError, interrupts_deferred
-from robench.estimate import attack_work, baseline_work, defense_work
+from robench.estimate import baseline_work, defense_work, expected_attack_work
 from robench.evaluation import AttackOutcome
 from robench.finalize import read_diagnostics
 from robench.json_input import loads
@@ -328,8 +328,8 @@ class RunRecorder:
         # numbers do not depend on which other eps are attacked with it
         missing = [eps for eps in attack.eps
                    if not self.verify(target, attack, expect, eps, image_ids)]
-        self.reporter.skip(attack_work(attack, n, attack.eps).units
-                           - attack_work(attack, n, missing).units)
+        self.reporter.skip(expected_attack_work(attack, n, attack.eps).units
+                           - expected_attack_work(attack, n, missing).units)
         if not missing:
             self.reporter.info(f"[{defense.label}] {attack.label}"
                                f"{seed_tag(self.plan.seeds, seed)}: already in results.csv, "
@@ -388,7 +388,8 @@ class RunRecorder:
             self.outcomes.replace_cells(defense.label, attack.label, seed, image_ids, outcomes)
             self.table.replace_cells(rows)
             self.cells_done += len(rows)
-        self.reporter.advance(attack_work(attack, len(image_ids), [o.eps for o in outcomes]).units)
+        eps = [o.eps for o in outcomes]
+        self.reporter.advance(expected_attack_work(attack, len(image_ids), eps).units)
         curve = ", ".join(f"{eps_text(o.eps)}: {o.robust_acc:.3f}" for o in outcomes)
         self.reporter.info(f"[{defense.label}] {attack.label}{seed_tag(self.plan.seeds, seed)} "
                            f"robust accuracy {{{curve}}}")

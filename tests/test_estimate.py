@@ -97,3 +97,92 @@ def test_suite_work_counts_every_seed_and_defense():
         3 * suite_work(one, 1000, 100, 60).units)
     fewer = plan_of(defenses=[{"name": "none"}])
     assert suite_work(fewer, 1000, 100, 60).units < suite_work(one, 1000, 100, 60).units
+
+
+# -- measured savings: the active set and AutoAttack's survivors, as a range ------------------
+def test_active_set_and_autoattack_savings_lower_the_typical_work():
+    from robench.estimate import SAVINGS, attack_work_range
+
+    for name, params in [("pgd", {"steps": 40}), ("bim", {"steps": 10}), ("autoattack", {}),
+                         ("square", {"n_queries": 100})]:
+        spec = attack(name, **params)
+        upper = attack_work(spec, 100, [0.3])
+        work = attack_work_range(spec, 100, [0.3])
+        assert work.high == upper  # a robust model: the upper bound
+        assert work.low.units < work.typical.units < work.high.units
+        low, typical, _ = SAVINGS[name]
+        scoring = Work(forward=2 * 100)  # the clean pass and the examples' pass: always paid
+        assert work.typical == (upper - scoring).scaled(typical) + scoring
+        assert work.low == (upper - scoring).scaled(low) + scoring
+
+
+def test_no_saving_without_the_active_set_or_for_single_step_attacks():
+    from robench.estimate import attack_work_range
+
+    for spec in [attack("pgd", steps=40, early_stop=False), attack("bim", early_stop=False),
+                 attack("fgsm", eps=(0.1, 0.3))]:
+        work = attack_work_range(spec, 100, spec.eps)
+        assert work.low == work.typical == work.high == attack_work(spec, 100, spec.eps)
+
+
+def test_suite_work_counts_attacks_at_their_typical_work():
+    """The run's overall bar (suite_work) counts what the plan calls typical."""
+    active = plan_of(attacks=[{"name": "pgd", "eps": [0.3], "params": {"steps": 40}}])
+    plain = plan_of(attacks=[{"name": "pgd", "eps": [0.3],
+                              "params": {"steps": 40, "early_stop": False}}])
+    assert suite_work(active, 1000, 100, 60).grad < suite_work(plain, 1000, 100, 60).grad
+
+
+def test_a_range_is_low_to_high_and_a_busy_calibration_widens_it_by_the_threads():
+    from robench.estimate import Calibration, WorkRange, range_text
+
+    work = WorkRange(Work(grad=10), Work(grad=40), Work(grad=100))
+    idle = Calibration(Work(0.1, 0.1, 0.1), "cpu", 2, 128, 1000, load=0.2, cores=2)
+    busy = Calibration(Work(0.1, 0.1, 0.1), "cpu", 2, 128, 1000, load=3.2, cores=2, busy=True)
+    assert idle.seconds_range(work) == pytest.approx((1.0, 4.0, 10.0))
+    assert busy.seconds_range(work) == pytest.approx((0.5, 4.0, 10.0))  # 2 idle threads
+    assert idle.busy_text() is None
+    assert busy.busy_text().startswith("the machine is busy (load 3.2 on 2 cores)")
+    assert range_text(60, 120, 600) == "2 min 00 s (1 min 00 s - 10 min 00 s)"
+    assert range_text(5, 5, 5) == "5 s"
+
+
+@pytest.mark.parametrize("load,busy", [(3.2, True), (0.3, False)])
+def test_calibration_on_a_busy_machine_times_one_thread_and_says_so(
+        synthetic, monkeypatch, load, busy):
+    import torch
+
+    from robench import estimate
+
+    monkeypatch.setattr(estimate.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(estimate.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(estimate, "CALIBRATION_SECONDS", 0.0)  # one timed call each
+    threads_seen: list[int] = []
+    timed = estimate._per_image
+    monkeypatch.setattr(estimate, "_per_image", lambda *a: (
+        threads_seen.append(torch.get_num_threads()), timed(*a))[1])
+    threads = torch.get_num_threads()
+    plan = plan_of(data={"dataset": "synthetic", "eval_limit": 60})
+    cal = estimate.calibrate(plan, synthetic.train, synthetic.test, 10, torch.device("cpu"))
+    assert cal.busy is busy and cal.load == load and cal.cores == 2
+    assert threads_seen == ([1] * 3 if busy else [threads] * 3)
+    assert torch.get_num_threads() == threads  # put back
+    assert (cal.busy_text() is not None) is busy
+    assert all(p > 0 for p in cal.per_pass)
+
+
+def test_plan_says_when_the_machine_is_busy(tmp_path, robench_cli, monkeypatch):
+    from robench import estimate
+
+    monkeypatch.setattr(estimate.os, "getloadavg", lambda: (3.2, 3.0, 2.0))
+    monkeypatch.setattr(estimate.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(estimate, "CALIBRATION_SECONDS", 0.0)
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(yaml.safe_dump(TINY))
+    done = robench_cli("plan", str(suite), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # rich wraps long lines
+    assert ("note: the machine is busy (load 3.2 on 2 cores): the estimate assumes an idle "
+            "machine") in text
+    assert "1 thread of the run's" in text
+    assert not (tmp_path / "out").exists()
