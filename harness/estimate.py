@@ -45,11 +45,14 @@ AFFECTS_RESULTS = False
 
 #: share of the upper bound an attack's cells take: (lowest, typical, highest), by registry
 #: name; PGD and BIM only with their active set (``early_stop``). Fitted on the committed
-#: results/fgsm_lenet (benchmarks/eta.py --fit): its mix of broken and robust defenses.
+#: results/fgsm_lenet (benchmarks/eta.py --fit): lowest, mean and highest over its 17
+#: defenses, a mix of broken (lowest) and robust (highest) ones. The highest share exceeds 1
+#: where a robust model's cells took longer than their upper bound priced by single-step
+#: cells: per-step work the unit count misses (APGD's checks, restarts' bookkeeping).
 SAVINGS: dict[str, tuple[float, float, float]] = {
-    "pgd": (0.2, 0.6, 1.0),
-    "bim": (0.2, 0.7, 1.0),
-    "autoattack": (0.02, 0.4, 1.0),
+    "pgd": (0.2, 0.64, 1.5),
+    "bim": (0.2, 0.69, 1.2),
+    "autoattack": (0.02, 0.38, 1.7),
     "square": (0.02, 0.25, 1.0),
     "transfer": (0.005, 0.07, 1.0),
 }

@@ -280,7 +280,7 @@ UPPER_BOUND_NOTE = (
     "brackets: active-set attacks stop spending steps on images they already fooled, and "
     "AutoAttack's later components attack only the images the earlier ones left robust, so "
     "attacks take from the share of their upper bounds a broken model's cells took in a "
-    "committed run up to their upper bounds (a robust model). Defenses can take more "
+    "committed run up to about their upper bounds (a robust model). Defenses can take more "
     "than estimated (per-batch work the model does not count, e.g. SCRUB's teacher passes).")
 
 

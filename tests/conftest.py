@@ -302,6 +302,27 @@ def finished_run(tmp: Path, suite: str) -> Path:
     return tmp / "run"
 
 
+#: one small run (FGSM sweep and PGD-2 on 100 images, untrained LeNet-5) that the read-path
+#: tests (test_verify, test_verify_trust) copy per test
+SMALL_RUN_SUITE = """\
+name: vfy
+data: {dataset: mnist, eval_limit: 100}
+train: {epochs: 0}
+attacks:
+  - name: fgsm
+    eps: [0.0, 0.1]
+  - name: pgd
+    eps: [0.1]
+    params: {steps: 2, alpha: 0.05}
+"""
+
+
+@pytest.fixture(scope="session")
+def small_finished_run(tmp_path_factory) -> Path:
+    """SMALL_RUN_SUITE run once per test session (never changed: tests work on copies)."""
+    return finished_run(tmp_path_factory.mktemp("small_run"), SMALL_RUN_SUITE)
+
+
 def run_logged(robench, suite: Path, out: Path, env: dict[str, str] | None = None) -> str:
     """Run a suite with ``robench`` (robench_cli or robench_subprocess), which must succeed;
     return this run's part of run.log."""

@@ -15,28 +15,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from .conftest import REPO, finished_run
+from .conftest import REPO, SMALL_RUN_SUITE
 from .test_reliability import one_line_error, snapshot
 
-SUITE = """\
-name: vfy
-data: {dataset: mnist, eval_limit: 100}
-train: {epochs: 0}
-attacks:
-  - name: fgsm
-    eps: [0.0, 0.1]
-  - name: pgd
-    eps: [0.1]
-    params: {steps: 2, alpha: 0.05}
-"""
+SUITE = SMALL_RUN_SUITE
 DIFFERS = "differs from what robench wrote"
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """One small finished run (never changed: each test works on a copy)."""
-    tmp = tmp_path_factory.mktemp("verify")
-    return finished_run(tmp, SUITE)
+def finished(small_finished_run) -> Path:
+    """One small finished run (never changed: each test works on a copy), shared with
+    test_verify_trust: one run per test session."""
+    return small_finished_run
 
 
 @pytest.fixture
