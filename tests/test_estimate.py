@@ -141,7 +141,9 @@ def test_a_range_is_low_to_high_and_a_busy_calibration_widens_it_by_the_threads(
     idle = Calibration(Work(0.1, 0.1, 0.1), "cpu", 2, 128, 1000, load=0.2, cores=2)
     busy = Calibration(Work(0.1, 0.1, 0.1), "cpu", 2, 128, 1000, load=3.2, cores=2, busy=True)
     assert idle.seconds_range(work) == pytest.approx((1.0, 4.0, 10.0))
-    assert busy.seconds_range(work) == pytest.approx((0.5, 4.0, 10.0))  # 2 idle threads
+    assert busy.seconds_range(work) == pytest.approx((0.5, 2.0, 10.0))  # 2 idle threads
+    training = WorkRange(Work(train=10), Work(train=10), Work(train=10))
+    assert busy.seconds_range(training) == pytest.approx((0.5, 1.0, 1.0))
     assert idle.busy_text() is None
     assert busy.busy_text().startswith("the machine is busy (load 3.2 on 2 cores)")
     assert range_text(60, 120, 600) == "2 min 00 s (1 min 00 s - 10 min 00 s)"
