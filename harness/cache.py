@@ -142,6 +142,27 @@ class ModelCache:
             on_reject(f"model cache entry {name[:10]} not used: {why}; computing it again")
         return None
 
+    def recorded_meta(self, key: CacheKey) -> dict[str, Any] | None:
+        """The metadata of ``key``'s entry as stored now, checked against the key (its recorded
+        inputs hash to its name, its metadata to its recorded hash) but without loading or
+        checking its weights: what a run records of the entries it used (``trained_with``).
+        None when the cache is off, or the entry is absent, unreadable or does not verify."""
+        if not self.enabled:
+            return None
+        try:
+            data = read_regular(self._path(key.hex), limit=RECORD_READ_LIMIT)
+            if data is None:
+                return None
+            blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            meta, text = blob.get("meta"), blob.get(KEY_FIELD)
+            if not (isinstance(meta, str) and isinstance(text, str)) or digest(text) != key.hex \
+                    or blob.get(META_FIELD) != _bound(text, meta):
+                return None
+            value = json.loads(meta)
+        except Exception:  # noqa: BLE001 - an unreadable entry is simply not recorded
+            return None
+        return value if isinstance(value, dict) else None
+
     def entries(self) -> list[Path]:
         """The entry files in the cache folder (named ``<32 hex>.pt``)."""
         if not self.root.is_dir():
@@ -187,6 +208,8 @@ class ModelCache:
         return None
 
 
+#: the most bytes ``recorded_meta`` reads of one entry (a larger file is not recorded)
+RECORD_READ_LIMIT = 256 << 20
 #: what an entry records beside its weights and metadata: their hashes, and its key's inputs
 WEIGHTS_FIELD = "weights_hash"
 META_FIELD = "meta_hash"

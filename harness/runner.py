@@ -25,6 +25,7 @@ from robench.estimate import suite_work
 from robench.executors import Executor, SerialExecutor, check_options, open_executor
 from robench.finalize import finalize
 from robench.memory import peak_rss_text, release_freed_memory
+from robench.model_records import model_records
 from robench.models_from import ModelSource, open_source
 from robench.outdir import OutputFolder
 from robench.plan import Plan
@@ -146,6 +147,9 @@ class Runner:
         reproduction = reproduction_line(self.out_dir, recorder.table.frame())
         reporter.info(reproduction)
         wall = time.perf_counter() - started
+        recorder.record["model_training"] = model_records(
+            plan, self.cache, data.fingerprint, recorder.trained_baselines,
+            recorder.defended_now, models_from=self.models_from is not None)
         recorder.record_provenance(wall, reproduction)
         reporter.info(f"done in {wall:.1f}s, {peak_rss_text()} "
                       f"(checks and report follow); results in {self.out_dir}")
