@@ -9,8 +9,8 @@ unlearn_epochs)`` with a 0-based epoch, held constant for every minibatch of tha
 first epoch uses the full alpha and the last ``alpha / unlearn_epochs`` (the penalty never
 reaches zero). Here the same schedule runs over the call's ``epochs``: ``γ_e = γ(1 − e/E)``;
 for a one-epoch call (the default, once per round of the unlearning defense) that is the full
-γ at every step. (``no_l1_epochs`` is read by that code but not defined in its argument
-parser; it is taken as 0.)
+γ at every step. (``no_l1_epochs`` is the reference's ``--no-l1-epochs``, default 0 in
+``arg_parser.py``, as here.)
 
 Defaults: γ = 5e-4 (the paper's CIFAR-10 setting; the code's ``--alpha`` default, 0.2, is
 shared with its Fisher methods and its README passes the value explicitly) and SGD (momentum

@@ -13,6 +13,16 @@ the model off exactly that answer; nothing pulls it towards the true class. Obse
 LeNet-5: ascent drives a few forget examples into saturation (p(y_f) = 1 in float32, so their
 gradient is exactly zero) while the others shoot past the bound, so the all-past-the-bound stop
 rarely fires there; the epoch cap and the small learning rate then bound the ascent.
+
+Reference code compared against: OPTML-Group/Unlearn-Saliency ``Classification/unlearn/GA.py``
+(``GA``: plain ascent, loss ``-CE`` on forget minibatches; optimizer from
+``Classification/unlearn/impl.py``: SGD, momentum 0.9, weight decay 5e-4, lr ``--unlearn_lr``).
+Kurmanji et al.'s repository (meghdadk/SCRUB) has no ascent-only method: its "NegGrad" cell
+runs ``negative_grad`` with α 0.95, which is ``neggrad_plus`` here. Deviations, all robench's
+additions, none in the reference: the per-example loss clip at ``loss_bound`` (ln K by
+default), the early stop once every forget example is past it, and the suite's optimizer (Adam)
+at lr 1e-4 for 5 epochs instead of SGD with momentum (the reference takes lr and epochs from the
+command line; its README gives no values for GA).
 """
 
 from __future__ import annotations

@@ -11,6 +11,16 @@ that class is excluded by definition; the true class is excluded too (``exclude_
 otherwise one draw in K−1 would be the correct label and the method would be partly
 adversarial training by accident. Training adversarial inputs towards their true labels is the
 separate, explicit switch ``retain_adversarial`` of the ``unlearning`` defense.
+
+Reference code compared against: OPTML-Group/Unlearn-Saliency ``Classification/unlearn/RL.py``
+(``RL`` without a mask, its CIFAR-10 branch) with ``Classification/unlearn/impl.py`` (optimizer)
+and ``Classification/arg_parser.py`` (defaults); Graves et al. publish no code. Deviations:
+labels exclude the forget label and the true class, where the reference draws
+``torch.randint(0, num_classes)`` over all classes; the suite's ``train:`` optimizer, lr and
+batch size (Adam 1e-3, batch 128 in our suites) for 1 epoch per call, where the reference runs
+SGD (momentum 0.9, weight decay 5e-4) at ``--unlearn_lr`` for ``--unlearn_epochs`` (README
+command: 0.013 for 10 epochs), batch 256; the ``unlearning`` defense calls the method once per
+round.
 """
 
 from __future__ import annotations

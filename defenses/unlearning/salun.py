@@ -11,6 +11,33 @@ ICLR 2024, arXiv 2310.12508; repo OPTML-Group/Unlearn-Saliency).
    multiplied by the mask before every step and unmasked weights are restored afterwards, so
    they stay bit-identical (Adam's running moments cannot move them either).
 
+Reference code compared against: OPTML-Group/Unlearn-Saliency ``Classification/generate_mask.py``
+(``save_gradient_ratio``: the mask), ``Classification/unlearn/RL.py`` (the CIFAR-10 branch of
+``RL``: the loop), ``Classification/unlearn/impl.py`` (``_iterative_unlearn_impl``: optimizer and
+schedule), ``Classification/arg_parser.py`` (defaults) and the command in
+``Classification/README.md`` (``--unlearn RL --unlearn_epochs 10 --unlearn_lr 0.013``, mask
+``with_0.5.pt``). Deviations from it:
+
+- Optimizer and length: the reference runs SGD (momentum 0.9, weight decay 5e-4, lr 0.013) for
+  10 epochs, batch 256 (``--batch_size`` default), under a MultiStepLR whose milestones (91,
+  136) are never reached. Here the loop uses the suite's ``train:`` optimizer, lr and batch
+  size (Adam 1e-3, batch 128 in our suites) for 1 epoch per call, because the ``unlearning``
+  defense calls the method once per round (5 rounds in ``suites/fgsm_lenet.yaml``); ``epochs``,
+  ``optimizer`` and ``lr`` can be set to the reference's values in ``method_params``. Not
+  aligned by default: ten epochs per round would cost ten times as much per round, and the
+  committed results were computed with these settings.
+- Labels: the reference draws them with ``torch.randint(0, num_classes)``, uniform over all
+  classes, so about one draw in K is the forget label itself; here they exclude the forget
+  label (the wrong class being unlearned) and, by default, the true class (so the method does
+  not turn into adversarial training by accident), as in ``random_label``.
+- Mask size: the reference keeps the ranks below ``int(ratio · n)`` (floor) of a non-stable
+  sort; here ``round(ratio · n)`` weights with a stable sort (at most one weight and the order
+  of exact ties differ).
+- Masked-out weights: the reference restores them to their values at the start of each epoch
+  and zeroes their SGD momentum; here they are restored to their values at the start of the
+  call after every step (the same values: masked-out weights never move), and Adam's moments
+  cannot move them since they are overwritten after each step.
+
 FGSM setting: the saliency is taken from CE towards the wrong class the model gives each
 adversarial input (the answer to unlearn); random labels exclude that class and, by default,
 the true class, as in ``random_label``.
