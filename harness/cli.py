@@ -81,8 +81,17 @@ def run(
     models_from: Annotated[str | None, typer.Option(
         help="Load the baseline and the cacheable defended models from this results folder's "
              "shipped model files instead of training them.")] = None,
+    recompute: Annotated[bool, typer.Option(
+        "--recompute", help="Train and attack from scratch (no model cache) into a new folder "
+                            "(<out>-recompute-<UTC time>) and compare it with --out.")] = False,
+    recompute_into: Annotated[str | None, typer.Option(
+        help="With --recompute: the new folder (must be new or empty).")] = None,
 ) -> None:
     """Run a suite: train, defend, attack, and write results.csv + leaderboard.
+
+    When the results folder already holds a complete run of this suite, nothing is computed
+    or written: its shipped models are verified (robench verify, default sample) or, without
+    them, its tables are checked, in one line with the verdict's exit code.
 
     Example: robench run suites/fgsm_lenet.yaml --data-dir ../shared/data
     (on a local Ray cluster: add --executor ray --jobs 4)
@@ -91,14 +100,20 @@ def run(
         _fail(UserError(f"unknown device {device!r}; use auto, cpu or cuda", where="--device"))
     try:
         from robench.leaderboard import to_markdown
-        from robench.runner import RunOptions, run_suite
+        from robench.recompute import recompute as recompute_run
+        from robench.runner import RunOptions, run_or_check
 
         data_dir, out = _start_paths(data_dir, out)
         opts = RunOptions(data_dir=data_dir, out=out, device=device, eval_limit=eval_limit,
                           epochs=epochs, seed=seed, seeds=seeds, quiet=quiet,
                           use_cache=not no_cache, force=force, executor=executor, jobs=jobs,
                           address=address, models_from=_models_from(models_from))
-        out_dir, board = run_suite(suite, opts)
+        if (recompute or recompute_into is not None) and models_from is not None:
+            raise UserError("trains every model from scratch; it cannot load them from "
+                            "--models-from", where="--recompute")
+        end = (recompute_run(suite, opts, recompute_into, echo=typer.echo)
+               if recompute or recompute_into is not None
+               else run_or_check(suite, opts, echo=typer.echo))
     except UserError as err:
         _fail(err)
     except Interrupted as stop:
@@ -108,9 +123,13 @@ def run(
         typer.echo("robench: interrupted; every result written is kept (run the same command "
                    "again to resume)", err=True)
         raise typer.Exit(code=130) from None
-    if not quiet:
-        typer.echo(to_markdown(board))
-        typer.echo(f"results: {out_dir}")
+    if end.board is not None and not quiet:
+        typer.echo(to_markdown(end.board))
+        typer.echo(f"results: {end.out_dir}")
+    if end.line is not None:  # the verdict on a complete run, or the recompute's comparison
+        typer.echo(end.line)
+    if end.code:
+        raise typer.Exit(code=end.code)
 
 
 @app.command()

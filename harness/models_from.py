@@ -69,7 +69,7 @@ def open_source(path: str | Path, plan: Plan, num_classes: int) -> ModelSource:
                             f"suite has {base.dataset}, {base.model}, {num_classes} classes",
                             where=WHERE)
     by_key: dict[tuple[int, str], ShippedModel] = {}
-    for entry in found:
+    for entry in (served for file in found for served in file.served()):
         key = (entry.seed, "baseline" if entry.role == "baseline" else entry.label)
         other = by_key.get(key)
         if other is not None and other.model_hash != entry.model_hash:

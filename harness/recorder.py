@@ -45,7 +45,7 @@ from robench.run_files import (
     is_model_name,
     output_names,
 )
-from robench.shipped import ModelFile, write_model_file
+from robench.shipped import ModelFile, merge_model_files, write_model_file
 from robench.tasks import ModelFacts, Target, seed_tag, serial_order
 
 
@@ -311,6 +311,8 @@ class RunRecorder:
         """Ship a model (a baseline or a cacheable defended model) into the results folder,
         unless robench's file of it is already there; None: nothing to ship."""
         if file is not None:
+            known = self.models.get(file.name)  # the same model under another label
+            file = file if known is None else merge_model_files(known, file)
             self.models[file.name] = file
             if self.writing:  # else with the run's first write (``begin_writing``)
                 write_model_file(self.folder, file)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from robench.errors import Interrupted
 from robench.estimate import suite_work
 from robench.executors import Executor, SerialExecutor, check_options, open_executor
 from robench.finalize import finalize
+from robench.fresh_clone import check_complete, complete_run
 from robench.memory import peak_rss_text, release_freed_memory
 from robench.model_records import model_records
 from robench.models_from import ModelSource, open_source
@@ -158,9 +161,31 @@ class Runner:
         return board
 
 
-def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, pd.DataFrame]:
-    """Load, resolve and run a suite file. Returns the results folder and the leaderboard."""
-    opts = opts or RunOptions()
+@dataclass(frozen=True)
+class Started:
+    """A run resolved and checked, nothing written yet: its plan, data, folder, model source."""
+
+    plan: Plan
+    data: RunData
+    out_dir: Path
+    source: ModelSource | None
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How ``robench run`` ended: the folder, the leaderboard of the run (None when nothing
+    was run because the folder holds a complete run of the suite: ``robench.fresh_clone``)
+    and then the one line said and the exit code."""
+
+    out_dir: Path
+    board: pd.DataFrame | None
+    line: str | None = None
+    code: int = 0
+
+
+def start_run(path: str | Path, opts: RunOptions) -> Started:
+    """Load and resolve a suite, its data and its model source; every user mistake found
+    before anything is written."""
     check_options(opts.executor, opts.jobs, opts.address)
     plan, dataset, out_dir = prepare(path, opts, keep_loaded=False)
     source = (open_source(opts.models_from, plan, dataset.num_classes)
@@ -168,6 +193,13 @@ def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, p
     data = RunData.of(plan, dataset)
     del dataset  # the run keeps only its splits (RunData)
     release_freed_memory()
+    return Started(plan, data, out_dir, source)
+
+
+def run_started(started: Started, opts: RunOptions, path: str | Path
+                ) -> tuple[Path, pd.DataFrame]:
+    """Run a started suite into its folder. Returns the folder and the leaderboard."""
+    plan, out_dir = started.plan, started.out_dir
     check_out_dir(out_dir)  # before a Ray cluster takes seconds to start (checked again below)
     device_where = "--device" if opts.device else f"{path}: device"
     runner: Runner | None = None
@@ -177,8 +209,8 @@ def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, p
                 OutputFolder.open(out_dir) as folder:
             folder.refuse_foreign(output_names(folder.path))
             runner = Runner(plan, folder, opts, device=device, executor=executor,
-                            models_from=source)
-            board = runner.run(data)
+                            models_from=started.source)
+            board = runner.run(started.data)
     except KeyboardInterrupt:
         if runner is None:
             raise Interrupted(f"interrupted before the run wrote anything in {out_dir}") \
@@ -187,6 +219,28 @@ def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, p
     return out_dir, board
 
 
+def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, pd.DataFrame]:
+    """Load, resolve and run a suite file. Returns the results folder and the leaderboard."""
+    opts = opts or RunOptions()
+    return run_started(start_run(path, opts), opts, path)
+
+
+def run_or_check(path: str | Path, opts: RunOptions,
+                 echo: Callable[[str], None] = print) -> RunEnd:
+    """``robench run``: when the results folder already holds a complete run of this suite,
+    check it reading only and compute nothing (``robench.fresh_clone``; not with ``--force``,
+    which recomputes in place, nor ``--models-from``, which names other models); else run."""
+    started = start_run(path, opts)
+    if not opts.force and opts.models_from is None \
+            and complete_run(started.plan, started.data, started.out_dir):
+        checked = check_complete(started.plan, started.out_dir, str(started.out_dir),
+                                 str(path), echo)
+        return RunEnd(started.out_dir, None, checked.line, checked.code)
+    out_dir, board = run_started(started, opts, path)
+    return RunEnd(out_dir, board)
+
+
 # the options and inputs of a run, where ``robench run``'s callers have always imported them
-__all__ = ["RunData", "RunOptions", "Runner", "apply_overrides", "git_state", "parse_seed_list",
-           "prepare", "resolve_device", "run_suite", "versions"]
+__all__ = ["RunData", "RunEnd", "RunOptions", "Runner", "Started", "apply_overrides",
+           "git_state", "parse_seed_list", "prepare", "resolve_device", "run_or_check",
+           "run_started", "run_suite", "start_run", "versions"]

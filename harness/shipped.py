@@ -37,7 +37,18 @@ CPU copy, names as in the state dict), with string metadata (``__metadata__``):
 ``cache_key``      the plan's model-cache key (``BaselineSpec``/``DefenseSpec.cache_key``)
 ``seconds``        what defending took (the rows' ``defense_seconds``); empty for the baseline
 ``metrics``        the defense's metric rows as JSON (defense_metrics.csv); ``[]`` if none
+``also``           optional: the other labels the same file serves (below)
 =================  ======================================================================
+
+**One file, several labels.** Two models with the same weights and classes have the same
+``model_hash``, so the same file name: a cacheable defense that leaves the baseline as it is
+(``adversarial_training`` with 0 epochs) or two defenses that train to the same weights. The
+recorder then writes one file (``merge_model_files``) whose metadata names one of them (the
+baseline first, then by seed and label) and lists the others in ``also``: a JSON list of
+objects with that label's ``seed``, ``role``, ``label``, ``defense``, ``defense_params``,
+``cache_key``, ``seconds`` and ``metrics`` (``SERVING_KEYS``, strings as above).
+``ShippedModel.served()`` gives one entry per label, which is how ``--models-from`` and
+``robench verify`` find every label's model.
 
 Loading one yourself: ``safetensors.torch.load_file(path)`` gives the state dict;
 ``robench.models.create_model(meta["model"], int(meta["num_classes"]))`` the architecture
@@ -84,6 +95,9 @@ ROLES = ("baseline", "defense")
 METADATA_KEYS = ("format", "dataset", "model", "num_classes", "seed", "role", "label",
                  "defense", "weights_hash", "model_hash", "robench_version", "defense_params",
                  "data_hash", "cache_key", "seconds", "metrics")
+#: what each label a file serves has of its own (``also``)
+SERVING_KEYS = ("seed", "role", "label", "defense", "defense_params", "cache_key", "seconds",
+                "metrics")
 #: a shipped file larger than this is refused unread (a results folder stays <= 30 MB)
 MAX_FILE_BYTES = 256 * 2**20
 _HASH = re.compile(r"[0-9a-f]{16}")
@@ -155,6 +169,14 @@ class ShippedModel:
     def metrics(self) -> list[dict[str, Any]]:
         return list(json.loads(self.metadata["metrics"]))
 
+    def served(self) -> list[ShippedModel]:
+        """One entry per label this file serves: itself, then each of ``also``."""
+        base = {k: v for k, v in self.metadata.items() if k != "also"}
+        others = json.loads(self.metadata.get("also", "[]"))
+        return [ShippedModel(self.name, self.path, self.data, base)] + [
+            ShippedModel(self.name, self.path, self.data, {**base, **other})
+            for other in others]
+
 
 def model_file(model: nn.Module, *, dataset: str, model_name: str, num_classes: int, seed: int,
                role: str, label: str, defense: str = "", defense_params: str = "",
@@ -184,6 +206,33 @@ def model_file(model: nn.Module, *, dataset: str, model_name: str, num_classes: 
     return ModelFile(model_file_name(digest), _sorted_header(save(state, metadata)))
 
 
+def merge_model_files(a: ModelFile, b: ModelFile) -> ModelFile:
+    """The one file of a model that serves the labels of both ``a`` and ``b`` (files of the
+    same model: the same name); the same bytes in whichever order the labels come."""
+    from safetensors.torch import load, save
+
+    if a.name != b.name:
+        raise ValueError(f"not the same model: {a.name}, {b.name}")
+    meta = read_metadata(a.data, a.name, a.name)
+    servings = {(s["seed"], s["label"]): s for file in (a, b)
+                for s in (_serving(e.metadata) for e in _entry(file).served())}
+    first, *rest = sorted(servings.values(), key=lambda s: (s["role"] != "baseline",
+                                                            int(s["seed"]), s["label"]))
+    metadata = {k: v for k, v in meta.items() if k != "also"} | first
+    if rest:
+        metadata["also"] = json.dumps(rest, sort_keys=True)
+    return ModelFile(a.name, _sorted_header(save(load(a.data), metadata)))
+
+
+def _entry(file: ModelFile) -> ShippedModel:
+    return ShippedModel(file.name, Path(file.name), file.data,
+                        read_metadata(file.data, file.name, file.name))
+
+
+def _serving(metadata: dict[str, str]) -> dict[str, str]:
+    return {key: metadata[key] for key in SERVING_KEYS}
+
+
 def _sorted_header(data: bytes) -> bytes:
     """``data`` (safetensors bytes) with its JSON header's keys sorted: safetensors writes the
     metadata in hash-map order, so the same model would give other bytes (another sha256 in
@@ -198,8 +247,8 @@ def _sorted_header(data: bytes) -> bytes:
 
 def write_model_file(out: OutputFolder, file: ModelFile) -> str:
     """Put ``file`` into ``out`` (atomically, recorded in its manifest) unless robench's file
-    of the same model is already there; returns its name."""
-    if not out.owns(file.name):
+    of the same model, serving the same labels, is already there; returns its name."""
+    if not out.owns(file.name) or (out.path / file.name).read_bytes() != file.data:
         out.write_bytes(file.name, file.data)
     return file.name
 
@@ -266,7 +315,29 @@ def read_metadata(data: bytes, name: str, where: str) -> dict[str, str]:
     if match is None or match.group(1) != meta["model_hash"]:
         raise UserError(f"its name does not match its metadata's model_hash "
                         f"{meta['model_hash']}", where=where)
-    return {key: meta[key] for key in METADATA_KEYS}
+    if "also" in meta:
+        bad = _bad_also(meta)
+        if bad:
+            raise UserError(f"metadata: also: {bad}", where=where)
+    return {key: meta[key] for key in METADATA_KEYS + (("also",) if "also" in meta else ())}
+
+
+def _bad_also(meta: dict[str, Any]) -> str | None:
+    """What is wrong with the ``also`` list of a valid metadata dict (None: nothing)."""
+    try:
+        others = loads(meta["also"]) if isinstance(meta["also"], str) else None
+    except ValueError:
+        others = None
+    if not isinstance(others, list):
+        return "not a JSON list"
+    for other in others:
+        if not (isinstance(other, dict) and set(other) == set(SERVING_KEYS)
+                and all(isinstance(v, str) for v in other.values())):
+            return f"each entry has exactly the string keys {', '.join(SERVING_KEYS)}"
+        bad = _bad_metadata({**meta, **other})
+        if bad:
+            return bad
+    return None
 
 
 def _bad_metadata(meta: dict[str, str]) -> str | None:
@@ -316,6 +387,6 @@ def load_shipped(entry: ShippedModel, skeleton: nn.Module) -> nn.Module:
     return skeleton.eval()
 
 
-__all__ = ["FORMAT", "MAX_FILE_BYTES", "METADATA_KEYS", "ModelFile", "ShippedModel",
-           "load_shipped", "model_file", "read_metadata", "ship_model", "shipped_models",
-           "write_model_file"]
+__all__ = ["FORMAT", "MAX_FILE_BYTES", "METADATA_KEYS", "SERVING_KEYS", "ModelFile",
+           "ShippedModel", "load_shipped", "merge_model_files", "model_file", "read_metadata",
+           "ship_model", "shipped_models", "write_model_file"]
