@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from robench.rundata import (
     prepare,
     resolve_device,
 )
+from robench.shipped import size_warning
 from robench.tasks import RunContext
 
 
@@ -158,6 +160,9 @@ class Runner:
                       f"(checks and report follow); results in {self.out_dir}")
         board = finalize(self.out_dir, self.folder, reporter=reporter)
         self.finished = True
+        too_large = size_warning(self.out_dir)
+        if too_large:
+            warnings.warn(too_large, UserWarning, stacklevel=1)
         return board
 
 

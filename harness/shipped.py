@@ -100,6 +100,9 @@ SERVING_KEYS = ("seed", "role", "label", "defense", "defense_params", "cache_key
                 "metrics")
 #: a shipped file larger than this is refused unread (a results folder stays <= 30 MB)
 MAX_FILE_BYTES = 256 * 2**20
+#: the shipped models of one results folder, in all, above which a run warns
+#: (``size_warning``): a committed results folder stays <= 30 MB
+FOLDER_MODEL_BYTES = 30 * 10**6
 _HASH = re.compile(r"[0-9a-f]{16}")
 
 
@@ -259,6 +262,21 @@ def ship_model(out: OutputFolder, model: nn.Module, **metadata: Any) -> str:
     return write_model_file(out, model_file(model, **metadata))
 
 
+def size_warning(folder: Path, limit: int = FOLDER_MODEL_BYTES) -> str | None:
+    """A warning naming the total size of the folder's shipped model files when it is above
+    ``limit`` (None: within). A warning, not a refusal: the limit keeps a committed results
+    folder small for git, it says nothing about the results, and the models are already
+    computed when it is known (refusing would throw the run away, and a folder without its
+    models cannot be verified)."""
+    total = sum(p.stat().st_size for p in folder.iterdir()
+                if is_model_name(p.name) and p.is_file() and not p.is_symlink())
+    if total <= limit:
+        return None
+    return (f"the shipped models in {folder} take {total / 1e6:.1f} MB in all, more than the "
+            f"{limit / 1e6:.0f} MB a committed results folder may hold; keep it out of git or "
+            "ship fewer models (fewer seeds or cacheable defenses)")
+
+
 # -- reading -----------------------------------------------------------------------------------
 def shipped_models(files: RunFiles) -> list[ShippedModel]:
     """Every shipped model of the folder of ``files`` (by file name), read verified and with
@@ -387,6 +405,6 @@ def load_shipped(entry: ShippedModel, skeleton: nn.Module) -> nn.Module:
     return skeleton.eval()
 
 
-__all__ = ["FORMAT", "MAX_FILE_BYTES", "METADATA_KEYS", "SERVING_KEYS", "ModelFile",
-           "ShippedModel", "load_shipped", "merge_model_files", "model_file", "read_metadata",
-           "ship_model", "shipped_models", "write_model_file"]
+__all__ = ["FOLDER_MODEL_BYTES", "FORMAT", "MAX_FILE_BYTES", "METADATA_KEYS", "SERVING_KEYS",
+           "ModelFile", "ShippedModel", "load_shipped", "merge_model_files", "model_file",
+           "read_metadata", "ship_model", "shipped_models", "size_warning", "write_model_file"]

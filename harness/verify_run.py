@@ -173,8 +173,9 @@ def load_data(plan: Plan, rows: pd.DataFrame, folder: Path) -> RunData:
 def _source(folder: Path, plan: Plan, num_classes: int) -> ModelSource:
     try:
         return open_source(folder, plan, num_classes)
-    except UserError as err:
-        raise UserError(err.message, where=str(folder)) from None
+    except UserError as err:  # the file it names, else the folder (not --models-from)
+        inside = err.where is not None and err.where.startswith(str(folder) + os.sep)
+        raise UserError(err.message, where=err.where if inside else str(folder)) from None
 
 
 def machine_note(run: dict[str, Any], device: torch.device) -> str | None:
