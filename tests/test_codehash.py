@@ -24,11 +24,13 @@ def test_editing_a_plugin_recomputes_its_model_and_cells_only(tmp_path, plugin_e
     assert "defense tmp_defense took" in first
     stamps = pd.read_csv(out / "results.csv").set_index(["defense", "attack", "eps"])
 
-    # a warm re-run reuses everything: the 8/255 eps reads back equal from results.csv
-    again = run_logged(robench_subprocess, suite, out, plugin_env)
-    assert "[tmp_defense] defended model loaded from cache" in again
-    assert again.count("already in results.csv, skipped") == 6
-    assert "robust accuracy {" not in again  # no cell computed
+    # a warm re-run finds the complete run (the 8/255 eps reads back equal from results.csv)
+    # and only verifies it: nothing computed, nothing written (robench.fresh_clone)
+    log = (out / "run.log").read_bytes()
+    again = robench_subprocess("run", str(suite), "--out", str(out), "--quiet", env=plugin_env)
+    assert again.returncode == 0, again.stderr
+    assert "holds a complete run of this suite: verified: " in again.stdout, again.stdout
+    assert (out / "run.log").read_bytes() == log
 
     # editing only a comment of the plugin's file changes its code hash: the defense is
     # recomputed; its weights come out bit-identical, so its cells are still valid and kept
