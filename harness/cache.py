@@ -45,6 +45,7 @@ import torch
 from platformdirs import user_cache_dir
 from torch import nn
 
+from robench.engine import model_memory_format
 from robench.errors import UserError
 from robench.outdir.files import read_regular
 
@@ -274,7 +275,7 @@ def trained_with(model: nn.Module) -> dict[str, Any]:
     param = next(model.parameters(), None)
     return {"device": param.device.type if param is not None else "cpu",
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "arch": platform.machine()}
+            "arch": platform.machine(), "memory_format": model_memory_format(model)}
 
 
 def provenance_text(meta: dict[str, Any]) -> str:
@@ -288,8 +289,9 @@ def provenance_text(meta: dict[str, Any]) -> str:
         text = "".join(c if c.isprintable() else "?" for c in str(how.get(key)))
         return text[:40]
 
+    layout = f", {shown('memory_format')} weights" if "memory_format" in how else ""
     return (f"trained on {shown('device')} ({shown('arch')}), {shown('torch_threads')} torch "
-            f"threads, torch {shown('torch')}")
+            f"threads, torch {shown('torch')}{layout}")
 
 
 def _is_key(stem: str) -> bool:

@@ -44,6 +44,7 @@ from robench.config import (
 )
 from robench.data import DATASETS
 from robench.defenses import DEFENSES, Defense, DefenseParams
+from robench.engine import Engine, policy_text
 from robench.eps import eps_text
 from robench.errors import UserError
 from robench.evaluation import evaluate_attack
@@ -195,11 +196,13 @@ def _baseline(suite: Suite, source: str, seed: int) -> BaselineSpec:
         extra["weights_sha256"] = weights.sha256
     if suite.model.logits is not None:
         extra["logits"] = suite.model.logits
-    code = code_hash(model_cls, train, DATASETS.get(suite.data.dataset),
+    # the engine (how models compute: ``robench.engine``) changes weights in their last bits:
+    # its code and its per-device choice join the key (every defense's key holds this one)
+    code = code_hash(model_cls, train, DATASETS.get(suite.data.dataset), Engine,
                      *([WeightsFile] if weights is not None else []))
     key = cache_key(kind="baseline", dataset=suite.data.dataset, model=suite.model.name,
                     train=suite.train.model_dump(), seed=derive_seed(seed),
-                    code=code, robench=robench.__version__,
+                    code=code, robench=robench.__version__, engine=policy_text(),
                     validation=[suite.data.validation_size, suite.data.split_seed], **extra)
     return BaselineSpec(suite.data.dataset, suite.model.name, model_cls, suite.train,
                         derive_seed(seed), code, key, weights, suite.model.logits, source)
@@ -278,13 +281,14 @@ def _attacks(suite: Suite, source: str, seed: int,
             raise UserError(f"the label of an {norm.upper()} attack must name its norm (contain "
                             f"{norm!r}), so its columns cannot pass for L-inf ones",
                             where=f"{source}: attacks[{i}].label")
-        # the attack, the evaluation loop, the seed derivation and the libraries that may
-        # compute the examples: any change makes its cells new cells
-        code = code_hash(plugin, evaluate_attack, derive_seed, *plugin.code_dependencies(params))
+        # the attack, the evaluation loop, the seed derivation, the engine and the libraries
+        # that may compute the examples: any change makes its cells new cells
+        code = code_hash(plugin, evaluate_attack, derive_seed, Engine,
+                         *plugin.code_dependencies(params))
         crafted_on = _source_defense(plugin, params, defenses, f"{source}: attacks[{i}]")
         # a transfer cell also changes with its source model (the source defense's key)
         extra = {"source": crafted_on.cache_key} if crafted_on is not None else {}
-        code = cache_key(code=code, libs=libraries, **extra).hex
+        code = cache_key(code=code, libs=libraries, engine=policy_text(), **extra).hex
         specs.append(AttackSpec(label, entry.name, plugin, params, text, tuple(entry.eps),
                                 entry.limit, role,
                                 derive_seed(seed, "attack",

@@ -23,6 +23,7 @@ import torch
 import robench
 from robench.cache import ModelCache
 from robench.compare import reproduction_line
+from robench.engine import engine_for
 from robench.errors import Interrupted
 from robench.estimate import suite_work
 from robench.executors import Executor, SerialExecutor, check_options, open_executor
@@ -130,9 +131,11 @@ class Runner:
         splits = data.splits
         recorder = self.recorder = RunRecorder(plan, self.folder, reporter, data.fingerprint,
                                                force=self.opts.force)
+        engine = engine_for(self.device)
         recorder.start(len(splits[2]), {
             "versions": versions(), **git_state(), "device": str(self.device),
-            "threads": torch.get_num_threads(), **self.executor.run_record(),
+            "threads": torch.get_num_threads(), "engine": engine.record(),
+            **self.executor.run_record(),
             **({"models_from": str(self.models_from.folder)} if self.models_from else {})})
         reporter.start_overall(suite_work(plan, len(splits[0]), len(splits[1]),
                                           len(splits[2])).units, f"suite {plan.name}")
@@ -143,7 +146,8 @@ class Runner:
         ctx = RunContext(device=self.device, cache=self.cache, data_hash=data.fingerprint,
                          num_classes=data.dataset.num_classes, train_config=plan.suite.train,
                          reporter=reporter, dataset=plan.baseline.dataset,
-                         model_name=plan.baseline.model, models_from=self.models_from)
+                         model_name=plan.baseline.model, models_from=self.models_from,
+                         engine=engine)
         planned = self.executor.execute(plan, data, ctx, recorder)
         reporter.close_overall()
         recorder.finish(planned)

@@ -20,6 +20,7 @@ from robench.cache import ModelCache, provenance_text
 from robench.data import Split
 from robench.defenses import DefenseContext
 from robench.diagnostics import model_diagnostics
+from robench.engine import Engine, engine_for
 from robench.evaluation import AttackOutcome, evaluate_attack
 from robench.models import model_hash as fingerprint
 from robench.output_guard import guarded
@@ -50,6 +51,12 @@ class RunContext:
     model_name: str = ""
     #: ``--models-from``: the baseline and cacheable defended models loaded from there
     models_from: ModelSource | None = None
+    #: how the models compute (``robench.engine``); None: the device's default engine
+    engine: Engine | None = None
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """``model`` on the run's device, prepared by the run's engine (in place; returned)."""
+        return (self.engine or engine_for(self.device)).prepare_model(model.to(self.device))
 
 
 @dataclass
@@ -113,7 +120,7 @@ def train_baseline(spec: BaselineSpec, train_split: Split,
     weights depend on the seed only."""
     reporter = ctx.reporter
     torch.manual_seed(spec.seed)
-    model = spec.build(ctx.num_classes).to(ctx.device)
+    model = ctx.prepare(spec.build(ctx.num_classes))
     if ctx.models_from is not None:
         entry = ctx.models_from.baseline(spec.seed)
         load_shipped(entry, model)
@@ -177,7 +184,7 @@ def apply_defense(spec: DefenseSpec, baseline: nn.Module, train_split: Split,
     result = spec.build().apply(defense_ctx)
     seconds = time.perf_counter() - t0
     metrics = recorded_metrics(defense_ctx.metrics, result.metrics)
-    defended = result.model.to(ctx.device).eval()
+    defended = ctx.prepare(result.model).eval()
     for p in defended.parameters():
         p.grad = None
     reporter.info(f"[{spec.label}] defense {spec.name} took {seconds:.1f}s")
