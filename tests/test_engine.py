@@ -77,13 +77,13 @@ def test_bad_override_exits_2_and_writes_nothing(robench_cli, cli_env, tmp_path)
 def test_engine_joins_cache_keys_and_cell_code_hashes(monkeypatch, tmp_path):
     """A changed engine never reuses models or cells: the baseline's key (which every defense's
     key holds) and every attack's code hash change with it."""
-    from robench.plan import resolve
+    from robench.plan import load_plan
 
     (tmp_path / "s.yaml").write_text(SUITE)
     plans = {}
     for value in ("channels_last", "contiguous"):
         monkeypatch.setenv(ENGINE_ENV, value)
-        plans[value] = resolve(tmp_path / "s.yaml")
+        plans[value] = load_plan(tmp_path / "s.yaml")
     a, b = plans["channels_last"], plans["contiguous"]
     assert a.baseline.cache_key != b.baseline.cache_key
     assert a.defenses[0].cache_key != b.defenses[0].cache_key
