@@ -36,6 +36,7 @@ from robench.cache import ModelCache
 from robench.completeness import RUN_RECORD
 from robench.config import parse_suite
 from robench.data import load_dataset, resolve_data_root
+from robench.engine import FORMATS, Engine, MemoryFormat
 from robench.errors import UserError
 from robench.finalize import read_inputs
 from robench.idx_files import check_dataset_files
@@ -189,6 +190,18 @@ def machine_note(run: dict[str, Any], device: torch.device) -> str | None:
     return ", ".join(differs) or None
 
 
+def recorded_engine(run: dict[str, Any], device: torch.device) -> Engine:
+    """The engine the run computed with, as run.json records it, on ``device``: verify
+    re-attacks with the run's memory format, whatever this machine's default (a run recorded
+    before engines were recorded computed in the default ``contiguous`` layout)."""
+    recorded = run.get("engine")
+    fmt = recorded.get("memory_format") if isinstance(recorded, dict) else "contiguous"
+    if fmt not in FORMATS:
+        raise UserError(f"unknown memory format {fmt!r} recorded", where="run.json: engine")
+    memory_format: MemoryFormat = "channels_last" if fmt == "channels_last" else "contiguous"
+    return Engine(device.type, memory_format)
+
+
 @dataclass
 class SeedModels:
     """The models of one seed: by defense label, with the file each came from."""
@@ -256,13 +269,15 @@ def reattack_seed(plan: Plan, models: SeedModels, skip: set[str], data: RunData,
 
 
 def retrain_problems(plan: Plan, data: RunData, shipped: SeedModels, device: torch.device,
-                     reporter: Reporter) -> tuple[SeedModels, list[str]]:
+                     reporter: Reporter, engine: Engine | None = None
+                     ) -> tuple[SeedModels, list[str]]:
     """The baseline and cacheable defenses of one seed trained again (no cache, nothing
     written), and one line per model whose weights differ from the shipped one."""
     ctx = RunContext(device=device, cache=ModelCache(enabled=False),
                      data_hash=data.fingerprint, num_classes=data.dataset.num_classes,
                      train_config=plan.suite.train, reporter=reporter,
-                     dataset=plan.baseline.dataset, model_name=plan.baseline.model)
+                     dataset=plan.baseline.dataset, model_name=plan.baseline.model,
+                     engine=engine)
     again = seed_models(plan, data, ctx)
     pairs = [("baseline", again.baseline, shipped.baseline, "the shipped baseline")]
     pairs += [(spec.label, again.models[spec.label], shipped.models[spec.label],
@@ -314,13 +329,14 @@ def verify(path: str | Path, opts: VerifyOptions,
         echo(f"note: --sample {opts.sample} is more than the images of the cells of "
              f"{', '.join(fewer)}: theirs are all re-attacked")
     reporter = Reporter(quiet=True)
+    engine = recorded_engine(run, device)
     for seed in plan.seeds:
         seeded = plan.for_seed(seed)
         ctx = RunContext(device=device, cache=ModelCache(enabled=False),
                          data_hash=data.fingerprint, num_classes=data.dataset.num_classes,
                          train_config=plan.suite.train, reporter=reporter,
                          dataset=plan.baseline.dataset, model_name=plan.baseline.model,
-                         models_from=source)
+                         models_from=source, engine=engine)
         models = seed_models(seeded, data, ctx)
         bad_models = model_problems(seeded, models, results)
         for line in bad_models.values():
@@ -334,7 +350,7 @@ def verify(path: str | Path, opts: VerifyOptions,
                 problem(difference_line(check))
         verdict.checks += checks
         if opts.retrain:
-            again, differ = retrain_problems(seeded, data, models, device, reporter)
+            again, differ = retrain_problems(seeded, data, models, device, reporter, engine)
             verdict.retrained += 1 + sum(d.plugin.cacheable for d in seeded.defenses)
             for line in differ:
                 problem(line)

@@ -169,3 +169,19 @@ def test_defense_trained_under_each_engine_agrees(trained_lenet, mnist):
         equal += int((a == b).sum())
         total += N_IMAGES
     assert equal / total >= DEFENDED_AGREEMENT
+
+
+def test_verify_recomputes_with_the_engine_the_run_recorded():
+    """verify re-attacks in the memory format run.json records (a run recorded before engines
+    were recorded computed contiguous), whatever this machine's default or override."""
+    from robench.verify_run import recorded_engine
+
+    cpu = torch.device("cpu")
+    assert recorded_engine({}, cpu).memory_format == "contiguous"
+    assert recorded_engine({"engine": None}, cpu).memory_format == "contiguous"
+    run = {"engine": {"device_type": "cpu", "memory_format": "channels_last"}}
+    assert recorded_engine(run, cpu).memory_format == "channels_last"
+    run = {"engine": {"device_type": "cpu", "memory_format": "contiguous"}}
+    assert recorded_engine(run, cpu) == Engine("cpu", "contiguous")
+    with pytest.raises(UserError, match="memory format"):
+        recorded_engine({"engine": {"memory_format": "nhwc"}}, cpu)
