@@ -10,6 +10,7 @@ from robench.attacks import (  # noqa: F401  (registers the built-ins)
     ibp,
     pgd,
     rfgsm,
+    smoothing,
     square,
     transfer,
 )

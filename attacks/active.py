@@ -37,9 +37,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from robench.attacks.base import input_gradient
+from robench.attacks.base import input_gradient, logits_and_gradient
 
 #: a wrong class must beat the true class by more than this many logits to stop an image
 STOP_MARGIN = 1e-3
@@ -58,19 +57,21 @@ def fooled_by_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def attack_until_fooled(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                         start: torch.Tensor, steps: int, step: Step,
                         active: torch.Tensor | None = None,
-                        surrogate: nn.Module | None = None) -> torch.Tensor:
+                        surrogate: nn.Module | None = None,
+                        samples: int = 1) -> torch.Tensor:
     """``steps`` iterations of ``step`` from ``start``, each image stopping at its first
     fooling iterate; images the model gets wrong on ``x`` (or outside ``active``) keep ``x``.
     With ``surrogate`` (BPDA: ``robench.attacks.bpda``) the gradients are the surrogate's while
     every prediction (the stop test, the final check) is still ``model``'s.
 
-    Returns the iterates (the first fooling one, else the last)."""
+    Returns the iterates (the first fooling one, else the last). ``samples`` > 1: every
+    gradient (and the logits read with it) is the mean over that many passes (EOT)."""
     with torch.no_grad():
         clean, again = model(x), model(x)
     if not torch.equal(clean, again):  # randomized: the plain loop on every image
         x_adv = start.clone()
         for _ in range(steps):
-            x_adv = step(x_adv, _logits_and_gradient(model, x_adv, y, surrogate)[1], x)
+            x_adv = step(x_adv, _logits_and_gradient(model, x_adv, y, surrogate, samples)[1], x)
         return x_adv
     active = clean.argmax(1) == y if active is None else active & (clean.argmax(1) == y)
     x_adv = torch.where(active.view(-1, *([1] * (x.dim() - 1))), start, x)
@@ -78,7 +79,7 @@ def attack_until_fooled(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     forced = torch.zeros_like(active)              # resumed: takes its next step regardless
     running = left > 0
     while running.any():
-        _iterate(model, x, y, x_adv, step, left, running, forced, surrogate)
+        _iterate(model, x, y, x_adv, step, left, running, forced, surrogate, samples)
         stopped = left > 0
         if not stopped.any():
             break
@@ -90,13 +91,14 @@ def attack_until_fooled(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def _iterate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
              step: Step, left: torch.Tensor, running: torch.Tensor,
-             forced: torch.Tensor, surrogate: nn.Module | None = None) -> None:
+             forced: torch.Tensor, surrogate: nn.Module | None = None,
+             samples: int = 1) -> None:
     """Step the ``running`` images (in place) until each is fooled or out of steps."""
     while True:
         rows = (running & (left > 0)).nonzero().squeeze(1)
         if not rows.numel():
             return
-        logits, grad = _logits_and_gradient(model, x_adv[rows], y[rows], surrogate)
+        logits, grad = _logits_and_gradient(model, x_adv[rows], y[rows], surrogate, samples)
         fooled = fooled_by_margin(logits, y[rows]) & ~forced[rows]
         moving = rows[~fooled]
         x_adv[moving] = step(x_adv[moving], grad[~fooled], x[moving])
@@ -106,22 +108,16 @@ def _iterate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Te
 
 
 def _logits_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                         surrogate: nn.Module | None = None
+                         surrogate: nn.Module | None = None, samples: int = 1
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and the gradient of the summed cross-entropy w.r.t. the input (one forward and
-    one backward; parameters' ``.grad`` untouched), as ``robench.attacks.base.input_gradient``.
-    With ``surrogate``: ``model``'s logits (one more forward, no gradient) and the surrogate's
-    gradient."""
+    """``robench.attacks.base.logits_and_gradient`` of ``model`` (EOT over ``samples`` passes).
+    With ``surrogate`` (BPDA): ``model``'s logits (one more forward, no gradient) and the
+    surrogate's gradient (EOT over ``samples`` passes)."""
     if surrogate is not None:
         with torch.no_grad():
             logits = model(x)
-        return logits, input_gradient(surrogate, x, y)
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = model(x)
-        (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x,
-                                      only_inputs=True)
-    return logits.detach(), grad
+        return logits, input_gradient(surrogate, x, y, samples)
+    return logits_and_gradient(model, x, y, samples)
 
 
 __all__ = ["STOP_MARGIN", "attack_until_fooled", "fooled_by_margin"]

@@ -52,6 +52,12 @@ Where and why this deviates from the reference:
 - Success is checked on the example after projection onto the eps-ball and [0, 1] (the
   components already stay inside both), so what is kept is what the harness scores.
 
+``eot_samples`` k > 1 (EOT, for randomized defenses; version standard only): APGD-CE and
+APGD-T get torchattacks' ``eot_iter=k`` (each iteration's gradient averaged over k passes, as
+the reference's ``version='rand'`` does with ``eot_iter=20``); FAB-T (torchattacks has no EOT
+for it) and Square (gradient-free) run unchanged. Unlike the other gradient attacks, this
+averaging is torchattacks' own, not ``robench.attacks.base.input_gradient``.
+
 ``version: fast`` is NOT the standard version: it is ``torchattacks.AutoAttack(version=
 'standard')`` unchanged, with the same four components at torchattacks' defaults (10 iterations
 for APGD-CE, APGD-T and FAB-T; Square with 5000 queries and the rescaled ``p`` schedule). It is
@@ -65,12 +71,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
+from pydantic import model_validator
 
 from robench.attacks.base import (
     ATTACKS,
     TORCHATTACKS_NORM,
     Attack,
-    AttackParams,
+    EOTParams,
     Norm,
     own_rng,
     project,
@@ -103,9 +110,16 @@ class Component(NamedTuple):
     attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class AutoAttackParams(AttackParams):
+class AutoAttackParams(EOTParams):
     version: Literal["standard", "fast"] = "standard"
     norm: Norm = "linf"
+
+    @model_validator(mode="after")
+    def _eot_in_standard(self) -> AutoAttackParams:
+        if self.eot_samples > 1 and self.version != "standard":
+            raise ValueError("eot_samples > 1 needs version standard (torchattacks' "
+                             "AutoAttack, version fast, has no EOT)")
+        return self
 
 
 @ATTACKS.register("autoattack")
@@ -122,7 +136,7 @@ class AutoAttack(Attack):
 
     Params = AutoAttackParams
     family = "ensemble"
-    label_params = ("version", "norm")
+    label_params = ("version", "norm", "eot_samples")
 
     @classmethod
     def budget(cls, params: AutoAttackParams) -> int:
@@ -134,7 +148,9 @@ class AutoAttack(Attack):
     def work_per_image(cls, params: AutoAttackParams, eps: float) -> Work:
         # APGD-CE, APGD-T and FAB-T per target: input gradients; Square: forward queries
         steps = STANDARD_ITERATIONS if params.version == "standard" else FAST_ITERATIONS
-        return Work(grad=steps * (1 + 2 * STANDARD_TARGETS), forward=STANDARD_QUERIES)
+        eot = params.eot_samples
+        return Work(grad=steps * ((1 + STANDARD_TARGETS) * eot + STANDARD_TARGETS),
+                    forward=STANDARD_QUERIES)
 
     @classmethod
     def reduced_variant(cls, params: AutoAttackParams) -> str | None:
@@ -156,11 +172,11 @@ class AutoAttack(Attack):
                   "n_restarts": 1}
         return [
             Component("apgd-ce", torchattacks.APGD(
-                self.model, steps=STANDARD_ITERATIONS, loss="ce", eot_iter=1, rho=0.75,
-                **common)),
-            Component("apgd-t", torchattacks.APGDT(
-                self.model, steps=STANDARD_ITERATIONS, n_classes=targets + 1, eot_iter=1,
+                self.model, steps=STANDARD_ITERATIONS, loss="ce", eot_iter=self.eot_samples,
                 rho=0.75, **common)),
+            Component("apgd-t", torchattacks.APGDT(
+                self.model, steps=STANDARD_ITERATIONS, n_classes=targets + 1,
+                eot_iter=self.eot_samples, rho=0.75, **common)),
             Component("fab-t", torchattacks.FAB(
                 self.model, steps=STANDARD_ITERATIONS, multi_targeted=True,
                 n_classes=targets + 1, alpha_max=0.1, eta=1.05, beta=0.9, **common)),

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 from torch import nn
 from torch.nn import functional as F
 
@@ -48,14 +48,49 @@ class AttackParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
-def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Gradient of the summed cross-entropy w.r.t. the input only (parameters' ``.grad``
-    untouched)."""
+class EOTParams(AttackParams):
+    """Base of a gradient attack's params: ``eot_samples`` (EOT, Athalye, Engstrom, Ilyas,
+    Kwok, ICML 2018, arXiv 1707.07397; Athalye, Carlini, Wagner 2018, section 4.3): every input
+    gradient is the mean of ``eot_samples`` gradients from as many forward passes, the
+    expectation over a randomized defense's randomness. 1 (the default) is the plain gradient,
+    and is left out of the canonical params, so params without EOT are recorded as before."""
+
+    eot_samples: int = Field(1, ge=1)
+
+    @model_serializer(mode="wrap")
+    def _omit_default_eot(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("eot_samples") == 1:
+            data.pop("eot_samples")
+        return data
+
+
+def logits_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and the gradient of the summed cross-entropy w.r.t. the input (one forward and
+    one backward; parameters' ``.grad`` untouched). With ``samples`` k > 1 (EOT) both are the
+    means over k forward/backward passes; k = 1 is one pass, unchanged arithmetic."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        value = F.cross_entropy(model(x), y, reduction="sum")
-        (grad,) = torch.autograd.grad(value, x, only_inputs=True)
-    return grad
+        logits = model(x)
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x,
+                                      only_inputs=True)
+        if samples == 1:
+            return logits.detach(), grad
+        logits = logits.detach()
+        for _ in range(samples - 1):
+            more = model(x)
+            (g,) = torch.autograd.grad(F.cross_entropy(more, y, reduction="sum"), x,
+                                       only_inputs=True)
+            logits, grad = logits + more.detach(), grad + g
+    return logits / samples, grad / samples
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   samples: int = 1) -> torch.Tensor:
+    """Gradient of the summed cross-entropy w.r.t. the input only (parameters' ``.grad``
+    untouched); with ``samples`` k > 1 the mean of k gradients (EOT)."""
+    return logits_and_gradient(model, x, y, samples)[1]
 
 
 @contextlib.contextmanager
@@ -153,7 +188,7 @@ class Attack:
             return Work(forward=cls.budget(params))
         if cls.family == "verifier":
             return Work(forward=2)
-        return Work(grad=cls.budget(params))
+        return Work(grad=cls.budget(params) * getattr(params, "eot_samples", 1))
 
     @classmethod
     def backend(cls, params: Any) -> str:
@@ -168,6 +203,17 @@ class Attack:
     @property
     def norm(self) -> Norm:
         return self.norm_of(self.params)
+
+    @property
+    def eot_samples(self) -> int:
+        """Forward passes each input gradient averages (EOT); 1 without an ``eot_samples``
+        param."""
+        return int(getattr(self.params, "eot_samples", 1))
+
+    def input_gradient(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The input gradient every gradient attack steps along: of the summed cross-entropy
+        of the attacked model, averaged over ``eot_samples`` forward passes (EOT)."""
+        return input_gradient(self.model, x, y, self.eot_samples)
 
     @classmethod
     def reduced_variant(cls, params: Any) -> str | None:
@@ -280,5 +326,6 @@ class Attack:
 ATTACKS: Registry[type[Attack]] = Registry("attack", entry_point_group="robench.attacks",
                                            base=Attack)
 
-__all__ = ["ATTACKS", "DEFAULT_NORM", "TORCHATTACKS_NORM", "Attack", "AttackParams", "Family",
-           "Norm", "eval_mode", "input_gradient", "l2_normalize", "l2_norms", "own_rng", "project"]
+__all__ = ["ATTACKS", "DEFAULT_NORM", "TORCHATTACKS_NORM", "Attack", "AttackParams", "EOTParams",
+           "Family", "Norm", "eval_mode", "input_gradient", "l2_normalize", "l2_norms",
+           "logits_and_gradient", "own_rng", "project"]

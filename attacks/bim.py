@@ -33,11 +33,11 @@ import torch
 from pydantic import Field
 
 from robench.attacks.active import attack_until_fooled
-from robench.attacks.base import ATTACKS, Attack, AttackParams, input_gradient, project
+from robench.attacks.base import ATTACKS, Attack, EOTParams, project
 from robench.work import Work
 
 
-class BIMParams(AttackParams):
+class BIMParams(EOTParams):
     steps: int | None = Field(None, ge=1)
     alpha: float = Field(1 / 255, gt=0, le=1)
     early_stop: bool = True     # active set: stop each image at its first fooling iterate
@@ -55,6 +55,7 @@ class BIM(Attack):
 
     Params = BIMParams
     family = "iterative"
+    label_params = ("eot_samples",)
 
     @classmethod
     def budget(cls, params: BIMParams) -> int:
@@ -65,7 +66,8 @@ class BIM(Attack):
     @classmethod
     def work_per_image(cls, params: BIMParams, eps: float) -> Work:
         # the steps it takes at this eps (the budget above is the count at eps 1)
-        return Work(grad=params.steps if params.steps is not None else paper_steps(eps))
+        steps = params.steps if params.steps is not None else paper_steps(eps)
+        return Work(grad=steps * params.eot_samples)
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         p = self.params
@@ -75,10 +77,11 @@ class BIM(Attack):
             return project(x_adv + p.alpha * grad.sign(), x, eps)
 
         if p.early_stop:
-            return attack_until_fooled(self.model, x, y, x.clone(), steps, step)
+            return attack_until_fooled(self.model, x, y, x.clone(), steps, step,
+                                       samples=self.eot_samples)
         x_adv = x.clone()
         for _ in range(steps):
-            x_adv = step(x_adv, input_gradient(self.model, x_adv, y), x)
+            x_adv = step(x_adv, self.input_gradient(x_adv, y), x)
         return x_adv
 
 

@@ -21,16 +21,15 @@ from robench.attacks.backends import run_backend
 from robench.attacks.base import (
     ATTACKS,
     Attack,
-    AttackParams,
+    EOTParams,
     Norm,
     eval_mode,
-    input_gradient,
     l2_normalize,
     project,
 )
 
 
-class FGSMParams(AttackParams):
+class FGSMParams(EOTParams):
     backend: Literal["native", "torchattacks", "art"] = "native"
     norm: Norm = "linf"
 
@@ -38,6 +37,8 @@ class FGSMParams(AttackParams):
     def _backend_has_norm(self) -> FGSMParams:
         if self.norm == "l2" and self.backend == "torchattacks":
             raise ValueError("torchattacks has no L2 FGSM (FGM): use backend native or art")
+        if self.eot_samples > 1 and self.backend != "native":
+            raise ValueError("eot_samples applies to the native backend only")
         return self
 
 
@@ -53,11 +54,11 @@ class FGSM(Attack):
     # torchattacks' FGSM gives bit-identical images; ART's differs in float details
     backend_tolerance = {"torchattacks": 0.0, "art": 0.005}
     # an L2 column must never pass for an L-inf one: ``fgsm[norm=l2]``
-    label_params = ("norm",)
+    label_params = ("norm", "eot_samples")
 
     def direction(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The step of size 1: sign(g) (L-inf) or g / ||g||_2 (L2)."""
-        grad = input_gradient(self.model, x, y)
+        grad = self.input_gradient(x, y)
         return grad.sign() if self.norm == "linf" else l2_normalize(grad)
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:

@@ -38,7 +38,7 @@ from robench.attacks.backends import run_backend
 from robench.attacks.base import (
     ATTACKS,
     Attack,
-    AttackParams,
+    EOTParams,
     Norm,
     input_gradient,
     l2_normalize,
@@ -49,7 +49,7 @@ from robench.attacks.base import (
 MAX_L2_ALPHA = 28.0
 
 
-class PGDParams(AttackParams):
+class PGDParams(EOTParams):
     steps: int = Field(40, ge=1)
     alpha: float = Field(0.01, gt=0, le=MAX_L2_ALPHA)
     random_start: bool = True
@@ -68,6 +68,8 @@ class PGDParams(AttackParams):
 
     @model_validator(mode="after")
     def _consistent(self) -> PGDParams:
+        if self.eot_samples > 1 and self.backend != "native":
+            raise ValueError("eot_samples applies to the native backend only")
         if self.early_stop and self.backend != "native":
             raise ValueError(f"early_stop applies to the native backend only; {self.backend} "
                              "runs its own final-iterate loop (leave early_stop out)")
@@ -90,7 +92,7 @@ class PGD(Attack):
     # random starts differ between implementations: agreement within 2 pp
     backend_tolerance = {"torchattacks": 0.02, "art": 0.02}
     # an L2 column must never pass for an L-inf one: ``pgd[norm=l2]``
-    label_params = ("norm",)
+    label_params = ("norm", "eot_samples")
 
     @classmethod
     def budget(cls, params: PGDParams) -> int:
@@ -133,10 +135,10 @@ class PGD(Attack):
         surrogate = self.gradient_model()
         if p.early_stop:
             return attack_until_fooled(self.model, x, y, x_adv, p.steps, step, active,
-                                       surrogate)
+                                       surrogate, self.eot_samples)
         for _ in range(p.steps):
             x_adv = step(x_adv, input_gradient(self.model if surrogate is None else surrogate,
-                                                   x_adv, y), x)
+                                               x_adv, y, self.eot_samples), x)
         return x_adv
 
     def gradient_model(self) -> nn.Module | None:

@@ -29,10 +29,10 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from robench.attacks.base import ATTACKS, Attack, AttackParams, input_gradient, project
+from robench.attacks.base import ATTACKS, Attack, EOTParams, project
 
 
-class RFGSMParams(AttackParams):
+class RFGSMParams(EOTParams):
     alpha_fraction: float = Field(0.5, ge=0, lt=1)
 
 
@@ -42,7 +42,7 @@ class RFGSM(Attack):
 
     Params = RFGSMParams
     family = "single_step"
-    label_params = ("alpha_fraction",)
+    label_params = ("alpha_fraction", "eot_samples")
 
     def random_signs(self, x: torch.Tensor, eps: float) -> torch.Tensor:
         """A fair ±1 per pixel, per image from the base's seeded draws. ``>= 0`` rather than
@@ -54,4 +54,4 @@ class RFGSM(Attack):
     def perturb(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         alpha = self.params.alpha_fraction * eps
         start = project(x + alpha * self.random_signs(x, eps), x, eps)
-        return start + (eps - alpha) * input_gradient(self.model, start, y).sign()
+        return start + (eps - alpha) * self.input_gradient(start, y).sign()

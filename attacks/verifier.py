@@ -41,6 +41,12 @@ class Verifier(Attack):
         unsupported layer, a missing library). The plan calls it on the suite's model before
         any work; ``certify`` meets the same error on a defended model that wraps it."""
 
+    @classmethod
+    def check_defense(cls, defense: Any, params: Any, label: str) -> None:
+        """Raise a one-line ``UserError`` when this verifier cannot certify the defense plugin
+        ``defense`` with ``params`` (labelled ``label`` in the suite); the plan calls it for
+        every defense before any work (``smoothing`` needs a Gaussian-noise defense)."""
+
     def margin_bounds(self, lo: torch.Tensor, hi: torch.Tensor, y: torch.Tensor
                       ) -> torch.Tensor:
         """Upper bounds (batch, classes) on ``logit_j - logit_y`` over the box [lo, hi]."""

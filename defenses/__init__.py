@@ -5,6 +5,7 @@ from robench.defenses import (  # noqa: F401  (registers the built-ins)
     adversarial_training,
     bit_depth,
     certified_training,
+    gaussian_noise,
     none,
     unlearning,
 )

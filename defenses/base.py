@@ -78,6 +78,10 @@ class Defense:
     #: differentiable module that shares its weights (``robench.attacks.bpda``); the plan
     #: then escalates to BPDA for it (``adaptive: auto``, docs/adaptive.md)
     has_surrogate: ClassVar[bool] = False
+    #: True when the defended model's forward pass draws randomness (two passes of the same
+    #: images may differ): attacks on it need EOT (``eot_samples``), and its predictions are
+    #: evaluated by a vote over ``eval_samples`` passes (``robench.evaluation``)
+    randomized: ClassVar[bool] = False
 
     def __init__(self, params: DefenseParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -101,6 +105,19 @@ class Defense:
     def check_model(cls, model: nn.Module, model_name: str, params: Any) -> None:
         """Raise a one-line ``UserError`` when this defense cannot work on the suite's model;
         called by the plan before any work when ``checks_model`` is True."""
+
+    @classmethod
+    def noise_sigma(cls, params: Any) -> float | None:
+        """The standard deviation of the Gaussian input noise whose vote this defense's
+        prediction is (randomized smoothing, read by the ``smoothing`` verifier), or None."""
+        return None
+
+    @classmethod
+    def wrap(cls, model: nn.Module, params: Any) -> nn.Module:
+        """The defended model around trained weights: the model cache and the shipped files
+        hold weights only, so a model loaded from them is wrapped again here (``apply``
+        returns the wrapped model). Default: the weights are the model."""
+        return model
 
     def apply(self, ctx: DefenseContext) -> DefenseResult:
         raise NotImplementedError

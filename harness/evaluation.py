@@ -1,5 +1,13 @@
 """The one batching/evaluation loop: clean accuracy and robust accuracy of a model under an
-attack at every eps of a sweep. Every attack plugin goes through here."""
+attack at every eps of a sweep. Every attack plugin goes through here.
+
+A randomized model (one that sets ``eval_samples`` k > 1, as the ``gaussian_noise`` defense's
+does) is scored by a majority vote: its prediction on each image, clean and adversarial, is
+the class most of k passes give (ties to the lower class), as a smoothed classifier's own
+prediction is a vote; so an image counts robust when the majority of k passes classify both
+the clean and the adversarial image correctly. Requiring every pass to be correct would score
+the tail of the noise, not the classifier. A model without ``eval_samples`` (every
+deterministic one) is predicted once, as before."""
 
 from __future__ import annotations
 
@@ -16,6 +24,19 @@ from robench.progress import Reporter
 from robench.training import predict
 
 EVAL_BATCH_SIZE = 1000
+
+
+def voted_predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Predicted labels; for a model with ``eval_samples`` k > 1, the majority of k passes
+    (ties to the lower class)."""
+    samples = int(getattr(model, "eval_samples", 1))
+    if samples == 1:
+        return predict(model, x)
+    votes = torch.stack([predict(model, x) for _ in range(samples)], dim=1)
+    classes = int(votes.max()) + 1 if votes.numel() else 1
+    counts = torch.zeros(votes.shape[0], classes, dtype=torch.long, device=votes.device)
+    counts.scatter_add_(1, votes, torch.ones_like(votes))
+    return counts.argmax(1)
 
 
 @dataclass
@@ -81,7 +102,7 @@ def evaluate_attack(model: nn.Module, attack: Attack, eps_list: Sequence[float],
         for start in range(0, n, batch_size):
             x = data.images[start:start + batch_size]
             y = data.labels[start:start + batch_size]
-            clean_parts.append((predict(model, x) == y).cpu())
+            clean_parts.append((voted_predict(model, x) == y).cpu())
             if attack.family == "verifier":
                 # a verifier proves instead of attacking: adv_ok is its certificate
                 for i, eps in enumerate(eps_list):
@@ -95,7 +116,7 @@ def evaluate_attack(model: nn.Module, attack: Attack, eps_list: Sequence[float],
             for i in range(len(eps_list)):
                 t0 = time.perf_counter()
                 _, x_adv = next(sweep)
-                adv_parts[i].append((predict(model, x_adv) == y).cpu())
+                adv_parts[i].append((voted_predict(model, x_adv) == y).cpu())
                 seconds[i] += time.perf_counter() - t0
             bar.update(1)
     if attack.shares_work_across_eps:
@@ -106,4 +127,4 @@ def evaluate_attack(model: nn.Module, attack: Attack, eps_list: Sequence[float],
             for i, eps in enumerate(eps_list)]
 
 
-__all__ = ["AttackOutcome", "evaluate_attack"]
+__all__ = ["AttackOutcome", "evaluate_attack", "voted_predict"]

@@ -370,8 +370,9 @@ def _role(plugin: type[Attack], entry: AttackEntry, where: str) -> str:
 
 
 def _check_verifiers(baseline: BaselineSpec, attacks: tuple[AttackSpec, ...],
-                     source: str) -> None:
-    """Every verifier can bound the suite's model (layers, libraries), before any work."""
+                     source: str, defenses: tuple[DefenseSpec, ...] = ()) -> None:
+    """Every verifier can bound the suite's model (layers, libraries) and certify every
+    defense, before any work."""
     verifiers = [(i, a) for i, a in enumerate(attacks) if a.plugin.family == "verifier"]
     if not verifiers:
         return
@@ -382,6 +383,8 @@ def _check_verifiers(baseline: BaselineSpec, attacks: tuple[AttackSpec, ...],
             # family "verifier": a robench.attacks.verifier.Verifier subclass
             verifier = cast("type[Verifier]", spec.plugin)
             verifier.check_model(model, baseline.model, spec.params)
+            for defense in defenses:
+                verifier.check_defense(defense.plugin, defense.params, defense.label)
         except UserError as err:
             raise UserError(err.message, where=f"{source}: attacks[{i}]") from None
 
@@ -430,7 +433,7 @@ def resolve(suite: Suite, source: str, seed: int | None = None) -> Plan:
     baseline = _baseline(suite, source, seed)
     defenses = _defenses(suite, source, baseline, seed)
     attacks = _attacks(suite, source, seed, defenses)
-    _check_verifiers(baseline, attacks, source)
+    _check_verifiers(baseline, attacks, source, defenses)
     _check_defense_models(baseline, defenses, source)
     return Plan(suite, source, baseline, defenses, attacks, seed)
 

@@ -162,7 +162,10 @@ def apply_defense(spec: DefenseSpec, baseline: nn.Module, train_split: Split,
     """The defended model of ``spec`` (from the cache when it is cacheable and stored there);
     the baseline itself is never changed (the defense gets a private copy)."""
     reporter = ctx.reporter
-    model = copy.deepcopy(baseline)
+    fresh = copy.deepcopy(baseline)
+    # a defense that wraps its weights (``Defense.wrap``) is loaded into its wrapper, whose
+    # state dict is that of the weights
+    model = spec.plugin.wrap(fresh, spec.params)
     if spec.plugin.cacheable and ctx.models_from is not None:
         entry = ctx.models_from.defense(spec.seed, spec.label)
         load_shipped(entry, model)
@@ -176,7 +179,7 @@ def apply_defense(spec: DefenseSpec, baseline: nn.Module, train_split: Split,
                       f"{provenance_text(meta)})")
         return Defended(model.to(ctx.device).eval(), float(meta["seconds"]),
                         list(meta.get("metrics", [])), cached=True)
-    defense_ctx = DefenseContext(model=model, train=train_split, validation=validation,
+    defense_ctx = DefenseContext(model=fresh, train=train_split, validation=validation,
                                  params=spec.params, seed=spec.seed, device=ctx.device,
                                  train_config=ctx.train_config, reporter=reporter,
                                  num_classes=ctx.num_classes)

@@ -5,19 +5,25 @@ Croce & Hein 2020)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from robench.checks.registry import FAIL, WARN, register
 from robench.diagnostics import GRADIENT_SAMPLE
+from robench.json_input import loads
 
 # fails when the gradients are zero or non-finite; a warning when they were not measured
 INPUT_GRADIENTS = register(
     "input_gradients", FAIL,
     "input gradients are zero, non-finite or not measured: gradient attacks may fail silently "
     "(shattered gradients)")
+# a fail: gradient attacks on one noisy pass understate what an attacker averaging over the
+# randomness achieves (Athalye et al. 2018, section 4.3), so without EOT the defense's robust
+# accuracy is not evidence; with an EOT attack in the suite the randomness is accounted for
 DETERMINISTIC_OUTPUT = register(
-    "deterministic_output", WARN,
-    "two forward passes differ: a randomised defense needs EOT attacks")
+    "deterministic_output", FAIL,
+    "two forward passes differ and no attack in the suite uses EOT (eot_samples > 1): the "
+    "defense's robust accuracy overstates its robustness")
 LOGIT_OUTPUT = register(
     "logit_output", WARN,
     "outputs look like probabilities: gradients through softmax can vanish")
@@ -26,8 +32,24 @@ LOGIT_OUTPUT = register(
 DIAGNOSTIC_CHECKS = (INPUT_GRADIENTS.name, DETERMINISTIC_OUTPUT.name, LOGIT_OUTPUT.name)
 
 
-def diagnostics(defense: str, diag: dict[str, float] | None) -> list[dict[str, Any]]:
-    """The model checks of one defense (``diag`` None: not measured, a warning)."""
+def eot_attacks(attack_params: Iterable[Any], labels: Iterable[Any]) -> list[str]:
+    """The labels of the rows whose canonical attack params have ``eot_samples`` > 1."""
+    found = []
+    for params, label in zip(attack_params, labels, strict=True):
+        try:
+            value = loads(str(params))
+        except ValueError:
+            continue
+        samples = value.get("eot_samples", 1) if isinstance(value, dict) else 1
+        if isinstance(samples, int) and samples > 1:
+            found.append(str(label))
+    return list(dict.fromkeys(found))
+
+
+def diagnostics(defense: str, diag: dict[str, float] | None,
+                eot: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The model checks of one defense (``diag`` None: not measured, a warning); ``eot``: the
+    labels of its attacks that use EOT."""
     if diag is None:
         return [INPUT_GRADIENTS.row(
             defense, True, "not measured (no diagnostics for this defense in "
@@ -40,7 +62,9 @@ def diagnostics(defense: str, diag: dict[str, float] | None) -> list[dict[str, A
         f"gradient, {100 * nonfinite:.1f}% a non-finite one")]
     if diag["random_output"]:
         out.append(DETERMINISTIC_OUTPUT.row(
-            defense, True, "two forward passes differ: a randomised defense needs EOT attacks"))
+            defense, not eot, f"two forward passes differ; attacked with EOT by "
+            f"{', '.join(eot)}" if eot else "two forward passes differ and no attack uses EOT "
+            "(eot_samples > 1): a randomised defense needs EOT attacks"))
     if diag["softmax_output"]:
         out.append(LOGIT_OUTPUT.row(
             defense, True,

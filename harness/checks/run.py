@@ -15,7 +15,7 @@ from robench.attacks.base import DEFAULT_NORM
 from robench.checks import between_attacks
 from robench.checks import rows as row_checks
 from robench.checks.bounds import bounds_hold
-from robench.checks.model import DIAGNOSTIC_CHECKS, diagnostics
+from robench.checks.model import DIAGNOSTIC_CHECKS, diagnostics, eot_attacks
 from robench.checks.paired import Paired
 from robench.checks.registry import PASS, worst
 from robench.outcomes import RobustPerImage
@@ -41,7 +41,8 @@ def check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | Non
             found = [{**r, "check": r["check"] if f"norm={norm}" in r["check"]
                       else f"{r['check']}[norm={norm}]"} for r in found]
         out += found
-    out += diagnostics(defense, diag)
+    params = rows["attack_params"] if "attack_params" in rows else pd.Series("", index=rows.index)
+    out += diagnostics(defense, diag, eot_attacks(params, rows["attack"]))
     out += row_checks.clean_accuracy(defense, clean)
     return out
 

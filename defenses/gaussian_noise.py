@@ -1,0 +1,131 @@
+"""Gaussian noise: the smoothed classifier of Cohen, Rosenfeld, Kolter, "Certified Adversarial
+Robustness via Randomized Smoothing", ICML 2019 (arXiv 1902.02918). Inputs in [0, 1], L2.
+
+Training: the base classifier is trained with Gaussian input noise ``N(0, sigma^2 I)`` added to
+every training image (a new draw per image and epoch), cross-entropy on the noisy image, as the
+reference's ``code/train.py`` (``inputs + randn_like(inputs) * noise_sd``). Prediction: the
+defended model is ``GaussianSmoothed``; each forward pass classifies ``votes`` noisy copies of
+every image and returns the vote: its output is ``log`` of the vote shares (a class with no
+vote gets ``log 1e-12``), so its argmax is the majority class, ties going to the lower class.
+A plain forward pass never abstains; abstention belongs to the ``smoothing`` verifier's
+CERTIFY (``robench.attacks.smoothing``), which reads ``sigma`` and the base classifier from the
+model. The gradient of the output is that of ``log`` of the mean softmax over the copies (the
+"soft" smoothed classifier that Salman et al. 2019, arXiv 1906.04584, attack): the hard vote
+has no gradient. The model is randomized (``randomized = True``): attack it with
+``eot_samples`` and it is evaluated by a vote over ``eval_samples`` passes.
+
+Compared with ``locuslab/smoothing`` ``code/core.py`` (``Smooth.predict``, ``Smooth.certify``)
+and ``code/train.py``. Deviations:
+
+- ``Smooth.predict`` abstains unless a two-sided binomial test (``binom_test(count1, count1 +
+  count2) <= alpha``) separates the top two classes, over ``n`` noise draws; here the plain
+  prediction is the majority of ``votes`` draws (default 32) with no test, so every image gets a
+  class (an attack must be able to score it) and ``robench.evaluation`` votes again over
+  ``eval_samples`` such passes (default 5).
+- The reference trains a ResNet with SGD and a step schedule from scratch; here the suite's
+  model, optimiser and epochs (``from_scratch: true``, as ``adversarial_training``), or a
+  fine-tune of the trained baseline (``from_scratch: false``).
+- Noise is not clipped to [0, 1] (as the reference). The training noise comes from the seeded
+  generator ``robench.seeds.generator(seed, "noise")``; the prediction noise from torch's
+  global generator (a forward pass has no seed).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+from torch.nn import functional as F
+
+from robench.defenses.adversarial_training import fresh_init, training_config
+from robench.defenses.base import DEFENSES, Defense, DefenseContext, DefenseParams, DefenseResult
+from robench.seeds import generator
+from robench.training import TrainConfig, train
+from robench.work import Work
+
+#: the vote share of a class no copy voted for, before the log (keeps the output finite)
+FLOOR = 1e-12
+
+
+class GaussianSmoothed(nn.Module):
+    """The smoothed classifier: a vote of ``base_classifier`` over ``votes`` Gaussian-noised
+    copies of each image. Its state dict is the base classifier's (the cache and the shipped
+    files hold the trained weights only; ``GaussianNoise.wrap`` wraps them again)."""
+
+    def __init__(self, base: nn.Module, sigma: float, votes: int, eval_samples: int) -> None:
+        super().__init__()
+        self.base_classifier = base
+        self.smoothing_sigma = float(sigma)
+        self.votes = int(votes)
+        #: passes ``robench.evaluation`` votes over when it scores this model
+        self.eval_samples = int(eval_samples)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        noisy = x.repeat_interleave(self.votes, dim=0)
+        noisy = noisy + torch.randn_like(noisy) * self.smoothing_sigma
+        logits = self.base_classifier(noisy)
+        c = logits.shape[1]
+        soft = F.softmax(logits, dim=1).view(b, self.votes, c).mean(1)
+        hard = F.one_hot(logits.argmax(1), c).to(soft.dtype).view(b, self.votes, c).mean(1)
+        log_soft, log_hard = soft.clamp_min(FLOOR).log(), hard.clamp_min(FLOOR).log()
+        # value: the vote; gradient: the soft smoothed classifier's
+        return log_soft + (log_hard - log_soft).detach()
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        return self.base_classifier.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True,
+                        assign: bool = False) -> Any:
+        return self.base_classifier.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+class GaussianNoiseParams(DefenseParams):
+    sigma: float = Field(0.25, gt=0, le=10)     # noise std (input scale), training and votes
+    votes: int = Field(32, ge=1)                # noisy copies per image in each forward pass
+    eval_samples: int = Field(5, ge=1)          # passes the evaluation votes over
+    epochs: int | None = Field(None, ge=1)      # default: the suite's train.epochs
+    from_scratch: bool = True
+    lr: float | None = Field(None, gt=0)        # default: the suite's train.lr
+    optimizer: Literal["adam", "sgd"] | None = None  # default: the suite's train.optimizer
+
+
+@DEFENSES.register("gaussian_noise")
+class GaussianNoise(Defense):
+    """Gaussian-noise training and a majority vote over noisy copies (Cohen et al. 2019)."""
+
+    Params = GaussianNoiseParams
+    randomized = True
+
+    @classmethod
+    def cost(cls, params: GaussianNoiseParams, train_config: TrainConfig, n_train: int,
+             n_validation: int) -> Work:
+        return Work(train=training_config(train_config, params).epochs * n_train)
+
+    @classmethod
+    def noise_sigma(cls, params: GaussianNoiseParams) -> float:
+        return params.sigma
+
+    @classmethod
+    def wrap(cls, model: nn.Module, params: GaussianNoiseParams) -> nn.Module:
+        return GaussianSmoothed(model, params.sigma, params.votes, params.eval_samples)
+
+    def apply(self, ctx: DefenseContext) -> DefenseResult:
+        p = self.params
+        assert isinstance(p, GaussianNoiseParams)
+        model = fresh_init(ctx.model, ctx.seed) if p.from_scratch else ctx.model
+        noise = generator(ctx.seed, "noise")
+
+        def noisy_loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            draw = torch.randn(x.shape, generator=noise, dtype=x.dtype).to(x.device)
+            return F.cross_entropy(m(x + p.sigma * draw), y)
+
+        train(model, ctx.train, training_config(ctx.train_config, p), seed=ctx.seed,
+              loss_fn=noisy_loss, reporter=ctx.reporter,
+              desc=f"gaussian noise training (sigma {p.sigma:g})")
+        return DefenseResult(model=self.wrap(model, p), metrics=ctx.metrics)
+
+
+__all__ = ["FLOOR", "GaussianNoise", "GaussianNoiseParams", "GaussianSmoothed"]
