@@ -137,9 +137,9 @@ class Smoothing(Verifier):
             raise UserError("smoothing certifies a model of the gaussian_noise defense; this "
                             "model carries no smoothing_sigma and base_classifier")
         p = self._p
-        classes = self.num_classes(x)
         labels, radii = [], []
-        with eval_mode(base), torch.no_grad():
+        with eval_mode(self.model), torch.no_grad():
+            classes = self.num_classes(x)
             for image in x:
                 c_a = int(self._counts(base, image, p.n0, sigma, classes).argmax())
                 n_a = int(self._counts(base, image, p.n, sigma, classes)[c_a])

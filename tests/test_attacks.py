@@ -5,6 +5,7 @@ import torch
 import torchattacks
 
 from robench.attacks import ATTACKS, create_attack
+from robench.defenses.gaussian_noise import GaussianSmoothed
 from robench.errors import UserError
 from robench.evaluation import evaluate_attack
 
@@ -85,10 +86,14 @@ def test_every_attack_restores_mode_and_leaks_no_gradients(trained_lenet, batch,
     trained_lenet.train()
     try:
         params = {"steps": 2, "alpha": 0.1} if name == "pgd" else {}
+        model = trained_lenet
+        if name == "smoothing":  # certifies a Gaussian-noise model only
+            model = GaussianSmoothed(trained_lenet, 0.25, votes=2, eval_samples=1)
+            params = {"n0": 5, "n": 20}
         seen_modes = []
         hook = trained_lenet.register_forward_pre_hook(
             lambda module, inputs: seen_modes.append(module.training))
-        attack = create_attack(name, trained_lenet, params)
+        attack = create_attack(name, model, params)
         if attack.family == "verifier":  # proves instead of attacking (crown: if installed)
             try:
                 attack.check_model(trained_lenet, "lenet5", attack.params)
