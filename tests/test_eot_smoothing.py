@@ -226,3 +226,20 @@ def test_tiny_smoothing_suite_end_to_end(tmp_path, robench_cli, synthetic):
     labels = set(rows["attack"])
     assert any(a.startswith("smoothing[") and "n=200" in a for a in labels), labels
     assert any("eot_samples=4" in a for a in labels), labels
+
+
+def test_gaussian_noise_model_stores_only_the_base_weights():
+    from robench.defenses.gaussian_noise import GaussianNoise, GaussianNoiseParams
+    from robench.models import model_hash, weights_hash
+
+    torch.manual_seed(0)
+    trained, params = LeNet5(), GaussianNoiseParams(sigma=0.5)
+    wrapped = GaussianNoise.wrap(trained, params)
+    assert wrapped.state_dict().keys() == trained.state_dict().keys()
+    # loaded from the cache or a shipped file: a fresh baseline copy, wrapped, then loaded
+    torch.manual_seed(1)
+    loaded = GaussianNoise.wrap(LeNet5(), params)
+    loaded.load_state_dict(wrapped.state_dict())
+    assert weights_hash(loaded) == weights_hash(trained)
+    assert model_hash(loaded) == model_hash(wrapped) != model_hash(trained)
+    assert GaussianNoise.randomized and GaussianNoise.noise_sigma(params) == 0.5
