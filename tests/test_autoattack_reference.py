@@ -4,8 +4,8 @@ The reference is Croce & Hein's own code as published on PyPI (``pyautoattack``,
 ``autoattack/autoattack.py``; in the ``test`` extra). Both run the standard version (APGD-CE,
 APGD-T, FAB-T, Square) with seed 0 on the same LeNet-5 and the same real MNIST test images, and
 must agree on which images stay robust. CI compares the first 25 images (the cost grows with the
-images that stay robust); ``ROBENCH_AA_REFERENCE_N=100`` compares 100, which passed on 2
-cores with the same bound (38 min while the machine was shared with other work).
+images that stay robust); ``ROBENCH_AA_REFERENCE_N=100`` compares 100 (benchmarks/RESULTS.md
+says what it found).
 
 The model is adversarially trained (FGSM with a random start, Wong et al. 2020, at eps 0.1 for
 150 steps) so that robust accuracy is far from 0: on an undefended LeNet both implementations
