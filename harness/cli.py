@@ -86,12 +86,18 @@ def run(
                             "(<out>-recompute-<UTC time>) and compare it with --out.")] = False,
     recompute_into: Annotated[str | None, typer.Option(
         help="With --recompute: the new folder (must be new or empty).")] = None,
+    update: Annotated[bool, typer.Option(
+        "--update", help="When --out holds a complete run of this suite, resume in it instead "
+                         "of checking it: recompute the cells other code computed or that do "
+                         "not verify, the earlier outputs set aside in previous-<time>/.")
+    ] = False,
 ) -> None:
     """Run a suite: train, defend, attack, and write results.csv + leaderboard.
 
     When the results folder already holds a complete run of this suite, nothing is computed
     or written: its shipped models are verified (robench verify, default sample) or, without
-    them, its tables are checked, in one line with the verdict's exit code.
+    them, its tables are checked, in one line with the verdict's exit code; the line also
+    counts the cells other code computed (stale: --recompute or --update recomputes them).
 
     Example: robench run suites/fgsm_lenet.yaml --data-dir ../shared/data
     (on a local Ray cluster: add --executor ray --jobs 4)
@@ -111,9 +117,12 @@ def run(
         if (recompute or recompute_into is not None) and models_from is not None:
             raise UserError("trains every model from scratch; it cannot load them from "
                             "--models-from", where="--recompute")
+        if (recompute or recompute_into is not None) and update:
+            raise UserError("recomputes into a new folder; --update recomputes in --out: "
+                            "use one of them", where="--recompute")
         end = (recompute_run(suite, opts, recompute_into, echo=typer.echo)
                if recompute or recompute_into is not None
-               else run_or_check(suite, opts, echo=typer.echo))
+               else run_or_check(suite, opts, echo=typer.echo, update=update))
     except UserError as err:
         _fail(err)
     except Interrupted as stop:

@@ -7,16 +7,22 @@ file is reported, never recomputed over):
 
 * the same suite: run.json's recorded suite equals this one's in every setting but
   ``data.root`` and ``device`` (where the data and the run were, not what was computed),
-  every defense and attack has the same name, params and code hash, every attack the same
-  per-seed attack seeds;
+  every defense and attack has the same name and params, every attack the same per-seed
+  attack seeds;
 * every planned cell present and no other (run.json's plan: ``robench.completeness``), each row
   on this dataset (``data_hash``) with the number of images and role this suite gives it;
 * finalized: leaderboard.csv and checks.csv exist (a run removes them before its first write
   and renders them at its end, so an interrupted run lacks them).
 
 Model hashes are not compared: a fresh clone cannot know them without training, and they are
-exactly what the check below tests. A folder that is not such a run (another suite, an
-interrupted or partial run, another dataset or code) is left to the run as before: it resumes,
+exactly what the check below tests. Code hashes are not compared either: a run of this suite
+made by other code (an earlier commit's committed results) is still this suite's run, and
+recomputing over it in place would change the files it is the evidence of. Its cells whose
+baseline, defense or attack code hash differs from this checkout's are *stale*
+(``stale_cells``): the check says how many, names them, and says how to recompute them
+(``--recompute`` into a new folder; ``--update``, the developer's workflow, resumes in this
+folder: ``robench.runner.run_or_check``). A folder that is not such a run (another suite, an
+interrupted or partial run, another dataset) is left to the run as before: it resumes,
 keeping only the stored cells that verify (``robench.resume``), and sets the others aside.
 
 **The check (nothing written: no lock, log, cache entry or folder).** With shipped models,
@@ -99,10 +105,10 @@ def difference(run: dict[str, Any], results: pd.DataFrame, plan: Plan,
             return f"run.json records no {key}"
         for spec in specs:
             entry = recorded.get(spec.label)
-            if not isinstance(entry, dict) or (entry.get("name"), entry.get("params"),
-                                               entry.get("code_hash")) != (
-                    spec.name, spec.params_json, spec.code_hash):
-                return f"{spec.label!r} differs"
+            if not isinstance(entry, dict) or entry.get("name") != spec.name:
+                return f"{spec.label!r} is another {key[:-1]}"
+            if entry.get("params") != spec.params_json:
+                return f"{spec.label!r} has other params ({_params_differ(entry, spec)})"
     for i, attack in enumerate(plan.attacks):
         seeds = [plan.for_seed(s).attacks[i].seed for s in plan.seeds]
         if run["attacks"][attack.label].get("seeds") != seeds:
@@ -115,6 +121,17 @@ def difference(run: dict[str, Any], results: pd.DataFrame, plan: Plan,
     if planned != plan_cells(plan) or present != planned or len(results) != len(planned):
         return "not every planned cell is there"
     return _rows_difference(results, plan, data)
+
+
+def _params_differ(entry: dict[str, Any], spec: Any) -> str:
+    """The params whose recorded value is not this suite's, by name."""
+    try:
+        recorded = json.loads(entry["params"])
+        now = json.loads(spec.params_json)
+        return ", ".join(sorted(k for k in set(recorded) | set(now)
+                                if recorded.get(k, ...) != now.get(k, ...)))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "unreadable"
 
 
 def _rows_difference(results: pd.DataFrame, plan: Plan, data: RunData) -> str | None:
@@ -136,10 +153,21 @@ def _rows_difference(results: pd.DataFrame, plan: Plan, data: RunData) -> str | 
 
 def complete_run(plan: Plan, data: RunData, folder: Path) -> bool:
     """Whether ``folder`` holds a complete run of ``plan`` on ``data`` (see the module)."""
-    if not folder.is_dir() or not all(os.path.isfile(folder / name) for name in RECOMPUTED):
-        return False
+    return not_complete(plan, data, folder) is None
+
+
+def not_complete(plan: Plan, data: RunData, folder: Path) -> str | None:
+    """Why ``folder`` does not hold a complete run of ``plan`` on ``data``, in a few words;
+    None when it does."""
+    if not folder.is_dir() or not (folder / RUN_RECORD).is_file():
+        return "it holds no run"
+    missing = [name for name in RECOMPUTED if not os.path.isfile(folder / name)]
+    if missing:
+        return f"{missing[0]} is missing (the run did not finish)"
     claims = _read_claims(folder)
-    return claims is not None and difference(*claims, plan, data) is None
+    if claims is None:
+        return f"its {RUN_RECORD} or {RESULTS_FILE} cannot be read"
+    return difference(*claims, plan, data)
 
 
 def ships_models(folder: Path) -> bool:
@@ -149,16 +177,66 @@ def ships_models(folder: Path) -> bool:
     return any(is_model_name(n) for n in RunFiles.of(folder).listed())
 
 
+@dataclass(frozen=True)
+class Stale:
+    """The cells of a complete run that other code computed (``stale_cells``)."""
+
+    cells: int
+    total: int
+    #: what differs: "the baseline" (every cell), then defense and attack labels
+    labels: tuple[str, ...]
+
+    def text(self, suite: str) -> str:
+        """The part of the one line that says so and how to recompute them."""
+        shown = ", ".join(self.labels[:4])
+        if len(self.labels) > 4:
+            shown += f" and {len(self.labels) - 4} more"
+        return (f"{self.cells} of its {self.total} cells were computed by other code than "
+                f"this checkout's ({shown}), so they are stale: robench run {suite} "
+                "--recompute recomputes the run into a new folder, --update recomputes the "
+                "stale cells in this folder (its earlier outputs set aside in "
+                "previous-<time>/)")
+
+
+def stale_cells(run: dict[str, Any], results: pd.DataFrame, plan: Plan) -> Stale:
+    """The cells of a complete run of ``plan`` (``difference`` is None) whose baseline,
+    defense or attack code hash (run.json's, or the row's own for its attack) is not this
+    checkout's."""
+    baseline = run.get("baseline")
+    old_base = (not isinstance(baseline, dict)
+                or baseline.get("code_hash") != plan.baseline.code_hash)
+    defenses = {d.label for d in plan.defenses
+                if run["defenses"][d.label].get("code_hash") != d.code_hash}
+    codes = {a.label: a.code_hash for a in plan.attacks}
+    attacks = {a.label for a in plan.attacks
+               if run["attacks"][a.label].get("code_hash") != a.code_hash}
+    rows = results.to_dict("records")
+    for row in rows:
+        if str(row.get("code_hash")) != codes[str(row["attack"])]:
+            attacks.add(str(row["attack"]))
+    cells = sum(1 for row in rows if old_base or str(row["defense"]) in defenses
+                or str(row["attack"]) in attacks)
+    labels = ((("the baseline",) if old_base else ())
+              + tuple(d.label for d in plan.defenses if d.label in defenses)
+              + tuple(a.label for a in plan.attacks if a.label in attacks))
+    return Stale(cells, len(rows), labels)
+
+
 def check_complete(plan: Plan, folder: Path, shown: str, suite: str,
                    echo: Callable[[str], None]) -> Checked:
     """Check the complete run in ``folder`` (named ``shown``) reading only; ``echo`` gets one
     line per problem. ``suite``: the suite file, for the line saying how to recompute."""
     head = f"{shown} holds a complete run of this suite"
-    again = f"robench run {suite} --recompute recomputes it into a new folder"
+    claims = _read_claims(folder)
+    stale = stale_cells(*claims, plan) if claims is not None else Stale(0, 0, ())
+    again = f" (robench run {suite} --recompute recomputes it into a new folder)"
+    tail = ""
+    if stale.cells:
+        again, tail = "", f"; {stale.text(suite)}"
     if ships_models(folder):
         root = str(resolve_data_root(plan.suite.data.root))
         verdict = verify(folder, VerifyOptions(sample=DEFAULT_SAMPLE, data_dir=root), echo)
-        return Checked(f"{head}: {verdict.summary()}", verdict.code)
+        return Checked(f"{head}: {verdict.summary()}{tail}", verdict.code)
     files = RunFiles.of(folder)
     inputs = read_inputs(folder)
     outcomes = read_outcomes(folder, files)
@@ -170,13 +248,13 @@ def check_complete(plan: Plan, folder: Path, shown: str, suite: str,
     for line in problems:
         echo(line)
     cells = len(inputs.results)
-    cannot = ("its images cannot be re-attacked because its models are not shipped "
-              f"({again})")
+    cannot = f"its images cannot be re-attacked because its models are not shipped{again}"
     if problems:
         return Checked(f"{head}: NOT verified: {len(problems)} problem(s) in its tables; "
-                       f"{cannot}", 1)
+                       f"{cannot}{tail}", 1)
     return Checked(f"{head}: tables checked: {cells} cells agree with their per-image "
-                   f"outcomes, leaderboard.csv and checks.csv with them; {cannot}", 0)
+                   f"outcomes, leaderboard.csv and checks.csv with them; {cannot}{tail}", 0)
 
 
-__all__ = ["Checked", "check_complete", "complete_run", "difference", "ships_models"]
+__all__ = ["Checked", "check_complete", "complete_run", "difference", "not_complete",
+           "ships_models", "Stale", "stale_cells"]

@@ -23,12 +23,13 @@ import torch
 import robench
 from robench.cache import ModelCache
 from robench.compare import reproduction_line
+from robench.completeness import RUN_RECORD
 from robench.engine import engine_for
 from robench.errors import Interrupted
 from robench.estimate import suite_work
 from robench.executors import Executor, SerialExecutor, check_options, open_executor
 from robench.finalize import finalize
-from robench.fresh_clone import check_complete, complete_run
+from robench.fresh_clone import check_complete, not_complete
 from robench.memory import peak_rss_text, release_freed_memory
 from robench.model_records import model_records
 from robench.models_from import ModelSource, open_source
@@ -235,16 +236,22 @@ def run_suite(path: str | Path, opts: RunOptions | None = None) -> tuple[Path, p
 
 
 def run_or_check(path: str | Path, opts: RunOptions,
-                 echo: Callable[[str], None] = print) -> RunEnd:
+                 echo: Callable[[str], None] = print, update: bool = False) -> RunEnd:
     """``robench run``: when the results folder already holds a complete run of this suite,
     check it reading only and compute nothing (``robench.fresh_clone``; not with ``--force``,
-    which recomputes in place, nor ``--models-from``, which names other models); else run."""
+    which recomputes in place, nor ``--models-from``, which names other models, nor
+    ``update``: ``--update`` resumes in the folder, recomputing the cells that other code
+    computed or that do not verify, after setting the earlier outputs aside); else run."""
     started = start_run(path, opts)
-    if not opts.force and opts.models_from is None \
-            and complete_run(started.plan, started.data, started.out_dir):
-        checked = check_complete(started.plan, started.out_dir, str(started.out_dir),
-                                 str(path), echo)
-        return RunEnd(started.out_dir, None, checked.line, checked.code)
+    if not opts.force and opts.models_from is None and not update:
+        why = not_complete(started.plan, started.data, started.out_dir)
+        if why is None:
+            checked = check_complete(started.plan, started.out_dir, str(started.out_dir),
+                                     str(path), echo)
+            return RunEnd(started.out_dir, None, checked.line, checked.code)
+        if (started.out_dir / RUN_RECORD).is_file() and not opts.quiet:
+            echo(f"{started.out_dir} does not hold a complete run of this suite ({why}): "
+                 "the suite runs into it")
     out_dir, board = run_started(started, opts, path)
     return RunEnd(out_dir, board)
 
