@@ -62,7 +62,7 @@ from robench.verify_attack import (
 from robench.verify_tables import finalized_problems, outcome_blocks, row_problems
 
 #: how to make a folder verify can check
-PRODUCE = "run the suite with this robench (robench run SUITE --out FOLDER)"
+PRODUCE = "run the suite into it with this robench (robench run SUITE --out FOLDER --update)"
 
 
 @dataclass

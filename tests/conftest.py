@@ -323,11 +323,12 @@ def small_finished_run(tmp_path_factory) -> Path:
     return finished_run(tmp_path_factory.mktemp("small_run"), SMALL_RUN_SUITE)
 
 
-def run_logged(robench, suite: Path, out: Path, env: dict[str, str] | None = None) -> str:
-    """Run a suite with ``robench`` (robench_cli or robench_subprocess), which must succeed;
-    return this run's part of run.log."""
+def run_logged(robench, suite: Path, out: Path, env: dict[str, str] | None = None,
+               *args: str) -> str:
+    """Run a suite with ``robench`` (robench_cli or robench_subprocess) and ``args`` (e.g.
+    ``--update``), which must succeed; return this run's part of run.log."""
     before = (out / "run.log").read_text() if (out / "run.log").exists() else ""
-    proc = robench("run", str(suite), "--out", str(out), "--quiet", env=env)
+    proc = robench("run", str(suite), "--out", str(out), "--quiet", *args, env=env)
     assert proc.returncode == 0, proc.stderr
     now = (out / "run.log").read_text()
     if now.startswith(before):

@@ -336,7 +336,8 @@ def test_a_poisoned_cache_entry_is_recomputed_not_served(tmp_path, cli_env, robe
     _swap_state_dicts(cache, keys[0], keys[1])
 
     before = (tmp_path / "clean0" / "results.csv").read_text()
-    log = run_logged(robench_cli, suites[0], tmp_path / "clean0")  # a resume
+    # a resume in the complete folder (--update: a plain run would only check it, reading)
+    log = run_logged(robench_cli, suites[0], tmp_path / "clean0", None, "--update")
     assert "loaded from cache" not in log and "weights do not match" in log
     assert (tmp_path / "clean0" / "results.csv").read_text() == before
     log = run_logged(robench_cli, suites[1], tmp_path / "fresh1")

@@ -32,11 +32,23 @@ def test_editing_a_plugin_recomputes_its_model_and_cells_only(tmp_path, plugin_e
     assert "holds a complete run of this suite: verified: " in again.stdout, again.stdout
     assert (out / "run.log").read_bytes() == log
 
-    # editing only a comment of the plugin's file changes its code hash: the defense is
-    # recomputed; its weights come out bit-identical, so its cells are still valid and kept
+    # editing only a comment of the plugin's file changes its code hash: a plain re-run says
+    # that the defense's cells were computed by other code (stale) and writes nothing...
     plugin = tmp_path / "site" / "robench_tmp_defense.py"
     plugin.write_text(plugin.read_text().replace("# VERSION 1", "# VERSION 2"))
-    comment = run_logged(robench_subprocess, suite, out, plugin_env)
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    plain = robench_subprocess("run", str(suite), "--out", str(out), "--quiet", env=plugin_env)
+    assert plain.returncode == 0, plain.stderr
+    line, = plain.stdout.strip().splitlines()
+    assert "holds a complete run of this suite: verified: " in line, line
+    stale = len(stamps.loc["tmp_defense"])
+    assert f"{stale} of its {len(stamps)} cells were computed by other code than this " \
+           "checkout's (tmp_defense), so they are stale" in line, line
+    assert "--recompute" in line and "--update" in line, line
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    # ... and --update (the developer's workflow) recomputes the defense in the folder; its
+    # weights come out bit-identical, so its cells are still valid and kept
+    comment = run_logged(robench_subprocess, suite, out, plugin_env, "--update")
     assert "defense tmp_defense took" in comment
     assert "[tmp_defense] defended model loaded from cache" not in comment
     assert comment.count("already in results.csv, skipped") == 6
@@ -44,7 +56,7 @@ def test_editing_a_plugin_recomputes_its_model_and_cells_only(tmp_path, plugin_e
     # editing what it computes recomputes the defense and its cells, and nothing else
     plugin.write_text(plugin.read_text().replace("mul_(self.params.scale)",
                                                  "mul_(self.params.scale).add_(0.25)"))
-    edited = run_logged(robench_subprocess, suite, out, plugin_env)
+    edited = run_logged(robench_subprocess, suite, out, plugin_env, "--update")
     assert "defense tmp_defense took" in edited
     for attack in ("fgsm", "pgd", "pgd_b"):
         assert f"[none] {attack}: already in results.csv, skipped" in edited

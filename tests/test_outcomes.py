@@ -70,8 +70,8 @@ def test_outcomes_parquet_matches_results_and_is_verified_on_resume(tmp_path, ro
                      "    params: {steps: 3, alpha: 0.05}\n")
     out = tmp_path / "out"
 
-    def run():
-        proc = robench_cli("run", str(suite), "--out", str(out), "--quiet")
+    def run(*args):
+        proc = robench_cli("run", str(suite), "--out", str(out), "--quiet", *args)
         assert proc.returncode == 0, proc.stderr
         return (out / "run.log").read_text().split("suite o:")[-1]
 
@@ -99,13 +99,20 @@ def test_outcomes_parquet_matches_results_and_is_verified_on_resume(tmp_path, ro
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     proc = robench_cli("run", str(suite), "--out", str(out), "--quiet")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "files robench did not write: outcomes.parquet" in proc.stderr
+    assert f"{out / 'outcomes.parquet'}: differs from what robench wrote" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
-    # moved away, the outcomes are missing: every cell is recomputed, to the same outcomes
+    # moved away, the outcomes are missing: a plain run reports it and writes nothing;
+    # --update recomputes every cell, to the same outcomes
     (out / "outcomes.parquet").unlink()
-    log = run()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    proc = robench_cli("run", str(suite), "--out", str(out), "--quiet")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "has no outcomes.parquet" in proc.stderr and "--update" in proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    log = run("--update")
     assert "already in results.csv, skipped" not in log
     assert "[none] pgd robust accuracy" in log and "[none] fgsm robust accuracy" in log
     pd.testing.assert_frame_equal(pd.read_parquet(out / "outcomes.parquet")

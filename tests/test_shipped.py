@@ -142,7 +142,15 @@ def test_a_resumed_run_ships_the_models_that_are_missing(shipped, tmp_path, robe
     shutil.copytree(out, copy)
     gone = next(copy.glob("model-*.safetensors"))
     gone.unlink()
-    result = robench_cli("run", str(suite), "--out", str(copy), "--quiet", env=env)
+    # the manifest lists a file that is not there: a damaged folder, which a plain run
+    # (a check, reading only) refuses in one line, writing nothing ...
+    before = {p: p.read_bytes() for p in sorted(copy.rglob("*")) if p.is_file()}
+    plain = robench_cli("run", str(suite), "--out", str(copy), "--quiet", env=env)
+    assert plain.returncode == 2 and len(plain.stderr.strip().splitlines()) == 1, plain.stderr
+    assert gone.name in plain.stderr and "Traceback" not in plain.stderr
+    assert {p: p.read_bytes() for p in sorted(copy.rglob("*")) if p.is_file()} == before
+    # ... and a resume in it (--update) ships the missing model again, keeping the cells
+    result = robench_cli("run", str(suite), "--out", str(copy), "--quiet", "--update", env=env)
     assert result.returncode == 0, result.stderr
     assert gone.read_bytes() == (out / gone.name).read_bytes()
     assert "already in results.csv, skipped" in (copy / "run.log").read_text()
