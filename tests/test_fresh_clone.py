@@ -106,6 +106,39 @@ def test_a_complete_run_without_shipped_models_has_its_tables_checked(run, roben
 
 
 @pytest.mark.slow
+def test_a_complete_run_made_by_other_code_is_checked_and_its_stale_cells_named(run,
+                                                                               robench_cli):
+    """The committed results after a change on the code-hash path: run.json and the rows
+    record another code hash for the attack (the manifest made to agree, as robench would
+    have written it)."""
+    import json
+    record = json.loads((run / "run.json").read_text())
+    record["attacks"]["fgsm"]["code_hash"] = "0" * 16
+    results = read_results(run)
+    results["code_hash"] = "0" * 16
+    with OutputFolder.open(run) as out:
+        out.write_text("run.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+        out.write_text("results.csv", csv_text(results))
+    before = tree(run.parent)
+    proc = run_again(robench_cli, run)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line, = proc.stdout.strip().splitlines()
+    assert line.startswith(f"{run} holds a complete run of this suite: verified: 4 cells"), line
+    assert line.endswith(
+        "4 of its 4 cells were computed by other code than this checkout's (fgsm), so they are "
+        f"stale: robench run {run.parent / 's.yaml'} --recompute recomputes the run into a new "
+        "folder, --update recomputes the stale cells in this folder (its earlier outputs set "
+        "aside in previous-<time>/)"), line
+    assert tree(run.parent) == before
+    # --update resumes in the folder: the earlier outputs set aside, the run.json rewritten
+    proc = run_again(robench_cli, run, "--update")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "holds a complete run" not in proc.stdout
+    assert list(run.glob("previous-*"))
+    assert json.loads((run / "run.json").read_text())["attacks"]["fgsm"]["code_hash"] != "0" * 16
+
+
+@pytest.mark.slow
 def test_a_run_missing_a_planned_cell_resumes(run, robench_cli):
     results = read_results(run)
     with OutputFolder.open(run) as out:
@@ -122,6 +155,9 @@ def test_a_run_missing_a_planned_cell_resumes(run, robench_cli):
 @pytest.mark.slow
 def test_another_suite_into_the_folder_runs_as_before(run, robench_cli):
     (run.parent / "s.yaml").write_text(SUITE.replace("[0.0, 0.1]", "[0.0, 0.1, 0.2]"))
+    said = robench_cli("run", str(run.parent / "s.yaml"), "--out", str(run), "--epochs", "1",
+                       "--eval-limit", "1", "--update", "--recompute")  # refused: one of them
+    assert said.returncode == 2 and "--update" in said.stderr
     proc = run_again(robench_cli, run)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "holds a complete run" not in proc.stdout
