@@ -27,13 +27,13 @@ from typing import Any
 
 import pandas as pd
 
-from robench.config import parse_suite
+from robench.config import recorded_suite
 from robench.eps import canonical_eps, eps_text
 from robench.errors import UserError
 from robench.json_input import UnreadableJSON, loads
 from robench.outcomes import Cell, cell_grid
 from robench.outdir import RunFiles
-from robench.plan import Plan, entry_labels
+from robench.plan import Plan, entry_labels, restrictions
 
 RUN_RECORD = "run.json"
 #: how many missing cells ``cells_text`` names before it counts the rest
@@ -62,27 +62,36 @@ def planned_record(plan: Plan) -> dict[str, Any]:
     """What run.json records as ``planned`` (``robench.recorder``): every defense label x
     every attack label x that attack's eps x every seed, written out so the plan can be
     checked where the plugins that labelled it are not installed (``recorded_cells``)."""
-    return {"defenses": [d.label for d in plan.defenses],
-            "attacks": {a.label: list(a.eps) for a in plan.attacks},
-            "seeds": list(plan.seeds)}
+    record: dict[str, Any] = {"defenses": [d.label for d in plan.defenses],
+                              "attacks": {a.label: list(a.eps) for a in plan.attacks},
+                              "seeds": list(plan.seeds)}
+    # written only when used, so the record of a plan without them stays as it was
+    if restrictions(plan):
+        record["only"] = {a: list(d) for a, d in restrictions(plan).items()}
+    if any(a.adaptive for a in plan.attacks) or plan.adaptive_notes:
+        record["adaptive"] = {a.label: a.adaptive for a in plan.attacks if a.adaptive}
+        record["adaptive_notes"] = list(plan.adaptive_notes)
+    return record
 
 
 def recorded_cells(planned: Any, where: str) -> set[Cell]:
     """The cells of run.json's ``planned`` record (``robench.recorder.planned_record``): its
     defenses x its attacks x each attack's eps x its seeds; a ``UserError`` naming ``where``
     when it is not such a record."""
-    defenses, attacks, seeds = (planned.get(k) if isinstance(planned, dict) else None
-                                for k in ("defenses", "attacks", "seeds"))
+    defenses, attacks, seeds, only = (planned.get(k) if isinstance(planned, dict) else None
+                                      for k in ("defenses", "attacks", "seeds", "only"))
     if not (isinstance(defenses, list) and all(isinstance(d, str) for d in defenses)
             and isinstance(attacks, dict)
             and all(isinstance(eps, list) and all(_is_number(e) for e in eps)
                     for eps in attacks.values())
             and isinstance(seeds, list)
-            and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+            and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+            and (only is None or isinstance(only, dict) and all(
+                isinstance(on, list) and all(isinstance(d, str) for d in on)
+                for on in only.values()))):
         raise UserError("not the planned defenses, attacks with their eps, and seeds",
                         where=f"{where}: planned")
-    return {(d, str(a), canonical_eps(e), s) for s in seeds for d in defenses
-            for a, eps in attacks.items() for e in eps}
+    return cell_grid(defenses, attacks.items(), seeds, only)
 
 
 def _is_number(value: Any) -> bool:
@@ -100,7 +109,7 @@ def planned_cells(run: dict[str, Any], where: str) -> set[Cell]:
         return recorded_cells(run["planned"], where)
     if "suite" not in run:
         raise UserError("no recorded suite", where=f"{where}: suite")
-    suite = parse_suite(run["suite"], f"{where}: suite")
+    suite = recorded_suite(run["suite"], f"{where}: suite")
     defenses, attacks = entry_labels(suite, f"{where}: suite")
     for key, labels in (("defenses", defenses), ("attacks", attacks)):
         recorded = run.get(key)
@@ -108,6 +117,7 @@ def planned_cells(run: dict[str, Any], where: str) -> set[Cell]:
             raise UserError(f"its suite resolves to other {key} than the run recorded "
                             f"({', '.join(sorted(set(recorded) ^ set(labels))[:4])})",
                             where=f"{where}: {key}")
+    # written before ``planned`` existed, so before ``defenses:`` and adaptive variants
     return cell_grid(defenses, [(a, entry.eps) for a, entry in
                                 zip(attacks, suite.attacks, strict=True)], suite.seed_list)
 

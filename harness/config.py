@@ -140,6 +140,9 @@ class AttackEntry(_Strict):
     # "check": a sanity-check attack (e.g. PGD at eps 0.5), kept out of the worst case; a
     # verifier's rows get the role "bound" (robench.plan), never written here
     role: Literal["eval", "check"] = "eval"
+    # optional: run this attack on these defense labels only (default: every defense);
+    # checked against the suite's labels when the plan is resolved (robench.plan)
+    defenses: list[Label] | None = Field(None, min_length=1, max_length=200)
 
     @field_validator("eps")
     @classmethod
@@ -167,6 +170,12 @@ class Suite(_Strict):
     defenses: list[DefenseEntry] = Field(
         default_factory=lambda: [DefenseEntry(name="none")], min_length=1, max_length=200)
     attacks: list[AttackEntry] = Field(min_length=1, max_length=200)
+    # adaptive attacks (docs/adaptive.md): "auto" adds the BPDA/EOT variants of the gradient
+    # attacks for defenses that declare a surrogate or randomness; unset means "auto" for a
+    # suite file and "off" for a run.json written before the key existed (``recorded_suite``)
+    adaptive: Literal["auto", "off"] | None = None
+    # the gradient samples of an EOT variant (``eot_samples``) for a randomized defense
+    adaptive_eot_samples: int = Field(10, ge=1, le=1000)
 
     @field_validator("seeds")
     @classmethod
@@ -216,6 +225,15 @@ def raise_validation(err: ValidationError, source: str, prefix: str = "") -> Non
         where = f"{source}: {prefix}"
     extra = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
     raise UserError(_describe(first) + extra, where=where) from None
+
+
+def recorded_suite(raw: Any, source: str) -> Suite:
+    """A suite as run.json recorded it (``parse_suite``); one recorded before ``adaptive``
+    existed ran without adaptive attacks, so its missing key reads as ``off`` (the plan of
+    a suite file reads it as ``auto``)."""
+    if isinstance(raw, dict) and "adaptive" not in raw:
+        raw = {**raw, "adaptive": "off"}
+    return parse_suite(raw, source)
 
 
 def parse_suite(raw: Any, source: str) -> Suite:

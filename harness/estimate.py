@@ -147,11 +147,10 @@ def suite_work(plan: Plan, n_train: int, n_validation: int, n_eval: int) -> Work
     """Everything a run of ``plan`` would do from scratch, over all its seeds (the same work
     for every seed: seeds change random draws, not sizes); attacks at their typical work."""
     train_config = plan.suite.train
-    attacks = sum((expected_attack_work(a, images_attacked(a, n_eval), a.eps)
-                   for a in plan.attacks), NO_WORK)
     per_seed = baseline_work(plan.baseline, n_train) + sum(
-        (defense_work(d, train_config, n_train, n_validation) + attacks
-         for d in plan.defenses), NO_WORK)
+        (defense_work(d, train_config, n_train, n_validation) for d in plan.defenses), NO_WORK)
+    per_seed += sum((expected_attack_work(a, images_attacked(a, n_eval), a.eps)
+                     for _, a in plan.pairs()), NO_WORK)
     return per_seed.scaled(len(plan.seeds))
 
 

@@ -132,7 +132,7 @@ def finalize(results_dir: Path | RunInputs, out: OutputFolder, reporter: Reporte
     write_csv(out, "checks.csv", checks)
     title = str(results["suite"].iloc[0]) + (f" ({inputs.note})" if inputs.note else "")
     board = write_leaderboard(results, out, title=title, status=summarise(checks),
-                              outcomes=outcomes, planned=planned)
+                              outcomes=outcomes, planned=planned, run=inputs.report.run)
     write_report(out, results, checks, board, source=inputs.report)
     if reporter is not None:
         for _, check in checks[checks["status"] != "pass"].iterrows():

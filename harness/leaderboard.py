@@ -46,9 +46,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 import pandas as pd
 
+from robench.adaptive import mark_not_run, restricted_attacks, run_notes
 from robench.attacks.base import DEFAULT_NORM
 from robench.column_names import COMPLETENESS_COLUMNS as _COMPLETENESS
 from robench.column_names import VERIFIED, WORST
@@ -410,10 +412,13 @@ def _with_interval(value: float, lo: float, hi: float) -> str:
 
 
 def to_markdown(board: pd.DataFrame, title: str | None = None,
-                notes: list[str] | None = None) -> str:
-    """Accuracies as percentages with one decimal; labels escaped for markdown."""
+                notes: list[str] | None = None, only: dict[str, list[str]] | None = None
+                ) -> str:
+    """Accuracies as percentages with one decimal; labels escaped for markdown; the cells of
+    an attack that ``only`` runs on other defenses read "not run"."""
     kinds = sorted(set(board["worst_kind"].dropna()) - {""}) if "worst_kind" in board else []
-    shown = shown_table(board.drop(columns=["worst_kind"], errors="ignore"))
+    shown = mark_not_run(shown_table(board.drop(columns=["worst_kind"], errors="ignore")),
+                         only or {})
     shown.columns = [escape_markdown(c) for c in shown.columns]
     # completeness first: a defense not fully measured is named before anything else
     notes = [*completeness_notes(board), *(notes or []),
@@ -447,8 +452,12 @@ def to_markdown(board: pd.DataFrame, title: str | None = None,
 def write_leaderboard(results: pd.DataFrame, out: OutputFolder, title: str | None = None,
                       status: pd.DataFrame | None = None,
                       outcomes: pd.DataFrame | RobustPerImage | None = None,
-                      planned: Completeness | Iterable[Cell] | None = None) -> pd.DataFrame:
+                      planned: Completeness | Iterable[Cell] | None = None,
+                      run: dict[str, Any] | None = None) -> pd.DataFrame:
+    """The leaderboard's csv and markdown (``run``: run.json, for its adaptive attacks and
+    restricted cells)."""
     board = build_leaderboard(results, status, outcomes, planned)
     write_csv(out, "leaderboard.csv", board)
-    out.write_text("leaderboard.md", to_markdown(board, title, subset_notes(results)))
+    out.write_text("leaderboard.md", to_markdown(board, title, subset_notes(results)
+                                                 + run_notes(run), restricted_attacks(run)))
     return board

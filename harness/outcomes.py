@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,13 +39,17 @@ Cell = tuple[str, str, float, int]  # (defense, attack, eps, seed), eps canonica
 
 
 def cell_grid(defenses: Iterable[str], attacks: Iterable[tuple[str, Iterable[float]]],
-              seeds: Iterable[int]) -> set[Cell]:
+              seeds: Iterable[int], only: Mapping[str, Iterable[str]] | None = None
+              ) -> set[Cell]:
     """The cells of a run: every defense label x every attack label at each of its eps x every
-    seed. The one definition behind a resolved plan's cells (``robench.recorder.plan_cells``)
-    and a recorded one's (``robench.completeness.planned_cells``)."""
+    seed, except that an attack in ``only`` runs on the defenses listed there only (a suite
+    entry's ``defenses:``, an adaptive variant's: ``robench.plan.applies``). The one
+    definition behind a resolved plan's cells (``robench.recorder.plan_cells``) and a recorded
+    one's (``robench.completeness.planned_cells``)."""
     defenses, attacks = list(defenses), [(label, list(eps)) for label, eps in attacks]
+    restricted = {a: set(on) for a, on in (only or {}).items()}
     return {(d, a, canonical_eps(e), int(s)) for s in seeds for d in defenses
-            for a, eps in attacks for e in eps}
+            for a, eps in attacks if a not in restricted or d in restricted[a] for e in eps}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ changes no existing entry's numbers; per-image draws: ``Attack.uniform_noise``);
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -32,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 from torch import nn
 
 import robench
+from robench.adaptive import escalate
 from robench.attacks import ATTACKS, Attack, AttackParams
 from robench.attacks.base import DEFAULT_NORM
 from robench.cache import CacheKey, cache_key
@@ -45,7 +45,8 @@ from robench.config import (
 from robench.data import DATASETS
 from robench.defenses import DEFENSES, Defense, DefenseParams
 from robench.engine import Engine, policy_text
-from robench.eps import eps_text
+from robench.eps_limits import EpsWarning as EpsWarning  # re-exported: robench.plan.EpsWarning
+from robench.eps_limits import check_eps
 from robench.errors import UserError
 from robench.evaluation import evaluate_attack
 from robench.labels import unique_labels
@@ -134,6 +135,11 @@ class AttackSpec:
     #: for ``needs_source_model`` attacks (transfer): the label of the defense whose model
     #: crafts the examples (its cache key joins ``code_hash``); None for every other attack
     source: str | None = None
+    #: the defense labels this attack runs on (None: every defense); see ``applies``
+    defenses: tuple[str, ...] | None = None
+    #: why the plan added this entry (an adaptive variant, ``robench.adaptive``); "" for the
+    #: suite's own entries
+    adaptive: str = ""
 
     @property
     def backend(self) -> str:
@@ -153,6 +159,8 @@ class Plan:
     defenses: tuple[DefenseSpec, ...]
     attacks: tuple[AttackSpec, ...]
     seed: int               # the seed this plan runs (one of ``seeds``)
+    #: adaptive variants ``adaptive: auto`` could not add, with why (``robench.adaptive``)
+    adaptive_notes: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -163,6 +171,15 @@ class Plan:
         """Every seed of the suite, in order: the executors run ``for_seed`` of each."""
         return self.suite.seed_list
 
+    def attacks_on(self, defense: str) -> tuple[AttackSpec, ...]:
+        """The attacks that run on the defense labelled ``defense`` (``applies``), in order."""
+        return tuple(a for a in self.attacks if applies(a, defense))
+
+    def pairs(self) -> list[tuple[DefenseSpec, AttackSpec]]:
+        """Every (defense, attack) this plan runs: the one grid the executors, the estimate,
+        the probe and the checks of a run iterate."""
+        return [(d, a) for d in self.defenses for a in self.attacks if applies(a, d.label)]
+
     def for_seed(self, seed: int) -> Plan:
         """The same suite resolved for another seed (baseline, defenses and attack starts)."""
         if seed == self.seed:
@@ -170,7 +187,17 @@ class Plan:
         return resolve(self.suite, self.source, seed)
 
 
-# -- labels ------------------------------------------------------------------------------------
+def applies(attack: AttackSpec, defense: str) -> bool:
+    """Whether ``attack`` runs on the defense labelled ``defense`` (its ``defenses``: a suite
+    entry's ``defenses:`` key or an adaptive variant's defenses; None: every defense)."""
+    return attack.defenses is None or defense in attack.defenses
+
+
+def restrictions(plan: Plan) -> dict[str, tuple[str, ...]]:
+    """Per restricted attack label: the defense labels it runs on (``applies``)."""
+    return {a.label: a.defenses for a in plan.attacks if a.defenses is not None}
+
+
 # -- resolving ---------------------------------------------------------------------------------
 def _plugin(registry: Any, name: str, where: str) -> Any:
     if name not in registry:
@@ -264,38 +291,86 @@ def _attack_raw(entry: AttackEntry) -> dict[str, Any]:
     return {**entry.params, **extra}
 
 
-def _attacks(suite: Suite, source: str, seed: int,
-             defenses: tuple[DefenseSpec, ...]) -> tuple[AttackSpec, ...]:
+def _attacks(suite: Suite, source: str, seed: int, defenses: tuple[DefenseSpec, ...]
+             ) -> tuple[tuple[AttackSpec, ...], tuple[str, ...]]:
+    """The suite's attack entries, then (``adaptive: auto``) their adaptive variants
+    (``robench.adaptive``); and what escalation could not add."""
     resolved = _resolve_entries(suite.attacks, ATTACKS, "attacks", source)
     labels = _attack_labels(suite, resolved, source)
     libraries = _library_versions()
     specs = []
     for i, (label, entry, (plugin, params)) in enumerate(zip(labels, suite.attacks, resolved,
                                                              strict=True)):
-        text = params_json(params)
-        role = _role(plugin, entry, f"{source}: attacks[{i}].role")
+        where = f"{source}: attacks[{i}]"
+        role = _role(plugin, entry, f"{where}.role")
         norm = plugin.norm_of(params)
-        _check_eps(norm, entry.eps, suite.data.dataset, f"{source}: attacks[{i}].eps")
+        check_eps(norm, entry.eps, suite.data.dataset, f"{where}.eps")
         if entry.label is not None and norm != DEFAULT_NORM and norm not in entry.label.lower():
             # an automatic label shows the norm (``label_params``); a chosen one must too
             raise UserError(f"the label of an {norm.upper()} attack must name its norm (contain "
                             f"{norm!r}), so its columns cannot pass for L-inf ones",
-                            where=f"{source}: attacks[{i}].label")
-        # the attack, the evaluation loop, the seed derivation, the engine and the libraries
-        # that may compute the examples: any change makes its cells new cells
-        code = code_hash(plugin, evaluate_attack, derive_seed, Engine,
-                         *plugin.code_dependencies(params))
-        crafted_on = _source_defense(plugin, params, defenses, f"{source}: attacks[{i}]")
-        # a transfer cell also changes with its source model (the source defense's key)
-        extra = {"source": crafted_on.cache_key} if crafted_on is not None else {}
-        code = cache_key(code=code, libs=libraries, engine=policy_text(), **extra).hex
-        specs.append(AttackSpec(label, entry.name, plugin, params, text, tuple(entry.eps),
-                                entry.limit, role,
-                                derive_seed(seed, "attack",
-                                            plugin.random_starts_of or entry.name, text),
-                                code[:16],
-                                crafted_on.label if crafted_on is not None else None))
-    return tuple(specs)
+                            where=f"{where}.label")
+        only = _restriction(entry, defenses, where)
+        specs.append(_attack_spec(label, entry.name, plugin, params, entry, role, seed,
+                                  (defenses, libraries, where), only))
+    if adaptive_mode(suite) == "off":
+        return tuple(specs), ()
+    escalation = escalate(specs, defenses, suite.adaptive_eot_samples)
+    taken = set(labels)
+    for variant in escalation.variants:
+        where = f"{source}: attacks[{variant.of}]"
+        if variant.label in taken:
+            raise UserError(f"{variant.label!r}, the label of an adaptive variant of this "
+                            "entry (adaptive: auto), is also the label of another entry; "
+                            "rename that one or set `adaptive: off`", where=where)
+        taken.add(variant.label)
+        base = specs[variant.of]
+        specs.append(_attack_spec(variant.label, variant.name, ATTACKS.get(variant.name),
+                                  variant.params, suite.attacks[variant.of], base.role, seed,
+                                  (defenses, libraries, where), variant.defenses,
+                                  variant.reason))
+    return tuple(specs), tuple(escalation.notes)
+
+
+def adaptive_mode(suite: Suite) -> str:
+    """``adaptive`` as the plan reads it: unset is ``auto`` (docs/adaptive.md says why; a
+    recorded suite without the key reads as ``off``: ``robench.config.recorded_suite``)."""
+    return suite.adaptive or "auto"
+
+
+def _restriction(entry: AttackEntry, defenses: tuple[DefenseSpec, ...], where: str
+                 ) -> tuple[str, ...] | None:
+    """An entry's ``defenses:`` (None: every defense), each a defense label of the suite."""
+    if entry.defenses is None:
+        return None
+    known = [d.label for d in defenses]
+    for j, label in enumerate(entry.defenses):
+        if label not in known:
+            raise UserError(f"{label!r} is not a defense label of this suite (labels: "
+                            f"{', '.join(known)})", where=f"{where}.defenses[{j}]")
+        if entry.defenses.index(label) != j:
+            raise UserError(f"{label!r} listed twice", where=f"{where}.defenses[{j}]")
+    return tuple(entry.defenses)
+
+
+def _attack_spec(label: str, name: str, plugin: type[Attack], params: AttackParams,
+                 entry: AttackEntry, role: str, seed: int,
+                 context: tuple[tuple[DefenseSpec, ...], dict[str, str | None], str],
+                 only: tuple[str, ...] | None, adaptive: str = "") -> AttackSpec:
+    defenses, libraries, where = context
+    text = params_json(params)
+    # the attack, the evaluation loop, the seed derivation, the engine and the libraries
+    # that may compute the examples: any change makes its cells new cells
+    code = code_hash(plugin, evaluate_attack, derive_seed, Engine,
+                     *plugin.code_dependencies(params))
+    crafted_on = _source_defense(plugin, params, defenses, where)
+    # a transfer cell also changes with its source model (the source defense's key)
+    extra = {"source": crafted_on.cache_key} if crafted_on is not None else {}
+    code = cache_key(code=code, libs=libraries, engine=policy_text(), **extra).hex
+    return AttackSpec(label, name, plugin, params, text, tuple(entry.eps), entry.limit, role,
+                      derive_seed(seed, "attack", plugin.random_starts_of or name, text),
+                      code[:16], crafted_on.label if crafted_on is not None else None,
+                      only, adaptive)
 
 
 def _source_defense(plugin: type[Attack], params: AttackParams,
@@ -319,38 +394,6 @@ def _source_defense(plugin: type[Attack], params: AttackParams,
     known = ", ".join(d.label for d in defenses)
     raise UserError(f"source {wanted!r} is not a defense label of this suite (labels: "
                     f"{known})", where=f"{where}.params.source")
-
-
-#: the largest L-inf eps: inputs are in [0, 1]
-MAX_LINF_EPS = 1.0
-#: per dataset: (above this L2 eps a warning, not an error; the budgets published for it).
-#: MNIST: 0.5-3 (2.0 in Croce & Hein 2020's L2 experiments, 1.5-2.5 in Madry et al.'s L2
-#: MNIST challenge); at 5 most digits can be turned into another class by a human-visible
-#: change. Fashion-MNIST: the same 28x28 grey images; published L2 budgets are 1.0-1.5, so 5 is
-#: as far out. A dataset missing here (registered through the Python API) is not warned about:
-#: robench does not know its scale.
-L2_SENSIBLE_EPS = {"mnist": (5.0, "0.5-3"), "fashion_mnist": (5.0, "1-1.5")}
-
-
-class EpsWarning(UserWarning):
-    """An eps that is valid but outside the sensible range of its norm."""
-
-
-def _check_eps(norm: str, eps: list[float], dataset: str, where: str) -> None:
-    """L-inf eps in [0, 1] (an error, naming the entry); L2 eps above the dataset's
-    ``L2_SENSIBLE_EPS`` warned about (the schema already caps every eps at the L2 diameter of
-    the image)."""
-    for j, value in enumerate(eps):
-        if norm == "linf" and value > MAX_LINF_EPS:
-            raise UserError(f"Input should be less than or equal to {MAX_LINF_EPS:g} for an "
-                            f"L-inf attack (got {value:g}; L2 needs params.norm: l2)",
-                            where=f"{where}[{j}]")
-    limit, usual = L2_SENSIBLE_EPS.get(dataset, (None, ""))
-    big = [e for e in eps if norm == "l2" and limit is not None and e > limit]
-    if big:
-        warnings.warn(f"{where}: L2 eps {', '.join(eps_text(e) for e in big)} above "
-                      f"{limit:g}, outside the sensible range on {dataset} ({usual} is usual)",
-                      EpsWarning, stacklevel=2)
 
 
 #: the role of every verifier's rows (a lower bound: never part of the worst case)
@@ -432,10 +475,12 @@ def resolve(suite: Suite, source: str, seed: int | None = None) -> Plan:
     seed = suite.seed_list[0] if seed is None else seed
     baseline = _baseline(suite, source, seed)
     defenses = _defenses(suite, source, baseline, seed)
-    attacks = _attacks(suite, source, seed, defenses)
+    attacks, notes = _attacks(suite, source, seed, defenses)
     _check_verifiers(baseline, attacks, source, defenses)
     _check_defense_models(baseline, defenses, source)
-    return Plan(suite, source, baseline, defenses, attacks, seed)
+    # the mode written out, so run.json records what ran (``robench.config.recorded_suite``)
+    suite = suite.model_copy(update={"adaptive": adaptive_mode(suite)})
+    return Plan(suite, source, baseline, defenses, attacks, seed, notes)
 
 
 def load_plan(path: str | Path) -> Plan:

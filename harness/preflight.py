@@ -205,7 +205,7 @@ class _Checker:
             defense = DefenseStatus(spec, model_state, work)
             model_hash = fingerprint(model) if model is not None else None
             defense.attacks = [self._attack(seed, spec, attack, model_hash)
-                               for attack in seeded.attacks]
+                               for attack in seeded.attacks_on(spec.label)]
             status.defenses.append(defense)
         return status
 
@@ -309,6 +309,13 @@ def _header(pre: Preflight, console: Console) -> None:
                   "checked as resume checks them)")
     for note in pre.notes:
         console.print(f"note: {escape(note)}")
+    console.print(f"adaptive: {plan.suite.adaptive}" + ("" if any(a.adaptive for a in plan.attacks)
+                  or plan.adaptive_notes else " (no defense declares a surrogate or randomness)"))
+    for attack in plan.attacks:
+        if attack.adaptive:
+            console.print(f"  adaptive {escape(attack.label)}: {escape(attack.adaptive)}")
+    for note in plan.adaptive_notes:
+        console.print(f"  adaptive: {escape(note)}")
     cal = pre.calibration
     if cal is None:
         console.print("no calibration (--no-calibrate): no times")

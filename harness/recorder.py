@@ -27,7 +27,7 @@ from robench.finalize import read_diagnostics
 from robench.json_input import loads
 from robench.outcomes import OUTCOMES_FILE, Cell, OutcomeTable, cell_grid
 from robench.outdir import OutputFolder
-from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
+from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan, restrictions
 from robench.progress import Reporter
 from robench.results import (
     DEFENSE_METRIC_COLUMNS,
@@ -52,7 +52,7 @@ from robench.tasks import ModelFacts, Target, seed_tag, serial_order
 def plan_cells(plan: Plan) -> set[Cell]:
     """Every cell of ``plan``, over all its seeds."""
     return cell_grid([d.label for d in plan.defenses], [(a.label, a.eps) for a in plan.attacks],
-                     plan.seeds)
+                     plan.seeds, restrictions(plan))
 
 
 class RunRecorder:
@@ -445,7 +445,7 @@ class RunRecorder:
         for seed in plan.seeds:
             seeded = plan.for_seed(seed)
             for d in seeded.defenses:
-                for a in seeded.attacks:
+                for a in seeded.attacks_on(d.label):
                     for eps in a.eps:
                         rank.setdefault((d.label, a.label, canonical_eps(eps), seed), len(rank))
             for d in serial_order(seeded):

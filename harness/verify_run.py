@@ -34,7 +34,7 @@ from torch import nn
 
 from robench.cache import ModelCache
 from robench.completeness import RUN_RECORD
-from robench.config import parse_suite
+from robench.config import recorded_suite
 from robench.data import load_dataset, resolve_data_root
 from robench.engine import FORMATS, Engine, MemoryFormat
 from robench.errors import UserError
@@ -155,7 +155,7 @@ def run_plan(run: dict[str, Any], folder: Path, data_dir: str | None) -> Plan:
     elif not (isinstance(recorded, str) and Path(recorded).expanduser().is_dir()):
         data["root"] = None
     raw["data"] = data
-    return resolve(parse_suite(raw, where), where)
+    return resolve(recorded_suite(raw, where), where)
 
 
 def load_data(plan: Plan, rows: pd.DataFrame, folder: Path) -> RunData:
@@ -259,7 +259,7 @@ def reattack_seed(plan: Plan, models: SeedModels, skip: set[str], data: RunData,
             continue
         model = models.models[spec.label]
         noisy = randomized(model, test_split)
-        for attack in plan.attacks:
+        for attack in plan.attacks_on(spec.label):
             source = models.models[attack.source] if attack.source is not None else None
             found, bad = reattack(attack, spec.label, plan.seed, model, source, test_split,
                                   blocks, opts.sample, opts.seed, other_machine, noisy)

@@ -195,8 +195,8 @@ class RayExecutor:
                 self.models[(seed, defense.label)] = model
                 self.pending[report] = self._on_defended(recorder, ctx, seed, seeded, defense,
                                                          splits)
-            planned.update((d.label, a.label, eps, seed) for d in seeded.defenses
-                           for a in seeded.attacks for eps in a.eps)
+            planned.update((d.label, a.label, eps, seed) for d, a in seeded.pairs()
+                           for eps in a.eps)
         while self.pending:
             ready, _ = ray.wait(list(self.pending), num_returns=1)
             for ref in ready:
@@ -236,7 +236,7 @@ class RayExecutor:
             target = Target(seed, defense, report.facts.model_hash, report.seconds)
             # the longest attacks first (standard AutoAttack), so they do not finish last alone
             n_eval = len(splits[2])
-            for attack in sorted(seeded.attacks, key=lambda a: -attack_work(
+            for attack in sorted(seeded.attacks_on(defense.label), key=lambda a: -attack_work(
                     a, images_attacked(a, n_eval), a.eps).units):
                 self._submit_attack(recorder, target, attack, splits[2], ctx.num_classes)
         return handle

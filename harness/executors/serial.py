@@ -58,7 +58,7 @@ class SerialExecutor:
                                       ctx.num_classes, defense.label)
                 recorder.on_defended(seed, defense, facts)
                 target = Target(seed, defense, facts.model_hash, seconds)
-                for attack in seeded.attacks:
+                for attack in seeded.attacks_on(defense.label):
                     source = sources[attack.source][0] if attack.source is not None else None
                     self.attack(target, attack, model, source, test_split, ctx, recorder)
                     planned.update((defense.label, attack.label, eps, seed)

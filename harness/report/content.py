@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from robench.adaptive import run_notes
 from robench.checks import STATUSES
 from robench.leaderboard import (
     HOLM_NOTE,
@@ -48,6 +49,7 @@ class ReportContent:
         self.provenance = provenance(run, log, results)
         self.figures = figures
         self.notes = subset_notes(results)
+        self.adaptive = run_notes(run)  # adaptive attacks: which, for which defenses, why
         self.completeness = completeness_notes(board)
 
     @property

@@ -103,6 +103,7 @@ def render_html(report: ReportContent) -> str:
         problems=report.problems,
         passes=[(r.defense, r.check, r.detail) for r in report.passes.itertuples(index=False)],
         tables=[_table(report, groups) for groups in report.tables], notes=report.notes,
+        adaptive=report.adaptive,
         figures=[{"caption": f.caption, "wide": f.wide,
                   "png_base64": base64.b64encode(f.png).decode()} for f in report.figures],
         metrics=metrics, provenance=report.provenance)

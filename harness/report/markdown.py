@@ -95,6 +95,7 @@ def _leaderboard(report: ReportContent) -> list[str]:
         md += [_md_table([_md(h) for h in head], rows, numeric_from=2), ""]
     if report.notes:
         md += ["Subsets: " + "; ".join(_md(n) for n in report.notes) + ".", ""]
+    md += [f"- {_md(n)}" for n in report.adaptive] + [""] * bool(report.adaptive)
     return md
 
 
