@@ -296,8 +296,9 @@ def test_a_recorded_plan_has_the_cells_of_the_plan_it_records():
     from robench.plan import resolve_raw
     from robench.recorder import plan_cells
 
+    # a run.json without `planned` predates adaptive attacks (its suite reads as `off`)
     suite = {"name": "cells", "seeds": [0, 3], "data": {"dataset": "mnist", "eval_limit": 50},
-             "train": {"epochs": 0},
+             "train": {"epochs": 0}, "adaptive": "off",
              "defenses": [{"name": "none"}, {"name": "bit_depth_reduction", "params": {"bits": 3}},
                           {"name": "bit_depth_reduction", "params": {"bits": 5}}],
              "attacks": [{"name": "fgsm", "eps": [0.0, 0.1, 0.30000000001]},
