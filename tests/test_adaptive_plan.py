@@ -219,3 +219,17 @@ def test_bad_input_on_the_command_line(tmp_path, robench_cli, change, key):
     line = one_line_error(robench_cli("plan", str(path), "--no-calibrate"))
     assert line.startswith(f"{path}: {key}: ") or f"{path}: {key}" in line
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_robench_plan_lists_the_adaptive_cells_and_why(tmp_path, robench_cli):
+    path = tmp_path / "s.yaml"
+    path.write_text(json.dumps(suite()))
+    proc = robench_cli("plan", str(path), "--no-calibrate", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "adaptive: auto" in text
+    assert ("adaptive bpda[of=pgd]: bpda (variant of pgd) for bit_depth_reduction: it declares "
+            "a differentiable surrogate (has_surrogate)") in text
+    assert "│ bpda[of=pgd] │ 50" in text  # its row in the cell table, priced as any other
+    assert text.count("bpda[of=pgd] │") == 1  # bit_depth_reduction's only
