@@ -177,6 +177,13 @@ class Suite(_Strict):
     # the gradient samples of an EOT variant (``eot_samples``) for a randomized defense
     adaptive_eot_samples: int = Field(10, ge=1, le=1000)
 
+    @field_validator("adaptive", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` / `on` as a boolean
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) \
+            else value
+
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, values: list[int] | None, info: ValidationInfo

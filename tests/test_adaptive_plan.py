@@ -54,8 +54,15 @@ def test_auto_is_the_default_and_adds_bpda_for_the_surrogate_defense_only():
     assert len(cells) == 2 * 3 + 1
 
 
-def test_off_and_no_surrogate_defense_add_nothing():
+def test_off_and_no_surrogate_defense_add_nothing(tmp_path):
     assert [a.label for a in resolve_raw(suite("off"), "s.yaml").attacks] == ["fgsm", "pgd"]
+    # YAML reads a bare `off` as false: the same
+    from robench.plan import load_plan
+
+    path = tmp_path / "s.yaml"
+    path.write_text("adaptive: off\n" + "\n".join(f"{k}: {json.dumps(v)}"
+                                                    for k, v in suite().items()))
+    assert [a.label for a in load_plan(path).attacks] == ["fgsm", "pgd"]
     raw = suite()
     raw["defenses"] = [{"name": "none"}]
     plan = resolve_raw(raw, "s.yaml")
