@@ -45,6 +45,7 @@ from typing import Any
 import pandas as pd
 
 from robench.completeness import RUN_RECORD, planned_cells, present_cells
+from robench.config import recorded_suite
 from robench.data import resolve_data_root
 from robench.eps import canonical_eps
 from robench.errors import UserError
@@ -60,6 +61,10 @@ from robench.verify_tables import RECOMPUTED, finalized_problems, outcome_blocks
 
 #: settings of a suite that say where it ran, not what it computed
 WHERE_KEYS = (("data", "root"), (None, "device"))
+#: settings whose whole effect is which cells a run has (the escalation's adaptive cells):
+#: compared through the planned cells instead, so a run recorded before they existed matches
+#: a suite that adds no cell through them
+CELL_KEYS = ((None, "adaptive"), (None, "adaptive_eot_samples"))
 
 
 @dataclass(frozen=True)
@@ -82,13 +87,14 @@ def _read_claims(folder: Path) -> tuple[dict[str, Any], pd.DataFrame] | None:
 
 
 def _what_it_computes(suite: dict[str, Any]) -> dict[str, Any]:
-    """A suite's dump without the settings of ``WHERE_KEYS``."""
-    suite = json.loads(json.dumps(suite))
-    for section, key in WHERE_KEYS:
-        part = suite.get(section) if section else suite
+    """A suite's dump, read as a recorded suite (keys added since it was recorded take their
+    recorded meaning), without the settings of ``WHERE_KEYS`` and of ``CELL_KEYS``."""
+    dumped = recorded_suite(json.loads(json.dumps(suite)), RUN_RECORD).model_dump(mode="json")
+    for section, key in WHERE_KEYS + CELL_KEYS:
+        part = dumped.get(section) if section else dumped
         if isinstance(part, dict):
             part.pop(key, None)
-    return suite
+    return dumped
 
 
 def difference(run: dict[str, Any], results: pd.DataFrame, plan: Plan,
@@ -97,7 +103,11 @@ def difference(run: dict[str, Any], results: pd.DataFrame, plan: Plan,
     ``data`` (see the module), in a few words; None when it is."""
     if not isinstance(run.get("suite"), dict):
         return "run.json records no suite"
-    if _what_it_computes(run["suite"]) != _what_it_computes(plan.suite.model_dump(mode="json")):
+    try:
+        recorded = _what_it_computes(run["suite"])
+    except UserError:
+        return "run.json's suite cannot be read"
+    if recorded != _what_it_computes(plan.suite.model_dump(mode="json")):
         return "another suite"
     for key, specs in (("defenses", plan.defenses), ("attacks", plan.attacks)):
         recorded = run.get(key)
