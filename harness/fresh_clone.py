@@ -104,10 +104,10 @@ def difference(run: dict[str, Any], results: pd.DataFrame, plan: Plan,
     if not isinstance(run.get("suite"), dict):
         return "run.json records no suite"
     try:
-        recorded = _what_it_computes(run["suite"])
+        recorded_suite_dump = _what_it_computes(run["suite"])
     except UserError:
         return "run.json's suite cannot be read"
-    if recorded != _what_it_computes(plan.suite.model_dump(mode="json")):
+    if recorded_suite_dump != _what_it_computes(plan.suite.model_dump(mode="json")):
         return "another suite"
     for key, specs in (("defenses", plan.defenses), ("attacks", plan.attacks)):
         recorded = run.get(key)
