@@ -133,7 +133,8 @@ def run(
                    "again to resume)", err=True)
         raise typer.Exit(code=130) from None
     if end.board is not None and not quiet:
-        typer.echo(to_markdown(end.board))
+        written = end.out_dir / "leaderboard.md"  # with its notes (subsets, adaptive attacks)
+        typer.echo(written.read_text() if written.is_file() else to_markdown(end.board))
         typer.echo(f"results: {end.out_dir}")
     if end.line is not None:  # the verdict on a complete run, or the recompute's comparison
         typer.echo(end.line)
@@ -258,27 +259,29 @@ def leaderboard(
     Example: robench leaderboard results/fgsm_lenet/results.csv
     """
     from robench.finalize import leaderboard_of, read_inputs
-    from robench.leaderboard import to_markdown
+    from robench.leaderboard import board_markdown
 
     try:
         if out is not None and write:
             raise UserError("give --out or --write, not both", where="--write")
         if out is not None or write:
-            board, note = _finalize(results_csv, out)
+            board, inputs = _finalize(results_csv, out)
         else:
             from robench.outdir import resolve_out
 
             inputs = read_inputs(resolve_out(results_csv, where=str(results_csv)))
-            board, note = leaderboard_of(inputs), inputs.note
+            board = leaderboard_of(inputs)
     except UserError as err:
         _fail(err)
-    typer.echo((f"**{note}**\n\n" if note else "") + to_markdown(board))
+    note = inputs.note
+    typer.echo((f"**{note}**\n\n" if note else "")
+               + board_markdown(board, inputs.results, inputs.report.run or None))
 
 
 def _finalize(results: Path, out: Path | None):
     """The run's finalize step on a results folder or CSV, written into ``out`` (default: the
     results' own folder), which robench locks and writes only its own files into; returns the
-    leaderboard and the "unverified" mark of its inputs (None: verified)."""
+    leaderboard and its inputs (``note``: the "unverified" mark; None: verified)."""
     from robench.finalize import finalize, read_inputs
     from robench.outdir import OutputFolder, resolve_out
 
@@ -299,7 +302,7 @@ def _finalize(results: Path, out: Path | None):
         inputs.check_unchanged()  # under the lock: a run that finished meanwhile is kept
         board = finalize(inputs, target)
     inputs.warn()  # after every guard: a refusal is the only line
-    return board, inputs.note
+    return board, inputs
 
 
 @app.command()
@@ -380,7 +383,7 @@ def verify(
     each model's hash against its rows, and a seeded sample of every cell's images attacked
     again. Exit 0: verified; 1: differences (one line each); 2: bad input.
 
-    Example: robench verify results/fgsm_lenet --sample 50
+    Example: robench run suites/smoke.yaml; robench verify results/smoke --sample 50
     """
     from robench.verify_run import DEFAULT_SAMPLE, VerifyOptions
     from robench.verify_run import verify as verify_folder

@@ -449,6 +449,15 @@ def to_markdown(board: pd.DataFrame, title: str | None = None,
     return head + table + (f"\nNotes:{tail}\n" if tail else "")
 
 
+def board_markdown(board: pd.DataFrame, results: pd.DataFrame, run: dict[str, Any] | None,
+                   title: str | None = None) -> str:
+    """``to_markdown`` with the notes a run's leaderboard carries (image subsets, adaptive
+    attacks) and its restricted cells marked "not run": what leaderboard.md holds and what the
+    commands print."""
+    return to_markdown(board, title, subset_notes(results) + run_notes(run),
+                       restricted_attacks(run))
+
+
 def write_leaderboard(results: pd.DataFrame, out: OutputFolder, title: str | None = None,
                       status: pd.DataFrame | None = None,
                       outcomes: pd.DataFrame | RobustPerImage | None = None,
@@ -458,6 +467,5 @@ def write_leaderboard(results: pd.DataFrame, out: OutputFolder, title: str | Non
     restricted cells)."""
     board = build_leaderboard(results, status, outcomes, planned)
     write_csv(out, "leaderboard.csv", board)
-    out.write_text("leaderboard.md", to_markdown(board, title, subset_notes(results)
-                                                 + run_notes(run), restricted_attacks(run)))
+    out.write_text("leaderboard.md", board_markdown(board, results, run, title))
     return board

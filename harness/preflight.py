@@ -309,8 +309,10 @@ def _header(pre: Preflight, console: Console) -> None:
                   "checked as resume checks them)")
     for note in pre.notes:
         console.print(f"note: {escape(note)}")
-    console.print(f"adaptive: {plan.suite.adaptive}" + ("" if any(a.adaptive for a in plan.attacks)
-                  or plan.adaptive_notes else " (no defense declares a surrogate or randomness)"))
+    added = any(a.adaptive for a in plan.attacks) or plan.adaptive_notes
+    why = (" (the suite turns the adaptive variants off)" if plan.suite.adaptive == "off" else
+           " (no defense declares a surrogate or randomness)")
+    console.print(f"adaptive: {plan.suite.adaptive}" + ("" if added else why))
     for attack in plan.attacks:
         if attack.adaptive:
             console.print(f"  adaptive {escape(attack.label)}: {escape(attack.adaptive)}")
