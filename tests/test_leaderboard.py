@@ -102,3 +102,18 @@ def test_eps_mask_is_same_eps_per_entry():
         assert mask.dtype == bool and mask.index.equals(values.index)
         assert mask.tolist() == [same_eps(v, eps) for v in values]
     assert eps_mask(values, 0.1).sum() == 6
+
+
+def test_the_printed_leaderboard_carries_the_notes_of_leaderboard_md(robench_cli, tmp_path):
+    """`robench leaderboard` prints the notes leaderboard.md holds (image subsets, worst case),
+    not a bare table: a reader of the terminal must learn what a column was computed on."""
+    import shutil
+
+    from tests.conftest import REPO
+
+    copy = tmp_path / "fgsm_lenet"
+    shutil.copytree(REPO / "results" / "fgsm_lenet", copy)
+    res = robench_cli("leaderboard", str(copy / "results.csv"))
+    assert res.returncode == 0, res.stderr
+    assert "pgd: 5000 random of the 10000 evaluation images" in res.stdout
+    assert "worst case: per image" in res.stdout
