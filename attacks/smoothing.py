@@ -20,17 +20,22 @@ are computed once per batch and every eps of the sweep reads them.
 Defaults are the paper's: ``n0 = 100``, ``n = 100 000``, ``alpha = 0.001``. Cost: ``n0 + n``
 base-classifier forward passes per image (``robench plan`` declares them): on the CPU a LeNet-5
 forward pass costs tens of microseconds per image, so the paper's ``n`` is seconds per image
-and minutes per hundred images. Fewer samples give smaller radii (the bound is looser), never
-larger ones; a smaller ``n`` or ``n0`` or a larger ``alpha`` is a reduced variant and its label
-says so (``smoothing[n=...]``).
+and minutes per hundred images. Fewer samples give smaller radii in expectation (the bound is
+looser), and cap them: even with all ``n`` votes for ``cA``, ``pA_lower = alpha^(1/n)``, so the
+radius is at most ``sigma * Phi^-1(alpha^(1/n))``: 3.20 sigma at ``n = 10 000`` and 3.81 sigma
+at ``n = 100 000`` (``alpha = 0.001``). A smaller ``n`` or ``n0`` or a larger ``alpha`` is a
+reduced variant and its label says so (``smoothing[n=...]``).
 
 Compared with ``locuslab/smoothing`` ``code/core.py`` (``Smooth.certify``,
 ``_lower_confidence_bound``: ``proportion_confint(nA, n, alpha=2*alpha, method="beta")[0]``,
 the same bound) and ``code/analyze.py`` (``ApproximateAccuracy``: correct and
 ``radius >= r``). Deviations: certified at ``eps`` needs ``radius > eps`` (strict: the theorem
-covers the open ball, and a tie is not a proof, as the ``ibp`` verifier); noise is drawn from
-the verifier's seeded CPU generator, so a certificate repeats; ``batch_size`` counts noisy
-copies per base forward pass as in the reference.
+covers the open ball, and a tie is not a proof, as the ``ibp`` verifier); noise is drawn on
+the CPU from a generator seeded by ``(seed, image id)`` (``robench.seeds.derive_seed``) when
+the evaluation names the images (``set_images``), so an image's certificate repeats in any
+batch, subset or order; else from the verifier's seeded generator (then it repeats only for
+the same images in the same batches); ``batch_size`` counts noisy copies per base forward
+pass as in the reference.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from robench.attacks.base import ATTACKS, AttackParams, Norm
 from robench.attacks.verifier import Verifier
 from robench.errors import UserError
 from robench.models import eval_mode
+from robench.seeds import derive_seed
 from robench.work import Work
 
 #: the paper's sample sizes and failure probability
@@ -86,6 +92,7 @@ class Smoothing(Verifier):
     """Randomized-smoothing CERTIFY (Cohen et al. 2019), L2, on a ``gaussian_noise`` model."""
 
     Params = SmoothingParams
+    probabilistic = True  # each certificate holds with probability 1 - alpha
     shares_work_across_eps = True  # one CERTIFY per image serves every eps
     # a reduced variant must never pass for the paper's CERTIFY: ``smoothing[n=1000,...]``
     label_params = ("n", "n0", "alpha", "norm")
@@ -119,12 +126,12 @@ class Smoothing(Verifier):
                             f"smoothing); defense {label!r} declares no Gaussian noise")
 
     def _counts(self, base: nn.Module, x: torch.Tensor, num: int, sigma: float,
-                classes: int) -> torch.Tensor:
+                classes: int, gen: torch.Generator) -> torch.Tensor:
         counts = torch.zeros(classes, dtype=torch.long)
         cap = int(self._p.batch_size)
         for start in range(0, num, cap):
             k = min(cap, num - start)
-            noise = torch.randn((k, *x.shape), generator=self.generator, dtype=x.dtype)
+            noise = torch.randn((k, *x.shape), generator=gen, dtype=x.dtype)
             pred = base(x.unsqueeze(0) + sigma * noise.to(x.device)).argmax(1).cpu()
             counts += torch.bincount(pred, minlength=classes)[:classes]
         return counts
@@ -140,9 +147,15 @@ class Smoothing(Verifier):
         labels, radii = [], []
         with eval_mode(self.model), torch.no_grad():
             classes = self.num_classes(x)
-            for image in x:
-                c_a = int(self._counts(base, image, p.n0, sigma, classes).argmax())
-                n_a = int(self._counts(base, image, p.n, sigma, classes)[c_a])
+            ids = self._image_ids if self._image_ids is not None \
+                and len(self._image_ids) == x.shape[0] else None
+            for i, image in enumerate(x):
+                # a named image's noise is its own (seed, image id) stream: the same
+                # certificate in any batch, subset or order; unnamed: the attack's generator
+                gen = self.generator if ids is None else \
+                    torch.Generator().manual_seed(derive_seed(self.seed, "certify", ids[i]))
+                c_a = int(self._counts(base, image, p.n0, sigma, classes, gen).argmax())
+                n_a = int(self._counts(base, image, p.n, sigma, classes, gen)[c_a])
                 r = certified_radius(n_a, p.n, p.alpha, sigma)
                 labels.append(c_a if r >= 0 else -1)
                 radii.append(max(r, 0.0))

@@ -34,6 +34,10 @@ class Verifier(Attack):
     """Base of every verifier plugin (L-infinity, inputs in [0, 1], true labels)."""
 
     family: ClassVar[Family] = "verifier"
+    #: True when a certificate holds with a probability below 1 (``smoothing``: 1 - alpha per
+    #: image, for the infinite-sample smoothed classifier): the checks then treat a certified
+    #: image that an attack breaks as a warning, and its eps-0 row as below clean accuracy
+    probabilistic: ClassVar[bool] = False
 
     @classmethod
     def check_model(cls, model: nn.Module, model_name: str, params: Any) -> None:

@@ -9,10 +9,13 @@ every image and returns the vote: its output is ``log`` of the vote shares (a cl
 vote gets ``log 1e-12``), so its argmax is the majority class, ties going to the lower class.
 A plain forward pass never abstains; abstention belongs to the ``smoothing`` verifier's
 CERTIFY (``robench.attacks.smoothing``), which reads ``sigma`` and the base classifier from the
-model. The gradient of the output is that of ``log`` of the mean softmax over the copies (the
-"soft" smoothed classifier that Salman et al. 2019, arXiv 1906.04584, attack): the hard vote
-has no gradient. The model is randomized (``randomized = True``): attack it with
-``eot_samples`` and it is evaluated by a vote over ``eval_samples`` passes.
+model. The vote has no gradient: the output's input gradient is exactly zero (a plain gradient
+attack makes no progress and the ``input_gradients`` check fails, as for ``bit_depth_reduction``).
+The attackable surrogate is ``surrogate()``: the "soft" smoothed classifier, ``log`` of the mean
+softmax over ``votes`` fresh noisy copies, which Salman et al. 2019 (arXiv 1906.04584) attack;
+the defense declares it (``has_surrogate``), so ``adaptive: auto`` escalates every iterative
+attack to ``bpda[of=...,eot=k]``: BPDA through the soft classifier with EOT over its noise. The
+model is randomized (``randomized = True``) and evaluated by a vote over ``eval_samples`` passes.
 
 Compared with ``locuslab/smoothing`` ``code/core.py`` (``Smooth.predict``, ``Smooth.certify``)
 and ``code/train.py``. Deviations:
@@ -62,17 +65,28 @@ class GaussianSmoothed(nn.Module):
         #: passes ``robench.evaluation`` votes over when it scores this model
         self.eval_samples = int(eval_samples)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
+    def noisy_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The base classifier's logits on ``votes`` fresh noisy copies of every image,
+        (batch * votes, classes), copies of one image adjacent."""
         noisy = x.repeat_interleave(self.votes, dim=0)
         noisy = noisy + torch.randn_like(noisy) * self.smoothing_sigma
-        logits = self.base_classifier(noisy)
+        return self.base_classifier(noisy)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.noisy_logits(x.detach())
         c = logits.shape[1]
-        soft = F.softmax(logits, dim=1).view(b, self.votes, c).mean(1)
-        hard = F.one_hot(logits.argmax(1), c).to(soft.dtype).view(b, self.votes, c).mean(1)
-        log_soft, log_hard = soft.clamp_min(FLOOR).log(), hard.clamp_min(FLOOR).log()
-        # value: the vote; gradient: the soft smoothed classifier's
-        return log_soft + (log_hard - log_soft).detach()
+        hard = F.one_hot(logits.argmax(1), c).to(logits.dtype).view(-1, self.votes, c).mean(1)
+        log_hard = hard.clamp_min(FLOOR).log().detach()
+        # the vote has no gradient; a zero-gradient path keeps autograd working, so a plain
+        # gradient attack sees an all-zero gradient (and ``input_gradients`` flags it) instead
+        # of an error or a misleading direction: the soft classifier is ``surrogate()``
+        return log_hard + 0.0 * x.flatten(1)[:, :1]
+
+    def surrogate(self) -> nn.Module:
+        """The soft smoothed classifier (Salman et al. 2019): ``log`` of the mean softmax over
+        ``votes`` fresh noisy copies, differentiable; BPDA (``robench.attacks.bpda``) follows
+        its gradient. It shares this model's weights and noise level."""
+        return SoftSmoothed(self)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self.base_classifier.state_dict(*args, **kwargs)
@@ -80,6 +94,24 @@ class GaussianSmoothed(nn.Module):
     def load_state_dict(self, state_dict: Any, strict: bool = True,
                         assign: bool = False) -> Any:
         return self.base_classifier.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+class SoftSmoothed(nn.Module):
+    """``log`` of the mean softmax of ``smoothed``'s base classifier over ``votes`` noisy copies
+    (the soft smoothed classifier of Salman et al. 2019, arXiv 1906.04584; their
+    ``Hadisalman/smoothing-adversarial`` ``code/attacks.py``, ``PGD_L2.attack`` with
+    ``num_noise_vectors``, averages the softmax over the noise draws the same way). Its
+    cross-entropy is ``-log`` of the soft classifier's true-class share; a floor of ``FLOOR``
+    (theirs: 1e-20) keeps it finite."""
+
+    def __init__(self, smoothed: GaussianSmoothed) -> None:
+        super().__init__()
+        self.smoothed = smoothed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.smoothed.noisy_logits(x)
+        soft = F.softmax(logits, dim=1).view(-1, self.smoothed.votes, logits.shape[1]).mean(1)
+        return soft.clamp_min(FLOOR).log()
 
 
 class GaussianNoiseParams(DefenseParams):
@@ -98,6 +130,7 @@ class GaussianNoise(Defense):
 
     Params = GaussianNoiseParams
     randomized = True
+    has_surrogate = True  # the soft smoothed classifier (``GaussianSmoothed.surrogate``)
 
     @classmethod
     def cost(cls, params: GaussianNoiseParams, train_config: TrainConfig, n_train: int,
@@ -128,4 +161,4 @@ class GaussianNoise(Defense):
         return DefenseResult(model=self.wrap(model, p), metrics=ctx.metrics)
 
 
-__all__ = ["FLOOR", "GaussianNoise", "GaussianNoiseParams", "GaussianSmoothed"]
+__all__ = ["FLOOR", "GaussianNoise", "GaussianNoiseParams", "GaussianSmoothed", "SoftSmoothed"]

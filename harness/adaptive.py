@@ -134,14 +134,17 @@ def escalate(attacks: Sequence[_AttackLike], defenses: Sequence[_DefenseLike],
             kinds.setdefault((surrogate, randomized), []).append(d.label)
     for (surrogate, randomized), labels in kinds.items():
         for i, attack in enumerate(attacks):
+            own_eot = int(getattr(attack.params, EOT_KEY, 1))
             if attack.plugin.family != "iterative" or attack.plugin.random_starts_of \
-                    or getattr(attack.params, EOT_KEY, 1) > 1:
+                    or (own_eot > 1 and not surrogate):
                 continue  # not a gradient attack of its own, or already adaptive
+            # an EOT attack on a surrogate defense still follows the defense's own gradient
+            # (zero for a vote): its BPDA variant keeps the larger number of samples
+            k = max(eot_samples, own_eot)
             targets = [d for d in labels if _applies(attack, d)]
             if not targets:
                 continue
-            name, params, problem = _variant_params(attack, surrogate, randomized,
-                                                    eot_samples)
+            name, params, problem = _variant_params(attack, surrogate, randomized, k)
             if params is None:
                 out.notes.append(f"no adaptive variant of {attack.label} for "
                                  f"{', '.join(targets)}: {problem}")
@@ -152,7 +155,7 @@ def escalate(attacks: Sequence[_AttackLike], defenses: Sequence[_DefenseLike],
                 continue
             what = name if name != attack.name else f"{attack.label} with {EOT_KEY}"
             out.variants.append(Variant(
-                i, name, params, _label(attack, surrogate, randomized, eot_samples),
+                i, name, params, _label(attack, surrogate, randomized, k),
                 tuple(targets),
                 f"{what} (variant of {attack.label}) for {', '.join(targets)}: "
                 f"{'it declares' if len(targets) == 1 else 'they declare'} "

@@ -4,8 +4,8 @@
 batch size, thread count) on the attack loops and on training; what is faster there is the
 default here, per device type:
 
-- CPU: ``channels_last`` (NHWC) weights. On LeNet-5 input gradients it measured 1.4-2.8x the
-  throughput of the default NCHW layout (``benchmarks/RESULTS.md``). Inputs need no conversion:
+- CPU: ``channels_last`` (NHWC) weights: faster than the default NCHW layout on LeNet-5 input
+  gradients (the measured ratios are in ``benchmarks/RESULTS.md``). Inputs need no conversion:
   a one-channel NCHW batch is already channels_last in memory (its strides satisfy both).
 - CUDA: ``contiguous`` (the default layout), until a lent GPU measures otherwise.
 

@@ -103,6 +103,8 @@ def evaluate_attack(model: nn.Module, attack: Attack, eps_list: Sequence[float],
             x = data.images[start:start + batch_size]
             y = data.labels[start:start + batch_size]
             clean_parts.append((voted_predict(model, x) == y).cpu())
+            # named images: per-image random draws (starts, smoothing's noise) repeat anywhere
+            attack.set_images(data.ids[start:start + batch_size].tolist())
             if attack.family == "verifier":
                 # a verifier proves instead of attacking: adv_ok is its certificate
                 for i, eps in enumerate(eps_list):
@@ -111,7 +113,6 @@ def evaluate_attack(model: nn.Module, attack: Attack, eps_list: Sequence[float],
                     seconds[i] += time.perf_counter() - t0
                 bar.update(1)
                 continue
-            attack.set_images(data.ids[start:start + batch_size].tolist())
             sweep = attack.sweep(x, y, eps_list)
             for i in range(len(eps_list)):
                 t0 = time.perf_counter()

@@ -338,7 +338,7 @@ def min_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float =
     values with between-value standard deviation ``sd`` detects at level ``alpha`` with
     probability ``power`` (Cohen 1988): the delta solving
     P(|T| > t_{1-alpha/2, n-1}) = power, T noncentral t with n - 1 degrees of freedom and
-    noncentrality delta sqrt(n) / sd. For n = 10, alpha 0.05, power 0.8 it is 0.994 sd.
+    noncentrality delta sqrt(n) / sd. For n = 10, alpha 0.05, power 0.8 it is 0.996 sd.
 
     Raises:
         ValueError: for n < 2, sd not finite and positive, alpha or power outside (0, 1).

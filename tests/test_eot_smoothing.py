@@ -144,7 +144,8 @@ def test_deterministic_output_fails_without_eot():
     from robench.data import Split
     data = Split(x, y, torch.arange(20))
     torch.manual_seed(0)
-    noisy = model_diagnostics(GaussianSmoothed(LeNet5(), 0.5, 2, 1), data)
+    # a base whose noisy votes vary (an untrained LeNet votes one class whatever the noise)
+    noisy = model_diagnostics(GaussianSmoothed(Linear(torch.randn(10, 784)), 0.5, 2, 1), data)
     steady = model_diagnostics(LeNet5(), data)
     assert noisy["random_output"] == 1.0 and steady["random_output"] == 0.0
 
@@ -226,6 +227,8 @@ def test_tiny_smoothing_suite_end_to_end(tmp_path, robench_cli, synthetic):
     labels = set(rows["attack"])
     assert any(a.startswith("smoothing[") and "n=200" in a for a in labels), labels
     assert any("eot_samples=4" in a for a in labels), labels
+    # adaptive: auto attacks the vote through its soft classifier (BPDA with EOT)
+    assert any(a.startswith("bpda[of=pgd[") and a.endswith("eot=4]") for a in labels), labels
 
 
 def test_gaussian_noise_model_stores_only_the_base_weights():
@@ -243,3 +246,119 @@ def test_gaussian_noise_model_stores_only_the_base_weights():
     assert weights_hash(loaded) == weights_hash(trained)
     assert model_hash(loaded) == model_hash(wrapped) != model_hash(trained)
     assert GaussianNoise.randomized and GaussianNoise.noise_sigma(params) == 0.5
+
+
+# -- the soft smoothed classifier (surrogate), the probabilistic verifier's checks -------------
+class Linear(nn.Module):
+    """A base classifier with a known softmax: logits W x (x flattened)."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.w = nn.Parameter(w, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.w.T
+
+
+def test_the_surrogate_gradient_is_the_soft_classifiers_and_the_vote_has_none():
+    g = torch.Generator().manual_seed(0)
+    w = 3 * torch.randn(4, 6, generator=g)
+    x, y = torch.rand(3, 1, 2, 3, generator=g), torch.tensor([0, 1, 2])
+    votes, sigma = 5, 0.3
+    model = GaussianSmoothed(Linear(w), sigma, votes, eval_samples=1)
+    xr = x.clone().requires_grad_(True)
+    torch.manual_seed(7)
+    out = model.surrogate()(xr)
+    (grad,) = torch.autograd.grad(F.cross_entropy(out, y, reduction="sum"), xr)
+    # by hand, with the same noise draws: CE = -log s_y, s = mean_k softmax(W z_k), so
+    # dCE/dx = -(1/s_y) mean_k p_ky (W_y - sum_j p_kj W_j)
+    torch.manual_seed(7)
+    z = x.repeat_interleave(votes, 0)
+    z = (z + torch.randn_like(z) * sigma).flatten(1)
+    p = F.softmax(z @ w.T, dim=1).view(3, votes, 4)
+    s = p.mean(1)
+    expected = torch.stack([
+        -(p[i, :, y[i], None] * (w[y[i]] - p[i] @ w)).mean(0) / s[i, y[i]] for i in range(3)])
+    torch.testing.assert_close(grad.flatten(1), expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out, s.log(), rtol=1e-6, atol=1e-7)
+    assert (grad.flatten(1).norm(dim=1) > 1e-3).all()     # not the vanishing 1e-12 of before
+    # the forward pass: the vote's log shares (value), an exactly zero input gradient
+    torch.manual_seed(7)
+    hard = model(xr)
+    votes_of = F.one_hot((z @ w.T).argmax(1), 4).float().view(3, votes, 4).mean(1)
+    assert torch.equal(hard, votes_of.clamp_min(1e-12).log())
+    (zero,) = torch.autograd.grad(F.cross_entropy(hard, y, reduction="sum"), xr)
+    assert torch.equal(zero, torch.zeros_like(zero))
+    from robench.defenses.gaussian_noise import GaussianNoise
+    assert GaussianNoise.has_surrogate
+
+
+def test_bpda_follows_the_soft_classifier_and_auto_adds_it():
+    from robench.attacks.bpda import surrogate_of
+    from robench.defenses.gaussian_noise import SoftSmoothed
+
+    model = GaussianSmoothed(LeNet5(), 0.25, 4, 1)
+    assert isinstance(surrogate_of(model), SoftSmoothed)
+    for attack in ({"name": "pgd", "eps": [0.5], "params": {"norm": "l2", "alpha": 0.1}},
+                   {"name": "pgd", "eps": [0.5], "params": {"norm": "l2", "alpha": 0.1, "eot_samples": 8}}):
+        raw = {**suite([NOISE], [attack]), "adaptive_eot_samples": 4}
+        plan = resolve_raw(raw, "s.yaml")
+        (bpda,) = [a for a in plan.attacks if a.name == "bpda"]
+        # an EOT pgd is no adaptive attack on a vote: it too gets BPDA, with its larger k
+        k = max(4, attack["params"].get("eot_samples", 1))
+        assert bpda.label.startswith("bpda[of=pgd") and bpda.label.endswith(f"eot={k}]")
+        assert json.loads(bpda.params_json)["eot_samples"] == k
+
+
+def _frame(rows):
+    import pandas as pd
+    return pd.DataFrame(rows)
+
+
+def test_eps0_check_skips_a_probabilistic_verifier_only():
+    def status(name):
+        frame = _frame([result_row("d", f"{name}[n=100]", 0.0, 0.9, 0.8, role="bound",
+                                   attack_name=name)])
+        checks = run_checks(frame).set_index("check")["status"]
+        return checks.get("eps0_equals_clean", "absent")
+
+    assert Smoothing.probabilistic and not ATTACKS.get("ibp").probabilistic
+    assert status("smoothing") == "absent"   # abstentions: below clean accuracy by definition
+    assert status("ibp") == "fail"           # certifies exactly the correct images at eps 0
+
+
+def test_a_broken_smoothing_certificate_is_a_warning_with_its_count():
+    import pandas as pd
+
+    def checks(name):
+        label = f"{name}[n=100]"
+        frame = _frame([result_row("d", "pgd", 0.5, 1.0, 0.5, n=4),
+                        result_row("d", label, 0.5, 1.0, 0.5, n=4, role="bound",
+                                   attack_name=name)])
+        outcomes = pd.DataFrame([{"defense": "d", "attack": a, "eps": 0.5, "seed": 0,
+                                  "image": i, "clean_correct": True, "adv_correct": ok}
+                                 for a, flags in (("pgd", [True, False, True, False]),
+                                                  (label, [True, True, False, False]))
+                                 for i, ok in enumerate(flags)])
+        return run_checks(frame, None, outcomes).set_index("check").loc[f"bounds_hold[{label}]"]
+
+    soft = checks("smoothing")
+    assert soft["status"] == "warn", soft
+    assert "breaks 1 of the 2 images" in soft["detail"] and "1 - alpha" in soft["detail"]
+    assert checks("ibp")["status"] == "fail"
+
+
+def test_a_certificate_repeats_whatever_the_batch():
+    torch.manual_seed(0)
+    model = GaussianSmoothed(LeNet5().eval(), 0.5, 1, 1)
+    x = torch.rand(3, 1, 28, 28)
+    params = SmoothingParams(n0=5, n=60, batch_size=16)
+
+    def radii(images, ids):
+        verifier = Smoothing(model, params, seed=3)
+        verifier.set_images(ids)
+        return verifier.radii(images)[1]
+
+    together = radii(x, [10, 11, 12])
+    assert torch.equal(radii(x[2:], [12]), together[2:])
+    assert torch.equal(radii(x.flip(0), [12, 11, 10]), together.flip(0))
