@@ -207,7 +207,7 @@ def test_bad_smoothing_and_eot_input(tmp_path, robench_cli, raw, fragments):
 def test_tiny_smoothing_suite_end_to_end(tmp_path, robench_cli, synthetic):
     raw = {"name": "tiny_smoothing", "data": {"dataset": "synthetic", "eval_limit": 30,
                                               "validation_size": 50},
-           "train": {"epochs": 3},
+           "train": {"epochs": 3}, "adaptive_eot_samples": 4,
            "defenses": [{"name": "gaussian_noise", "params": {"sigma": 0.5, "votes": 8}}],
            "attacks": [
                {"name": "smoothing", "eps": [0.25, 0.5], "params": {"n0": 20, "n": 200}},
@@ -299,8 +299,9 @@ def test_bpda_follows_the_soft_classifier_and_auto_adds_it():
 
     model = GaussianSmoothed(LeNet5(), 0.25, 4, 1)
     assert isinstance(surrogate_of(model), SoftSmoothed)
-    for attack in ({"name": "pgd", "eps": [0.5], "params": {"norm": "l2", "alpha": 0.1}},
-                   {"name": "pgd", "eps": [0.5], "params": {"norm": "l2", "alpha": 0.1, "eot_samples": 8}}):
+    l2 = {"norm": "l2", "alpha": 0.1}
+    for attack in ({"name": "pgd", "eps": [0.5], "params": l2},
+                   {"name": "pgd", "eps": [0.5], "params": {**l2, "eot_samples": 8}}):
         raw = {**suite([NOISE], [attack]), "adaptive_eot_samples": 4}
         plan = resolve_raw(raw, "s.yaml")
         (bpda,) = [a for a in plan.attacks if a.name == "bpda"]
