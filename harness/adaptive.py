@@ -1,14 +1,17 @@
 """Escalation (``adaptive: auto``, docs/adaptive.md): which adaptive variants of a suite's
 gradient attacks a plan adds, for which defenses, and why.
 
-Decided up front from what each defense declares, never from a check that happened to fire:
-a defense with ``has_surrogate`` gets the BPDA variant (``robench.attacks.bpda``: PGD through
-its differentiable surrogate) of every ``iterative`` attack that applies to it and whose params
-are PGD's; a defense with ``randomized`` gets the EOT variant (the same attack with
-``eot_samples``) where the attack's params accept ``eot_samples``; a defense with both gets BPDA
-with ``eot_samples``. Each variant keeps its attack's eps, image limit and role (an ``eval``
-attack's variant joins the worst case; a ``check``'s stays a check) and is restricted to the
-defenses it was added for. What could not be added is said (``Escalation.notes``).
+Decided up front from what each defense declares, never from a check that happened to fire.
+The gradient attacks are those of the ``single_step``, ``iterative`` and ``ensemble`` families
+(fgsm, rfgsm, pgd, bim, autoattack). A defense with ``has_surrogate`` gets the BPDA variant
+(``robench.attacks.bpda``: PGD through its differentiable surrogate) of the suite's ``pgd``
+entries that apply to it; BPDA is PGD, so every other gradient attack gets a note saying it has
+no BPDA variant and its number stays an upper bound. A defense with ``randomized`` gets the EOT
+variant (the same attack with ``eot_samples``) of every gradient attack whose params accept
+``eot_samples`` (a note where they refuse it: autoattack's version fast). A defense with both
+gets BPDA with ``eot_samples``. Each variant keeps its attack's eps, image limit and role (an
+``eval`` attack's variant joins the worst case; a ``check``'s stays a check) and is restricted
+to the defenses it was added for. What could not be added is said (``Escalation.notes``).
 
 This module only chooses: ``robench.plan`` resolves the variants into ordinary attack entries.
 """
@@ -27,6 +30,9 @@ from robench.attacks import ATTACKS, Attack, AttackParams
 BPDA = "bpda"
 #: the params key of an EOT variant (gradients averaged over that many stochastic passes)
 EOT_KEY = "eot_samples"
+#: the families whose attacks follow the defended model's input gradients, so a defense that
+#: masks them can fool them (``robench.attacks.base.Family``)
+GRADIENT_FAMILIES = ("single_step", "iterative", "ensemble")
 
 
 class _AttackLike(Protocol):
@@ -82,24 +88,37 @@ def _why(surrogate: bool, randomized: bool) -> str:
     return " and ".join(parts)
 
 
+def _bpda_of() -> str | None:
+    """The attack BPDA is the variant of (its ``random_starts_of``: ``pgd``), None when no
+    ``bpda`` is installed."""
+    return ATTACKS.get(BPDA).random_starts_of if BPDA in ATTACKS else None
+
+
 def _variant_params(attack: _AttackLike, surrogate: bool, randomized: bool,
                     eot_samples: int) -> tuple[str, AttackParams | None, str]:
     """The variant's attack name and params, or None with why it cannot be built."""
+    if surrogate:
+        base = _bpda_of()
+        if base is None:
+            return BPDA, None, f"{BPDA} is not installed"
+        if attack.name != base:
+            return BPDA, None, f"{BPDA} is {base.upper()}"
     name = BPDA if surrogate else attack.name
-    plugin = ATTACKS.get(name) if name in ATTACKS else None
-    if plugin is None:
-        return name, None, f"{name} is not installed"
+    plugin = ATTACKS.get(name)
     raw = attack.params.model_dump(mode="json")
     if surrogate:
         raw.pop("backend", None)  # BPDA runs robench's own loop (the surrogate is robench's)
     if randomized:
         if EOT_KEY not in plugin.Params.model_fields:
-            return name, None, f"{name} takes no {EOT_KEY} (no EOT variant exists)"
+            return name, None, f"{name} takes no {EOT_KEY}"
         raw[EOT_KEY] = eot_samples
     try:
         return name, plugin.Params.model_validate(raw), ""
-    except ValidationError:
-        return name, None, f"{attack.name}'s params are not {name}'s"
+    except ValidationError as err:
+        if surrogate:
+            return name, None, f"{attack.name}'s params are not {name}'s"
+        why = str(err.errors()[0].get("msg", "")).removeprefix("Value error, ")
+        return name, None, f"its params refuse {EOT_KEY} > 1 ({why})"
 
 
 def _label(attack: _AttackLike, surrogate: bool, randomized: bool, eot_samples: int) -> str:
@@ -135,7 +154,7 @@ def escalate(attacks: Sequence[_AttackLike], defenses: Sequence[_DefenseLike],
     for (surrogate, randomized), labels in kinds.items():
         for i, attack in enumerate(attacks):
             own_eot = int(getattr(attack.params, EOT_KEY, 1))
-            if attack.plugin.family != "iterative" or attack.plugin.random_starts_of \
+            if attack.plugin.family not in GRADIENT_FAMILIES or attack.plugin.random_starts_of \
                     or (own_eot > 1 and not surrogate):
                 continue  # not a gradient attack of its own, or already adaptive
             # an EOT attack on a surrogate defense still follows the defense's own gradient
@@ -146,8 +165,10 @@ def escalate(attacks: Sequence[_AttackLike], defenses: Sequence[_DefenseLike],
                 continue
             name, params, problem = _variant_params(attack, surrogate, randomized, k)
             if params is None:
-                out.notes.append(f"no adaptive variant of {attack.label} for "
-                                 f"{', '.join(targets)}: {problem}")
+                kind = "BPDA" if surrogate else "EOT"
+                out.notes.append(f"no {kind} variant of {attack.label} for "
+                                 f"{', '.join(targets)}: {problem}; {attack.label}'s own "
+                                 "number stays an upper bound")
                 continue
             targets = [d for d in targets
                        if not _already_listed(attacks, name, params, attack, d)]
@@ -207,5 +228,5 @@ def mark_not_run(shown: Any, only: dict[str, list[str]]) -> Any:
     return shown
 
 
-__all__ = ["BPDA", "EOT_KEY", "NOT_RUN", "Escalation", "Variant", "escalate", "mark_not_run",
-           "restricted_attacks", "run_notes"]
+__all__ = ["BPDA", "EOT_KEY", "GRADIENT_FAMILIES", "NOT_RUN", "Escalation", "Variant", "escalate",
+           "mark_not_run", "restricted_attacks", "run_notes"]

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from safetensors.torch import save_file
 
+from robench.adaptive import run_notes
 from robench.completeness import planned_cells, planned_record, recorded_cells
 from robench.config import parse_suite, recorded_suite
 from robench.errors import UserError
@@ -81,22 +82,74 @@ def test_a_suite_bpda_entry_is_not_repeated_and_non_pgd_params_are_said():
     raw["attacks"].append({"name": "bim", "eps": [0.3]})
     plan = resolve_raw(raw, "s.yaml")
     assert "bpda[of=bim]" not in [a.label for a in plan.attacks]
-    assert plan.adaptive_notes == ("no adaptive variant of bim for bit_depth_reduction: "
-                                   "bim's params are not bpda's",)
+    assert ("no BPDA variant of bim for bit_depth_reduction: bpda is PGD; bim's own number "
+            "stays an upper bound") in plan.adaptive_notes
 
 
-def test_a_randomized_defense_gets_the_eot_variant_or_a_reason(monkeypatch):
-    from robench.attacks import ATTACKS
+#: one entry of every gradient attack of the suite (and a black-box one, which needs none)
+EVERY_GRADIENT_ATTACK = [
+    {"name": "fgsm", "eps": [0.1, 0.3]},
+    {"name": "rfgsm", "eps": [0.3]},
+    {"name": "pgd", "eps": [0.3], "limit": 50, "params": {"steps": 10, "alpha": 0.05}},
+    {"name": "bim", "eps": [0.3]},
+    {"name": "autoattack", "eps": [0.3], "limit": 20},
+    {"name": "autoattack", "eps": [0.3], "limit": 20, "params": {"version": "fast"}},
+    {"name": "square", "eps": [0.3], "limit": 20},
+]
+
+
+def every_gradient_attack(defense: dict) -> dict:
+    return {**suite(), "defenses": [{"name": "none"}, defense],
+            "attacks": EVERY_GRADIENT_ATTACK, "adaptive_eot_samples": 7}
+
+
+def test_a_surrogate_defense_gets_bpda_of_pgd_and_a_note_for_every_other_gradient_attack():
+    plan = resolve_raw(every_gradient_attack({"name": "bit_depth_reduction"}), "s.yaml")
+    suite_labels = ["fgsm", "rfgsm", "pgd", "bim", "autoattack", "autoattack[version=fast]",
+                    "square"]
+    assert [a.label for a in plan.attacks] == [*suite_labels, "bpda[of=pgd]"]
+    said = {label: f"no BPDA variant of {label} for bit_depth_reduction: bpda is PGD; "
+                   f"{label}'s own number stays an upper bound"
+            for label in ("fgsm", "rfgsm", "bim", "autoattack", "autoattack[version=fast]")}
+    assert plan.adaptive_notes == tuple(said.values())  # square follows no gradient: no note
+    # recorded in run.json and shown as the report's and leaderboard's notes
+    run = {"planned": json.loads(json.dumps(planned_record(plan)))}
+    assert run["planned"]["adaptive_notes"] == list(said.values())
+    assert f"adaptive: {said['fgsm']}" in run_notes(run)
+
+
+def test_a_randomized_defense_gets_the_eot_variant_of_every_gradient_attack(monkeypatch):
     from robench.defenses import DEFENSES
 
     monkeypatch.setattr(DEFENSES.get("none"), "randomized", True, raising=False)
-    plan = resolve_raw(suite(adaptive_eot_samples=7), "s.yaml")
-    if "eot_samples" in ATTACKS.get("pgd").Params.model_fields:
-        eot = next(a for a in plan.attacks if a.label == "pgd[eot=7]")
-        assert eot.defenses == ("none",) and json.loads(eot.params_json)["eot_samples"] == 7
-    else:
-        assert plan.adaptive_notes == ("no adaptive variant of pgd for none: pgd takes no "
-                                       "eot_samples (no EOT variant exists)",)
+    plan = resolve_raw(every_gradient_attack({"name": "bit_depth_reduction"}), "s.yaml")
+    variants = {a.label: a for a in plan.attacks if a.adaptive}
+    assert set(variants) == {"fgsm[eot=7]", "rfgsm[eot=7]", "pgd[eot=7]", "bim[eot=7]",
+                             "autoattack[eot=7]", "bpda[of=pgd]"}
+    for label in ("fgsm", "rfgsm", "pgd", "bim", "autoattack"):
+        eot = variants[f"{label}[eot=7]"]
+        source = next(a for a in plan.attacks if a.label == label)
+        assert eot.name == source.name and eot.defenses == ("none",)
+        assert json.loads(eot.params_json) == {**json.loads(source.params_json),
+                                               "eot_samples": 7}
+        assert (eot.eps, eot.limit, eot.role) == (source.eps, source.limit, source.role)
+        assert "randomness (randomized)" in eot.adaptive
+    # torchattacks' AutoAttack (version fast) has no EOT: said, not skipped silently
+    assert ("no EOT variant of autoattack[version=fast] for none: its params refuse "
+            "eot_samples > 1 (eot_samples > 1 needs version standard (torchattacks' "
+            "AutoAttack, version fast, has no EOT)); autoattack[version=fast]'s own number "
+            "stays an upper bound") in plan.adaptive_notes
+
+
+def test_a_surrogate_and_randomized_defense_gets_bpda_with_eot(monkeypatch):
+    from robench.defenses import DEFENSES
+
+    monkeypatch.setattr(DEFENSES.get("bit_depth_reduction"), "randomized", True,
+                        raising=False)
+    plan = resolve_raw(every_gradient_attack({"name": "bit_depth_reduction"}), "s.yaml")
+    assert [a.label for a in plan.attacks if a.adaptive] == ["bpda[of=pgd,eot=7]"]
+    assert ("no BPDA variant of fgsm for bit_depth_reduction: bpda is PGD; fgsm's own number "
+            "stays an upper bound") in plan.adaptive_notes
 
 
 def test_a_user_restriction_limits_the_cells_and_is_recorded():
@@ -240,3 +293,5 @@ def test_robench_plan_lists_the_adaptive_cells_and_why(tmp_path, robench_cli):
             "a differentiable surrogate (has_surrogate)") in text
     assert "│ bpda[of=pgd] │ 50" in text  # its row in the cell table, priced as any other
     assert text.count("bpda[of=pgd] │") == 1  # bit_depth_reduction's only
+    assert ("adaptive: no BPDA variant of fgsm for bit_depth_reduction: bpda is PGD; fgsm's "
+            "own number stays an upper bound") in text
