@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from robench.attacks.bpda import BPDA, surrogate_of
 from robench.cache import ModelCache, provenance_text
 from robench.data import Split
 from robench.defenses import DefenseContext
 from robench.diagnostics import model_diagnostics
 from robench.engine import Engine, engine_for
+from robench.errors import UserError
 from robench.evaluation import AttackOutcome, evaluate_attack
 from robench.models import model_hash as fingerprint
 from robench.output_guard import guarded
@@ -226,13 +228,30 @@ def inspect_model(model: nn.Module, test_split: Split, diagnostics: bool,
                                        else None))
 
 
+def check_surrogate(spec: AttackSpec, defense: DefenseSpec | None, model: nn.Module) -> None:
+    """A ``UserError`` naming the defense when it declares a differentiable surrogate
+    (``has_surrogate``) but its defended ``model`` offers none to ``spec``, an attack that
+    follows one (``bpda``): BPDA would otherwise run as plain PGD under its BPDA label."""
+    if defense is None or not defense.plugin.has_surrogate or not issubclass(spec.plugin, BPDA):
+        return
+    if surrogate_of(model) is None:
+        raise UserError(f"defense {defense.name!r} declares a differentiable surrogate "
+                        f"(has_surrogate) but its defended model ({type(model).__name__}) has "
+                        f"no surrogate() method, so {spec.label} would silently be plain PGD; "
+                        "give the model a surrogate() or drop has_surrogate (docs/adaptive.md)",
+                        where=f"{defense.label} / {spec.label}")
+
+
 def run_attack_cells(spec: AttackSpec, model: nn.Module, source: nn.Module | None,
                      eps: Sequence[float], data: Split, reporter: Reporter,
-                     desc: str, num_classes: int | None = None) -> list[AttackOutcome]:
+                     desc: str, num_classes: int | None = None,
+                     defense: DefenseSpec | None = None) -> list[AttackOutcome]:
     """The outcomes of attack ``spec`` on ``data`` at each eps (in order): one cell per eps.
     ``source`` is the model a transfer attack crafts on (``AttackSpec.source``), None for every
     other attack. Given ``num_classes``, every output of both models is checked
-    (``robench.output_guard``), except under a verifier, which may trace the model."""
+    (``robench.output_guard``), except under a verifier, which may trace the model. Given the
+    ``defense`` that produced ``model``, what it declares is checked (``check_surrogate``)."""
+    check_surrogate(spec, defense, model)
     attack = spec.build(model)
     if spec.source is not None:
         if source is None:
@@ -259,6 +278,7 @@ def merge_outcomes(parts: Sequence[Sequence[AttackOutcome]]) -> list[AttackOutco
 
 
 __all__ = ["Defended", "ModelFacts", "RunContext", "Target", "apply_defense", "baseline_file",
+           "check_surrogate",
            "defense_file", "inspect_model",
            "recorded_metrics", "merge_outcomes", "run_attack_cells", "seed_tag", "serial_order",
            "train_baseline", "transfer_sources"]

@@ -38,7 +38,7 @@ from torch import nn
 
 from robench.data import Split
 from robench.eps import canonical_eps
-from robench.plan import AttackSpec
+from robench.plan import AttackSpec, DefenseSpec
 from robench.progress import Reporter
 from robench.seeds import derive_seed
 from robench.tasks import run_attack_cells
@@ -110,8 +110,8 @@ def allowed_differences(k: int, batch_why: str | None, other_machine: bool) -> i
 def reattack(spec: AttackSpec, defense: str, seed: int, model: nn.Module,
              source: nn.Module | None, data: Split,
              blocks: dict[tuple[str, str, float, int], Block], sample: int,
-             verify_seed: int, other_machine: bool, randomized_model: bool
-             ) -> tuple[list[CellCheck], list[str]]:
+             verify_seed: int, other_machine: bool, randomized_model: bool,
+             defense_spec: DefenseSpec | None = None) -> tuple[list[CellCheck], list[str]]:
     """Re-attack the sample of the cells of ``spec`` on ``defense``'s ``model`` (``data``: the
     run's evaluation split); the cells' checks, and problem lines for cells that could not be
     re-attacked. Cells absent from ``blocks`` (an unfinished run) are skipped."""
@@ -134,7 +134,8 @@ def reattack(spec: AttackSpec, defense: str, seed: int, model: nn.Module,
     subset = images.subset(torch.as_tensor(positions, dtype=torch.long,
                                            device=images.images.device))
     outcomes = run_attack_cells(spec, model, source, [e for e, _ in usable], subset,
-                                Reporter(quiet=True), desc=f"verify {defense} / {spec.label}")
+                                Reporter(quiet=True), desc=f"verify {defense} / {spec.label}",
+                                defense=defense_spec)
     why = batch_dependence(spec, randomized_model)
     allowed = allowed_differences(len(positions), why, other_machine)
     checks = []

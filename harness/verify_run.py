@@ -262,7 +262,7 @@ def reattack_seed(plan: Plan, models: SeedModels, skip: set[str], data: RunData,
         for attack in plan.attacks_on(spec.label):
             source = models.models[attack.source] if attack.source is not None else None
             found, bad = reattack(attack, spec.label, plan.seed, model, source, test_split,
-                                  blocks, opts.sample, opts.seed, other_machine, noisy)
+                                  blocks, opts.sample, opts.seed, other_machine, noisy, spec)
             checks += found
             problems += bad
     return checks, problems

@@ -295,3 +295,25 @@ def test_robench_plan_lists_the_adaptive_cells_and_why(tmp_path, robench_cli):
     assert text.count("bpda[of=pgd] │") == 1  # bit_depth_reduction's only
     assert ("adaptive: no BPDA variant of fgsm for bit_depth_reduction: bpda is PGD; fgsm's "
             "own number stays an upper bound") in text
+
+
+@pytest.mark.slow
+def test_a_surrogate_the_model_does_not_offer_stops_the_run(tmp_path, robench_cli,
+                                                             trained_lenet, monkeypatch):
+    """bit_depth_reduction still declares has_surrogate, but its model has no surrogate():
+    the run stops at the first BPDA cell with one line naming the defense (never plain PGD
+    under the label bpda[of=pgd]); the cells before it are kept."""
+    from robench.defenses.bit_depth import Quantize
+
+    monkeypatch.delattr(Quantize, "surrogate")
+    _weights(tmp_path, trained_lenet)
+    out = tmp_path / "out"
+    raw = suite()
+    raw["data"]["eval_limit"] = 20
+    raw["attacks"][1]["limit"] = 20
+    proc = robench_cli("run", str(_write(tmp_path, raw)), "--out", str(out), "--quiet")
+    line = one_line_error(proc)
+    assert "'bit_depth_reduction' declares a differentiable surrogate" in line
+    assert "bpda[of=pgd]" in line
+    if (out / "results.csv").exists():
+        assert "bpda" not in (out / "results.csv").read_text()

@@ -119,3 +119,38 @@ def test_bpda_breaks_a_one_bit_quantiser(trained_lenet, mnist):
     assert acc["pgd", 0.5] >= 0.80
     assert acc["bpda", 0.5] <= 0.05
     assert acc["bpda", 0.3] < acc["pgd", 0.3]
+
+
+def test_a_declared_surrogate_the_model_does_not_offer_is_an_error_not_plain_pgd(synthetic):
+    """bit_depth_reduction declares a surrogate (has_surrogate); a model that hides it (here
+    behind a wrapper) must stop bpda's first cell with one line naming the defense, whether
+    bpda is a suite entry or an adaptive variant. Where the defense declares none, bpda is pgd
+    (no error); pgd itself never needs one."""
+    from robench.errors import UserError
+    from robench.models import LeNet5
+    from robench.progress import Reporter
+    from robench.tasks import check_surrogate, run_attack_cells
+
+    raw = {"name": "s", "data": {"dataset": "mnist"}, "train": {"epochs": 0},
+           "defenses": [{"name": "none"}, {"name": "bit_depth_reduction"}],
+           "attacks": [{"name": "pgd", "eps": [0.3], "params": {"steps": 2}},
+                       {"name": "bpda", "label": "my_bpda", "eps": [0.3],
+                        "params": {"steps": 3}}]}
+    plan = resolve_raw(raw, "s.yaml")
+    none, bdr = plan.defenses
+    pgd, mine, variant = plan.attacks
+    assert variant.label == "bpda[of=pgd]"
+    quantized = Quantize(LeNet5(), bits=1).eval()
+    hidden = nn.Sequential(quantized)  # a wrapper without surrogate()
+    for bpda in (mine, variant):
+        with pytest.raises(UserError) as err:
+            run_attack_cells(bpda, hidden, None, bpda.eps, synthetic.test.head(4),
+                             Reporter(quiet=True), "d", defense=bdr)
+        line = str(err.value)
+        assert len(line.splitlines()) == 1
+        assert "'bit_depth_reduction' declares a differentiable surrogate" in line
+        assert "no surrogate()" in line and bpda.label in line
+        check_surrogate(bpda, bdr, quantized)   # offered: fine
+        check_surrogate(bpda, none, hidden)     # not declared: bpda is pgd (documented)
+        check_surrogate(bpda, None, hidden)     # no defense given (a library caller)
+    check_surrogate(pgd, bdr, hidden)           # pgd follows no surrogate

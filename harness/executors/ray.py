@@ -111,14 +111,15 @@ def defense_task(spec: DefenseSpec, baseline: nn.Module, train_split: Split, val
 
 def attack_task(spec: AttackSpec, model: nn.Module, source: nn.Module | None,
                 eps: list[float], data: Split, device: str,
-                num_classes: int | None = None) -> list[AttackOutcome]:
+                num_classes: int | None = None,
+                defense: DefenseSpec | None = None) -> list[AttackOutcome]:
     torch.set_num_threads(TASK_CPUS)
     dev = torch.device(device)
     with trimming_freed_memory():  # as the serial executor: transients not left resident
         return run_attack_cells(spec, model.to(dev),
                                 None if source is None else source.to(dev), eps, data.to(dev),
                                 Reporter(quiet=True), desc=spec.label,
-                                num_classes=num_classes)
+                                num_classes=num_classes, defense=defense)
 
 
 def compact(split: Split) -> Split:
@@ -258,7 +259,8 @@ class RayExecutor:
             work = _CellWork(target, attack, image_ids, [None] * len(parts))
             for index, part in enumerate(parts):
                 ref = self._task(attack_task).remote(attack, model, source, eps, part,
-                                                     str(self.device), num_classes)
+                                                     str(self.device), num_classes,
+                                                     target.defense)
                 self.pending[ref] = self._on_chunk(recorder, work, index)
 
     def _chunk_refs(self, data: Split) -> list[Any]:

@@ -97,7 +97,7 @@ class SerialExecutor:
             return
         outcomes = run_attack_cells(attack, model, source, missing, data, ctx.reporter,
                                     desc=f"{target.defense.label} / {attack.label}",
-                                    num_classes=ctx.num_classes)
+                                    num_classes=ctx.num_classes, defense=target.defense)
         recorder.on_cell_done(target, attack, image_ids, outcomes)
 
 
