@@ -109,6 +109,9 @@ def difference(run: dict[str, Any], results: pd.DataFrame, plan: Plan,
         return "run.json's suite cannot be read"
     if recorded_suite_dump != _what_it_computes(plan.suite.model_dump(mode="json")):
         return "another suite"
+    if checkpoint_sha(run.get("baseline")) != checkpoint_sha(
+            {"weights": plan.baseline.weights and plan.baseline.weights.record()}):
+        return "its model.weights checkpoint is another file (sha256 differs)"
     for key, specs in (("defenses", plan.defenses), ("attacks", plan.attacks)):
         recorded = run.get(key)
         if not isinstance(recorded, dict):
@@ -131,6 +134,13 @@ def difference(run: dict[str, Any], results: pd.DataFrame, plan: Plan,
     if planned != plan_cells(plan) or present != planned or len(results) != len(planned):
         return "not every planned cell is there"
     return _rows_difference(results, plan, data)
+
+
+def checkpoint_sha(baseline: Any) -> str | None:
+    """The sha256 of the ``model.weights`` checkpoint a run.json baseline record names (None:
+    trained, no checkpoint); its path may differ (a clone elsewhere), its content may not."""
+    weights = baseline.get("weights") if isinstance(baseline, dict) else None
+    return str(weights.get("sha256")) if isinstance(weights, dict) else None
 
 
 def _params_differ(entry: dict[str, Any], spec: Any) -> str:
@@ -266,5 +276,5 @@ def check_complete(plan: Plan, folder: Path, shown: str, suite: str,
                    f"outcomes, leaderboard.csv and checks.csv with them; {cannot}{tail}", 0)
 
 
-__all__ = ["Checked", "check_complete", "complete_run", "difference", "not_complete",
-           "ships_models", "Stale", "stale_cells"]
+__all__ = ["Checked", "check_complete", "checkpoint_sha", "complete_run", "difference",
+           "not_complete", "ships_models", "Stale", "stale_cells"]

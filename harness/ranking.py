@@ -154,7 +154,9 @@ def rank_ranges(board: pd.DataFrame, worst_col: str, failed: pd.Series,
                 per_image: PerImage, adjusted: PairP) -> list[str]:
     """Rank ranges from the Holm-adjusted pairwise tests ``adjusted`` (``holm_family``; a plain
     position when outcomes are missing)."""
-    ranked = [i for i in board.index if not failed[i]]
+    # a defense without a worst case (no regular attack reached it at this eps) has nothing to
+    # rank, and must not push the others back to plain positions
+    ranked = [i for i in board.index if not failed[i] and pd.notna(board.at[i, worst_col])]
     names = [str(board.at[i, "defense"]) for i in ranked]
     if not all(name in per_image for name in names):
         out = {i: str(pos + 1) for pos, i in enumerate(ranked)}

@@ -49,6 +49,14 @@ def new_folder(existing: Path, into: str | None) -> Path:
         existing.with_name(f"{existing.name}-recompute-{stamp}")
     if target.absolute() == existing.absolute():
         raise UserError("is the folder it is compared with; give a new folder", where=WHERE)
+    # one run's folder never holds another's: neither may lie inside the other
+    outer, inner = existing.resolve(), target.resolve()
+    if outer in inner.parents or inner in outer.parents:
+        raise UserError(f"lies {'inside' if outer in inner.parents else 'around'} the folder "
+                        f"it is compared with ({existing}); give a folder beside it",
+                        where=WHERE)
+    if os.path.lexists(existing) and not existing.is_dir():
+        raise UserError("is not a folder", where="--out")
     if os.path.lexists(target) and (not target.is_dir() or any(target.iterdir())):
         raise UserError("exists and is not empty; --recompute writes only into a new or empty "
                         "folder", where=str(target))
