@@ -91,13 +91,14 @@ def test_bim_matches_torchattacks(trained_lenet, batch, eps, monkeypatch):
     assert _acc(trained_lenet, create_attack("bim", trained_lenet)(x, y, eps), y) <= \
         _acc(trained_lenet, ours, y)
 
-    def mean_loss_gradient(model, x, y):
+    def mean_loss_gradient(self, x, y):
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            (grad,) = torch.autograd.grad(F.cross_entropy(model(x), y), x)
+            (grad,) = torch.autograd.grad(F.cross_entropy(self.model(x), y), x)
         return grad
 
-    monkeypatch.setattr(bim, "input_gradient", mean_loss_gradient)
+    # every gradient attack steps along Attack.input_gradient (EOT lives there)
+    monkeypatch.setattr(bim.BIM, "input_gradient", mean_loss_gradient)
     assert torch.equal(create_attack("bim", trained_lenet, {"early_stop": False})(x, y, eps), ref)
 
 
