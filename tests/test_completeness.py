@@ -238,6 +238,7 @@ def test_a_bare_results_csv_says_completeness_cannot_be_checked(tmp_path, robenc
 
 SLOW_SUITE = """\
 name: cut
+adaptive: off
 data: {dataset: mnist, eval_limit: 2000, validation_size: 58000}
 train: {epochs: 3}
 defenses:
