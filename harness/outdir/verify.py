@@ -144,7 +144,8 @@ class RunFiles:
             if (self.verified and entry is not None and not may_be_absent
                     and name not in MAY_BE_ABSENT):
                 self._refuse("missing: robench wrote it in this run's folder (its manifest "
-                             "lists it); restore it or run the suite again", where)
+                             "lists it); restore it, or recompute it with robench run SUITE "
+                             "--out FOLDER --update", where)
             return None
         if entry is None:
             if self.verified:
