@@ -44,7 +44,6 @@ from typing import Any
 
 import torch
 from pydantic import Field, model_validator
-from scipy.stats import beta, norm
 from torch import nn
 
 from robench.attacks.base import ATTACKS, AttackParams, Norm
@@ -77,12 +76,16 @@ class SmoothingParams(AttackParams):
 
 def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
     """One-sided (1 - alpha) Clopper-Pearson lower bound on a binomial proportion n_a / n."""
+    from scipy.stats import beta  # on use: importing robench must not load scipy.stats
+
     return 0.0 if n_a == 0 else float(beta.ppf(alpha, n_a, n - n_a + 1))
 
 
 def certified_radius(n_a: int, n: int, alpha: float, sigma: float) -> float:
     """CERTIFY's radius for ``n_a`` votes of ``n`` for the selected class; -1 when it abstains
     (``pA_lower < 0.5``)."""
+    from scipy.stats import norm
+
     p_lower = lower_confidence_bound(n_a, n, alpha)
     return -1.0 if p_lower < 0.5 else sigma * float(norm.ppf(p_lower))
 

@@ -189,7 +189,9 @@ class ModelCache:
         the reuse, never the run)."""
         if not self.enabled:
             return None
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        # stored in the default layout whatever the engine's (the values are the same), so an
+        # entry reads as a plain state dict (safetensors refuses channels_last tensors)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         tmp = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)

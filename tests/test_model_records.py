@@ -23,7 +23,7 @@ attacks:
   - name: fgsm
     eps: [0.1]
 """
-SET_UP = {"device", "torch_threads", "torch", "arch"}
+SET_UP = {"device", "torch_threads", "torch", "arch", "memory_format"}
 
 
 def _records(out):
