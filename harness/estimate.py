@@ -4,7 +4,12 @@ The cost model counts image passes (``robench.work.Work``): baseline training is
 training images`` forward+backward passes; a defense costs what it declares
 (``Defense.cost``); an attack cell costs ``images x work_per_image`` (the attack's
 ``budget`` of input gradients or queries; once for a sweep when the attack
-``shares_work_across_eps``) plus a forward pass per image and eps to score its examples.
+``shares_work_across_eps``) plus a forward pass per image and eps to score its examples. On a
+randomized defense every pass is a vote: ``gaussian_noise`` classifies ``votes`` noisy copies per
+pass and is scored over ``eval_samples`` passes (``Defense.passes_per_forward``,
+``eval_passes``), so its cells cost that many classifier passes; EOT's ``eot_samples`` is in
+the attack's ``work_per_image``, and the ``smoothing`` verifier counts its n0 + n base-classifier
+passes itself.
 ``calibrate`` times one training step, one input gradient and one forward pass of the
 suite's model on a batch of the suite's data on this machine, so ``Calibration.seconds``
 turns work into seconds.
@@ -82,18 +87,63 @@ def images_attacked(spec: AttackSpec, n_eval: int) -> int:
     return min(spec.limit, n_eval) if spec.limit is not None else n_eval
 
 
-def attack_work(spec: AttackSpec, n_images: int, eps: Sequence[float]) -> Work:
-    """Attacking ``n_images`` at these eps: one clean forward, then per eps the attack (none at
-    eps 0, except for a verifier, which bounds every eps) and a forward of its examples. An
-    attack that shares work across eps pays its passes once for the sweep."""
+def pass_multipliers(defense: DefenseSpec | None) -> tuple[int, int]:
+    """(classifier passes per pass of the defended model, passes the evaluation votes over)
+    of a defense, from its resolved params (``Defense.passes_per_forward``, ``eval_passes``):
+    ``gaussian_noise`` classifies ``votes`` noisy copies per pass and is scored by a vote over
+    ``eval_samples`` passes; (1, 1) for a deterministic defense or none."""
+    if defense is None:
+        return 1, 1
+    return (int(defense.plugin.passes_per_forward(defense.params)),
+            int(defense.plugin.eval_passes(defense.params)))
+
+
+def scoring_work(spec: AttackSpec, n_images: int, eps: Sequence[float],
+                 defense: DefenseSpec | None = None) -> Work:
+    """The forward passes that score a cell: the clean images and, per eps, the examples (a
+    verifier certifies instead of crafting examples: the clean images only), each a vote of
+    ``eval_passes`` passes of ``passes_per_forward`` classifier passes on a randomized defense."""
+    if not eps:
+        return NO_WORK
+    copies, votes = pass_multipliers(defense)
+    passes = 1 if spec.plugin.family == "verifier" else len(eps) + 1
+    return Work(forward=passes * n_images * copies * votes)
+
+
+def attack_work(spec: AttackSpec, n_images: int, eps: Sequence[float],
+                defense: DefenseSpec | None = None) -> Work:
+    """Attacking ``n_images`` at these eps on ``defense``'s model: the attack at each eps (none
+    at eps 0, except for a verifier, which bounds every eps), plus the scoring passes
+    (``scoring_work``). An attack that shares work across eps pays its passes once for the
+    sweep. Each of the attack's passes costs the defense's ``passes_per_forward`` classifier
+    passes (EOT's ``eot_samples`` is in ``work_per_image``), except an attack that counts the
+    base classifier's passes itself (``counts_base_passes``: smoothing's n0 + n)."""
     if not eps:
         return NO_WORK
     verifier = spec.plugin.family == "verifier"
     per_eps = [spec.plugin.work_per_image(spec.params, e) for e in eps if verifier or e > 0]
     if spec.plugin.shares_work_across_eps and per_eps:
         per_eps = [max(per_eps, key=lambda w: w.units)]
+    copies = 1 if spec.plugin.counts_base_passes else pass_multipliers(defense)[0]
     attacked = sum(per_eps, NO_WORK)
-    return attacked.scaled(n_images) + Work(forward=(len(eps) + 1) * n_images)
+    return attacked.scaled(n_images * copies) + scoring_work(spec, n_images, eps, defense)
+
+
+def passes_text(spec: AttackSpec, eps: Sequence[float],
+                defense: DefenseSpec | None = None) -> str:
+    """The classifier passes one image costs in a cell sweep (upper bound), e.g. ``10 260
+    forward passes per image``: what ``robench plan`` states for a randomized defense or a
+    sampling verifier, where the count is far above an attack's usual budget."""
+    work = attack_work(spec, 1, eps, defense)
+    parts = [f"{work.grad:,.0f} gradient".replace(",", " ")] if work.grad else []
+    parts.append(f"{work.forward:,.0f} forward".replace(",", " "))
+    return " + ".join(parts) + " passes per image"
+
+
+def states_passes(spec: AttackSpec, defense: DefenseSpec | None) -> bool:
+    """Whether ``robench plan`` states the passes per image of this cell: on a defense whose
+    passes are votes over copies, or for an attack that samples the classifier itself."""
+    return spec.plugin.counts_base_passes or pass_multipliers(defense) != (1, 1)
 
 
 def savings(spec: AttackSpec) -> tuple[float, float, float]:
@@ -126,21 +176,23 @@ class WorkRange:
         return cls(work, work, work)
 
 
-def attack_work_range(spec: AttackSpec, n_images: int, eps: Sequence[float]) -> WorkRange:
+def attack_work_range(spec: AttackSpec, n_images: int, eps: Sequence[float],
+                      defense: DefenseSpec | None = None) -> WorkRange:
     """``attack_work`` with the attack's measured savings (``SAVINGS``) applied to its attack
     passes; the forward passes that score the examples are always paid."""
-    upper = attack_work(spec, n_images, eps)
+    upper = attack_work(spec, n_images, eps, defense)
     if upper == NO_WORK:
         return WorkRange.exact(NO_WORK)
-    scoring = Work(forward=(len(eps) + 1) * n_images)
+    scoring = scoring_work(spec, n_images, eps, defense)
     attacked = upper - scoring
     low, typical, high = (attacked.scaled(f) + scoring for f in savings(spec))
     return WorkRange(low, typical, high)
 
 
-def expected_attack_work(spec: AttackSpec, n_images: int, eps: Sequence[float]) -> Work:
+def expected_attack_work(spec: AttackSpec, n_images: int, eps: Sequence[float],
+                         defense: DefenseSpec | None = None) -> Work:
     """The typical work of an attack entry's cells (the run's progress bar counts this)."""
-    return attack_work_range(spec, n_images, eps).typical
+    return attack_work_range(spec, n_images, eps, defense).typical
 
 
 def suite_work(plan: Plan, n_train: int, n_validation: int, n_eval: int) -> Work:
@@ -149,8 +201,8 @@ def suite_work(plan: Plan, n_train: int, n_validation: int, n_eval: int) -> Work
     train_config = plan.suite.train
     per_seed = baseline_work(plan.baseline, n_train) + sum(
         (defense_work(d, train_config, n_train, n_validation) for d in plan.defenses), NO_WORK)
-    per_seed += sum((expected_attack_work(a, images_attacked(a, n_eval), a.eps)
-                     for _, a in plan.pairs()), NO_WORK)
+    per_seed += sum((expected_attack_work(a, images_attacked(a, n_eval), a.eps, d)
+                     for d, a in plan.pairs()), NO_WORK)
     return per_seed.scaled(len(plan.seeds))
 
 
@@ -297,5 +349,5 @@ def range_text(low: float, typical: float, high: float) -> str:
 
 __all__ = ["NO_SAVING", "SAVINGS", "Calibration", "WorkRange", "attack_work",
            "attack_work_range", "baseline_work", "calibrate", "defense_work", "duration_text",
-           "expected_attack_work", "images_attacked", "machine_load", "range_text", "savings",
-           "suite_work"]
+           "expected_attack_work", "images_attacked", "machine_load", "pass_multipliers",
+           "passes_text", "range_text", "savings", "scoring_work", "states_passes", "suite_work"]

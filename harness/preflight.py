@@ -43,7 +43,9 @@ from robench.estimate import (
     defense_work,
     duration_text,
     images_attacked,
+    passes_text,
     range_text,
+    states_passes,
 )
 from robench.models import model_hash as fingerprint
 from robench.models_from import ModelSource, open_source
@@ -71,6 +73,9 @@ class AttackStatus:
     cells: list[tuple[float, CellState]]
     work: Work                       # for the cells not done, typical (``robench.estimate``)
     work_range: WorkRange            # lowest, typical, highest
+    #: the classifier passes per image, stated where they are votes or samples (a randomized
+    #: defense, the smoothing verifier), else None
+    passes: str | None = None
 
     def eps_in(self, state: CellState) -> list[float]:
         return [eps for eps, s in self.cells if s == state]
@@ -264,9 +269,10 @@ class _Checker:
             done = cell_verified(self.table, self.outcomes, expect, eps, ids)
             cells.append((eps, "done" if done else "to do"))
         todo = [eps for eps, state in cells if state != "done"]
-        work = attack_work_range(spec, len(data), todo)
+        work = attack_work_range(spec, len(data), todo, defense)
+        passes = passes_text(spec, spec.eps, defense) if states_passes(spec, defense) else None
         return AttackStatus(spec, images_attacked(spec, len(self.evaluation)), cells,
-                            work.typical, work)
+                            work.typical, work, passes)
 
 
 # -- what robench plan prints ------------------------------------------------------------------
@@ -281,7 +287,10 @@ UPPER_BOUND_NOTE = (
     "AutoAttack's later components attack only the images the earlier ones left robust, so "
     "attacks take from the share of their upper bounds a broken model's cells took in a "
     "committed run up to about their upper bounds (a robust model). Defenses can take more "
-    "than estimated (per-batch work the model does not count, e.g. SCRUB's teacher passes).")
+    "than estimated (per-batch work the model does not count, e.g. SCRUB's teacher passes). "
+    "On a randomized defense every pass is a vote (gaussian_noise: votes noisy copies per "
+    "pass, eval_samples passes to score an image), and such cells and the smoothing verifier's "
+    "state their classifier passes per image (an upper bound).")
 
 
 def render(pre: Preflight, console: Console) -> None:
@@ -381,7 +390,9 @@ def _seed_table(pre: Preflight, status: SeedStatus) -> Table:
         for attack in defense.attacks:
             unverified = set(attack.eps_in("unverified"))
             todo = [eps for eps, state in attack.cells if state != "done"]
-            table.add_row("", "", escape(attack.spec.label), str(attack.images),
+            label = escape(attack.spec.label) + (f"\n({attack.passes})" if attack.passes
+                                                 else "")
+            table.add_row("", "", label, str(attack.images),
                           _eps_list(attack.eps_in("done"), len(attack.cells)),
                           _eps_list(todo, len(attack.cells), unverified),
                           *([_time(pre, attack.work)] if with_time else []))

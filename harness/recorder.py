@@ -330,8 +330,8 @@ class RunRecorder:
         # numbers do not depend on which other eps are attacked with it
         missing = [eps for eps in attack.eps
                    if not self.verify(target, attack, expect, eps, image_ids)]
-        self.reporter.skip(expected_attack_work(attack, n, attack.eps).units
-                           - expected_attack_work(attack, n, missing).units)
+        self.reporter.skip(expected_attack_work(attack, n, attack.eps, defense).units
+                           - expected_attack_work(attack, n, missing, defense).units)
         if not missing:
             self.reporter.info(f"[{defense.label}] {attack.label}"
                                f"{seed_tag(self.plan.seeds, seed)}: already in results.csv, "
@@ -391,7 +391,7 @@ class RunRecorder:
             self.table.replace_cells(rows)
             self.cells_done += len(rows)
         eps = [o.eps for o in outcomes]
-        self.reporter.advance(expected_attack_work(attack, len(image_ids), eps).units)
+        self.reporter.advance(expected_attack_work(attack, len(image_ids), eps, defense).units)
         curve = ", ".join(f"{eps_text(o.eps)}: {o.robust_acc:.3f}" for o in outcomes)
         self.reporter.info(f"[{defense.label}] {attack.label}{seed_tag(self.plan.seeds, seed)} "
                            f"robust accuracy {{{curve}}}")

@@ -189,3 +189,56 @@ def test_plan_says_when_the_machine_is_busy(tmp_path, robench_cli, monkeypatch):
             "machine") in text
     assert "1 thread of the run's" in text
     assert not (tmp_path / "out").exists()
+
+
+# -- randomized defenses: votes, eval_samples, EOT and the smoothing verifier -------------------
+def test_a_vote_prices_every_copy_and_eot_multiplies_the_gradients():
+    """On gaussian_noise (votes v, eval_samples e) a cell's attack passes cost v classifier
+    passes each and its scoring passes v * e; EOT k multiplies the gradients by k."""
+    votes, samples = 4, 3
+    plan = plan_of(adaptive="off",
+                   defenses=[{"name": "none"},
+                             {"name": "gaussian_noise", "params": {"votes": votes,
+                                                                   "eval_samples": samples}}],
+                   attacks=[{"name": "pgd", "eps": [0.1, 0.3], "params": {"steps": 5}},
+                            {"name": "pgd", "label": "pgd_eot", "eps": [0.1, 0.3],
+                             "params": {"steps": 5, "eot_samples": 6}}])
+    none, noisy = plan.defenses
+    pgd, eot = plan.attacks
+    plain = attack_work(pgd, 100, pgd.eps, none)
+    assert plain == attack_work(pgd, 100, pgd.eps)  # a deterministic defense: as before
+    voted = attack_work(pgd, 100, pgd.eps, noisy)
+    assert voted.grad == votes * plain.grad
+    assert voted.forward == votes * samples * plain.forward
+    assert attack_work(eot, 100, eot.eps, noisy).grad == 6 * voted.grad
+
+
+def test_smoothing_pays_its_n0_plus_n_base_passes_once_and_scores_the_clean_vote():
+    from robench.estimate import passes_text
+
+    plan = plan_of(adaptive="off", defenses=[{"name": "gaussian_noise", "params": {"votes": 8,
+                                                                   "eval_samples": 5}}],
+                   attacks=[{"name": "smoothing", "eps": [0.0, 0.5, 1.0],
+                             "params": {"n0": 100, "n": 1000}}])
+    spec, noisy = plan.attacks[0], plan.defenses[0]
+    # CERTIFY samples the base classifier itself (not the vote); the clean pass is a vote
+    assert attack_work(spec, 10, spec.eps, noisy) == Work(forward=10 * (1100 + 8 * 5))
+    assert passes_text(spec, spec.eps, noisy) == "1 140 forward passes per image"
+
+
+def test_plan_states_the_passes_per_image_of_a_smoothing_cell(tmp_path, robench_cli,
+                                                               monkeypatch):
+    from robench import estimate
+
+    monkeypatch.setattr(estimate, "CALIBRATION_SECONDS", 0.0)
+    raw = dict(TINY, adaptive="off",
+               defenses=[{"name": "gaussian_noise", "params": {"votes": 4}}],
+               attacks=[{"name": "smoothing", "eps": [0.5], "params": {"n0": 10, "n": 100}},
+                        {"name": "fgsm", "eps": [0.1]}])
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(yaml.safe_dump(raw))
+    done = robench_cli("plan", str(suite), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "(130 forward passes per image)" in text      # 10 + 100 + 4 votes x 5 samples
+    assert "(4 gradient + 40 forward passes per image)" in text  # fgsm on the vote

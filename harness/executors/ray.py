@@ -238,7 +238,7 @@ class RayExecutor:
             # the longest attacks first (standard AutoAttack), so they do not finish last alone
             n_eval = len(splits[2])
             for attack in sorted(seeded.attacks_on(defense.label), key=lambda a: -attack_work(
-                    a, images_attacked(a, n_eval), a.eps).units):
+                    a, images_attacked(a, n_eval), a.eps, defense).units):
                 self._submit_attack(recorder, target, attack, splits[2], ctx.num_classes)
         return handle
 
