@@ -415,7 +415,7 @@ def _role(plugin: type[Attack], entry: AttackEntry, where: str) -> str:
 def _check_verifiers(baseline: BaselineSpec, attacks: tuple[AttackSpec, ...],
                      source: str, defenses: tuple[DefenseSpec, ...] = ()) -> None:
     """Every verifier can bound the suite's model (layers, libraries) and certify every
-    defense, before any work."""
+    defense it runs on (its entry's ``defenses:``, else all), before any work."""
     verifiers = [(i, a) for i, a in enumerate(attacks) if a.plugin.family == "verifier"]
     if not verifiers:
         return
@@ -427,7 +427,8 @@ def _check_verifiers(baseline: BaselineSpec, attacks: tuple[AttackSpec, ...],
             verifier = cast("type[Verifier]", spec.plugin)
             verifier.check_model(model, baseline.model, spec.params)
             for defense in defenses:
-                verifier.check_defense(defense.plugin, defense.params, defense.label)
+                if applies(spec, defense.label):
+                    verifier.check_defense(defense.plugin, defense.params, defense.label)
         except UserError as err:
             raise UserError(err.message, where=f"{source}: attacks[{i}]") from None
 

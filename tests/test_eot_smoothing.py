@@ -203,6 +203,30 @@ def test_bad_smoothing_and_eot_input(tmp_path, robench_cli, raw, fragments):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("restricted", [True, False])
+def test_smoothing_restricted_to_noise_defenses_sits_beside_other_defenses(
+        tmp_path, robench_cli, restricted):
+    """``defenses:`` on the smoothing entry limits the Gaussian-noise check to the defenses it
+    runs on; unrestricted, the undefended model is still refused in one line."""
+    entry = {**SMOOTH, "defenses": ["gaussian_noise"]} if restricted else SMOOTH
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(suite([{"name": "none"}, NOISE], [
+        entry, {"name": "fgsm", "eps": [0.1]}])))
+    out = tmp_path / "out"
+    result = robench_cli("plan", str(path), "--out", str(out))
+    assert "Traceback" not in result.stderr
+    if restricted:
+        assert result.returncode == 0, result.stderr
+        text = " ".join(result.stdout.split())
+        assert "smoothing[" in text and "forward passes per image" in text
+    else:
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert "attacks[0]" in lines[0] and "defense 'none' declares no Gaussian noise" \
+            in lines[0], lines[0]
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_tiny_smoothing_suite_end_to_end(tmp_path, robench_cli, synthetic):
     raw = {"name": "tiny_smoothing", "data": {"dataset": "synthetic", "eval_limit": 30,
