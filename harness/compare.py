@@ -12,6 +12,9 @@ outcomes (``outcomes.parquet``), each matched cell gets the exact McNemar p-valu
 per-image robust outcomes on the images both evaluated and Newcombe's 95 % interval of the
 paired difference (``robench.stats.paired_difference``); with several seeds on both sides,
 seed by seed (``robench.stats.paired_over_seeds``: a t interval over the per-seed differences).
+The family of those tests is the paired rows the comparison prints; their p-values are
+Holm-adjusted over it (``robench.stats.holm_adjust``, column ``p_holm``), and a row is called
+significant only where its adjusted p < 0.05.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from robench.outcomes import OUTCOMES_FILE, RobustPerImage, read_outcomes
 from robench.outdir import RunFiles
 from robench.ranking import seed_pairs
 from robench.results import read_results
-from robench.stats import paired_over_seeds
+from robench.stats import holm_adjust, paired_over_seeds
 
 KEY = ["defense", "attack", "eps"]
+#: family-wise level of the word "significant" (on Holm-adjusted p)
+ALPHA = 0.05
 
 
 @dataclass
@@ -50,9 +55,10 @@ class Comparison:
 
 def _paired(cells: pd.DataFrame, outcomes_a: pd.DataFrame | None,
             outcomes_b: pd.DataFrame | None) -> pd.DataFrame:
-    """Add ``n_paired``, ``p_value``, ``diff_lo_pp``, ``diff_hi_pp`` to matched cells."""
-    cells = cells.assign(n_paired=0, seeds_paired=0, p_value=float("nan"), diff_lo_pp=float("nan"),
-                         diff_hi_pp=float("nan"))
+    """Add ``n_paired``, ``p_value``, ``p_holm`` (Holm-adjusted over the paired rows),
+    ``diff_lo_pp``, ``diff_hi_pp`` to matched cells."""
+    cells = cells.assign(n_paired=0, seeds_paired=0, p_value=float("nan"), p_holm=float("nan"),
+                         diff_lo_pp=float("nan"), diff_hi_pp=float("nan"))
     if outcomes_a is None or outcomes_b is None:
         return cells
     robust: dict[str, dict[tuple[str, str, float], dict[int, pd.Series]]] = {}
@@ -73,6 +79,8 @@ def _paired(cells: pd.DataFrame, outcomes_a: pd.DataFrame | None,
                       "robust_a", "robust_b", "diff_pp"]] = [
             len(pairs[0][0]), len(pairs), test["p_value"], 100 * test["ci_low"],
             100 * test["ci_high"], test["acc_a"], test["acc_b"], 100 * test["diff"]]
+    # the family: every row with a paired test (NaN rows are no test and do not count)
+    cells["p_holm"] = holm_adjust(cells["p_value"].to_numpy()) if len(cells) else []
     return cells
 
 
@@ -141,6 +149,8 @@ def to_markdown(result: Comparison, label_a: str, label_b: str) -> str:
             zip(cells["n_paired"], cells["diff_lo_pp"], cells["diff_hi_pp"], strict=True)]
         table["McNemar p"] = [format_p(p) if n else "–"
                               for n, p in zip(cells["n_paired"], cells["p_value"], strict=True)]
+        table["Holm p"] = [format_p(p) if n else "–"
+                           for n, p in zip(cells["n_paired"], cells["p_holm"], strict=True)]
         table["paired n"] = [str(int(n)) if n else "–" for n in cells["n_paired"]]
         if (cells["seeds_paired"] > 1).any():
             table["seeds"] = [str(int(s)) if s else "–" for s in cells["seeds_paired"]]
@@ -164,6 +174,13 @@ def to_markdown(result: Comparison, label_a: str, label_b: str) -> str:
                      "Newcombe's 95 % interval for the paired difference B - A; the accuracies "
                      "and difference shown are then those on these images. `paired n`: images "
                      "per seed.")
+        family = int((cells["n_paired"] > 0).sum())
+        significant = int((cells["p_holm"] < ALPHA).sum())
+        notes.append(f"- `Holm p`: the p-value Holm-adjusted over the family of the {family} "
+                     "paired rows of this table (every (defense, attack, eps) row with a test; "
+                     "robench.stats.holm_adjust), which holds the family-wise error rate at 5 %. "
+                     f"{significant} of {family} rows significant (Holm p < 0.05); a row with a "
+                     "raw p below 0.05 but not its Holm p is not significant.")
     if (cells["seeds_paired"] > 1).any():
         notes.append("- With several seeds on both sides (`seeds`): the accuracies and their "
                      "difference are means over the seeds both sides have, on the images all "

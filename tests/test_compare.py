@@ -146,3 +146,44 @@ def test_two_defenses_of_one_run_are_compared_on_the_same_images(tmp_path):
     assert f"{expected:.3f}" in text and "+10.0" in text and "| 100 " in text
     with pytest.raises(UserError, match="no defense 'c'"):
         compare_defenses(tmp_path, "a", "c")
+
+
+def test_compare_adjusts_its_p_values_with_holm_over_the_rows_it_prints(tmp_path):
+    """Three paired rows (b beats a by 10, 6 and 1 images): raw McNemar p 0.002, 0.031 and
+    1.0; Holm over the family of 3 gives 0.006, 0.062, 1.0, so only the first row stays below
+    0.05, and only it is called significant."""
+    import numpy as np
+
+    from robench.compare import compare_defenses
+    from robench.outdir import OutputFolder
+    from robench.stats import holm_adjust, mcnemar_exact
+
+    n = 100
+    cells = {("pgd", 0.1): 10, ("pgd", 0.3): 6, ("fgsm", 0.3): 1}  # images only b keeps
+    rows, blocks = [], []
+    for (attack, eps), gain in cells.items():
+        for name, ok in (("a", np.arange(n) < 50), ("b", np.arange(n) < 50 + gain)):
+            rows.append(result_row(name, attack, eps, 1.0, ok.mean(), n=n))
+            blocks.append(pd.DataFrame({"defense": name, "attack": attack, "eps": eps,
+                                        "seed": 0, "image": np.arange(n),
+                                        "clean_correct": True, "adv_correct": ok}))
+    with OutputFolder.open(tmp_path) as out:
+        out.write_text("results.csv", pd.DataFrame(rows).to_csv(index=False))
+        with out.temp_file("outcomes.parquet") as temp:
+            pd.concat(blocks).to_parquet(temp, index=False)
+    raw = [mcnemar_exact(0, gain) for gain in cells.values()]
+    adjusted = holm_adjust(raw)
+    assert adjusted == pytest.approx([3 * raw[0], 2 * raw[1], 1.0])
+    text = compare_defenses(tmp_path, "a", "b")
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:2 + 3]]
+    assert "Holm p" in header and "McNemar p" in header
+    assert [r[header.index("McNemar p")] for r in table] == [f"{p:.3f}" for p in raw]
+    assert [r[header.index("Holm p")] for r in table] == [f"{p:.3f}" for p in adjusted]
+    assert adjusted[0] < 0.05 <= adjusted[1] and raw[1] < 0.05
+    assert "Holm" in text and "family" in text and "3 paired rows" in text
+    assert "1 of 3 rows significant" in text
+    frame = compare_frames(pd.DataFrame(rows[0::2]).assign(defense="x"),
+                           pd.DataFrame(rows[1::2]).assign(defense="x")).cells
+    assert len(frame) == 3 and frame["p_holm"].isna().all()  # no outcomes: nothing to adjust
