@@ -6,7 +6,9 @@ plain files (whether the manifest vouches for them is the check's business, belo
 file is reported, never recomputed over):
 
 * the same suite: run.json's recorded suite equals this one's in every setting but
-  ``data.root`` and ``device`` (where the data and the run were, not what was computed),
+  ``data.root``, ``device`` and ``model.weights`` (where the data, the run and the checkpoint
+  were, not what was computed; the checkpoint is compared by its sha256, and run.json records
+  its path relative to the results folder, ``robench.weights.suite_record``),
   every defense and attack has the same name and params, every attack the same per-seed
   attack seeds;
 * every planned cell present and no other (run.json's plan: ``robench.completeness``), each row
@@ -60,7 +62,7 @@ from robench.verify_run import DEFAULT_SAMPLE, VerifyOptions, verify
 from robench.verify_tables import RECOMPUTED, finalized_problems, outcome_blocks, row_problems
 
 #: settings of a suite that say where it ran, not what it computed
-WHERE_KEYS = (("data", "root"), (None, "device"))
+WHERE_KEYS = (("data", "root"), (None, "device"), ("model", "weights"))
 #: settings whose whole effect is which cells a run has (the escalation's adaptive cells):
 #: compared through the planned cells instead, so a run recorded before they existed matches
 #: a suite that adds no cell through them

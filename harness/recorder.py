@@ -47,6 +47,7 @@ from robench.run_files import (
 )
 from robench.shipped import ModelFile, merge_model_files, write_model_file
 from robench.tasks import ModelFacts, Target, seed_tag, serial_order
+from robench.weights import suite_record
 
 
 def plan_cells(plan: Plan) -> set[Cell]:
@@ -125,10 +126,10 @@ class RunRecorder:
             self.set_aside_earlier(f"this run replaces {what}")
         plan = self.plan
         self.record = {
-            "suite": plan.suite.model_dump(mode="json"), "source": plan.source,
-            "baseline": {"cache_key": plan.baseline.cache_key,
-                         "code_hash": plan.baseline.code_hash,
-                         "weights": plan.baseline.weights and plan.baseline.weights.record()},
+            "suite": suite_record(plan.suite, plan.baseline.weights, self.folder.path),
+            "source": plan.source, "baseline": {
+                "cache_key": plan.baseline.cache_key, "code_hash": plan.baseline.code_hash,
+                "weights": plan.baseline.weights and plan.baseline.weights.record()},
             "defenses": {d.label: {"name": d.name, "params": d.params_json,
                                    "cache_key": d.cache_key, "code_hash": d.code_hash}
                          for d in plan.defenses},

@@ -60,6 +60,7 @@ from robench.verify_attack import (
     reattack,
 )
 from robench.verify_tables import finalized_problems, outcome_blocks, row_problems
+from robench.weights import recorded_weights
 
 #: how to make a folder verify can check
 PRODUCE = "run the suite into it with this robench (robench run SUITE --out FOLDER --update)"
@@ -147,7 +148,7 @@ def run_plan(run: dict[str, Any], folder: Path, data_dir: str | None) -> Plan:
     where = f"{folder / RUN_RECORD}: suite"
     if not isinstance(run.get("suite"), dict):
         raise UserError("no recorded suite", where=where)
-    raw = dict(run["suite"])
+    raw = recorded_weights(dict(run["suite"]), run.get("baseline"), folder)
     data = dict(raw.get("data") or {})
     recorded = data.get("root")
     if data_dir is not None:

@@ -117,6 +117,41 @@ def weights_file(text: str, source: str, limit: SizeLimit | None = None) -> Weig
     return WeightsFile(path, hashlib.sha256(data).hexdigest(), where, limit)
 
 
+def suite_record(suite: Any, weights: WeightsFile | None, folder: Path) -> dict[str, Any]:
+    """The suite as run.json records it (``suite.model_dump``), with ``model.weights`` relative
+    to the results folder ``folder``: a recorded suite resolves its relative paths against
+    run.json's folder (``robench verify``), so the checkpoint is found from any working folder,
+    and wherever the results and the checkpoint move together (a clone of a repository that
+    holds both). An absolute path would break on another machine, and a path relative to the
+    suite file, or to the working folder of the run, breaks when verify runs elsewhere. The
+    checkpoint's identity is its sha256 (run.json's ``baseline.weights``), not its path."""
+    dump: dict[str, Any] = suite.model_dump(mode="json")
+    if weights is not None and isinstance(dump.get("model"), dict):
+        try:
+            dump["model"]["weights"] = os.path.relpath(weights.path, folder.resolve())
+        except ValueError:  # another drive (Windows): no relative path exists
+            dump["model"]["weights"] = str(weights.path)
+    return dump
+
+
+def recorded_weights(suite: dict[str, Any], baseline: Any, folder: Path) -> dict[str, Any]:
+    """A recorded suite whose ``model.weights`` is found: as recorded (relative to the results
+    folder ``folder``, see ``suite_record``), else the resolved path run.json's
+    ``baseline.weights.path`` names when that file exists (a run recorded with the suite's
+    own relative path). The file's sha256 is checked against the record either way."""
+    model = suite.get("model")
+    if not isinstance(model, dict):
+        return suite
+    given = model.get("weights")
+    if not isinstance(given, str) or not given or (folder / Path(given).expanduser()).exists():
+        return suite
+    record = baseline.get("weights") if isinstance(baseline, dict) else None
+    path = record.get("path") if isinstance(record, dict) else None
+    if isinstance(path, str) and Path(path).is_absolute() and Path(path).is_file():
+        return {**suite, "model": {**model, "weights": path}}
+    return suite
+
+
 def _read(path: Path, where: str, limit: SizeLimit | None = None) -> bytes:
     try:
         fd = open_regular_file(path, follow_links=True)

@@ -300,3 +300,45 @@ def test_loading_silences_only_torchs_notes_on_odd_tensors(tmp_path, monkeypatch
         state = parse_checkpoint((tmp_path / "dense.pt").read_bytes(), tmp_path / "dense.pt",
                                  "model.weights")
     assert set(state) == set(lenet_state())
+
+
+@pytest.mark.slow
+def test_a_relative_weights_path_verifies_from_another_folder(tmp_path, cli_env, robench_cli):
+    """run.json records model.weights relative to the results folder (the suite gave it
+    relative to the suite file's folder), so ``robench verify`` finds the checkpoint from any
+    working folder, and wherever the results and the checkpoint move together."""
+    (tmp_path / "suites").mkdir()
+    (tmp_path / "ckpt").mkdir()
+    torch.manual_seed(0)
+    save_file(LeNet5().state_dict(), str(tmp_path / "ckpt" / "base.safetensors"))
+    raw = {"name": "rel", "data": {"dataset": "mnist", "eval_limit": 40},
+           "train": {"epochs": 0}, "adaptive": "off",
+           "model": {"name": "lenet5", "weights": "../ckpt/base.safetensors"},
+           "attacks": [{"name": "fgsm", "eps": [0.0, 0.1]}]}
+    (tmp_path / "suites" / "s.yaml").write_text(yaml.safe_dump(raw))
+    done = robench_cli("run", "suites/s.yaml", "--out", "out/res", "-q", env=cli_env,
+                       cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    run = json.loads((tmp_path / "out" / "res" / "run.json").read_text())
+    assert run["suite"]["model"]["weights"] == "../../ckpt/base.safetensors"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = robench_cli("verify", str(tmp_path / "out" / "res"), "--sample", "5", env=cli_env,
+                       cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    # the same suite run again into the folder is still the same suite (its checkpoint is
+    # compared by sha256, not by how a path to it is written): checked, not recomputed
+    again = robench_cli("run", str(tmp_path / "suites" / "s.yaml"), "--out", "res", "-q",
+                        env=cli_env, cwd=tmp_path / "out")
+    assert again.returncode == 0, again.stderr
+    assert "holds a complete run of this suite" in again.stdout + again.stderr
+    # a run recorded with the suite's own relative path (before this record) still verifies,
+    # through the resolved path baseline.weights records (its sha256 checked as always)
+    from robench.outdir import OutputFolder
+    from robench.results import write_json
+
+    run["suite"]["model"]["weights"] = "../ckpt/base.safetensors"
+    with OutputFolder.open(tmp_path / "out" / "res") as out:  # as robench writes it
+        write_json(out, "run.json", run)
+    proc = robench_cli("verify", "res", "--sample", "5", env=cli_env, cwd=tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
