@@ -146,9 +146,13 @@ def states_passes(spec: AttackSpec, defense: DefenseSpec | None) -> bool:
     return spec.plugin.counts_base_passes or pass_multipliers(defense) != (1, 1)
 
 
-def savings(spec: AttackSpec) -> tuple[float, float, float]:
-    """(lowest, typical, highest) share of its upper bound an attack entry's cells take."""
-    if spec.name in ("pgd", "bim") and not getattr(spec.params, "early_stop", False):
+def savings(spec: AttackSpec, defense: DefenseSpec | None = None) -> tuple[float, float, float]:
+    """(lowest, typical, highest) share of its upper bound an attack entry's cells take. PGD
+    and BIM save only with their active set, which a randomized defense's model turns off
+    (``robench.attacks.active``: two passes differ, so every image gets the plain loop)."""
+    randomized = defense is not None and bool(getattr(defense.plugin, "randomized", False))
+    if spec.name in ("pgd", "bim") and (
+            randomized or not getattr(spec.params, "early_stop", False)):
         return NO_SAVING
     return SAVINGS.get(spec.name, NO_SAVING) if spec.plugin.__module__.startswith(
         "robench.attacks.") else NO_SAVING
@@ -185,7 +189,7 @@ def attack_work_range(spec: AttackSpec, n_images: int, eps: Sequence[float],
         return WorkRange.exact(NO_WORK)
     scoring = scoring_work(spec, n_images, eps, defense)
     attacked = upper - scoring
-    low, typical, high = (attacked.scaled(f) + scoring for f in savings(spec))
+    low, typical, high = (attacked.scaled(f) + scoring for f in savings(spec, defense))
     return WorkRange(low, typical, high)
 
 

@@ -211,6 +211,12 @@ def test_a_vote_prices_every_copy_and_eot_multiplies_the_gradients():
     assert voted.grad == votes * plain.grad
     assert voted.forward == votes * samples * plain.forward
     assert attack_work(eot, 100, eot.eps, noisy).grad == 6 * voted.grad
+    # PGD's active set saves steps on a deterministic model; a vote turns it off (the plain
+    # loop on every image), so its typical work there is its upper bound
+    from robench.estimate import attack_work_range
+
+    assert attack_work_range(pgd, 100, pgd.eps, none).typical.grad < plain.grad
+    assert attack_work_range(pgd, 100, pgd.eps, noisy).typical == voted
 
 
 def test_smoothing_pays_its_n0_plus_n_base_passes_once_and_scores_the_clean_vote():
