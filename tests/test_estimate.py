@@ -232,6 +232,7 @@ def test_smoothing_pays_its_n0_plus_n_base_passes_once_and_scores_the_clean_vote
     assert passes_text(spec, spec.eps, noisy) == "1 140 forward passes per image"
 
 
+@pytest.mark.slow
 def test_plan_states_the_passes_per_image_of_a_smoothing_cell(tmp_path, robench_cli,
                                                                monkeypatch):
     from robench import estimate
