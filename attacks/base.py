@@ -157,10 +157,6 @@ class Attack:
     #: that name and the same params): BPDA starts where PGD starts, so the two differ only
     #: in the gradient they follow
     random_starts_of: ClassVar[str | None] = None
-    #: True when ``work_per_image`` counts passes of a defended model's underlying classifier
-    #: (the ``smoothing`` verifier samples the base classifier itself), so the estimate does
-    #: not multiply it by the defense's ``passes_per_forward``
-    counts_base_passes: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, params: AttackParams | None = None, seed: int = 0) -> None:
         self.model = model

@@ -99,7 +99,6 @@ class Smoothing(Verifier):
     shares_work_across_eps = True  # one CERTIFY per image serves every eps
     # a reduced variant must never pass for the paper's CERTIFY: ``smoothing[n=1000,...]``
     label_params = ("n", "n0", "alpha", "norm")
-    counts_base_passes = True  # n0 + n passes of the base classifier, not of the vote
 
     def __init__(self, model: nn.Module, params: AttackParams | None = None,
                  seed: int = 0) -> None:

@@ -107,19 +107,6 @@ class Defense:
         called by the plan before any work when ``checks_model`` is True."""
 
     @classmethod
-    def passes_per_forward(cls, params: Any) -> int:
-        """Passes of the underlying classifier in one forward (or forward+backward) pass of
-        the defended model, for time estimates: a vote over noisy copies classifies every copy.
-        Default 1."""
-        return 1
-
-    @classmethod
-    def eval_passes(cls, params: Any) -> int:
-        """Forward passes of the defended model ``robench.evaluation`` votes over to score one
-        image (its ``eval_samples``), for time estimates. Default 1."""
-        return 1
-
-    @classmethod
     def noise_sigma(cls, params: Any) -> float | None:
         """The standard deviation of the Gaussian input noise whose vote this defense's
         prediction is (randomized smoothing, read by the ``smoothing`` verifier), or None."""

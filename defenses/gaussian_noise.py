@@ -138,14 +138,6 @@ class GaussianNoise(Defense):
         return Work(train=training_config(train_config, params).epochs * n_train)
 
     @classmethod
-    def passes_per_forward(cls, params: GaussianNoiseParams) -> int:
-        return params.votes
-
-    @classmethod
-    def eval_passes(cls, params: GaussianNoiseParams) -> int:
-        return params.eval_samples
-
-    @classmethod
     def noise_sigma(cls, params: GaussianNoiseParams) -> float:
         return params.sigma
 

@@ -6,10 +6,11 @@ training images`` forward+backward passes; a defense costs what it declares
 ``budget`` of input gradients or queries; once for a sweep when the attack
 ``shares_work_across_eps``) plus a forward pass per image and eps to score its examples. On a
 randomized defense every pass is a vote: ``gaussian_noise`` classifies ``votes`` noisy copies per
-pass and is scored over ``eval_samples`` passes (``Defense.passes_per_forward``,
-``eval_passes``), so its cells cost that many classifier passes; EOT's ``eot_samples`` is in
-the attack's ``work_per_image``, and the ``smoothing`` verifier counts its n0 + n base-classifier
-passes itself.
+pass and is scored over ``eval_samples`` passes (``pass_multipliers``, read from the params of
+a defense that declares ``randomized``), so its cells cost that many classifier passes; EOT's
+``eot_samples`` is in the attack's ``work_per_image``, and the ``smoothing`` verifier counts its
+n0 + n base-classifier passes itself (``COUNTS_BASE_PASSES``). These rules live here, not on
+the plugins' classes, so pricing a cell never changes a result's code hash.
 ``calibrate`` times one training step, one input gradient and one forward pass of the
 suite's model on a batch of the suite's data on this machine, so ``Calibration.seconds``
 turns work into seconds.
@@ -89,13 +90,26 @@ def images_attacked(spec: AttackSpec, n_eval: int) -> int:
 
 def pass_multipliers(defense: DefenseSpec | None) -> tuple[int, int]:
     """(classifier passes per pass of the defended model, passes the evaluation votes over)
-    of a defense, from its resolved params (``Defense.passes_per_forward``, ``eval_passes``):
-    ``gaussian_noise`` classifies ``votes`` noisy copies per pass and is scored by a vote over
-    ``eval_samples`` passes; (1, 1) for a deterministic defense or none."""
-    if defense is None:
+    of a defense, from its resolved params: a defense that declares ``randomized`` and has a
+    ``votes`` param classifies that many noisy copies per pass (``gaussian_noise``), and one
+    with an ``eval_samples`` param is scored by a vote over that many passes; (1, 1) for a
+    deterministic defense or none. A third-party randomized defense that names these params
+    otherwise is priced as one pass (an underestimate the plan cannot see)."""
+    if defense is None or not getattr(defense.plugin, "randomized", False):
         return 1, 1
-    return (int(defense.plugin.passes_per_forward(defense.params)),
-            int(defense.plugin.eval_passes(defense.params)))
+    return (int(getattr(defense.params, "votes", 1)),
+            int(getattr(defense.params, "eval_samples", 1)))
+
+
+#: verifiers (by registry name) whose ``work_per_image`` counts passes of a defended model's
+#: base classifier, which they sample themselves (``smoothing``: n0 + n noisy passes), so a
+#: randomized defense's ``votes`` does not multiply them
+COUNTS_BASE_PASSES: frozenset[str] = frozenset({"smoothing"})
+
+
+def counts_base_passes(spec: AttackSpec) -> bool:
+    """Whether this attack entry's work already counts base-classifier passes."""
+    return spec.name in COUNTS_BASE_PASSES
 
 
 def scoring_work(spec: AttackSpec, n_images: int, eps: Sequence[float],
@@ -117,14 +131,14 @@ def attack_work(spec: AttackSpec, n_images: int, eps: Sequence[float],
     (``scoring_work``). An attack that shares work across eps pays its passes once for the
     sweep. Each of the attack's passes costs the defense's ``passes_per_forward`` classifier
     passes (EOT's ``eot_samples`` is in ``work_per_image``), except an attack that counts the
-    base classifier's passes itself (``counts_base_passes``: smoothing's n0 + n)."""
+    base classifier's passes itself (``COUNTS_BASE_PASSES``: smoothing's n0 + n)."""
     if not eps:
         return NO_WORK
     verifier = spec.plugin.family == "verifier"
     per_eps = [spec.plugin.work_per_image(spec.params, e) for e in eps if verifier or e > 0]
     if spec.plugin.shares_work_across_eps and per_eps:
         per_eps = [max(per_eps, key=lambda w: w.units)]
-    copies = 1 if spec.plugin.counts_base_passes else pass_multipliers(defense)[0]
+    copies = 1 if counts_base_passes(spec) else pass_multipliers(defense)[0]
     attacked = sum(per_eps, NO_WORK)
     return attacked.scaled(n_images * copies) + scoring_work(spec, n_images, eps, defense)
 
@@ -143,7 +157,7 @@ def passes_text(spec: AttackSpec, eps: Sequence[float],
 def states_passes(spec: AttackSpec, defense: DefenseSpec | None) -> bool:
     """Whether ``robench plan`` states the passes per image of this cell: on a defense whose
     passes are votes over copies, or for an attack that samples the classifier itself."""
-    return spec.plugin.counts_base_passes or pass_multipliers(defense) != (1, 1)
+    return counts_base_passes(spec) or pass_multipliers(defense) != (1, 1)
 
 
 def savings(spec: AttackSpec, defense: DefenseSpec | None = None) -> tuple[float, float, float]:
