@@ -387,3 +387,16 @@ def test_a_certificate_repeats_whatever_the_batch():
     together = radii(x, [10, 11, 12])
     assert torch.equal(radii(x[2:], [12]), together[2:])
     assert torch.equal(radii(x.flip(0), [12, 11, 10]), together.flip(0))
+
+
+def test_plan_says_why_auto_adds_nothing_to_a_randomized_defense(tmp_path, robench_cli):
+    """A randomized defense with no plain gradient attack on it: ``adaptive: auto`` adds
+    nothing, and the plan says that is why, not that no defense declares randomness."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(suite([NOISE], [SMOOTH])))
+    result = robench_cli("plan", str(path), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "adaptive: auto (nothing to add: no plain gradient attack runs on its surrogate " \
+           "or randomized defenses)" in text
+    assert "no defense declares" not in text
