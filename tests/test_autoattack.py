@@ -105,17 +105,47 @@ def test_standard_at_eps_03_breaks_everything_with_apgd_ce_alone(trained_lenet, 
     assert torch.equal(create_attack("autoattack", trained_lenet, seed=0)(x, y, 0.3), x_adv)
 
 
-@pytest.mark.slow
-def test_standard_at_eps_02_runs_all_components_and_is_strongest(trained_lenet, batch):
-    # At eps 0.2 a few images survive APGD-CE, so every later component runs (about 10 s).
+def _with_grad_mode(attack, enabled, seen):
+    """Run the attack's real components with autograd recording on or off (``enabled``; None:
+    the driver's own mode); ``seen`` gets (name, number of images, recording was on, the
+    output carries a graph) per call."""
+    real = attack.components
+
+    def components(eps, n_classes):
+        def wrap(c):
+            def run(x, y):
+                with torch.set_grad_enabled(enabled if enabled is not None
+                                            else torch.is_grad_enabled()):
+                    out = c.attack(x, y)
+                    seen.append((c.name, x.shape[0], torch.is_grad_enabled(),
+                                 out.grad_fn is not None))
+                return out
+            return Component(c.name, run)
+        return [wrap(c) for c in real(eps, n_classes)]
+
+    attack.components = components
+
+
+@pytest.fixture(scope="module")
+def standard_at_eps_02(trained_lenet, batch):
+    """Standard AutoAttack at eps 0.2 on the first 100 test images, run once for the tests
+    below (about 30 s): (x, y, the examples, per component (name, number of images, recording
+    was on, the output carries a graph)). At eps 0.2 a few images survive APGD-CE, so every
+    later component runs."""
     x, y = batch[0][:100], batch[1][:100]
-    attack = create_attack("autoattack", trained_lenet, seed=0)
-    calls = []
-    _recording(attack, calls)
-    std = attack(x, y, 0.2)
+    seen = []
+    driver = create_attack("autoattack", trained_lenet, seed=0)
+    _with_grad_mode(driver, None, seen)  # the driver's own mode
+    return x, y, driver(x, y, 0.2), seen
+
+
+@pytest.mark.slow
+def test_standard_at_eps_02_runs_all_components_and_is_strongest(trained_lenet,
+                                                                 standard_at_eps_02):
+    x, y, std, calls = standard_at_eps_02
     _bounded(std, x, 0.2)
-    assert [name for name, _ in calls] == NAMES
-    sizes = [n for _, n in calls]
+    assert [name for name, *_ in calls] == NAMES
+    sizes = [n for _, n, *_ in calls]
     assert all(a >= b for a, b in zip(sizes, sizes[1:], strict=False)) and sizes[-1] > 0
     fast = create_attack("autoattack", trained_lenet, {"version": "fast"}, seed=0)(x, y, 0.2)
     pgd = create_attack("pgd", trained_lenet, {"steps": 20, "alpha": 0.02}, seed=0)(x, y, 0.2)
@@ -130,42 +160,20 @@ def test_standard_at_eps_02_runs_all_components_and_is_strongest(trained_lenet, 
     assert round(std_acc * 100) <= sizes[-1]  # a robust image went through every component
 
 
-def _with_grad_mode(attack, enabled, seen):
-    """Run the attack's real components with autograd recording on or off (``enabled``);
-    ``seen`` gets (name, recording was on, the output carries a graph) per call."""
-    real = attack.components
-
-    def components(eps, n_classes):
-        def wrap(c):
-            def run(x, y):
-                with torch.set_grad_enabled(enabled if enabled is not None
-                                            else torch.is_grad_enabled()):
-                    out = c.attack(x, y)
-                    seen.append((c.name, torch.is_grad_enabled(), out.grad_fn is not None))
-                return out
-            return Component(c.name, run)
-        return [wrap(c) for c in real(eps, n_classes)]
-
-    attack.components = components
-
-
 @pytest.mark.slow
 def test_components_run_without_recording_a_graph_and_give_the_same_examples(trained_lenet,
-                                                                             batch):
+                                                                             standard_at_eps_02):
     # torchattacks' APGD/APGD-T copy each step's iterate into their best-so-far tensor outside
     # an enable_grad block: with recording on, that tensor carries a graph holding every step's
     # iterate (GBs on 1000 images). The driver runs them as the reference does, in no_grad.
-    x, y = batch[0][:100], batch[1][:100]
-    seen_driver, seen_recording = [], []
-    driver = create_attack("autoattack", trained_lenet, seed=0)
-    _with_grad_mode(driver, None, seen_driver)  # the driver's own mode
+    x, y, x_driver, seen_driver = standard_at_eps_02
+    seen_recording = []
     recording = create_attack("autoattack", trained_lenet, seed=0)
     _with_grad_mode(recording, True, seen_recording)  # the mode earlier robench ran them in
-    x_driver = driver(x, y, 0.2)
     assert [name for name, *_ in seen_driver] == NAMES
-    assert not any(on or graph for _, on, graph in seen_driver)
+    assert not any(on or graph for *_, on, graph in seen_driver)
     assert torch.equal(recording(x, y, 0.2), x_driver)  # no_grad changes no example
-    assert dict((n, g) for n, _, g in seen_recording)["apgd-t"]  # the graph it avoids
+    assert dict((n, g) for n, *_, g in seen_recording)["apgd-t"]  # the graph it avoids
 
 
 # -- (c) the cascade, with stub components on a toy model -----------------------------------------
