@@ -137,9 +137,10 @@ def test_readme_is_short_and_starts_with_install_run_and_test():
     for command in ('pip install -e ".[test]"', "robench run suites/fgsm_lenet.yaml",
                     'pytest -q -m "not slow"'):
         assert command in head, command
-    # CI (.ci/run) runs the README's test command: exactly `pytest -q`
-    assert re.search(r"^pytest -q(\s+#.*)?$", head, re.M)
-    assert re.search(r"^pytest -q$", text_of(REPO / ".ci" / "run"), re.M)
+    # CI (.ci/run) runs the README's test command, exactly: `pytest -q` on two xdist workers
+    command = "pytest -q -n 2 --dist loadfile"
+    assert re.search(rf"^{command}(\s+#.*)?$", head, re.M)
+    assert re.search(rf"^{command}$", text_of(REPO / ".ci" / "run"), re.M)
 
 
 def test_every_documented_check_family_has_a_meaning():
