@@ -205,7 +205,7 @@ def test_bad_smoothing_and_eot_input(tmp_path, robench_cli, raw, fragments):
 
 @pytest.mark.parametrize("restricted", [True, False])
 def test_smoothing_restricted_to_noise_defenses_sits_beside_other_defenses(
-        tmp_path, robench_cli, restricted):
+        tmp_path, robench_cli, restricted, cli_env):
     """``defenses:`` on the smoothing entry limits the Gaussian-noise check to the defenses it
     runs on; unrestricted, the undefended model is still refused in one line."""
     entry = {**SMOOTH, "defenses": ["gaussian_noise"]} if restricted else SMOOTH
@@ -213,7 +213,8 @@ def test_smoothing_restricted_to_noise_defenses_sits_beside_other_defenses(
     path.write_text(yaml.safe_dump(suite([{"name": "none"}, NOISE], [
         entry, {"name": "fgsm", "eps": [0.1]}])))
     out = tmp_path / "out"
-    result = robench_cli("plan", str(path), "--out", str(out))
+    # a wide console, so no table cell wraps the phrase (output is not a terminal here)
+    result = robench_cli("plan", str(path), "--out", str(out), env={**cli_env, "COLUMNS": "250"})
     assert "Traceback" not in result.stderr
     if restricted:
         assert result.returncode == 0, result.stderr

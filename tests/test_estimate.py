@@ -234,7 +234,7 @@ def test_smoothing_pays_its_n0_plus_n_base_passes_once_and_scores_the_clean_vote
 
 @pytest.mark.slow
 def test_plan_states_the_passes_per_image_of_a_smoothing_cell(tmp_path, robench_cli,
-                                                               monkeypatch):
+                                                               monkeypatch, cli_env):
     from robench import estimate
 
     monkeypatch.setattr(estimate, "CALIBRATION_SECONDS", 0.0)
@@ -244,7 +244,9 @@ def test_plan_states_the_passes_per_image_of_a_smoothing_cell(tmp_path, robench_
                         {"name": "fgsm", "eps": [0.1]}])
     suite = tmp_path / "tiny.yaml"
     suite.write_text(yaml.safe_dump(raw))
-    done = robench_cli("plan", str(suite), "--out", str(tmp_path / "out"))
+    # a wide console, so no table cell wraps the phrase (output is not a terminal here)
+    done = robench_cli("plan", str(suite), "--out", str(tmp_path / "out"),
+                       env={**cli_env, "COLUMNS": "250"})
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())
     assert "(130 forward passes per image)" in text      # 10 + 100 + 4 votes x 5 samples
