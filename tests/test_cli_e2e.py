@@ -64,9 +64,7 @@ def test_every_command_has_help_with_an_example(command):
 @pytest.mark.slow
 def test_run_leaderboard_and_report_share_one_finalize(tmp_path, plugin_env, robench_subprocess):
     suite = tmp_path / "s.yaml"
-    # untrained (epochs 0): what is compared is finalize's output, for any model
-    suite.write_text(reuse_suite(REUSE_DEFENSES[:1], REUSE_ATTACKS[:2])
-                     .replace("epochs: 1", "epochs: 0"))
+    suite.write_text(reuse_suite(REUSE_DEFENSES[:1], REUSE_ATTACKS[:2]))
     out = tmp_path / "o"
     run_logged(robench_subprocess, suite, out, plugin_env)
     files = ("checks.csv", "leaderboard.csv", "leaderboard.md", "report.md")
