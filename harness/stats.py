@@ -239,11 +239,8 @@ def paired_over_seeds(pairs: list[tuple[Any, Any]], z: float = Z95) -> dict[str,
       images and the seeds support it: (1) an exact sign test on the per-image mean differences
       d_i = mean over seeds of (b_i - a_i) (images with d_i > 0 against d_i < 0, binomial with
       p = 1/2; with one seed it is the exact McNemar test), and (2) the one-sample t-test of
-      the m per-seed differences. When the m per-seed differences are all equal the t-test is
-      undefined (no seed variance): p = 1 if they are 0, else the exact two-sided sign test over
-      the m seeds, 2 * 0.5**m (0.25 at m = 3), the smallest p m seeds that all agree can give
-      (the seed is the unit of a claim about a training method: identical seeds are not
-      evidence beyond their number);
+      the m per-seed differences (when they are all equal it says nothing: p = 1 if they are
+      0, else only test (1) decides);
     - ``ci_low``, ``ci_high``: the hull of the Student-t 95 % interval of the m per-seed
       differences (seed randomness) and Newcombe's interval of the seed-averaged 2x2 table on
       n images (image sampling), so it is never narrower than one seed's;
@@ -263,8 +260,7 @@ def paired_over_seeds(pairs: list[tuple[Any, Any]], z: float = Z95) -> dict[str,
     worse, better = int((per_image < 0).sum()), int((per_image > 0).sum())
     mean, _, t_lo, t_hi = seed_interval(diffs)
     if np.ptp(diffs) <= 1e-12:  # identical per-seed differences: no seed variance to test
-        # all m seeds on one side: the exact sign test (binomial at 1/2) over the seeds
-        p_seeds = 1.0 if abs(mean) <= 1e-12 else mcnemar_exact(0, m)
+        p_seeds = 1.0 if abs(mean) <= 1e-12 else 0.0
     else:
         p_seeds = float(_scipy_stats().ttest_1samp(diffs, 0.0).pvalue)
     table = [float(((x > 0) & (y > 0)).sum()) / m for x, y in
