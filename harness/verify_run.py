@@ -156,7 +156,21 @@ def run_plan(run: dict[str, Any], folder: Path, data_dir: str | None) -> Plan:
     elif not (isinstance(recorded, str) and Path(recorded).expanduser().is_dir()):
         data["root"] = None
     raw["data"] = data
-    return resolve(recorded_suite(raw, where), where)
+    plan = resolve(recorded_suite(raw, where), where)
+    _check_checkpoint(plan, run.get("baseline"), where)
+    return plan
+
+
+def _check_checkpoint(plan: Plan, baseline: Any, where: str) -> None:
+    """The suite's ``model.weights`` checkpoint is the one the run recorded (its sha256 in
+    run.json's ``baseline.weights``): a replaced checkpoint is refused, never verified."""
+    weights = plan.baseline.weights
+    record = baseline.get("weights") if isinstance(baseline, dict) else None
+    if weights is None or not isinstance(record, dict):
+        return
+    if record.get("sha256") != weights.sha256:
+        raise UserError(f"model.weights: {weights.path} is not the checkpoint this run used "
+                        "(its sha256 differs from run.json's baseline.weights)", where=where)
 
 
 def load_data(plan: Plan, rows: pd.DataFrame, folder: Path) -> RunData:

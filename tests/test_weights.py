@@ -342,3 +342,10 @@ def test_a_relative_weights_path_verifies_from_another_folder(tmp_path, cli_env,
         write_json(out, "run.json", run)
     proc = robench_cli("verify", "res", "--sample", "5", env=cli_env, cwd=tmp_path / "out")
     assert proc.returncode == 0, proc.stderr + proc.stdout
+    # a replaced checkpoint (other weights at the recorded path) is refused in one line
+    torch.manual_seed(1)
+    save_file(LeNet5().state_dict(), str(tmp_path / "ckpt" / "base.safetensors"))
+    proc = robench_cli("verify", "res", "--sample", "5", env=cli_env, cwd=tmp_path / "out")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr + proc.stdout
+    assert "model.weights" in lines[0] and "sha256 differs" in lines[0], lines[0]
