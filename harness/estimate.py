@@ -97,8 +97,13 @@ def pass_multipliers(defense: DefenseSpec | None) -> tuple[int, int]:
     otherwise is priced as one pass (an underestimate the plan cannot see)."""
     if defense is None or not getattr(defense.plugin, "randomized", False):
         return 1, 1
-    return (int(getattr(defense.params, "votes", 1)),
-            int(getattr(defense.params, "eval_samples", 1)))
+    return (_count(getattr(defense.params, "votes", 1)),
+            _count(getattr(defense.params, "eval_samples", 1)))
+
+
+def _count(value: object) -> int:
+    """A pass count from a plugin's param: a positive integer, else 1 (None, 0, "auto")."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
 
 
 #: verifiers (by registry name) whose ``work_per_image`` counts passes of a defended model's
@@ -138,7 +143,10 @@ def attack_work(spec: AttackSpec, n_images: int, eps: Sequence[float],
     per_eps = [spec.plugin.work_per_image(spec.params, e) for e in eps if verifier or e > 0]
     if spec.plugin.shares_work_across_eps and per_eps:
         per_eps = [max(per_eps, key=lambda w: w.units)]
-    copies = 1 if counts_base_passes(spec) else pass_multipliers(defense)[0]
+    # transfer crafts on its source model, not on ``defense``'s: priced as one pass each
+    # (a randomized source's votes are not counted)
+    copies = (1 if counts_base_passes(spec) or spec.name == "transfer"
+              else pass_multipliers(defense)[0])
     attacked = sum(per_eps, NO_WORK)
     return attacked.scaled(n_images * copies) + scoring_work(spec, n_images, eps, defense)
 

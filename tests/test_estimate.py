@@ -251,3 +251,19 @@ def test_plan_states_the_passes_per_image_of_a_smoothing_cell(tmp_path, robench_
     text = " ".join(done.stdout.split())
     assert "(130 forward passes per image)" in text      # 10 + 100 + 4 votes x 5 samples
     assert "(4 gradient + 40 forward passes per image)" in text  # fgsm on the vote
+
+
+def test_pass_counts_of_a_plugin_with_odd_params_fall_back_to_one_pass():
+    """A randomized defense whose votes/eval_samples are None, 0 or not integers is priced as
+    one pass (never a crash, never a zero-cost cell)."""
+    from types import SimpleNamespace
+
+    from robench.estimate import pass_multipliers
+
+    plugin = SimpleNamespace(randomized=True)
+    for votes, samples in [(None, None), (0, 0), ("auto", 2.5), (True, -3)]:
+        spec = SimpleNamespace(plugin=plugin, params=SimpleNamespace(votes=votes,
+                                                                     eval_samples=samples))
+        assert pass_multipliers(spec) == (1, 1)
+    spec = SimpleNamespace(plugin=plugin, params=SimpleNamespace(votes=8, eval_samples=3))
+    assert pass_multipliers(spec) == (8, 3)
