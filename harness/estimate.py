@@ -95,10 +95,15 @@ def pass_multipliers(defense: DefenseSpec | None) -> tuple[int, int]:
     with an ``eval_samples`` param is scored by a vote over that many passes; (1, 1) for a
     deterministic defense or none. A third-party randomized defense that names these params
     otherwise is priced as one pass (an underestimate the plan cannot see)."""
-    if defense is None or not getattr(defense.plugin, "randomized", False):
+    if defense is None or not _randomized(defense):
         return 1, 1
     return (_count(getattr(defense.params, "votes", 1)),
             _count(getattr(defense.params, "eval_samples", 1)))
+
+
+def _randomized(defense: DefenseSpec | None) -> bool:
+    """Whether ``defense``'s plugin declares randomness (``Defense.randomized``)."""
+    return defense is not None and bool(getattr(defense.plugin, "randomized", False))
 
 
 def _count(value: object) -> int:
@@ -121,7 +126,8 @@ def scoring_work(spec: AttackSpec, n_images: int, eps: Sequence[float],
                  defense: DefenseSpec | None = None) -> Work:
     """The forward passes that score a cell: the clean images and, per eps, the examples (a
     verifier certifies instead of crafting examples: the clean images only), each a vote of
-    ``eval_passes`` passes of ``passes_per_forward`` classifier passes on a randomized defense."""
+    ``eval_samples`` passes of ``votes`` classifier passes on a randomized defense
+    (``pass_multipliers``)."""
     if not eps:
         return NO_WORK
     copies, votes = pass_multipliers(defense)
@@ -134,9 +140,9 @@ def attack_work(spec: AttackSpec, n_images: int, eps: Sequence[float],
     """Attacking ``n_images`` at these eps on ``defense``'s model: the attack at each eps (none
     at eps 0, except for a verifier, which bounds every eps), plus the scoring passes
     (``scoring_work``). An attack that shares work across eps pays its passes once for the
-    sweep. Each of the attack's passes costs the defense's ``passes_per_forward`` classifier
-    passes (EOT's ``eot_samples`` is in ``work_per_image``), except an attack that counts the
-    base classifier's passes itself (``COUNTS_BASE_PASSES``: smoothing's n0 + n)."""
+    sweep. Each of the attack's passes costs the defense's ``votes`` classifier passes
+    (``pass_multipliers``; EOT's ``eot_samples`` is in ``work_per_image``), except an attack
+    that counts the base classifier's passes itself (``COUNTS_BASE_PASSES``: smoothing's n0 + n)."""
     if not eps:
         return NO_WORK
     verifier = spec.plugin.family == "verifier"
@@ -172,9 +178,8 @@ def savings(spec: AttackSpec, defense: DefenseSpec | None = None) -> tuple[float
     """(lowest, typical, highest) share of its upper bound an attack entry's cells take. PGD
     and BIM save only with their active set, which a randomized defense's model turns off
     (``robench.attacks.active``: two passes differ, so every image gets the plain loop)."""
-    randomized = defense is not None and bool(getattr(defense.plugin, "randomized", False))
     if spec.name in ("pgd", "bim") and (
-            randomized or not getattr(spec.params, "early_stop", False)):
+            _randomized(defense) or not getattr(spec.params, "early_stop", False)):
         return NO_SAVING
     return SAVINGS.get(spec.name, NO_SAVING) if spec.plugin.__module__.startswith(
         "robench.attacks.") else NO_SAVING
