@@ -17,10 +17,23 @@ fooled), transfer (its crafting attack is native), and the verifiers (IBP, CROWN
 randomness). Their outcomes must be identical (tolerance 0) on the device and thread count
 the run recorded. AutoAttack and Square (torchattacks' components reseed the global
 generator and draw for the whole batch; AutoAttack's later components attack only the images
-the earlier ones left), the ``torchattacks``/``art`` backends, and any attack on a model
-whose forward pass is random, draw per batch: an image attacked in another batch gets other
-random numbers. Their differing images are counted and allowed up to ``BATCH_TOLERANCE`` of
-the sample per cell (re-running a whole 1000-image AutoAttack cell costs minutes).
+the earlier ones left) and the ``torchattacks``/``art`` backends draw per batch: an image
+attacked in another batch gets other random numbers. Their differing images are counted and
+allowed up to ``BATCH_TOLERANCE`` of the sample per cell (re-running a whole 1000-image
+AutoAttack cell costs minutes).
+
+**A randomized defense** (its forward pass is random, e.g. ``gaussian_noise``'s vote) gives
+an image another outcome on another draw by design, however the image is batched, so no
+count of differences is "right". Its cells are tested instead: the stored and the re-attacked
+outcome of an image are two draws of the same random procedure, so among the images whose
+outcomes differ, "stored correct, now wrong" and "stored wrong, now correct" are equally
+likely. An exact two-sided sign test (``robench.stats.mcnemar_exact``) on those counts, for
+the clean and for the attacked outcome (the smaller p doubled: Bonferroni over the two), gives
+each cell a p; ``robench.verify_run`` adjusts them with Holm over all randomized cells of the
+run and flags a cell whose adjusted p is below ``RANDOMIZED_ALPHA``. This detects a shift of a
+cell's accuracy (a stored number that its procedure does not reproduce), not one changed
+image: with a 50-image sample, a cell needs about 6 or more discordant images, all one way,
+to be flagged.
 
 **Another device or thread count.** Float sums in another order change logits in the last
 bits; an image within that of a tie between two classes can flip. Then every cell allows
@@ -41,6 +54,7 @@ from robench.eps import canonical_eps
 from robench.plan import AttackSpec, DefenseSpec
 from robench.progress import Reporter
 from robench.seeds import derive_seed
+from robench.stats import mcnemar_exact
 from robench.tasks import run_attack_cells
 from robench.verify_tables import Block, cell_name
 
@@ -52,13 +66,17 @@ BATCH_TOLERANCE = 0.10
 #: share of a cell's sample (at least one image) that may differ on another device or thread
 #: count than the run recorded
 DEVICE_TOLERANCE = 0.01
+#: family-wise error rate of the sign tests of a randomized defense's cells (Holm over them)
+RANDOMIZED_ALPHA = 0.05
+#: the ``why`` of a randomized defense's cells
+RANDOM_FORWARD = "the model's forward pass is random"
 
 
 def batch_dependence(spec: AttackSpec, randomized_model: bool) -> str | None:
     """Why the outcomes of ``spec`` depend on the batch an image is attacked in (None: they
     do not: its random draws are per image)."""
     if randomized_model:
-        return "the model's forward pass is random"
+        return RANDOM_FORWARD
     if spec.backend != "native":
         return f"the {spec.backend} backend draws its random numbers per batch"
     if spec.plugin.family in ("ensemble", "black_box"):
@@ -83,7 +101,8 @@ def sample_positions(n: int, k: int, verify_seed: int, run_seed: int, attack: st
 @dataclass
 class CellCheck:
     """One cell's re-attack: its name, images re-attacked, images that differ, the differences
-    it allows and why."""
+    it allows and why; a randomized defense's cell is judged by its sign test's ``p`` (after
+    Holm: ``p_adjusted``) instead of a count."""
 
     name: str
     images: int
@@ -91,10 +110,24 @@ class CellCheck:
     allowed: int
     why: str | None
     first: list[int] = field(default_factory=list)   # image ids of the first differences
+    p: float | None = None              # the sign test's p (randomized defenses only)
+    p_adjusted: float | None = None     # ``p`` after Holm over the run's randomized cells
 
     @property
     def ok(self) -> bool:
+        if self.p is not None:
+            adjusted = self.p if self.p_adjusted is None else self.p_adjusted
+            return adjusted >= RANDOMIZED_ALPHA
         return self.differ <= self.allowed
+
+
+def sign_test_p(stored_clean: np.ndarray, stored_adv: np.ndarray, clean: np.ndarray,
+                adv: np.ndarray) -> float:
+    """The randomized cell's p (see the module): the exact two-sided sign test on the images
+    whose clean, and whose attacked, outcome changed direction, the smaller p doubled."""
+    p = [mcnemar_exact(int((old & ~new).sum()), int((~old & new).sum()))
+         for old, new in ((stored_clean, clean), (stored_adv, adv))]
+    return min(1.0, 2 * min(p))
 
 
 def allowed_differences(k: int, batch_why: str | None, other_machine: bool) -> int:
@@ -140,22 +173,31 @@ def reattack(spec: AttackSpec, defense: str, seed: int, model: nn.Module,
     allowed = allowed_differences(len(positions), why, other_machine)
     checks = []
     for (eps, block), outcome in zip(usable, outcomes, strict=True):
-        clean, adv = block.clean_correct[positions], block.adv_correct[positions]
-        wrong = (outcome.clean_ok.numpy() != clean) | (outcome.adv_ok.numpy() != adv)
+        clean = block.clean_correct[positions].astype(bool)
+        adv = block.adv_correct[positions].astype(bool)
+        clean_now = outcome.clean_ok.numpy().astype(bool)
+        adv_now = outcome.adv_ok.numpy().astype(bool)
+        wrong = (clean_now != clean) | (adv_now != adv)
         ids = expected[positions][wrong]
+        p = sign_test_p(clean, adv, clean_now, adv_now) if randomized_model else None
         checks.append(CellCheck(cell_name(defense, spec.label, eps, seed), len(positions),
-                                int(wrong.sum()), allowed, why, [int(i) for i in ids[:5]]))
+                                int(wrong.sum()), allowed, why, [int(i) for i in ids[:5]], p))
     return checks, problems
 
 
 def difference_line(check: CellCheck) -> str:
     """The problem line of a cell whose re-attack differs by more than it allows."""
     ids = ", ".join(map(str, check.first)) + (", ..." if check.differ > len(check.first) else "")
+    if check.p is not None:
+        adjusted = check.p if check.p_adjusted is None else check.p_adjusted
+        return (f"{check.name}: {check.differ} of {check.images} re-attacked images differ from "
+                f"outcomes.parquet, mostly one way (sign test p = {check.p:.2g}, Holm-adjusted "
+                f"{adjusted:.2g} < {RANDOMIZED_ALPHA:g}; {check.why}); images {ids}")
     allowed = f" (allowed {check.allowed}: {check.why})" if check.allowed else ""
     return (f"{check.name}: {check.differ} of {check.images} re-attacked images differ from "
             f"outcomes.parquet{allowed}; images {ids}")
 
 
-__all__ = ["BATCH_TOLERANCE", "DEFAULT_SAMPLE", "DEVICE_TOLERANCE", "CellCheck",
-           "allowed_differences", "batch_dependence", "difference_line", "randomized",
-           "reattack", "sample_positions"]
+__all__ = ["BATCH_TOLERANCE", "DEFAULT_SAMPLE", "DEVICE_TOLERANCE", "RANDOMIZED_ALPHA",
+           "RANDOM_FORWARD", "CellCheck", "allowed_differences", "batch_dependence",
+           "difference_line", "randomized", "reattack", "sample_positions", "sign_test_p"]

@@ -49,11 +49,14 @@ from robench.progress import Reporter
 from robench.run_files import OUTCOMES_FILE
 from robench.rundata import RunData, resolve_device
 from robench.shipped import shipped_models
+from robench.stats import holm_adjust
 from robench.tasks import RunContext, apply_defense, train_baseline
 from robench.verify_attack import (
     BATCH_TOLERANCE,
     DEFAULT_SAMPLE,
     DEVICE_TOLERANCE,
+    RANDOM_FORWARD,
+    RANDOMIZED_ALPHA,
     CellCheck,
     difference_line,
     randomized,
@@ -361,7 +364,7 @@ def verify(path: str | Path, opts: VerifyOptions,
         for line in bad:
             problem(line)
         for check in checks:
-            if not check.ok:
+            if check.p is None and not check.ok:
                 problem(difference_line(check))
         verdict.checks += checks
         if opts.retrain:
@@ -374,10 +377,22 @@ def verify(path: str | Path, opts: VerifyOptions,
             for line in bad + [difference_line(c) for c in checks if not c.ok]:
                 problem(f"retrained: {line}")
     verdict.cells = len(results)
-    whys = sorted({c.why for c in verdict.checks if c.why and c.differ})
-    if whys:
-        batch = f"up to {BATCH_TOLERANCE:.0%} of the sample where {'; '.join(whys)}"
-        verdict.tolerance = f"{verdict.tolerance}; {batch}" if verdict.tolerance else batch
+    tested = [c for c in verdict.checks if c.p is not None]
+    for check, adjusted in zip(tested, holm_adjust([c.p for c in tested]), strict=True):
+        check.p_adjusted = adjusted
+        if not check.ok:
+            problem(difference_line(check))
+    whys = sorted({c.why for c in verdict.checks if c.why and c.differ and c.p is None})
+    allowances = ([f"up to {BATCH_TOLERANCE:.0%} of the sample where {'; '.join(whys)}"]
+                  if whys else [])
+    if any(c.differ for c in tested):
+        least = min(c.p_adjusted for c in tested if c.p_adjusted is not None)
+        allowances.append(f"where {RANDOM_FORWARD}, a sign test per cell on the images that "
+                          f"differ: Holm over {len(tested)} cells, smallest adjusted p "
+                          f"{least:.2g}, flagged below {RANDOMIZED_ALPHA:g}")
+    for allowance in allowances:
+        verdict.tolerance = (f"{verdict.tolerance}; {allowance}" if verdict.tolerance
+                             else allowance)
     return verdict
 
 
