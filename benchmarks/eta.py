@@ -7,7 +7,10 @@ cell computed: the cold run the plan priced) and appends a row to ``benchmarks/e
 suite, predicted (typical, low, high), actual wall seconds, actual / predicted, and the load
 average before and after (a busy machine makes both numbers worse; say so with the row).
 
-    python benchmarks/eta.py suites/smoke.yaml [--data-dir D]
+    python benchmarks/eta.py suites/smoke.yaml [--data-dir D] [--keep FOLDER]
+
+``--keep FOLDER`` runs into ``FOLDER`` (new) instead of a temporary folder and keeps it, e.g.
+to compare its cells with the committed run's (``robench compare``).
 
 ``--fit RESULTS_DIR SUITE`` prints, instead, the share of its upper bound every attack's cells
 took in a finished run (lowest, mean, highest over its defenses, each defense's cells priced
@@ -49,9 +52,11 @@ def plan_estimate(suite: str, out: Path, data_dir: str | None) -> tuple[float, f
     return typical, low, high, pre.calibration.busy
 
 
-def measure(suite: str, data_dir: str | None) -> dict[str, object]:
+def measure(suite: str, data_dir: str | None, keep: Path | None = None) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="robench-eta-") as tmp:
-        out, cache = Path(tmp) / "out", Path(tmp) / "cache"
+        out, cache = keep or Path(tmp) / "out", Path(tmp) / "cache"
+        if out.exists():
+            raise SystemExit(f"{out}: exists; --keep takes a new folder")
         env = dict(os.environ, ROBENCH_CACHE_DIR=str(cache))
         os.environ["ROBENCH_CACHE_DIR"] = str(cache)  # the plan sees the same empty cache
         load_before = os.getloadavg()[0]
@@ -104,11 +109,12 @@ def main() -> None:
     parser.add_argument("suite")
     parser.add_argument("--data-dir")
     parser.add_argument("--fit", type=Path, metavar="RESULTS_DIR")
+    parser.add_argument("--keep", type=Path, metavar="FOLDER")
     args = parser.parse_args()
     if args.fit is not None:
         fit(args.fit, args.suite)
         return
-    row = measure(args.suite, args.data_dir)
+    row = measure(args.suite, args.data_dir, args.keep)
     new = not CSV.exists()
     with CSV.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)

@@ -41,6 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from robench.data import Split
+from robench.engine import prepare_model
 from robench.evaluation import EVAL_BATCH_SIZE
 from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
 from robench.training import TrainConfig
@@ -293,14 +294,15 @@ def machine_load() -> tuple[float, int]:
 def calibrate(plan: Plan, train: Split, evaluation: Split, num_classes: int,
               device: torch.device) -> Calibration:
     """Time the suite's model on a batch of the suite's data (a few seconds). The model is a
-    fresh one (the calibration never touches the cache or the caller's random stream). On a
+    fresh one (the calibration never touches the cache or the caller's random stream), in the
+    memory format a run uses on ``device`` (``robench.engine``). On a
     busy CPU (load average at least the number of cores) the passes are timed on one thread:
     threads that wait for each other's cores would price the estimate on the contention."""
     load, cores = machine_load()
     busy = device.type == "cpu" and load >= cores
     threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        model = plan.baseline.build(num_classes).to(device)
+        model = prepare_model(plan.baseline.build(num_classes).to(device), device)
         train_batch = min(plan.suite.train.batch_size, len(train))
         x_train, y_train = (t[:train_batch].to(device) for t in (train.images, train.labels))
         eval_batch = min(EVAL_BATCH_SIZE, len(evaluation))
