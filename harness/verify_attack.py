@@ -32,8 +32,9 @@ the clean and for the attacked outcome (the smaller p doubled: Bonferroni over t
 each cell a p; ``robench.verify_run`` adjusts them with Holm over all randomized cells of the
 run and flags a cell whose adjusted p is below ``RANDOMIZED_ALPHA``. This detects a shift of a
 cell's accuracy (a stored number that its procedure does not reproduce), not one changed
-image: with a 50-image sample, a cell needs about 6 or more discordant images, all one way,
-to be flagged.
+image: a cell needs at least 7 changed images, all one way, to be flagged, and more when the run
+has several randomized cells (Holm: ``least_flagged``); a swap that keeps both accuracies
+passes.
 
 **Another device or thread count.** Float sums in another order change logits in the last
 bits; an image within that of a tie between two classes can flip. Then every cell allows
@@ -84,8 +85,13 @@ def batch_dependence(spec: AttackSpec, randomized_model: bool) -> str | None:
     return None
 
 
-def randomized(model: nn.Module, data: Split) -> bool:
-    """Whether two forward passes of the same images give other logits."""
+def randomized(model: nn.Module, data: Split, declared: bool = False) -> bool:
+    """Whether the model's forward pass is random: ``declared`` (the defense plugin's
+    ``randomized``), else two forward passes of the same images give other logits (a probe
+    that can miss a vote that happens to be unanimous on its images: hence the declaration
+    first)."""
+    if declared:
+        return True
     x = data.images[:64]
     with torch.no_grad():
         return not torch.equal(model(x), model(x))
@@ -112,6 +118,7 @@ class CellCheck:
     first: list[int] = field(default_factory=list)   # image ids of the first differences
     p: float | None = None              # the sign test's p (randomized defenses only)
     p_adjusted: float | None = None     # ``p`` after Holm over the run's randomized cells
+    turns: str = ""                     # how the changed images changed (randomized only)
 
     @property
     def ok(self) -> bool:
@@ -121,13 +128,38 @@ class CellCheck:
         return self.differ <= self.allowed
 
 
+def turn_counts(stored: np.ndarray, now: np.ndarray) -> tuple[int, int]:
+    """(stored correct and now wrong, stored wrong and now correct) of boolean outcomes."""
+    return int((stored & ~now).sum()), int((~stored & now).sum())
+
+
 def sign_test_p(stored_clean: np.ndarray, stored_adv: np.ndarray, clean: np.ndarray,
                 adv: np.ndarray) -> float:
     """The randomized cell's p (see the module): the exact two-sided sign test on the images
     whose clean, and whose attacked, outcome changed direction, the smaller p doubled."""
-    p = [mcnemar_exact(int((old & ~new).sum()), int((~old & new).sum()))
+    p = [mcnemar_exact(*turn_counts(old, new))
          for old, new in ((stored_clean, clean), (stored_adv, adv))]
     return min(1.0, 2 * min(p))
+
+
+def turns_text(stored_clean: np.ndarray, stored_adv: np.ndarray, clean: np.ndarray,
+               adv: np.ndarray) -> str:
+    """``clean: 0 became correct, 9 wrong; attacked: ...``: the counts the sign test reads."""
+    parts = []
+    for name, old, new in (("clean", stored_clean, clean), ("attacked", stored_adv, adv)):
+        wrong, right = turn_counts(old, new)
+        parts.append(f"{name}: {right} became correct, {wrong} wrong")
+    return "; ".join(parts)
+
+
+def least_flagged(cells: int, alpha: float = RANDOMIZED_ALPHA) -> int:
+    """The fewest changed images, all one way, that can flag a randomized cell among
+    ``cells`` (Holm multiplies the smallest p by ``cells``; a one-way split of ``k`` has
+    two-sided p ``2 * 2^-k``, doubled for the two outcomes)."""
+    k = 1
+    while cells * 4 * 0.5 ** k >= alpha:
+        k += 1
+    return k
 
 
 def allowed_differences(k: int, batch_why: str | None, other_machine: bool) -> int:
@@ -180,8 +212,10 @@ def reattack(spec: AttackSpec, defense: str, seed: int, model: nn.Module,
         wrong = (clean_now != clean) | (adv_now != adv)
         ids = expected[positions][wrong]
         p = sign_test_p(clean, adv, clean_now, adv_now) if randomized_model else None
+        turns = turns_text(clean, adv, clean_now, adv_now) if randomized_model else ""
         checks.append(CellCheck(cell_name(defense, spec.label, eps, seed), len(positions),
-                                int(wrong.sum()), allowed, why, [int(i) for i in ids[:5]], p))
+                                int(wrong.sum()), allowed, why, [int(i) for i in ids[:5]], p,
+                                turns=turns))
     return checks, problems
 
 
@@ -191,8 +225,9 @@ def difference_line(check: CellCheck) -> str:
     if check.p is not None:
         adjusted = check.p if check.p_adjusted is None else check.p_adjusted
         return (f"{check.name}: {check.differ} of {check.images} re-attacked images differ from "
-                f"outcomes.parquet, mostly one way (sign test p = {check.p:.2g}, Holm-adjusted "
-                f"{adjusted:.2g} < {RANDOMIZED_ALPHA:g}; {check.why}); images {ids}")
+                f"outcomes.parquet, mostly one way ({check.turns}; sign test p = "
+                f"{check.p:.2g}, Holm-adjusted {adjusted:.2g} < {RANDOMIZED_ALPHA:g}; "
+                f"{check.why}); images {ids}")
     allowed = f" (allowed {check.allowed}: {check.why})" if check.allowed else ""
     return (f"{check.name}: {check.differ} of {check.images} re-attacked images differ from "
             f"outcomes.parquet{allowed}; images {ids}")
@@ -200,4 +235,5 @@ def difference_line(check: CellCheck) -> str:
 
 __all__ = ["BATCH_TOLERANCE", "DEFAULT_SAMPLE", "DEVICE_TOLERANCE", "RANDOMIZED_ALPHA",
            "RANDOM_FORWARD", "CellCheck", "allowed_differences", "batch_dependence",
-           "difference_line", "randomized", "reattack", "sample_positions", "sign_test_p"]
+           "difference_line", "least_flagged", "randomized", "reattack", "sample_positions",
+           "sign_test_p", "turn_counts", "turns_text"]

@@ -44,7 +44,7 @@ from robench.models import model_hash, weights_hash
 from robench.models_from import ModelSource, open_source
 from robench.outcomes import read_outcomes
 from robench.outdir import RunFiles
-from robench.plan import Plan, resolve
+from robench.plan import DefenseSpec, Plan, resolve
 from robench.progress import Reporter
 from robench.run_files import OUTCOMES_FILE
 from robench.rundata import RunData, resolve_device
@@ -59,6 +59,7 @@ from robench.verify_attack import (
     RANDOMIZED_ALPHA,
     CellCheck,
     difference_line,
+    least_flagged,
     randomized,
     reattack,
 )
@@ -110,7 +111,10 @@ class Verdict:
                  if self.retrained else "")
         if differ == 0:
             where = f", although here {self.machine}" if self.machine else ""
-            return f"verified: {head}, 0 differences (bit-identical{where}){again}"
+            drawn = sum(c.p is not None for c in self.checks)
+            same = ("identical outcomes; the random forward pass of "
+                    f"{drawn} cells drew alike" if drawn else "bit-identical")
+            return f"verified: {head}, 0 differences ({same}{where}){again}"
         return (f"verified: {head}, {within} differences, each cell within its tolerance "
                 f"({self.tolerance}){again}")
 
@@ -276,14 +280,32 @@ def reattack_seed(plan: Plan, models: SeedModels, skip: set[str], data: RunData,
         if spec.label in skip:
             continue
         model = models.models[spec.label]
-        noisy = randomized(model, test_split)
+        noisy = randomized(model, test_split, declared=declares_randomness(spec))
         for attack in plan.attacks_on(spec.label):
             source = models.models[attack.source] if attack.source is not None else None
+            # a transfer attack crafted on a randomized source is random too
+            crafted_randomly = attack.source is not None and any(
+                declares_randomness(d) for d in plan.defenses if d.label == attack.source)
             found, bad = reattack(attack, spec.label, plan.seed, model, source, test_split,
-                                  blocks, opts.sample, opts.seed, other_machine, noisy, spec)
+                                  blocks, opts.sample, opts.seed, other_machine,
+                                  noisy or crafted_randomly, spec)
             checks += found
             problems += bad
     return checks, problems
+
+
+def declares_randomness(spec: DefenseSpec) -> bool:
+    """Whether a defense's plugin declares a random forward pass (``Defense.randomized``)."""
+    return bool(getattr(spec.plugin, "randomized", False))
+
+
+def judge_randomized(checks: list[CellCheck]) -> list[str]:
+    """Holm over the sign tests of ``checks``' randomized cells (their ``p_adjusted`` set);
+    the problem lines of those flagged."""
+    tested = [c for c in checks if c.p is not None]
+    for check, adjusted in zip(tested, holm_adjust([c.p for c in tested]), strict=True):
+        check.p_adjusted = adjusted
+    return [difference_line(c) for c in tested if not c.ok]
 
 
 def retrain_problems(plan: Plan, data: RunData, shipped: SeedModels, device: torch.device,
@@ -348,6 +370,7 @@ def verify(path: str | Path, opts: VerifyOptions,
              f"{', '.join(fewer)}: theirs are all re-attacked")
     reporter = Reporter(quiet=True)
     engine = recorded_engine(run, device)
+    retrained_checks: list[CellCheck] = []
     for seed in plan.seeds:
         seeded = plan.for_seed(seed)
         ctx = RunContext(device=device, cache=ModelCache(enabled=False),
@@ -374,14 +397,15 @@ def verify(path: str | Path, opts: VerifyOptions,
                 problem(line)
             checks, bad = reattack_seed(seeded, again, set(), data, blocks, opts, bool(other),
                                         device)
-            for line in bad + [difference_line(c) for c in checks if not c.ok]:
+            for line in bad + [difference_line(c) for c in checks if c.p is None and not c.ok]:
                 problem(f"retrained: {line}")
+            retrained_checks += checks
     verdict.cells = len(results)
+    for line in judge_randomized(verdict.checks):
+        problem(line)
+    for line in judge_randomized(retrained_checks):  # their own family: other models
+        problem(f"retrained: {line}")
     tested = [c for c in verdict.checks if c.p is not None]
-    for check, adjusted in zip(tested, holm_adjust([c.p for c in tested]), strict=True):
-        check.p_adjusted = adjusted
-        if not check.ok:
-            problem(difference_line(check))
     whys = sorted({c.why for c in verdict.checks if c.why and c.differ and c.p is None})
     allowances = ([f"up to {BATCH_TOLERANCE:.0%} of the sample where {'; '.join(whys)}"]
                   if whys else [])
@@ -389,7 +413,8 @@ def verify(path: str | Path, opts: VerifyOptions,
         least = min(c.p_adjusted for c in tested if c.p_adjusted is not None)
         allowances.append(f"where {RANDOM_FORWARD}, a sign test per cell on the images that "
                           f"differ: Holm over {len(tested)} cells, smallest adjusted p "
-                          f"{least:.2g}, flagged below {RANDOMIZED_ALPHA:g}")
+                          f"{least:.2g}, flagged below {RANDOMIZED_ALPHA:g}, which takes at "
+                          f"least {least_flagged(len(tested))} images changed one way")
     for allowance in allowances:
         verdict.tolerance = (f"{verdict.tolerance}; {allowance}" if verdict.tolerance
                              else allowance)
