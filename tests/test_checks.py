@@ -47,6 +47,23 @@ def test_eps0_not_clean_fails():
     assert status_of(rows(("fgsm", "fgsm", 0.0, 0.95)), "eps0_equals_clean") == ["fail"]
 
 
+@pytest.mark.parametrize("random_output, eot, expected", [
+    (1.0, True, "pass"),    # declared randomness, attacked with EOT: another draw, stated
+    (1.0, False, "fail"),   # randomness no EOT attack accounts for
+    (0.0, True, "fail"),    # a deterministic model: eps 0 must change nothing
+])
+def test_eps0_of_a_randomized_defense_attacked_with_eot(random_output, eot, expected):
+    frame = rows(("fgsm", "fgsm", 0.0, 0.95),
+                 ("pgd", "pgd", 0.3, 0.5, {"params": {"eot_samples": 4 if eot else 1}}))
+    diag = {"zero_grad_fraction": 0.0, "nonfinite_grad_fraction": 0.0,
+            "random_output": random_output, "softmax_output": 0.0}
+    checks = run_checks(frame, {"d": diag}).set_index("check")
+    assert checks.loc["eps0_equals_clean", "status"] == expected
+    if expected == "pass":
+        assert "fgsm 4.0 pp" in checks.loc["eps0_equals_clean", "detail"]
+        assert "another draw" in checks.loc["eps0_equals_clean", "detail"]
+
+
 def test_fgsm_rising_with_eps_warns():
     frame = rows(("fgsm", "fgsm", 0.1, 0.5), ("fgsm", "fgsm", 0.2, 0.6))
     assert status_of(frame, "single_step_monotone") == ["warn"]

@@ -30,7 +30,10 @@ def check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | Non
     out += row_checks.reduced_variants(defense, rows)
     out += row_checks.robust_le_clean(defense, rows)
     out += row_checks.rows_match_outcomes(defense, rows, paired)
-    out += row_checks.eps0_equals_clean(defense, rows)
+    params = rows["attack_params"] if "attack_params" in rows else pd.Series("", index=rows.index)
+    eot = eot_attacks(params, rows["attack"])
+    random_with_eot = bool(diag and diag.get("random_output")) and bool(eot)
+    out += row_checks.eps0_equals_clean(defense, rows, random_with_eot)
 
     # attacks are compared only within one threat model (an L2 eps is not an L-inf eps); the
     # checks of a non-default norm carry it in their name
@@ -41,8 +44,7 @@ def check_defense(defense: str, rows: pd.DataFrame, diag: dict[str, float] | Non
             found = [{**r, "check": r["check"] if f"norm={norm}" in r["check"]
                       else f"{r['check']}[norm={norm}]"} for r in found]
         out += found
-    params = rows["attack_params"] if "attack_params" in rows else pd.Series("", index=rows.index)
-    out += diagnostics(defense, diag, eot_attacks(params, rows["attack"]))
+    out += diagnostics(defense, diag, eot)
     out += row_checks.clean_accuracy(defense, clean)
     return out
 
