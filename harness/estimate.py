@@ -57,11 +57,11 @@ AFFECTS_RESULTS = False
 #: where a robust model's cells took longer than their upper bound priced by single-step
 #: cells: per-step work the unit count misses (APGD's checks, restarts' bookkeeping).
 SAVINGS: dict[str, tuple[float, float, float]] = {
-    "pgd": (0.2, 0.64, 1.5),
-    "bim": (0.2, 0.69, 1.2),
-    "autoattack": (0.02, 0.38, 1.7),
-    "square": (0.02, 0.25, 1.0),
-    "transfer": (0.005, 0.07, 1.0),
+    "pgd": (0.23, 0.60, 0.95),
+    "bim": (0.37, 0.67, 1.02),
+    "autoattack": (0.016, 0.25, 1.25),
+    "square": (0.034, 0.26, 0.86),
+    "transfer": (0.002, 0.10, 1.56),
 }
 NO_SAVING = (1.0, 1.0, 1.0)
 
