@@ -9,6 +9,9 @@ average before and after (a busy machine makes both numbers worse; say so with t
 
     python benchmarks/eta.py suites/smoke.yaml [--data-dir D] [--keep FOLDER]
 
+``--predict`` prints the estimate only (nothing run, nothing appended), e.g. to price finished
+runs again with a changed estimator on an idle machine.
+
 ``--keep FOLDER`` runs into ``FOLDER`` (new) instead of a temporary folder and keeps it, e.g.
 to compare its cells with the committed run's (``robench compare``).
 
@@ -110,9 +113,18 @@ def main() -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--fit", type=Path, metavar="RESULTS_DIR")
     parser.add_argument("--keep", type=Path, metavar="FOLDER")
+    parser.add_argument("--predict", action="store_true")
     args = parser.parse_args()
     if args.fit is not None:
         fit(args.fit, args.suite)
+        return
+    if args.predict:
+        with tempfile.TemporaryDirectory(prefix="robench-eta-") as tmp:
+            os.environ["ROBENCH_CACHE_DIR"] = str(Path(tmp) / "cache")  # priced cold
+            typical, low, high, busy = plan_estimate(args.suite, Path(tmp) / "out",
+                                                     args.data_dir)
+        print({"suite": args.suite, "predicted_s": round(typical, 1), "low_s": round(low, 1),
+               "high_s": round(high, 1), "busy": busy, "load": round(os.getloadavg()[0], 2)})
         return
     row = measure(args.suite, args.data_dir, args.keep)
     new = not CSV.exists()
