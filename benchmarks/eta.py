@@ -137,4 +137,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from robench.errors import UserError
+
+    try:
+        main()
+    except UserError as error:  # bad input: one line, as the CLI
+        raise SystemExit(f"error: {error}") from None
+    except subprocess.CalledProcessError as error:
+        raise SystemExit(f"error: the measured run failed (exit {error.returncode})") from None

@@ -117,7 +117,8 @@ UPPER_BOUND_NOTE = (f"{UPPER_BOUND_MARK}: the attack did not converge (its `conv
                     "warned): an upper bound on robust accuracy; the worst case, which includes "
                     "every attack (AutoAttack too), is the number.")
 #: a ``converged`` check that did not pass, as ``summarise`` names it in ``reason``
-CONVERGED_REASON = r"converged\[([^\]]+)\]@([0-9.eE+-]+)"
+#: (the label may hold brackets itself: ``converged[bpda[of=pgd]]@0.3``)
+CONVERGED_REASON = r"converged\[(.*?)\]@([0-9.eE+-]+)"
 NOT_PLANNED = "not in the run's plan"
 
 

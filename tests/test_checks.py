@@ -53,15 +53,25 @@ def test_eps0_not_clean_fails():
     (0.0, True, "fail"),    # a deterministic model: eps 0 must change nothing
 ])
 def test_eps0_of_a_randomized_defense_attacked_with_eot(random_output, eot, expected):
-    frame = rows(("fgsm", "fgsm", 0.0, 0.95),
+    frame = rows(("fgsm", "fgsm", 0.0, 0.98),
                  ("pgd", "pgd", 0.3, 0.5, {"params": {"eot_samples": 4 if eot else 1}}))
     diag = {"zero_grad_fraction": 0.0, "nonfinite_grad_fraction": 0.0,
             "random_output": random_output, "softmax_output": 0.0}
     checks = run_checks(frame, {"d": diag}).set_index("check")
     assert checks.loc["eps0_equals_clean", "status"] == expected
     if expected == "pass":
-        assert "fgsm 4.0 pp" in checks.loc["eps0_equals_clean", "detail"]
+        assert "fgsm 1.0 pp" in checks.loc["eps0_equals_clean", "detail"]
         assert "another draw" in checks.loc["eps0_equals_clean", "detail"]
+
+
+def test_eps0_of_a_randomized_defense_may_not_drop_more_than_a_draw_allows():
+    frame = rows(("fgsm", "fgsm", 0.0, 0.39),
+                 ("pgd", "pgd", 0.3, 0.2, {"params": {"eot_samples": 2}}))
+    diag = {"zero_grad_fraction": 0.0, "nonfinite_grad_fraction": 0.0,
+            "random_output": 1.0, "softmax_output": 0.0}
+    checks = run_checks(frame, {"d": diag}).set_index("check")
+    assert checks.loc["eps0_equals_clean", "status"] == "fail"
+    assert "fgsm 60.0 pp" in checks.loc["eps0_equals_clean", "detail"]
 
 
 def test_fgsm_rising_with_eps_warns():
@@ -313,3 +323,21 @@ def test_rows_that_disagree_with_their_outcomes_fail():
     assert checks.loc["rows_match_outcomes", "status"] == "fail"
     good = run_checks(rows(("pgd", "pgd", 0.3, 0.4), clean=1.0, n=100), outcomes=outcomes)
     assert good.set_index("check").loc["rows_match_outcomes", "status"] == "pass"
+
+
+def test_converged_names_the_weaker_label_and_the_leaderboard_marks_its_column():
+    """A BPDA pair (labels ``bpda[of=pgd]``, ``bpda[of=pgd_100x3]``) warns under the weaker
+    label, and the leaderboard's upper-bound mark lands on that column."""
+    import re
+
+    from robench.leaderboard import CONVERGED_REASON
+
+    frame = rows(("bpda[of=pgd]", "bpda", 0.3, 0.8, {"params": {"steps": 40}}),
+                 ("bpda[of=pgd_100x3]", "bpda", 0.3, 0.69,
+                  {"params": {"steps": 100, "restarts": 3}, "role": "check"}))
+    checks = run_checks(frame)
+    warned = checks[checks["check"].str.startswith("converged")]
+    assert warned["check"].tolist() == ["converged[bpda[of=pgd]]@0.3"]
+    assert warned["status"].tolist() == ["warn"]
+    reason = summarise(checks)["reason"].iloc[0]
+    assert re.findall(CONVERGED_REASON, reason) == [("bpda[of=pgd]", "0.3")]

@@ -212,7 +212,9 @@ def stability(defense: str, iterative: pd.DataFrame, paired: Paired) -> list[dic
             defense, abs(change) > tol,
             f"{weakest['attack']} {acc_weak:.3f} vs {strongest['attack']} "
             f"{acc_strong:.3f}{where} (tolerance {100 * tol:.1f} pp)",
-            on=f"[{name}]@{eps_text(eps)}"))
+            # named by the weaker attack's label: the column that is an upper bound when it
+            # warns (``pgd`` for PGD-40 vs pgd_100x3; ``bpda[of=pgd]`` for its BPDA variants)
+            on=f"[{weakest['attack']}]@{eps_text(eps)}"))
     return out
 
 
