@@ -40,7 +40,14 @@ def test_rfgsm_matches_torchattacks_with_the_same_random_signs(trained_lenet, ba
     assert set(signs.unique().tolist()) == {-1.0, 1.0}
     monkeypatch.setattr(torch, "randn_like", lambda like: signs.clone())
     ref = torchattacks.RFGSM(trained_lenet, eps=eps, alpha=eps / 2, steps=1)(x, y)
-    assert (ours - ref).abs().max().item() <= 1e-6
+    # equal, except where the gradient at the random step is float noise (|g| ~ 1e-14 where
+    # the largest is ~1e-3): its sign there depends on the order of float sums (memory format,
+    # threads), a tie either library may break either way
+    differ = (ours - ref).abs() > 1e-6
+    start = (x + eps / 2 * signs).clamp(0, 1).requires_grad_(True)
+    grad, = torch.autograd.grad(F.cross_entropy(trained_lenet(start), y), start)
+    assert int(differ.sum()) <= 10, int(differ.sum())
+    assert (grad[differ].abs() <= 1e-9 * grad.abs().max()).all(), grad[differ]
     assert _acc(trained_lenet, ours, y) < _acc(trained_lenet, x, y)  # a real attack
 
 
