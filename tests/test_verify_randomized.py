@@ -7,7 +7,6 @@ to a coin toss and many images change between draws)."""
 
 from __future__ import annotations
 
-import io
 import shutil
 from pathlib import Path
 
@@ -15,12 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from robench.outdir import OutputFolder
-from robench.results import csv_text, read_results
+from robench.results import read_results
 from robench.resume import interval_columns
 from robench.verify_attack import RANDOMIZED_ALPHA, CellCheck, least_flagged, sign_test_p
 
 from .conftest import finished_run
+from .test_verify_cmd import write_tampered
 
 SUITE = """\
 name: vrand
@@ -100,13 +99,7 @@ def _shift_one_way(folder: Path) -> None:
            & (results["eps"] == 0.1))
     values = {"clean_acc": 1.0, "robust_acc": 1.0, "attack_success_rate": 0.0,
               **interval_columns("clean_acc", n, n), **interval_columns("robust_acc", n, n)}
-    for column, value in values.items():
-        results.loc[row, column] = value
-    buffer = io.BytesIO()
-    outcomes.to_parquet(buffer, index=False)
-    with OutputFolder.open(folder) as out:
-        out.write_bytes("outcomes.parquet", buffer.getvalue())
-        out.write_text("results.csv", csv_text(results))
+    write_tampered(folder, outcomes, results, row, values)
 
 
 @pytest.mark.slow
