@@ -200,7 +200,7 @@ def test_every_committed_run_records_a_complete_plan():
     from robench.outdir import RunFiles
     from robench.results import read_results
 
-    assert len(COMMITTED) == 6
+    assert len(COMMITTED) == 7
     for folder in COMMITTED:
         known = completeness_of(read_run_record(RunFiles.of(folder)), folder / "run.json")
         assert known.planned is not None, (folder, known.reason)
