@@ -61,6 +61,8 @@ class _DefenseLike(Protocol):
     def label(self) -> str: ...
     @property
     def plugin(self) -> Any: ...
+    @property
+    def randomized(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ def escalate(attacks: Sequence[_AttackLike], defenses: Sequence[_DefenseLike],
     kinds: dict[tuple[bool, bool], list[str]] = {}
     for d in defenses:
         surrogate = bool(getattr(d.plugin, "has_surrogate", False))
-        randomized = bool(getattr(d.plugin, "randomized", False))
+        randomized = d.randomized
         if surrogate or randomized:
             kinds.setdefault((surrogate, randomized), []).append(d.label)
     for (surrogate, randomized), labels in kinds.items():

@@ -105,15 +105,10 @@ def pass_multipliers(defense: DefenseSpec | None) -> tuple[int, int]:
     with an ``eval_samples`` param is scored by a vote over that many passes; (1, 1) for a
     deterministic defense or none. A third-party randomized defense that names these params
     otherwise is priced as one pass (an underestimate the plan cannot see)."""
-    if defense is None or not _randomized(defense):
+    if defense is None or not defense.randomized:
         return 1, 1
     return (_count(getattr(defense.params, "votes", 1)),
             _count(getattr(defense.params, "eval_samples", 1)))
-
-
-def _randomized(defense: DefenseSpec | None) -> bool:
-    """Whether ``defense``'s plugin declares randomness (``Defense.randomized``)."""
-    return defense is not None and bool(getattr(defense.plugin, "randomized", False))
 
 
 def _count(value: object) -> int:
@@ -188,8 +183,9 @@ def savings(spec: AttackSpec, defense: DefenseSpec | None = None) -> tuple[float
     """(lowest, typical, highest) share of its upper bound an attack entry's cells take. PGD
     and BIM save only with their active set, which a randomized defense's model turns off
     (``robench.attacks.active``: two passes differ, so every image gets the plain loop)."""
+    randomized = defense is not None and defense.randomized
     if spec.name in ("pgd", "bim") and (
-            _randomized(defense) or not getattr(spec.params, "early_stop", False)):
+            randomized or not getattr(spec.params, "early_stop", False)):
         return NO_SAVING
     return SAVINGS.get(spec.name, NO_SAVING) if spec.plugin.__module__.startswith(
         "robench.attacks.") else NO_SAVING

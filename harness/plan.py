@@ -117,6 +117,11 @@ class DefenseSpec:
     def build(self) -> Defense:
         return self.plugin(self.params)
 
+    @property
+    def randomized(self) -> bool:
+        """Whether the plugin declares a random forward pass (``Defense.randomized``)."""
+        return bool(self.plugin.randomized)
+
 
 @dataclass(frozen=True)
 class AttackSpec:

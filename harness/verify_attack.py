@@ -121,11 +121,14 @@ class CellCheck:
     turns: str = ""                     # how the changed images changed (randomized only)
 
     @property
+    def judged_p(self) -> float | None:
+        """The p the cell is judged by: Holm-adjusted once ``judge_randomized`` has run."""
+        return self.p if self.p_adjusted is None else self.p_adjusted
+
+    @property
     def ok(self) -> bool:
-        if self.p is not None:
-            adjusted = self.p if self.p_adjusted is None else self.p_adjusted
-            return adjusted >= RANDOMIZED_ALPHA
-        return self.differ <= self.allowed
+        judged = self.judged_p
+        return judged >= RANDOMIZED_ALPHA if judged is not None else self.differ <= self.allowed
 
 
 def turn_counts(stored: np.ndarray, now: np.ndarray) -> tuple[int, int]:
@@ -223,10 +226,9 @@ def difference_line(check: CellCheck) -> str:
     """The problem line of a cell whose re-attack differs by more than it allows."""
     ids = ", ".join(map(str, check.first)) + (", ..." if check.differ > len(check.first) else "")
     if check.p is not None:
-        adjusted = check.p if check.p_adjusted is None else check.p_adjusted
         return (f"{check.name}: {check.differ} of {check.images} re-attacked images differ from "
                 f"outcomes.parquet, mostly one way ({check.turns}; sign test p = "
-                f"{check.p:.2g}, Holm-adjusted {adjusted:.2g} < {RANDOMIZED_ALPHA:g}; "
+                f"{check.p:.2g}, Holm-adjusted {check.judged_p:.2g} < {RANDOMIZED_ALPHA:g}; "
                 f"{check.why}); images {ids}")
     allowed = f" (allowed {check.allowed}: {check.why})" if check.allowed else ""
     return (f"{check.name}: {check.differ} of {check.images} re-attacked images differ from "

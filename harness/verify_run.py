@@ -44,7 +44,7 @@ from robench.models import model_hash, weights_hash
 from robench.models_from import ModelSource, open_source
 from robench.outcomes import read_outcomes
 from robench.outdir import RunFiles
-from robench.plan import DefenseSpec, Plan, resolve
+from robench.plan import Plan, resolve
 from robench.progress import Reporter
 from robench.run_files import OUTCOMES_FILE
 from robench.rundata import RunData, resolve_device
@@ -280,23 +280,18 @@ def reattack_seed(plan: Plan, models: SeedModels, skip: set[str], data: RunData,
         if spec.label in skip:
             continue
         model = models.models[spec.label]
-        noisy = randomized(model, test_split, declared=declares_randomness(spec))
+        noisy = randomized(model, test_split, declared=spec.randomized)
         for attack in plan.attacks_on(spec.label):
             source = models.models[attack.source] if attack.source is not None else None
             # a transfer attack crafted on a randomized source is random too
             crafted_randomly = attack.source is not None and any(
-                declares_randomness(d) for d in plan.defenses if d.label == attack.source)
+                d.randomized for d in plan.defenses if d.label == attack.source)
             found, bad = reattack(attack, spec.label, plan.seed, model, source, test_split,
                                   blocks, opts.sample, opts.seed, other_machine,
                                   noisy or crafted_randomly, spec)
             checks += found
             problems += bad
     return checks, problems
-
-
-def declares_randomness(spec: DefenseSpec) -> bool:
-    """Whether a defense's plugin declares a random forward pass (``Defense.randomized``)."""
-    return bool(getattr(spec.plugin, "randomized", False))
 
 
 def judge_randomized(checks: list[CellCheck]) -> list[str]:

@@ -262,8 +262,9 @@ def test_pass_counts_of_a_plugin_with_odd_params_fall_back_to_one_pass():
 
     plugin = SimpleNamespace(randomized=True)
     for votes, samples in [(None, None), (0, 0), ("auto", 2.5), (True, -3)]:
-        spec = SimpleNamespace(plugin=plugin, params=SimpleNamespace(votes=votes,
-                                                                     eval_samples=samples))
+        spec = SimpleNamespace(plugin=plugin, randomized=True,
+                               params=SimpleNamespace(votes=votes, eval_samples=samples))
         assert pass_multipliers(spec) == (1, 1)
-    spec = SimpleNamespace(plugin=plugin, params=SimpleNamespace(votes=8, eval_samples=3))
+    spec = SimpleNamespace(plugin=plugin, randomized=True,
+                           params=SimpleNamespace(votes=8, eval_samples=3))
     assert pass_multipliers(spec) == (8, 3)
