@@ -60,9 +60,9 @@ class _DefenseLike(Protocol):
     @property
     def label(self) -> str: ...
     @property
-    def plugin(self) -> Any: ...
-    @property
     def randomized(self) -> bool: ...
+    @property
+    def has_surrogate(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -149,8 +149,7 @@ def escalate(attacks: Sequence[_AttackLike], defenses: Sequence[_DefenseLike],
     out = Escalation()
     kinds: dict[tuple[bool, bool], list[str]] = {}
     for d in defenses:
-        surrogate = bool(getattr(d.plugin, "has_surrogate", False))
-        randomized = d.randomized
+        surrogate, randomized = d.has_surrogate, d.randomized
         if surrogate or randomized:
             kinds.setdefault((surrogate, randomized), []).append(d.label)
     for (surrogate, randomized), labels in kinds.items():

@@ -35,13 +35,7 @@ from robench.adaptive import escalate
 from robench.attacks import ATTACKS, Attack, AttackParams
 from robench.attacks.base import DEFAULT_NORM
 from robench.cache import CacheKey, cache_key
-from robench.config import (
-    AttackEntry,
-    Suite,
-    load_suite,
-    parse_suite,
-    raise_validation,
-)
+from robench.config import AttackEntry, Suite, load_suite, parse_suite, raise_validation
 from robench.data import DATASETS
 from robench.defenses import DEFENSES, Defense, DefenseParams
 from robench.engine import Engine, policy_text
@@ -121,6 +115,11 @@ class DefenseSpec:
     def randomized(self) -> bool:
         """Whether the plugin declares a random forward pass (``Defense.randomized``)."""
         return bool(self.plugin.randomized)
+
+    @property
+    def has_surrogate(self) -> bool:
+        """Whether the plugin declares a differentiable surrogate (``Defense.has_surrogate``)."""
+        return bool(self.plugin.has_surrogate)
 
 
 @dataclass(frozen=True)

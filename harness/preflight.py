@@ -319,8 +319,7 @@ def _header(pre: Preflight, console: Console) -> None:
     for note in pre.notes:
         console.print(f"note: {escape(note)}")
     added = any(a.adaptive for a in plan.attacks) or plan.adaptive_notes
-    adaptable = any(getattr(d.plugin, "has_surrogate", False)
-                    or d.randomized for d in plan.defenses)
+    adaptable = any(d.has_surrogate or d.randomized for d in plan.defenses)
     why = (" (the suite turns the adaptive variants off)" if plan.suite.adaptive == "off" else
            " (nothing to add: no plain gradient attack runs on its surrogate or randomized "
            "defenses)" if adaptable else

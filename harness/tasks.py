@@ -232,7 +232,7 @@ def check_surrogate(spec: AttackSpec, defense: DefenseSpec | None, model: nn.Mod
     """A ``UserError`` naming the defense when it declares a differentiable surrogate
     (``has_surrogate``) but its defended ``model`` offers none to ``spec``, an attack that
     follows one (``bpda``): BPDA would otherwise run as plain PGD under its BPDA label."""
-    if defense is None or not defense.plugin.has_surrogate or not issubclass(spec.plugin, BPDA):
+    if defense is None or not defense.has_surrogate or not issubclass(spec.plugin, BPDA):
         return
     if surrogate_of(model) is None:
         raise UserError(f"defense {defense.name!r} declares a differentiable surrogate "
