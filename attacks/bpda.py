@@ -24,10 +24,13 @@ gradient: then ``bpda`` is ``pgd`` exactly, image by image (the same seed, param
 Reference code: anishathalye/obfuscated-gradients, ``inputtransformations/robustml_attack.py``
 (its ``BPDA`` class) with ``inputtransformations/defense.py`` (``defend_reduce``, bit depth):
 the defense runs outside the graph and the gradient at the defended input ``g(adv)`` is added
-to ``adv``, i.e. the identity backward pass. Deviations: the reference minimises
-``xent + lam * max(||adv - x||_2 - eps, 0)`` by plain gradient steps (lr 0.1, up to 1000 steps,
-L2 penalty, no projection) and stops when the model is fooled inside the ball; here PGD with
-signed (L-inf) or normalised (L2) steps and projection onto the eps-ball, with restarts.
+to ``adv``, i.e. the identity backward pass. Deviations: the reference ascends the
+cross-entropy with raw gradient steps (``adv += 0.1 * grad``, up to 1000 steps, clipped to
+[0, 1]) and stops at the first step where the model is fooled with ``||adv - x||_2 < eps``.
+Its loss also holds ``lam * max(||adv - x||_2 - eps, 0)`` (lam 1e-6), but that term is computed
+from a separate input (``_l2_input``), so its gradient with respect to the defended input is
+zero: the only constraint is the stopping test, and nothing projects. Here PGD with signed
+(L-inf) or normalised (L2) steps, projection onto the eps-ball and restarts.
 """
 
 from __future__ import annotations

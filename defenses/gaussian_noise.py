@@ -31,6 +31,17 @@ and ``code/train.py``. Deviations:
 - Noise is not clipped to [0, 1] (as the reference). The training noise comes from the seeded
   generator ``robench.seeds.generator(seed, "noise")``; the prediction noise from torch's
   global generator (a forward pass has no seed).
+
+The attack on the soft classifier compared with ``Hadisalman/smoothing-adversarial``
+``code/attacks.py`` (``PGD_L2._attack_mutlinoise``, SmoothAdv). Deviations:
+
+- The reference draws the ``num_noise_vectors`` noise vectors once per batch and keeps them for
+  every step; here each gradient draws ``votes`` fresh copies (``surrogate()``) and an EOT
+  attack averages ``eot_samples`` such gradients, so a step sees ``votes * eot_samples`` draws.
+- The reference starts at ``delta = 0`` (its ``random_start`` is unused), steps
+  ``2 * max_norm / steps`` along the L2-normalised gradient, clamps to [0, 1] and renormalises
+  to ``max_norm``, and runs every step; here ``bpda``/``pgd``'s own start, ``alpha``, norm
+  (L-inf as well as L2) and active set, whose stop test is the real smoothed classifier's vote.
 """
 
 from __future__ import annotations
