@@ -24,10 +24,18 @@ gradient: then ``bpda`` is ``pgd`` exactly, image by image (the same seed, param
 Reference code: anishathalye/obfuscated-gradients, ``inputtransformations/robustml_attack.py``
 (its ``BPDA`` class) with ``inputtransformations/defense.py`` (``defend_reduce``, bit depth):
 the defense runs outside the graph and the gradient at the defended input ``g(adv)`` is added
-to ``adv``, i.e. the identity backward pass. Deviations: the reference minimises
-``xent + lam * max(||adv - x||_2 - eps, 0)`` by plain gradient steps (lr 0.1, up to 1000 steps,
-L2 penalty, no projection) and stops when the model is fooled inside the ball; here PGD with
-signed (L-inf) or normalised (L2) steps and projection onto the eps-ball, with restarts.
+to ``adv``, i.e. the identity backward pass. Deviations: the reference ascends the
+cross-entropy with raw gradient steps (``adv += 0.1 * grad``, up to 1000 steps, clipped to
+[0, 1]); before each step it stops if the model is fooled with ``||adv - x||_2 < eps`` (the
+last update is returned unchecked), and ``robustml``'s evaluation counts an output outside the
+L2 ball as a failed attack. Its loss also holds ``lam * max(||adv - x||_2 - eps, 0)`` (lam
+1e-6), but that term is computed from a separate input (``_l2_input``), so its gradient with
+respect to the defended input is zero: nothing projects. Its threat model is untargeted L2
+(eps ``0.05 * 299`` on 299x299x3 ImageNet images, InceptionV3, one image at a time), and its
+bit-depth defense (``defend_reduce``, 3 bits by default) truncates to the level below where
+``bit_depth_reduction`` rounds (1 bit in the flagship). Here PGD with signed (L-inf) or
+normalised (L2) steps, projection onto the eps-ball and restarts; ``eot_samples`` as every
+gradient attack (``robench.attacks.base``).
 """
 
 from __future__ import annotations

@@ -28,9 +28,27 @@ and ``code/train.py``. Deviations:
 - The reference trains a ResNet with SGD and a step schedule from scratch; here the suite's
   model, optimiser and epochs (``from_scratch: true``, as ``adversarial_training``), or a
   fine-tune of the trained baseline (``from_scratch: false``).
-- Noise is not clipped to [0, 1] (as the reference). The training noise comes from the seeded
-  generator ``robench.seeds.generator(seed, "noise")``; the prediction noise from torch's
-  global generator (a forward pass has no seed).
+- The training noise comes from the seeded generator ``robench.seeds.generator(seed,
+  "noise")``; the prediction noise from torch's global generator (a forward pass has no seed).
+  Neither is clipped to [0, 1], as in the reference.
+
+The attack on the soft classifier compared with ``Hadisalman/smoothing-adversarial``
+``code/attacks.py`` (``PGD_L2._attack_mutlinoise``, SmoothAdv; the noise is drawn by its
+callers, ``code/train_pgd.py`` once per batch and ``code/predict.py`` once per image).
+Deviations:
+
+- The reference keeps its ``num_noise_vectors`` noise draws for every step; here each gradient
+  draws ``votes`` fresh copies (``surrogate()``) and an EOT attack averages ``eot_samples`` such
+  gradients, so a step sees ``votes * eot_samples`` draws.
+- The reference starts at ``delta = 0`` (its ``random_start`` is unused), steps
+  ``2 * max_norm / steps`` along the L2-normalised gradient (a random direction where the
+  gradient is zero), clamps to [0, 1] and projects onto the L2 ball (``renorm_``); here
+  ``bpda``/``pgd``'s own start, ``alpha`` and norm (L-inf as well as L2; a zero gradient stays
+  zero). Both run every step and keep the last iterate: the active set
+  (``robench.attacks.active``) turns itself off when two passes of the model on the same batch
+  differ, as the vote's do (a batch whose every vote is unanimous twice would keep it).
+- The reference scores with ``Smooth.predict`` (n 100 000, alpha 0.001, abstaining counted as
+  wrong); here the majority over ``eval_samples`` votes of ``votes`` copies (above).
 """
 
 from __future__ import annotations
