@@ -169,7 +169,12 @@ class OutcomeTable:
             for group in _groups(keys, self._cells, self.ROW_GROUP):
                 table = pa.Table.from_pandas(self._frame(group, categories), preserve_index=False)
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                    # one page per column chunk: a cell's image ids repeat in every cell of its
+                    # kind, and zstd sees the repeats only within a page (pyarrow's default of
+                    # 20 000 rows a page made the image column 7x larger than this)
+                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd",
+                                              max_rows_per_page=self.ROW_GROUP,
+                                              data_page_size=1 << 30)
                 writer.write_table(table, row_group_size=self.ROW_GROUP)
             if writer is None:  # no cells: an empty table with the columns and types
                 self._frame([], categories).to_parquet(tmp, index=False, compression="zstd")
