@@ -171,7 +171,7 @@ class OutcomeTable:
                 if writer is None:
                     # one page per column chunk: a cell's image ids repeat in every cell of its
                     # kind, and zstd sees the repeats only within a page (pyarrow's default of
-                    # 20 000 rows a page made the image column 7x larger than this)
+                    # 20 000 rows a page made the flagship's whole file 7x larger than this)
                     writer = pq.ParquetWriter(tmp, table.schema, compression="zstd",
                                               max_rows_per_page=self.ROW_GROUP,
                                               data_page_size=1 << 30)
