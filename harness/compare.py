@@ -29,7 +29,7 @@ import pandas as pd
 
 from robench.eps import canonical_eps, eps_text
 from robench.errors import UserError
-from robench.leaderboard import escape_markdown, format_p
+from robench.leaderboard import clean_per_seed, escape_markdown, format_p
 from robench.outcomes import OUTCOMES_FILE, RobustPerImage, read_outcomes
 from robench.outdir import RunFiles
 from robench.ranking import seed_pairs
@@ -88,8 +88,8 @@ def _cells(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.assign(eps=frame["eps"].map(canonical_eps),
                          n=frame["n"] if "n" in frame else float("nan"))
     grouped = frame.groupby(KEY, sort=False)
-    return grouped.agg(robust=("robust_acc", "mean"), clean=("clean_acc", "mean"),
-                       n=("n", "first"), rows=("robust_acc", "size")).reset_index()
+    return grouped.agg(robust=("robust_acc", "mean"), n=("n", "first"),
+                       rows=("robust_acc", "size")).reset_index()
 
 
 def compare_frames(a: pd.DataFrame, b: pd.DataFrame, outcomes_a: pd.DataFrame | None = None,
@@ -110,8 +110,9 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, outcomes_a: pd.DataFrame | 
     cells = both[KEY + ["robust_a", "robust_b", "diff_pp", "n_a", "n_b", "rows_a", "rows_b"]]
     only_a = from_a.loc[from_a["_merge"] == "left_only", KEY]
     only_b = cb.loc[~b_in_a.to_numpy(), KEY]
-    clean_a = ca.groupby("defense", sort=False)["clean"].mean()
-    clean_b = cb.groupby("defense", sort=False)["clean"].mean()
+    # the leaderboard's clean accuracy (on the most images, mean over the compared seeds)
+    clean_a = a.groupby("defense", sort=False).apply(lambda r: clean_per_seed(r).mean())
+    clean_b = b.groupby("defense", sort=False).apply(lambda r: clean_per_seed(r).mean())
     names = list(dict.fromkeys([*clean_a.index, *clean_b.index]))
     clean = pd.DataFrame({"defense": names, "clean_a": clean_a.reindex(names).to_numpy(),
                           "clean_b": clean_b.reindex(names).to_numpy()})

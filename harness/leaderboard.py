@@ -122,6 +122,13 @@ CONVERGED_REASON = r"converged\[(.*?)\]@([0-9.eE+-]+)"
 NOT_PLANNED = "not in the run's plan"
 
 
+
+def clean_per_seed(rows: pd.DataFrame) -> pd.Series:
+    """One defense's clean accuracy per seed, from its rows on the most images (a cell on a
+    `limit` subset reports that subset's clean accuracy, which differs)."""
+    widest = rows[rows["n"] == rows["n"].max()]
+    return widest.groupby("seed")["clean_acc"].first()
+
 def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
                       outcomes: pd.DataFrame | RobustPerImage | None = None,
                       planned: Completeness | Iterable[Cell] | None = None) -> pd.DataFrame:
@@ -147,9 +154,7 @@ def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
     records = []
     several = results["seed"].nunique() > 1
     for defense, rows in results.groupby("defense", sort=False):
-        # clean accuracy on the most images (a `limit` subset's clean accuracy differs)
-        widest = rows[rows["n"] == rows["n"].max()]
-        clean = widest.groupby("seed")["clean_acc"].first()
+        clean = clean_per_seed(rows)
         record: dict[str, object] = {"defense": defense, "clean_acc": clean.mean()}
         if several:  # the seed is the unit of a claim about a method: its spread and values
             record.update({"clean_sd": clean.std(ddof=1), PER_SEED_CLEAN: per_seed_text(

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from robench.cli import app
 from robench.compare import compare_frames, compare_results
 from robench.errors import UserError
+from robench.leaderboard import build_leaderboard
 
 from .conftest import result_row
 
@@ -50,6 +51,20 @@ def test_differences_are_b_minus_a_in_points():
     clean = result.clean.set_index("defense")
     assert clean.loc["none", "diff_pp"] == pytest.approx(-1.0)
     assert pd.isna(clean.loc["at:trades", "clean_a"])
+
+
+def test_clean_accuracy_is_the_leaderboards_on_the_most_images_per_seed():
+    """A subset cell reports its subset's clean accuracy: compare shows the leaderboard's
+    clean accuracy (the widest cells, mean over seeds), not a mean over cells of every size."""
+    side = pd.concat([
+        _rows([("none", "fgsm", 0.3, 0.98, 0.05)], n=10_000, seed=0),
+        _rows([("none", "autoattack", 0.3, 0.90, 0.00)], n=1000, seed=0),
+        _rows([("none", "fgsm", 0.3, 0.96, 0.05)], n=10_000, seed=1),
+        _rows([("none", "autoattack", 0.3, 0.80, 0.00)], n=1000, seed=1)])
+    clean = compare_frames(side, side).clean.set_index("defense")
+    assert clean.loc["none", "clean_a"] == pytest.approx(0.97)
+    assert clean.loc["none", "clean_a"] == build_leaderboard(side).set_index(
+        "defense").loc["none", "clean_acc"]
 
 
 def test_rows_missing_on_either_side_are_listed():
