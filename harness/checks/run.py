@@ -85,8 +85,10 @@ def run_checks(results: pd.DataFrame, diagnostics: dict[str, dict[str, float]] |
         paired = Paired(robust, seed)
         found = []
         for defense, group in of_seed.groupby("defense", sort=False):
-            # model diagnostics are measured on the first seed's models only
-            diag = diagnostics.get(str(defense)) if seed == seeds[0] else None
+            # model diagnostics are measured on the first seed's models only, so their checks
+            # run once; what they found about the defense (a random forward pass) holds for
+            # every seed's model of it, and the row checks of every seed read it
+            diag = diagnostics.get(str(defense))
             found += [r for r in check_defense(str(defense), group, diag, paired)
                       if seed == seeds[0] or r["check"] not in DIAGNOSTIC_CHECKS]
         if len(seeds) > 1:
