@@ -25,14 +25,15 @@ same images, so they are not pooled as new ones). Comparisons with several seeds
 ``robench.stats.paired_over_seeds`` (a difference counts only when both a sign test on the
 per-image mean differences and the t-test over seeds find it).
 
-Ranks: defenses are ordered by worst case, then clean accuracy. A defense's rank is a range
-when an exact McNemar test on the per-image worst-case outcomes (two-sided, p < 0.05 per pair,
-not corrected for multiple comparisons) cannot separate it from its neighbours: its best rank
-is 1 + the number of defenses significantly better, its worst rank the number of ranked
-defenses minus those significantly worse (e.g. ``4–12``). ``p_vs_none`` is the same test
-against the undefended baseline (the entry of the ``none`` plugin, whatever its label). A
-defense whose sanity checks failed (see ``robench.checks``) is listed last, without a rank,
-because its numbers cannot be trusted.
+Ranks: defenses are ordered by worst case, then clean accuracy. Each pair of ranked defenses
+is tested on the per-image worst-case outcomes (one seed: the exact McNemar test; several:
+``paired_over_seeds``), and so is each defense against the undefended baseline (the entry of
+the ``none`` plugin, whatever its label: ``p_vs_none``); the p-values of that family are
+Holm-adjusted together (``p_vs_none_holm``; ``robench.ranking``). A defense's rank is a range
+when an adjusted p >= 0.05 cannot separate it from its neighbours: its best rank is 1 + the
+number of defenses significantly better, its worst rank the number of ranked defenses minus
+those significantly worse (e.g. ``4–12``). A defense whose sanity checks failed (see
+``robench.checks``) is listed last, without a rank, because its numbers cannot be trusted.
 
 Completeness: given the run's planned cells (``robench.completeness``: run.json's suite), a
 defense with a planned cell missing (a stopped run, a deleted row) is incomplete: unranked,
