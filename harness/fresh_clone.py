@@ -124,8 +124,9 @@ def difference(run: dict[str, Any], results: pd.DataFrame, plan: Plan,
                 return f"{spec.label!r} is another {key[:-1]}"
             if entry.get("params") != spec.params_json:
                 return f"{spec.label!r} has other params ({_params_differ(entry, spec)})"
+    per_seed = [plan.for_seed(s) for s in plan.seeds]  # each resolves the whole plan again
     for i, attack in enumerate(plan.attacks):
-        seeds = [plan.for_seed(s).attacks[i].seed for s in plan.seeds]
+        seeds = [p.attacks[i].seed for p in per_seed]
         if run["attacks"][attack.label].get("seeds") != seeds:
             return f"the attack seeds of {attack.label!r} differ"
     try:

@@ -47,6 +47,7 @@ from robench.estimate import (
     range_text,
     states_passes,
 )
+from robench.fresh_clone import complete_run
 from robench.models import model_hash as fingerprint
 from robench.models_from import ModelSource, open_source
 from robench.outcomes import OutcomeTable
@@ -55,7 +56,14 @@ from robench.plan import AttackSpec, BaselineSpec, DefenseSpec, Plan
 from robench.results import CellExpectation, ResultTable
 from robench.resume import cell_verified
 from robench.run_files import OUTCOMES_FILE, RESULTS_FILE
-from robench.rundata import RunOptions, check_out_dir, data_splits, prepare, resolve_device
+from robench.rundata import (
+    RunData,
+    RunOptions,
+    check_out_dir,
+    data_splits,
+    prepare,
+    resolve_device,
+)
 from robench.shipped import load_shipped
 from robench.work import NO_WORK, Work
 
@@ -154,6 +162,13 @@ def preflight(path: str | Path, opts: RunOptions, calibrated: bool = True) -> Pr
     checker = _Checker(plan, dataset, cache, table, outcomes, (train, validation, evaluation),
                        source)
     seeds = [checker.seed(seed) for seed in plan.seeds]
+    if not opts.force and opts.models_from is None and complete_run(
+            plan, RunData.of(plan, dataset), out_dir):
+        # what `robench run` does there (robench.runner.run_or_check), not what the table shows
+        notes.append(f"{out_dir} holds a complete run of this suite: a plain `robench run` "
+                     "computes nothing and checks it instead (with its shipped models, "
+                     "`robench verify`'s re-attack of a sample of every cell); the cells below "
+                     "are what `--update` would check and recompute")
     calibration = None
     if calibrated:
         calibration = calibrate(plan, train, evaluation, dataset.num_classes,

@@ -125,6 +125,7 @@ class RunRecorder:
             what = "all of them" if self.force else "some of their cells"
             self.set_aside_earlier(f"this run replaces {what}")
         plan = self.plan
+        per_seed = [plan.for_seed(s) for s in plan.seeds]  # each resolves the suite again
         self.record = {
             "suite": suite_record(plan.suite, plan.baseline.weights, self.folder.path),
             "source": plan.source, "baseline": {
@@ -134,8 +135,7 @@ class RunRecorder:
                                    "cache_key": d.cache_key, "code_hash": d.code_hash}
                          for d in plan.defenses},
             "attacks": {a.label: {"name": a.name, "params": a.params_json,
-                                  "seeds": [plan.for_seed(s).attacks[i].seed
-                                            for s in plan.seeds],
+                                  "seeds": [p.attacks[i].seed for p in per_seed],
                                   "code_hash": a.code_hash}
                         for i, a in enumerate(plan.attacks)},
             "planned": planned_record(plan),  # plan_cells, readable without the plugins

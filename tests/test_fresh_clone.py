@@ -153,6 +153,24 @@ def test_a_run_missing_a_planned_cell_resumes(run, robench_cli):
 
 
 @pytest.mark.slow
+def test_plan_says_a_plain_run_checks_a_complete_run_instead_of_computing_it(run, robench_cli):
+    def plan_notes() -> str:
+        proc = robench_cli("plan", str(run.parent / "s.yaml"), "--out", str(run),
+                           "--no-calibrate")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return " ".join(proc.stdout.split())
+
+    before = tree(run)
+    assert "holds a complete run of this suite: a plain `robench run` computes nothing" in \
+        plan_notes()
+    assert tree(run) == before  # plan writes nothing
+    results = read_results(run)
+    with OutputFolder.open(run) as out:
+        out.write_text("results.csv", csv_text(results.iloc[:-1]))
+    assert "holds a complete run" not in plan_notes()
+
+
+@pytest.mark.slow
 def test_another_suite_into_the_folder_runs_as_before(run, robench_cli):
     (run.parent / "s.yaml").write_text(SUITE.replace("[0.0, 0.1]", "[0.0, 0.1, 0.2]"))
     said = robench_cli("run", str(run.parent / "s.yaml"), "--out", str(run), "--epochs", "1",
