@@ -111,8 +111,9 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, outcomes_a: pd.DataFrame | 
     only_a = from_a.loc[from_a["_merge"] == "left_only", KEY]
     only_b = cb.loc[~b_in_a.to_numpy(), KEY]
     # the leaderboard's clean accuracy (on the most images, mean over the compared seeds)
-    clean_a = a.groupby("defense", sort=False).apply(lambda r: clean_per_seed(r).mean())
-    clean_b = b.groupby("defense", sort=False).apply(lambda r: clean_per_seed(r).mean())
+    clean_a, clean_b = (pd.Series({d: clean_per_seed(rows).mean() for d, rows in
+                                   side.groupby("defense", sort=False)}, dtype=float)
+                        for side in (a, b))
     names = list(dict.fromkeys([*clean_a.index, *clean_b.index]))
     clean = pd.DataFrame({"defense": names, "clean_a": clean_a.reindex(names).to_numpy(),
                           "clean_b": clean_b.reindex(names).to_numpy()})
@@ -209,6 +210,20 @@ def to_markdown(result: Comparison, label_a: str, label_b: str) -> str:
     return "".join(parts)
 
 
+def cell_differences(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Every (defense, attack, eps, seed) both results tables hold, with ``robust_acc_a``,
+    ``robust_acc_b`` and B - A in points (``diff_pp``): the unit of a reproduction check,
+    where a mean over seeds could hide one seed's difference (a table without a ``seed``
+    column is seed 0)."""
+    def keyed(frame: pd.DataFrame) -> pd.DataFrame:
+        seed = frame["seed"].astype(int) if "seed" in frame else 0
+        return frame.assign(eps=frame["eps"].map(canonical_eps), seed=seed)[
+            [*KEY, "seed", "robust_acc"]]
+
+    both = keyed(a).merge(keyed(b), on=[*KEY, "seed"], suffixes=("_a", "_b"))
+    return both.assign(diff_pp=100 * (both["robust_acc_b"] - both["robust_acc_a"]))
+
+
 def reproduction_line(folder: Path, results: pd.DataFrame) -> str:
     """The reproduction check of ``robench run``: whether ``results`` equal the results.csv
     committed in git for this folder (one log line)."""
@@ -223,8 +238,8 @@ def reproduction_line(folder: Path, results: pd.DataFrame) -> str:
         return "reproduction: no committed results.csv for this folder in git"
     try:
         committed = pd.read_csv(io.StringIO(shown.stdout))
-        cells = compare_frames(committed, results).cells
-    except (ValueError, KeyError, pd.errors.ParserError):
+        cells = cell_differences(committed, results)
+    except (ValueError, KeyError, TypeError, pd.errors.ParserError):
         return "reproduction: the committed results.csv is not comparable"
     if cells.empty:
         return "reproduction: no cell in common with the committed results.csv"

@@ -125,10 +125,17 @@ NOT_PLANNED = "not in the run's plan"
 
 
 def clean_per_seed(rows: pd.DataFrame) -> pd.Series:
-    """One defense's clean accuracy per seed, from its rows on the most images (a cell on a
-    `limit` subset reports that subset's clean accuracy, which differs)."""
-    widest = rows[rows["n"] == rows["n"].max()]
-    return widest.groupby("seed")["clean_acc"].first()
+    """One defense's clean accuracy per seed: the mean over that seed's rows on its most images
+    (a cell on a `limit` subset reports that subset's clean accuracy, which differs; the rows
+    of a randomized defense each hold another draw of its prediction, averaged rather than one
+    picked by row order). A table without ``n`` or ``seed`` is one size or one seed."""
+    seeds = rows["seed"] if "seed" in rows else pd.Series(0, index=rows.index)
+    n = rows["n"] if "n" in rows else pd.Series(1, index=rows.index)
+    widest = n == n.groupby(seeds).transform("max")
+    # equal draws (every deterministic defense) keep their exact value: a float mean of them
+    # can land on the other side of a rounding tie
+    return rows.loc[widest, "clean_acc"].groupby(seeds[widest]).agg(
+        lambda draws: draws.iloc[0] if draws.nunique() == 1 else draws.mean())
 
 def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
                       outcomes: pd.DataFrame | RobustPerImage | None = None,

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from robench.compare import compare_frames
+from robench.compare import cell_differences
 from robench.config import load_suite
 from robench.eps import canonical_eps
 from robench.errors import UserError
@@ -71,10 +71,10 @@ def comparison_line(existing: Path, new: Path) -> str:
     old_files, new_files = RunFiles.of(existing), RunFiles.of(new)
     old, fresh = read_results(existing, old_files), read_results(new, new_files)
     old_out, new_out = read_outcomes(existing, old_files), read_outcomes(new, new_files)
-    cells = compare_frames(old, fresh, old_out, new_out).cells
+    cells = cell_differences(old, fresh)  # seed by seed: a mean over seeds could hide one
     same = _identical_cells(old, fresh, old_out, new_out)
     shared = len(cells)
-    identical = sum(1 for key in _keys(cells) if key in same)
+    identical = sum(1 for key in _order(cells) if key in same)
     worst = float(np.nanmax(np.abs(cells["diff_pp"]))) if shared else 0.0
     only = len(fresh) - len(_present(fresh) & _present(old))
     extra = f"; {only} cells only in the new run" if only > 0 else ""
@@ -82,25 +82,18 @@ def comparison_line(existing: Path, new: Path) -> str:
             f"{shared - identical} differ (largest difference {worst:.2f} pp){extra}")
 
 
-def _keys(cells: pd.DataFrame) -> list[tuple[str, str, float]]:
-    return [(str(d), str(a), canonical_eps(e))
-            for d, a, e in zip(cells["defense"], cells["attack"], cells["eps"], strict=True)]
-
-
 def _present(results: pd.DataFrame) -> set[tuple[str, str, float, int]]:
-    return {(str(d), str(a), canonical_eps(e), int(s)) for d, a, e, s in
-            zip(results["defense"], results["attack"], results["eps"], results["seed"],
-                strict=True)}
+    return set(_order(results))
 
 
 def _identical_cells(old: pd.DataFrame, new: pd.DataFrame, old_out: pd.DataFrame | None,
-                     new_out: pd.DataFrame | None) -> set[tuple[str, str, float]]:
-    """The (defense, attack, eps) whose every shared seed has the same robust accuracy and, with
+                     new_out: pd.DataFrame | None) -> set[tuple[str, str, float, int]]:
+    """The (defense, attack, eps, seed) both runs hold with the same robust accuracy and, with
     both runs' outcomes, the same per-image outcomes in the same order."""
     blocks_a = outcome_blocks(old_out) if old_out is not None else {}
     blocks_b = outcome_blocks(new_out) if new_out is not None else {}
     acc_a = {key: float(r) for key, r in zip(_order(old), old["robust_acc"], strict=True)}
-    same: dict[tuple[str, str, float], bool] = {}
+    same: set[tuple[str, str, float, int]] = set()
     for key, robust in zip(_order(new), new["robust_acc"], strict=True):
         if key not in acc_a:
             continue
@@ -111,9 +104,9 @@ def _identical_cells(old: pd.DataFrame, new: pd.DataFrame, old_out: pd.DataFrame
                 np.array_equal(x, y) for x, y in ((a.image, b.image),
                                                   (a.clean_correct, b.clean_correct),
                                                   (a.adv_correct, b.adv_correct)))
-        cell = key[:3]
-        same[cell] = same.get(cell, True) and equal
-    return {cell for cell, ok in same.items() if ok}
+        if equal:
+            same.add(key)
+    return same
 
 
 def _order(results: pd.DataFrame) -> list[tuple[str, str, float, int]]:

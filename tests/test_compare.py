@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from robench.cli import app
-from robench.compare import compare_frames, compare_results
+from robench.compare import cell_differences, compare_frames, compare_results
 from robench.errors import UserError
 from robench.leaderboard import build_leaderboard
 
@@ -65,6 +65,37 @@ def test_clean_accuracy_is_the_leaderboards_on_the_most_images_per_seed():
     assert clean.loc["none", "clean_a"] == pytest.approx(0.97)
     assert clean.loc["none", "clean_a"] == build_leaderboard(side).set_index(
         "defense").loc["none", "clean_acc"]
+
+
+def test_clean_accuracy_takes_each_seeds_widest_rows_and_averages_their_draws():
+    """A seed whose widest cell is smaller still counts; rows of equal size (a randomized
+    defense's draws) are averaged, whatever their order; tables without n or seed work."""
+    side = pd.concat([
+        _rows([("none", "fgsm", 0.3, 0.99, 0.05)], n=10_000, seed=0),
+        _rows([("none", "fgsm", 0.3, 0.60, 0.05)], n=1000, seed=1),
+        _rows([("none", "pgd", 0.3, 0.70, 0.00)], n=1000, seed=1)])
+    clean = compare_frames(side, side).clean.set_index("defense")
+    assert clean.loc["none", "clean_a"] == pytest.approx((0.99 + 0.65) / 2)
+    reordered = compare_frames(side.iloc[::-1], side).clean.set_index("defense")
+    assert reordered.loc["none", "clean_a"] == clean.loc["none", "clean_a"]
+    bare = side.drop(columns=["n", "seed"])
+    assert compare_frames(bare, bare).clean["clean_a"].iloc[0] == pytest.approx(
+        (0.99 + 0.60 + 0.70) / 3)
+    assert compare_frames(side.iloc[:0], side).clean["clean_a"].isna().all()
+
+
+def test_cell_differences_are_seed_by_seed():
+    """A reproduction check's unit: +2 pp in seed 0 and -2 pp in seed 1 are two differing cells
+    of 2 pp, not one cell whose mean did not move."""
+    a = pd.concat([_rows([("none", "fgsm", 0.1, 0.9, 0.50)], seed=0),
+                   _rows([("none", "fgsm", 0.1, 0.9, 0.60)], seed=1)])
+    b = pd.concat([_rows([("none", "fgsm", 0.1 + 1e-12, 0.9, 0.52)], seed=0),
+                   _rows([("none", "fgsm", 0.1, 0.9, 0.58)], seed=1)])
+    assert compare_frames(a, b).cells["diff_pp"].iloc[0] == pytest.approx(0.0)
+    cells = cell_differences(a, b)
+    assert len(cells) == 2
+    assert cells.set_index("seed")["diff_pp"].to_dict() == pytest.approx({0: 2.0, 1: -2.0})
+    assert len(cell_differences(a.iloc[:1].drop(columns=["seed"]), b)) == 1  # no seed: seed 0
 
 
 def test_rows_missing_on_either_side_are_listed():
