@@ -31,6 +31,7 @@ from rich.table import Table
 from torch import nn
 
 from robench.cache import ModelCache
+from robench.completeness import RUN_RECORD
 from robench.data import Dataset, Split
 from robench.defenses import DefenseContext
 from robench.eps import eps_text
@@ -162,8 +163,8 @@ def preflight(path: str | Path, opts: RunOptions, calibrated: bool = True) -> Pr
     checker = _Checker(plan, dataset, cache, table, outcomes, (train, validation, evaluation),
                        source)
     seeds = [checker.seed(seed) for seed in plan.seeds]
-    if not opts.force and opts.models_from is None and complete_run(
-            plan, RunData.of(plan, dataset), out_dir):
+    if not opts.force and opts.models_from is None and (out_dir / RUN_RECORD).is_file() \
+            and complete_run(plan, RunData.of(plan, dataset), out_dir):
         # what `robench run` does there (robench.runner.run_or_check), not what the table shows
         notes.append(f"{out_dir} holds a complete run of this suite: a plain `robench run` "
                      "computes nothing and checks it instead (with its shipped models, "
