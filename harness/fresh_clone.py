@@ -230,12 +230,14 @@ def stale_cells(run: dict[str, Any], results: pd.DataFrame, plan: Plan) -> Stale
                 or baseline.get("code_hash") != plan.baseline.code_hash)
     defenses = {d.label for d in plan.defenses
                 if run["defenses"][d.label].get("code_hash") != d.code_hash}
-    codes = {a.label: a.code_hash for a in plan.attacks}
+    # a row's code hash is its own seed's (a transfer cell's includes its source model's key)
+    codes = {(a.label, seed): a.code_hash for seed in plan.seeds
+             for a in plan.for_seed(seed).attacks}
     attacks = {a.label for a in plan.attacks
                if run["attacks"][a.label].get("code_hash") != a.code_hash}
     rows = results.to_dict("records")
     for row in rows:
-        if str(row.get("code_hash")) != codes[str(row["attack"])]:
+        if str(row.get("code_hash")) != codes.get((str(row["attack"]), int(row["seed"]))):
             attacks.add(str(row["attack"]))
     cells = sum(1 for row in rows if old_base or str(row["defense"]) in defenses
                 or str(row["attack"]) in attacks)

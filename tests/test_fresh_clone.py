@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -251,3 +252,32 @@ def test_the_shipped_models_size_is_warned_about_above_30_mb(tmp_path):
     with big.open("r+b") as f:
         f.truncate(29 * 10**6)
     assert size_warning(tmp_path) is None
+
+
+def test_a_transfer_cell_is_stale_only_against_its_own_seeds_code_hash(tmp_path):
+    """A transfer cell's code hash includes its source model's key, which differs by seed: a
+    complete multi-seed run is not stale because seed 1's transfer rows differ from seed 0's."""
+    from robench.config import load_suite
+    from robench.fresh_clone import stale_cells
+    from robench.plan import resolve
+
+    path = tmp_path / "t.yaml"
+    path.write_text(SUITE.replace("seed: 0", "seeds: [0, 1]") + """\
+  - name: transfer
+    eps: [0.1]
+    params: {source: none, attack: fgsm}
+""")
+    plan = resolve(load_suite(path), str(path))
+    run = {"baseline": {"code_hash": plan.baseline.code_hash},
+           "defenses": {d.label: {"code_hash": d.code_hash} for d in plan.defenses},
+           "attacks": {a.label: {"code_hash": a.code_hash} for a in plan.attacks}}
+    rows = pd.DataFrame([{"defense": d.label, "attack": a.label, "seed": seed,
+                          "code_hash": a.code_hash}
+                         for seed in plan.seeds for a in plan.for_seed(seed).attacks
+                         for d in plan.defenses])
+    transfer = rows[rows["attack"].str.startswith("transfer")]
+    assert transfer.groupby("seed")["code_hash"].first().nunique() == 2  # per seed
+    assert stale_cells(run, rows, plan).cells == 0
+    rows.loc[transfer.index[transfer["seed"] == 1], "code_hash"] = "0" * 16
+    stale = stale_cells(run, rows, plan)
+    assert stale.labels == (transfer["attack"].iloc[0],) and stale.cells == len(transfer)
