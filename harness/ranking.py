@@ -66,6 +66,19 @@ def worst_outcomes(regular: pd.DataFrame, outcomes: RobustPerImage | None,
     return {d: v for d, v in out.items() if d not in incomplete and set(v) == seeds[d]}
 
 
+def seeds_and_images_interval(counts: list[tuple[float, int]]
+                              ) -> tuple[float, float, float, float]:
+    """Mean, sd over seeds and the 95 % interval of an accuracy given per seed as (correct, n):
+    the hull of the Student-t interval over the per-seed values and the Wilson interval of the
+    mean count on one seed's images (the seeds score the same images, so pooling them would
+    not add information about images); one seed: Wilson's alone."""
+    lo, hi = wilson_interval(sum(c[0] for c in counts) / len(counts), counts[0][1])
+    mean, sd, t_lo, t_hi = seed_interval([k / n for k, n in counts])
+    if len(counts) > 1:
+        lo, hi = min(lo, max(t_lo, 0.0)), max(hi, min(t_hi, 1.0))
+    return mean, sd, lo, hi
+
+
 def worst_columns(worst_col: str, per_image: dict[int, pd.Series] | None,
                    per_attack: dict[int, list[tuple[float, int]]],
                    several: bool) -> dict[str, object]:
@@ -83,17 +96,10 @@ def worst_columns(worst_col: str, per_image: dict[int, pd.Series] | None,
                 **({"worst_sd": nan, "seeds": 0, PER_SEED_WORST: ""} if several else {}),
                 "worst_n": 0, "worst_kind": ""}
     counts = list(by_seed.values())
-    # image sampling: the Wilson interval of the mean count on one seed's images (the seeds
-    # score the same images, so pooling them would not add information about images)
-    k = sum(c[0] for c in counts) / len(counts)
-    lo, hi = wilson_interval(k, counts[0][1])
-    values = [ki / ni for ki, ni in counts]
-    mean, sd, t_lo, t_hi = seed_interval(values)
-    if len(values) > 1:
-        lo, hi = min(lo, max(t_lo, 0.0)), max(hi, min(t_hi, 1.0))
+    mean, sd, lo, hi = seeds_and_images_interval(counts)
     out: dict[str, object] = {worst_col: mean, f"{worst_col}_lo": lo, f"{worst_col}_hi": hi}
     if several:
-        out.update({"worst_sd": sd, "seeds": len(values), PER_SEED_WORST: per_seed_text(
+        out.update({"worst_sd": sd, "seeds": len(counts), PER_SEED_WORST: per_seed_text(
             {seed: k / n for seed, (k, n) in by_seed.items()})})
     # images per seed (the same subset for every seed; the first seed's when they differ)
     return {**out, "worst_n": counts[0][1], "worst_kind": kind}

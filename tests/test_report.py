@@ -319,3 +319,30 @@ def test_the_browser_check_sees_overflow(tmp_path):
                     + "wide " * 400 + "</td></tr></table></body></html>")
     layout = shots.measure(page, width=1400)
     assert layout["scrollWidth"] > 1400 and shots.overflows(layout)
+
+
+def test_several_seeds_summary_clean_interval_warnings_once_and_holm_p(tmp_path):
+    """With several seeds the summary's clean interval is the mean's (it holds the mean shown,
+    not one seed's Wilson interval), a check warned in every seed is named once, and the p
+    column is the Holm-adjusted one that decides the ranks."""
+    base = _results()
+    results = pd.concat([base.assign(seed=0),
+                         base.assign(seed=1, clean_acc=base["clean_acc"] - 0.2,
+                                     clean_acc_lo=base["clean_acc_lo"] - 0.2,
+                                     clean_acc_hi=base["clean_acc_hi"] - 0.2,
+                                     robust_acc=(base["robust_acc"] - 0.2).clip(lower=0))],
+                        ignore_index=True)
+    checks = _checks()
+    checks = pd.concat([checks, checks[checks["status"] == "warn"]], ignore_index=True)
+    board = _future_board(build_leaderboard(results, summarise(checks)))
+    board["p_vs_none_holm"] = (board["p_vs_none"] * 5).clip(upper=1)
+    with OutputFolder.open(tmp_path) as out:
+        write_report(out, results, checks, board, source=tmp_path)
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    row = next(line for line in md.splitlines() if line.startswith("|") and "| at:pgd |" in line)
+    clean, lo, hi = map(float, re.search(r"\| ([\d.]+) \[([\d.]+), ([\d.]+)\] \|", row).groups())
+    assert lo <= clean <= hi and hi - lo > 20  # the spread between the seeds (20 pp) is in it
+    assert row.count("blackbox_not_stronger@0.3") == 1
+    assert "| p vs none (Holm) |" in md
+    holm = board.set_index("defense").loc["at:pgd", "p_vs_none_holm"]
+    assert f"| {holm:.3f} |" in row

@@ -24,7 +24,14 @@ from robench.leaderboard import (
 )
 from robench.report.columns import BoardColumns
 from robench.report.figures import Figure
-from robench.report.layout import board_groups, defense_lines, pack_groups, problem_rows, provenance
+from robench.report.layout import (
+    board_groups,
+    defense_lines,
+    pack_groups,
+    problem_rows,
+    provenance,
+    shown_p_column,
+)
 from robench.report.text import DASH, missing, number, plural
 
 
@@ -94,6 +101,10 @@ class ReportContent:
             parts.append(f"{data} / {model}".strip(" /"))
         return " · ".join(parts)
 
+    def p_header(self) -> str:
+        """The summary's p column header (the value that decides: Holm-adjusted if present)."""
+        return "p vs none (Holm)" if shown_p_column(self.board) != "p_vs_none" else "p vs none"
+
     def worst_header(self) -> str:
         """The summary's worst-case column header."""
         eps = self.worst.threat
@@ -110,9 +121,10 @@ class ReportContent:
                 "trusted; so is one with planned cells missing (its worst case covers only the "
                 "attacks present).")
         if "seeds" in self.board:
-            text += (" Several seeds: accuracies are means over seeds; the worst case's "
-                     "interval covers both the Student-t interval over seeds and the Wilson "
-                     "interval of the mean count, and p vs none is paired over seeds; curve "
+            text += (" Several seeds: accuracies are means over seeds; the intervals of the "
+                     "worst case and of clean accuracy cover both the Student-t interval over "
+                     "seeds and the Wilson interval of the mean count, and p vs none is paired "
+                     "over seeds; curve "
                      "bands are the envelope of the per-seed Wilson intervals.")
         else:
             text += f" {ONE_SEED}"

@@ -96,6 +96,7 @@ def render_html(report: ReportContent) -> str:
     return env.get_template("report.html.j2").render(
         css=Markup(css), dash=DASH, badges=BADGE, title=report.title,
         headline=report.headline(), worst_header=report.worst_header(),
+        p_header=report.p_header(),
         ci_note=report.ci_note(), check_counts=report.check_counts(),
         lead=report.completeness_lead(),
         has_p=report.has_p, has_verified=report.has_verified,

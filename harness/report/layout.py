@@ -17,7 +17,8 @@ import pandas as pd
 
 from robench.checks import COMPLETE as COMPLETE_CHECK
 from robench.checks import check_meaning, worst_first
-from robench.leaderboard import CHECK_ROLE, COMPLETENESS_COLUMNS, INCOMPLETE
+from robench.leaderboard import CHECK_ROLE, COMPLETENESS_COLUMNS, INCOMPLETE, clean_per_seed
+from robench.ranking import seeds_and_images_interval
 from robench.report.columns import BoardColumns
 from robench.report.text import (
     DASH,
@@ -184,7 +185,7 @@ class DefenseLine:
 
 def _failed_checks(checks: pd.DataFrame, defense: str, status: str) -> list[str]:
     rows = checks[(checks["defense"] == defense) & (checks["status"] == status)]
-    return [str(c) for c in rows["check"]]
+    return list(dict.fromkeys(str(c) for c in rows["check"]))  # once, not once per seed
 
 
 def worst_interval_from_results(results: pd.DataFrame, defense: str, eps: float,
@@ -227,18 +228,31 @@ def _incomplete_note(row: pd.Series, failed: list[str]) -> str:
     return what + ("; failed " + "; ".join(others) if others else "")
 
 
+def shown_p_column(board: pd.DataFrame) -> str:
+    """The summary's p column: the Holm-adjusted p vs none that decides the ranks where the
+    board has one, else the raw p."""
+    holm = "p_vs_none_holm"
+    return holm if holm in board and board[holm].notna().any() else "p_vs_none"
+
+
 def defense_lines(board: pd.DataFrame, checks: pd.DataFrame, results: pd.DataFrame,
                   columns: BoardColumns) -> tuple[list[DefenseLine], bool]:
     """One summary line per defense in leaderboard order; and whether some interval came from
     the attack attaining the minimum (not from the leaderboard)."""
     lines, derived = [], False
     worst, verified = columns.worst, columns.verified
+    shown_p = shown_p_column(board)
     threat = worst.threat
     for _, row in board.iterrows():
         defense = str(row["defense"])
         own = results[results["defense"] == defense]
         clean_ci = ""
-        if not own.empty and {"clean_acc_lo", "clean_acc_hi"} <= set(own.columns):
+        if not own.empty and "seed" in own and own["seed"].nunique() > 1:  # as the worst's
+            per_seed, n = clean_per_seed(own), own.groupby("seed")["n"].max()
+            _, _, lo, hi = seeds_and_images_interval(
+                [(v * n[seed], int(n[seed])) for seed, v in per_seed.items()])
+            clean_ci = interval_text(lo, hi)
+        elif not own.empty and {"clean_acc_lo", "clean_acc_hi"} <= set(own.columns):
             top = own.loc[own["n"].idxmax()]
             clean_ci = interval_text(top["clean_acc_lo"], top["clean_acc_hi"])
         value = lo = hi = None
@@ -261,7 +275,8 @@ def defense_lines(board: pd.DataFrame, checks: pd.DataFrame, results: pd.DataFra
             status="" if missing(row.get("status")) else str(row.get("status")),
             clean=pct(row.get("clean_acc")), clean_ci=clean_ci, worst=pct(value),
             worst_ci=interval_text(lo, hi), worst_value=value, worst_lo=lo, worst_hi=hi,
-            p=p_text(row.get("p_vs_none")) if "p_vs_none" in columns else None,
+            # the p that decides (Holm-adjusted where the leaderboard has it)
+            p=p_text(row.get(shown_p)) if "p_vs_none" in columns else None,
             verified=pct(row.get(verified[-1])) if verified else None, note=note))
     return lines, derived
 

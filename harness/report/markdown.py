@@ -40,7 +40,7 @@ def render_markdown(report: ReportContent) -> str:
 def _summary(report: ReportContent) -> list[str]:
     has_p, has_v = report.has_p, report.has_verified
     head = ["rank", "defense", "status", "clean %", f"{report.worst_header()} %"]
-    head += ["p vs none"] * has_p + ["verified %"] * has_v + ["note"]
+    head += [report.p_header()] * has_p + ["verified %"] * has_v + ["note"]
     rows = []
     for line in report.lines:
         row = [line.rank, _md(line.defense), BADGE.get(line.status, line.status or DASH),
