@@ -315,9 +315,10 @@ def compare(
     out: Annotated[Path | None, typer.Option(help="Also write the markdown to this file.")] = None,
 ) -> None:
     """Compare two runs (or two defenses of one run): robust accuracy per cell in A and B,
-    B - A, and with per-image outcomes an exact McNemar test and a 95 % interval per cell.
+    B - A, and with per-image outcomes a paired test and a 95 % interval per cell (one seed: exact
+    McNemar; several: over seeds), Holm-adjusted over the rows.
 
-    Example: robench compare results/fgsm_lenet results/fgsm_lenet_seed1 --out diff.md;
+    Example: robench compare results/fgsm_lenet results/fgsm_lenet-recompute-<time> --out diff.md;
     robench compare results/fgsm_lenet --defenses none,unlearning
     """
     from robench.compare import compare_defenses, compare_results

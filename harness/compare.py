@@ -287,8 +287,9 @@ def compare_defenses(path: Path, defense_a: str, defense_b: str) -> str:
     sides = []
     for name in (defense_a, defense_b):
         if name not in set(results["defense"]):
+            known = ", ".join(dict.fromkeys(results["defense"]))
             raise UserError(f"no defense {name!r} in these results (defenses: "
-                            f"{', '.join(dict.fromkeys(results['defense']))[:200]})",
+                            f"{known if len(known) <= 400 else known[:400] + ' ...'})",
                             where=str(path))
         both = f"{defense_a} vs {defense_b}"  # one key so the two sides' cells match
         rows = results[results["defense"] == name].assign(defense=both)

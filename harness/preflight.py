@@ -168,8 +168,8 @@ def preflight(path: str | Path, opts: RunOptions, calibrated: bool = True) -> Pr
         # what `robench run` does there (robench.runner.run_or_check), not what the table shows
         notes.append(f"{out_dir} holds a complete run of this suite: a plain `robench run` "
                      "computes nothing and checks it instead (with its shipped models, "
-                     "`robench verify`'s re-attack of a sample of every cell); the cells below "
-                     "are what `--update` would check and recompute")
+                     "`robench verify`'s re-attack of a sample of every cell); the table below "
+                     "is what a run resuming the folder (`--update`) would check")
     calibration = None
     if calibrated:
         calibration = calibrate(plan, train, evaluation, dataset.num_classes,
