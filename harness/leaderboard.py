@@ -457,7 +457,8 @@ def to_markdown(board: pd.DataFrame, title: str | None = None,
     how += f" {HOLM_NOTE}"
     if upper_bounds(board):
         notes.append(UPPER_BOUND_NOTE)
-    head = f"# Leaderboard: {escape_markdown(title)}\n\n{how}\n\n" if title else ""
+    # what the numbers are (means over seeds or one seed's) goes wherever the table goes
+    head = (f"# Leaderboard: {escape_markdown(title)}\n\n" if title else "") + f"{how}\n\n"
     table = shown.to_markdown(index=False, disable_numparse=True) + "\n"
     tail = "".join(f"\n- {escape_markdown(note)}" for note in notes)
     return head + table + (f"\nNotes:{tail}\n" if tail else "")

@@ -82,6 +82,7 @@ def test_a_one_seed_leaderboard_says_it_compares_trained_models():
     assert ONE_SEED in text
     assert "compare these trained models" in ONE_SEED and "not training methods" in ONE_SEED
     assert "worst_per_seed" not in board
+    assert ONE_SEED in to_markdown(board)  # what `robench leaderboard` prints, without a title
 
 
 def test_an_unconverged_attack_is_marked_as_an_upper_bound():
