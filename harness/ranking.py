@@ -7,6 +7,7 @@ leaderboard, the pairwise tests between defenses and the rank ranges they give. 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import combinations
 
 import pandas as pd
@@ -66,7 +67,7 @@ def worst_outcomes(regular: pd.DataFrame, outcomes: RobustPerImage | None,
     return {d: v for d, v in out.items() if d not in incomplete and set(v) == seeds[d]}
 
 
-def seeds_and_images_interval(counts: list[tuple[float, int]]
+def seeds_and_images_interval(counts: Sequence[tuple[float, int]]
                               ) -> tuple[float, float, float, float]:
     """Mean, sd over seeds and the 95 % interval of an accuracy given per seed as (correct, n):
     the hull of the Student-t interval over the per-seed values and the Wilson interval of the

@@ -249,9 +249,9 @@ def defense_lines(board: pd.DataFrame, checks: pd.DataFrame, results: pd.DataFra
         clean_ci = ""
         if not own.empty and "seed" in own and own["seed"].nunique() > 1:  # as the worst's
             per_seed, n = clean_per_seed(own), own.groupby("seed")["n"].max()
-            _, _, lo, hi = seeds_and_images_interval(
+            _, _, clean_lo, clean_hi = seeds_and_images_interval(
                 [(v * n[seed], int(n[seed])) for seed, v in per_seed.items()])
-            clean_ci = interval_text(lo, hi)
+            clean_ci = interval_text(clean_lo, clean_hi)
         elif not own.empty and {"clean_acc_lo", "clean_acc_hi"} <= set(own.columns):
             top = own.loc[own["n"].idxmax()]
             clean_ci = interval_text(top["clean_acc_lo"], top["clean_acc_hi"])
