@@ -123,7 +123,6 @@ CONVERGED_REASON = r"converged\[(.*?)\]@([0-9.eE+-]+)"
 NOT_PLANNED = "not in the run's plan"
 
 
-
 def clean_per_seed(rows: pd.DataFrame) -> pd.Series:
     """One defense's clean accuracy per seed: the mean over that seed's rows on its most images
     (a cell on a `limit` subset reports that subset's clean accuracy, which differs; the rows
@@ -136,6 +135,7 @@ def clean_per_seed(rows: pd.DataFrame) -> pd.Series:
     # can land on the other side of a rounding tie
     return rows.loc[widest, "clean_acc"].groupby(seeds[widest]).agg(
         lambda draws: draws.iloc[0] if draws.nunique() == 1 else draws.mean())
+
 
 def build_leaderboard(results: pd.DataFrame, status: pd.DataFrame | None = None,
                       outcomes: pd.DataFrame | RobustPerImage | None = None,
