@@ -57,9 +57,9 @@ def per_image(results: pd.DataFrame) -> dict[str, float]:
 def table_seconds(target: Path) -> float:
     """Seconds of verify's table checks on a copy of ``target``."""
     from robench.finalize import read_inputs
-    from robench.outcomes import read_outcomes
+    from robench.outcomes import read_cell_outcomes
     from robench.outdir import RunFiles
-    from robench.verify_tables import finalized_problems, outcome_blocks, row_problems
+    from robench.verify_tables import finalized_problems, row_problems
 
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "copy"
@@ -67,7 +67,7 @@ def table_seconds(target: Path) -> float:
         t0 = time.perf_counter()
         files = RunFiles.of(copy)
         inputs = read_inputs(copy)
-        blocks = outcome_blocks(read_outcomes(copy, files))
+        blocks = read_cell_outcomes(copy, files) or {}
         problems = row_problems(inputs.results, blocks) + finalized_problems(inputs, files)
         seconds = time.perf_counter() - t0
     print(f"table checks of {target}: {seconds:.1f}s, {len(problems)} problems")

@@ -52,14 +52,14 @@ from robench.data import resolve_data_root
 from robench.eps import canonical_eps
 from robench.errors import UserError
 from robench.finalize import read_inputs
-from robench.outcomes import read_outcomes
+from robench.outcomes import read_cell_outcomes
 from robench.outdir import RunFiles
 from robench.plan import Plan
 from robench.recorder import plan_cells
 from robench.run_files import OUTCOMES_FILE, RESULTS_FILE, is_model_name
 from robench.rundata import RunData
 from robench.verify_run import DEFAULT_SAMPLE, VerifyOptions, verify
-from robench.verify_tables import RECOMPUTED, finalized_problems, outcome_blocks, row_problems
+from robench.verify_tables import RECOMPUTED, finalized_problems, row_problems
 
 #: settings of a suite that say where it ran, not what it computed
 WHERE_KEYS = (("data", "root"), (None, "device"), ("model", "weights"))
@@ -264,11 +264,11 @@ def check_complete(plan: Plan, folder: Path, shown: str, suite: str,
         return Checked(f"{head}: {verdict.summary()}{tail}", verdict.code)
     files = RunFiles.of(folder)
     inputs = read_inputs(folder)
-    outcomes = read_outcomes(folder, files)
+    outcomes = read_cell_outcomes(folder, files)
     if outcomes is None:
         problems = [f"{OUTCOMES_FILE} is missing: its numbers cannot be checked"]
     else:
-        problems = row_problems(inputs.results, outcome_blocks(outcomes))
+        problems = row_problems(inputs.results, outcomes)
     problems += finalized_problems(inputs, files)
     for line in problems:
         echo(line)

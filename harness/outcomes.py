@@ -53,12 +53,15 @@ def cell_grid(defenses: Iterable[str], attacks: Iterable[tuple[str, Iterable[flo
 
 
 @dataclass(frozen=True)
-class _Block:
-    """One cell's outcomes: numpy arrays, one entry per image, in evaluation order."""
+class CellOutcomes:
+    """One cell's outcomes: numpy arrays, one entry per image, in evaluation (stored) order."""
 
     image: np.ndarray          # int32
     clean_correct: np.ndarray  # bool
     adv_correct: np.ndarray    # bool
+
+    def __len__(self) -> int:
+        return len(self.image)
 
 
 class OutcomeTable:
@@ -75,7 +78,7 @@ class OutcomeTable:
     def __init__(self, folder: OutputFolder) -> None:
         self.folder = folder
         self.path = folder.path / OUTCOMES_FILE
-        self._cells: dict[Cell, _Block] = {}
+        self._cells: dict[Cell, CellOutcomes] = {}
 
     def __len__(self) -> int:
         return sum(len(b.image) for b in self._cells.values())
@@ -101,7 +104,7 @@ class OutcomeTable:
         # rows of one cell under two spellings of its eps are all kept, in file order (the
         # cell is redone unless they are then its planned images, in order); rows at an eps
         # no run has, or with a missing label, are in no cell
-        self._cells = {cell: _Block(image[rows].copy(), clean[rows].copy(), adv[rows].copy())
+        self._cells = {cell: CellOutcomes(image[rows].copy(), clean[rows].copy(), adv[rows].copy())
                        for cell, rows in _cell_rows(frame).items()}
         return True
 
@@ -127,7 +130,7 @@ class OutcomeTable:
         for o in outcomes:
             key = (defense, attack, canonical_eps(o.eps), seed)
             self._cells.pop(key, None)
-            self._cells[key] = _Block(image, o.clean_ok.numpy().astype(bool),
+            self._cells[key] = CellOutcomes(image, o.clean_ok.numpy().astype(bool),
                                       o.adv_ok.numpy().astype(bool))
         self.flush()
 
@@ -210,7 +213,7 @@ class OutcomeTable:
             "adv_correct": joined("adv_correct", bool)})
 
 
-def _groups(keys: list[Cell], cells: dict[Cell, _Block], size: int) -> Iterator[list[Cell]]:
+def _groups(keys: list[Cell], cells: dict[Cell, CellOutcomes], size: int) -> Iterator[list[Cell]]:
     """Consecutive runs of cells of at most ``size`` rows (a bigger cell alone)."""
     group: list[Cell] = []
     rows = 0
@@ -251,10 +254,10 @@ class RobustPerImage:
                 pieces.setdefault(cell, []).append((robust[rows], image[rows]))
         self.cells: dict[Cell, pd.Series] = {}
         for cell, parts in pieces.items():
-            series = pd.Series(np.concatenate([r for r, _ in parts]),
-                               index=np.concatenate([i for _, i in parts]), name="robust")
-            if series.index.is_unique:  # an image twice in a cell: the cell is not trusted
-                self.cells[cell] = series
+            image = np.concatenate([i for _, i in parts])
+            if _unique(image):  # an image twice in a cell: the cell is not trusted
+                self.cells[cell] = pd.Series(np.concatenate([r for r, _ in parts]),
+                                             index=image, name="robust")
 
     @classmethod
     def of(cls, outcomes: pd.DataFrame | RobustPerImage | None) -> RobustPerImage | None:
@@ -266,6 +269,16 @@ class RobustPerImage:
     def get(self, defense: str, attack: str, eps: float, seed: int) -> pd.Series | None:
         """One cell's robust-per-image Series, None when the table has no such cell."""
         return self.cells.get((str(defense), str(attack), canonical_eps(eps), int(seed)))
+
+
+def _unique(ids: np.ndarray) -> bool:
+    """Whether no id occurs twice, found by sorting: pandas' ``Index.is_unique`` builds a hash
+    table that the index keeps (about 20 bytes an image: 243 MiB for the flagship's 12.7 M
+    outcomes), which a run's finalize step and ``robench verify`` then carried to the end."""
+    if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])):  # stored in ascending order
+        return True
+    ordered = np.sort(ids)
+    return not bool(np.any(ordered[1:] == ordered[:-1]))
 
 
 def _cell_rows(outcomes: pd.DataFrame) -> dict[Cell, slice | np.ndarray]:
@@ -365,18 +378,50 @@ def read_outcomes(folder: Path, files: RunFiles | None = None) -> pd.DataFrame |
     return _checked(frame, path)
 
 
-#: ``read_robust_per_image`` reads whole row groups, this many rows or more at a time (a
-#: robench file has row groups of up to 1 M rows: one at a time)
+def read_robust_per_image(folder: Path, files: RunFiles | None = None
+                          ) -> RobustPerImage | None:
+    """What ``read_outcomes`` reads, indexed by cell (``RobustPerImage``), read a piece at a
+    time (``_pieces``). None when the folder has no outcomes; damage as ``read_outcomes``."""
+    pieces = _pieces(folder, files)
+    return None if pieces is None else RobustPerImage(pieces)
+
+
+def read_cell_outcomes(folder: Path, files: RunFiles | None = None
+                       ) -> dict[Cell, CellOutcomes] | None:
+    """What ``read_outcomes`` reads, by cell (its rows in stored order; a cell stored in
+    several runs of rows, or under two spellings of its eps, is one cell), read a piece at a
+    time (``_pieces``): about 6 bytes an image, where the whole frame takes about 25 and a
+    group-by over it as much again (the flagship's 12.7 M rows). None when the folder has no
+    outcomes; damage as ``read_outcomes``."""
+    pieces = _pieces(folder, files)
+    if pieces is None:
+        return None
+    parts: dict[Cell, list[CellOutcomes]] = {}
+    for frame in pieces:
+        image = frame["image"].to_numpy()
+        clean = frame["clean_correct"].to_numpy(bool)
+        adv = frame["adv_correct"].to_numpy(bool)
+        for cell, rows in _cell_rows(frame).items():
+            # copies: a slice would keep the whole piece alive
+            parts.setdefault(cell, []).append(CellOutcomes(
+                image[rows].astype(np.int32), clean[rows].copy(), adv[rows].copy()))
+    return {cell: p[0] if len(p) == 1 else CellOutcomes(
+        *(np.concatenate([getattr(b, f) for b in p])
+          for f in ("image", "clean_correct", "adv_correct")))
+        for cell, p in parts.items()}
+
+
+#: ``_pieces`` reads whole row groups, this many rows or more at a time (a robench file has
+#: row groups of up to 1 M rows: one at a time)
 READ_ROWS = 256 * 1024
 
 
-def read_robust_per_image(folder: Path, files: RunFiles | None = None
-                          ) -> RobustPerImage | None:
-    """What ``read_outcomes`` reads, indexed by cell (``RobustPerImage``), read whole row groups
-    at a time (``READ_ROWS``): the table itself is never held whole (only the file's
-    compressed bytes, which are verified before they are parsed), so the index is the only
-    large thing in memory. None when the folder has no outcomes; damage as
-    ``read_outcomes``."""
+def _pieces(folder: Path, files: RunFiles | None) -> Iterator[pd.DataFrame] | None:
+    """The rows of a folder's outcomes file about READ_ROWS at a time, whole row groups, each
+    checked as ``read_outcomes`` checks the table; None when the folder has none. The columns
+    are checked now, each piece as it is read. The table itself is never held whole (only
+    the file's compressed bytes, which are verified before they are parsed), so what a reader
+    builds from the pieces is the only large thing in memory."""
     path = Path(folder) / OUTCOMES_FILE
     data = _verified_bytes(folder, files)
     if data is None:
@@ -408,7 +453,7 @@ def read_robust_per_image(folder: Path, files: RunFiles | None = None
             yield _checked(frame, path)
             groups, rows = [], 0
 
-    return RobustPerImage(row_groups())
+    return row_groups()
 
 
 def _unreadable(path: Path, err: Exception) -> UserError:

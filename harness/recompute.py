@@ -28,13 +28,12 @@ from robench.compare import cell_differences
 from robench.config import load_suite
 from robench.eps import canonical_eps
 from robench.errors import UserError
-from robench.outcomes import read_outcomes
+from robench.outcomes import Cell, CellOutcomes, read_cell_outcomes
 from robench.outdir import RunFiles, resolve_out
 from robench.results import read_results
 from robench.run_files import RESULTS_FILE
 from robench.rundata import RunOptions, apply_overrides
 from robench.runner import RunEnd, run_suite
-from robench.verify_tables import outcome_blocks
 
 WHERE = "--recompute-into"
 
@@ -70,7 +69,8 @@ def comparison_line(existing: Path, new: Path) -> str:
         return f"recomputed into {new}; {existing} holds no results to compare with"
     old_files, new_files = RunFiles.of(existing), RunFiles.of(new)
     old, fresh = read_results(existing, old_files), read_results(new, new_files)
-    old_out, new_out = read_outcomes(existing, old_files), read_outcomes(new, new_files)
+    old_out = read_cell_outcomes(existing, old_files)
+    new_out = read_cell_outcomes(new, new_files)
     cells = cell_differences(old, fresh)  # seed by seed: a mean over seeds could hide one
     same = _identical_cells(old, fresh, old_out, new_out)
     shared = len(cells)
@@ -86,12 +86,13 @@ def _present(results: pd.DataFrame) -> set[tuple[str, str, float, int]]:
     return set(_order(results))
 
 
-def _identical_cells(old: pd.DataFrame, new: pd.DataFrame, old_out: pd.DataFrame | None,
-                     new_out: pd.DataFrame | None) -> set[tuple[str, str, float, int]]:
+def _identical_cells(old: pd.DataFrame, new: pd.DataFrame,
+                     old_out: dict[Cell, CellOutcomes] | None,
+                     new_out: dict[Cell, CellOutcomes] | None
+                     ) -> set[tuple[str, str, float, int]]:
     """The (defense, attack, eps, seed) both runs hold with the same robust accuracy and, with
     both runs' outcomes, the same per-image outcomes in the same order."""
-    blocks_a = outcome_blocks(old_out) if old_out is not None else {}
-    blocks_b = outcome_blocks(new_out) if new_out is not None else {}
+    blocks_a, blocks_b = old_out or {}, new_out or {}
     acc_a = {key: float(r) for key, r in zip(_order(old), old["robust_acc"], strict=True)}
     same: set[tuple[str, str, float, int]] = set()
     for key, robust in zip(_order(new), new["robust_acc"], strict=True):

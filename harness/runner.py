@@ -246,9 +246,11 @@ def run_or_check(path: str | Path, opts: RunOptions,
     if not opts.force and opts.models_from is None and not update:
         why = not_complete(started.plan, started.data, started.out_dir)
         if why is None:
-            checked = check_complete(started.plan, started.out_dir, str(started.out_dir),
-                                     str(path), echo)
-            return RunEnd(started.out_dir, None, checked.line, checked.code)
+            plan, out_dir = started.plan, started.out_dir
+            del started  # its splits: the check loads the run's own (robench.verify_run)
+            release_freed_memory()
+            checked = check_complete(plan, out_dir, str(out_dir), str(path), echo)
+            return RunEnd(out_dir, None, checked.line, checked.code)
         if (started.out_dir / RUN_RECORD).is_file() and not opts.quiet:
             echo(f"{started.out_dir} does not hold a complete run of this suite ({why}): "
                  "the suite runs into it")

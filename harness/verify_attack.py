@@ -52,12 +52,13 @@ from torch import nn
 
 from robench.data import Split
 from robench.eps import canonical_eps
+from robench.outcomes import Cell, CellOutcomes
 from robench.plan import AttackSpec, DefenseSpec
 from robench.progress import Reporter
 from robench.seeds import derive_seed
 from robench.stats import mcnemar_exact
 from robench.tasks import run_attack_cells
-from robench.verify_tables import Block, cell_name
+from robench.verify_tables import cell_name
 
 #: images re-attacked per cell by default: the flagship (561 cells) in about 5 minutes on
 #: 2 CPU cores (benchmarks/RESULTS.md, "robench verify")
@@ -177,7 +178,7 @@ def allowed_differences(k: int, batch_why: str | None, other_machine: bool) -> i
 
 def reattack(spec: AttackSpec, defense: str, seed: int, model: nn.Module,
              source: nn.Module | None, data: Split,
-             blocks: dict[tuple[str, str, float, int], Block], sample: int,
+             blocks: dict[Cell, CellOutcomes], sample: int,
              verify_seed: int, other_machine: bool, randomized_model: bool,
              defense_spec: DefenseSpec | None = None) -> tuple[list[CellCheck], list[str]]:
     """Re-attack the sample of the cells of ``spec`` on ``defense``'s ``model`` (``data``: the

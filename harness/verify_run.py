@@ -35,14 +35,15 @@ from torch import nn
 from robench.cache import ModelCache
 from robench.completeness import RUN_RECORD
 from robench.config import recorded_suite
-from robench.data import load_dataset, resolve_data_root
+from robench.data import DATASETS, resolve_data_root
 from robench.engine import FORMATS, Engine, MemoryFormat
 from robench.errors import UserError
 from robench.finalize import read_inputs
 from robench.idx_files import check_dataset_files
+from robench.memory import release_freed_memory, trimming_freed_memory
 from robench.models import model_hash, weights_hash
 from robench.models_from import ModelSource, open_source
-from robench.outcomes import read_outcomes
+from robench.outcomes import Cell, CellOutcomes, read_cell_outcomes
 from robench.outdir import RunFiles
 from robench.plan import Plan, resolve
 from robench.progress import Reporter
@@ -63,7 +64,7 @@ from robench.verify_attack import (
     randomized,
     reattack,
 )
-from robench.verify_tables import finalized_problems, outcome_blocks, row_problems
+from robench.verify_tables import finalized_problems, row_problems
 from robench.weights import recorded_weights
 
 #: how to make a folder verify can check
@@ -123,7 +124,8 @@ def _refuse(message: str, folder: Path) -> UserError:
     return UserError(message, where=str(folder))
 
 
-def read_folder(folder: Path) -> tuple[RunFiles, Any, pd.DataFrame, dict[str, Any]]:
+def read_folder(folder: Path
+                ) -> tuple[RunFiles, Any, dict[Cell, CellOutcomes], dict[str, Any]]:
     """The verified files of a results folder verify needs: its ``RunFiles``, finalize's
     inputs, the per-image outcomes and run.json (one-line ``UserError`` otherwise)."""
     if not folder.is_dir():
@@ -143,7 +145,7 @@ def read_folder(folder: Path) -> tuple[RunFiles, Any, pd.DataFrame, dict[str, An
     if not run:
         raise _refuse(f"has no {RUN_RECORD} (the suite that was run); {PRODUCE}, which "
                       "writes it", folder)
-    outcomes = read_outcomes(folder, files)
+    outcomes = read_cell_outcomes(folder, files)
     if outcomes is None:
         raise _refuse(f"has no {OUTCOMES_FILE}; {PRODUCE}, which writes it", folder)
     return files, inputs, outcomes, run
@@ -181,10 +183,13 @@ def _check_checkpoint(plan: Plan, baseline: Any, where: str) -> None:
 
 
 def load_data(plan: Plan, rows: pd.DataFrame, folder: Path) -> RunData:
-    """The run's splits, refused unless the dataset here is the one its rows name."""
+    """The run's splits, refused unless the dataset here is the one its rows name. Loaded
+    afresh, not from the per-process cache, so that only the splits stay in memory (a run's
+    ``robench.runner.start_run`` does the same)."""
     name, root = plan.suite.data.dataset, plan.suite.data.root
     check_dataset_files(name, resolve_data_root(root))
-    data = RunData.of(plan, load_dataset(name, root))
+    data = RunData.of(plan, DATASETS.get(name)(resolve_data_root(root)))
+    release_freed_memory()
     hashes = sorted({str(h) for h in rows["data_hash"]})
     if hashes != [data.fingerprint]:
         raise UserError(f"its rows were computed on dataset {', '.join(hashes)}, the {name} "
@@ -333,10 +338,9 @@ def verify(path: str | Path, opts: VerifyOptions,
     if opts.sample < 1:
         raise UserError(f"must be at least 1 (got {opts.sample})", where="--sample")
     folder = Path(path).absolute()
-    files, inputs, outcomes, run = read_folder(folder)
+    files, inputs, blocks, run = read_folder(folder)
     verdict = Verdict()
     results = inputs.results
-    blocks = outcome_blocks(outcomes)
 
     def problem(line: str) -> None:
         verdict.problems.append(line)
@@ -347,6 +351,8 @@ def verify(path: str | Path, opts: VerifyOptions,
     source = _source(folder, plan, data.dataset.num_classes)
     for line in row_problems(results, blocks) + finalized_problems(inputs, files):
         problem(line)
+    del inputs  # its per-image index is not needed again: re-attacks read ``blocks``
+    release_freed_memory()
     device = resolve_device(plan.suite.device)
     other = machine_note(run, device)
     if other:
@@ -366,35 +372,36 @@ def verify(path: str | Path, opts: VerifyOptions,
     reporter = Reporter(quiet=True)
     engine = recorded_engine(run, device)
     retrained_checks: list[CellCheck] = []
-    for seed in plan.seeds:
-        seeded = plan.for_seed(seed)
-        ctx = RunContext(device=device, cache=ModelCache(enabled=False),
-                         data_hash=data.fingerprint, num_classes=data.dataset.num_classes,
-                         train_config=plan.suite.train, reporter=reporter,
-                         dataset=plan.baseline.dataset, model_name=plan.baseline.model,
-                         models_from=source, engine=engine)
-        models = seed_models(seeded, data, ctx)
-        bad_models = model_problems(seeded, models, results)
-        for line in bad_models.values():
-            problem(line)
-        checks, bad = reattack_seed(seeded, models, set(bad_models), data, blocks, opts,
-                                    bool(other), device)
-        for line in bad:
-            problem(line)
-        for check in checks:
-            if check.p is None and not check.ok:
-                problem(difference_line(check))
-        verdict.checks += checks
-        if opts.retrain:
-            again, differ = retrain_problems(seeded, data, models, device, reporter, engine)
-            verdict.retrained += 1 + sum(d.plugin.cacheable for d in seeded.defenses)
-            for line in differ:
+    with trimming_freed_memory():  # attacks' transients, not left resident
+        for seed in plan.seeds:
+            seeded = plan.for_seed(seed)
+            ctx = RunContext(device=device, cache=ModelCache(enabled=False),
+                             data_hash=data.fingerprint, num_classes=data.dataset.num_classes,
+                             train_config=plan.suite.train, reporter=reporter,
+                             dataset=plan.baseline.dataset, model_name=plan.baseline.model,
+                             models_from=source, engine=engine)
+            models = seed_models(seeded, data, ctx)
+            bad_models = model_problems(seeded, models, results)
+            for line in bad_models.values():
                 problem(line)
-            checks, bad = reattack_seed(seeded, again, set(), data, blocks, opts, bool(other),
-                                        device)
-            for line in bad + [difference_line(c) for c in checks if c.p is None and not c.ok]:
-                problem(f"retrained: {line}")
-            retrained_checks += checks
+            checks, bad = reattack_seed(seeded, models, set(bad_models), data, blocks, opts,
+                                        bool(other), device)
+            for line in bad:
+                problem(line)
+            for check in checks:
+                if check.p is None and not check.ok:
+                    problem(difference_line(check))
+            verdict.checks += checks
+            if opts.retrain:
+                again, differ = retrain_problems(seeded, data, models, device, reporter, engine)
+                verdict.retrained += 1 + sum(d.plugin.cacheable for d in seeded.defenses)
+                for line in differ:
+                    problem(line)
+                checks, bad = reattack_seed(seeded, again, set(), data, blocks, opts, bool(other),
+                                            device)
+                for line in bad + [difference_line(c) for c in checks if c.p is None and not c.ok]:
+                    problem(f"retrained: {line}")
+                retrained_checks += checks
     verdict.cells = len(results)
     for line in judge_randomized(verdict.checks):
         problem(line)

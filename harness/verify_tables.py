@@ -12,7 +12,6 @@ which are checked here. Nothing is written.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ import pandas as pd
 
 from robench.eps import canonical_eps, eps_text
 from robench.finalize import RunInputs, checked, leaderboard_of
-from robench.outcomes import KEY_COLUMNS
+from robench.outcomes import Cell, CellOutcomes
 from robench.outdir import RunFiles
 from robench.results import csv_text
 from robench.resume import consistent
@@ -34,30 +33,8 @@ def cell_name(defense: Any, attack: Any, eps: Any, seed: Any) -> str:
     return f"[{defense}] {attack}@{eps_text(canonical_eps(eps))} seed {int(seed)}"
 
 
-@dataclass(frozen=True)
-class Block:
-    """One cell's per-image outcomes, in stored (evaluation) order."""
-
-    image: np.ndarray           # int64
-    clean_correct: np.ndarray   # bool
-    adv_correct: np.ndarray     # bool
-
-    def __len__(self) -> int:
-        return len(self.image)
-
-
-def outcome_blocks(outcomes: pd.DataFrame) -> dict[tuple[str, str, float, int], Block]:
-    """The per-image outcomes by cell (defense, attack, canonical eps, seed)."""
-    image = outcomes["image"].to_numpy(np.int64)
-    clean = outcomes["clean_correct"].to_numpy(bool)
-    adv = outcomes["adv_correct"].to_numpy(bool)
-    groups = outcomes.groupby(KEY_COLUMNS, observed=True, sort=False).indices
-    return {(str(d), str(a), canonical_eps(e), int(s)): Block(image[i], clean[i], adv[i])
-            for (d, a, e, s), i in groups.items()}
-
-
 def row_problems(results: pd.DataFrame,
-                 blocks: dict[tuple[str, str, float, int], Block]) -> list[str]:
+                 blocks: dict[Cell, CellOutcomes]) -> list[str]:
     """One line per results.csv row whose numbers are not what its per-image outcomes give
     (or that has none)."""
     problems = []
@@ -124,5 +101,5 @@ def finalized_problems(inputs: RunInputs, files: RunFiles) -> list[str]:
     return problems
 
 
-__all__ = ["RECOMPUTED", "Block", "cell_name", "finalized_problems", "outcome_blocks",
-           "row_problems", "table_difference"]
+__all__ = ["RECOMPUTED", "cell_name", "finalized_problems", "row_problems",
+           "table_difference"]

@@ -339,6 +339,41 @@ def test_reading_robust_per_image_by_row_group_equals_indexing_the_whole_table(t
         read_robust_per_image(tmp_path)
 
 
+def test_reading_cell_outcomes_by_row_group_equals_a_loop_over_the_rows(tmp_path, monkeypatch):
+    """verify's per-cell outcomes, read a few rows at a time, are each cell's rows in file
+    order (a cell cut across reads or stored twice is one cell; no row is in two cells)."""
+    import math
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from robench import outcomes
+    from robench.eps import canonical_eps
+    from robench.outcomes import OUTCOMES_FILE, read_cell_outcomes
+
+    assert read_cell_outcomes(tmp_path) is None
+    frame = _mixed_outcomes()
+    frame["clean_correct"] = np.arange(len(frame)) % 3 != 1
+    frame = pd.concat([frame, frame.iloc[[0]]], ignore_index=True)  # an image twice: kept
+    expected: dict = {}
+    for row in frame.itertuples(index=False):
+        if math.isfinite(row.eps):
+            key = (row.defense, row.attack, canonical_eps(row.eps), int(row.seed))
+            expected.setdefault(key, []).append((row.image, row.clean_correct, row.adv_correct))
+    monkeypatch.setattr(outcomes, "READ_ROWS", 3)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False),
+                   tmp_path / OUTCOMES_FILE, row_group_size=2)
+    cells = read_cell_outcomes(tmp_path)
+    assert set(cells) == set(expected) and len(cells) == 4
+    for key, rows in expected.items():
+        got = cells[key]
+        assert got.image.dtype == np.int32 and len(got) == len(rows)
+        assert list(zip(got.image.tolist(), got.clean_correct.tolist(),
+                        got.adv_correct.tolist(), strict=True)) == rows, key
+    assert cells[("none", "fgsm", 0.1, 0)].image.tolist() == [5, 6, 7, 5]
+
+
 def test_a_table_saved_by_pandas_with_its_index_reads_as_without(tmp_path):
     """``pd.read_parquet``, filter, ``to_parquet``: pandas stores the index as a column, which
     ``read_parquet`` hides; the row-group reader hides it too."""
@@ -429,9 +464,25 @@ def test_image_ids_an_int32_column_cannot_hold_make_the_outcomes_untrusted(tmp_p
 
 def test_a_dangling_link_named_outcomes_is_damage_not_absence(tmp_path):
     from robench.errors import UserError
-    from robench.outcomes import OUTCOMES_FILE, read_outcomes, read_robust_per_image
+    from robench.outcomes import (
+        OUTCOMES_FILE,
+        read_cell_outcomes,
+        read_outcomes,
+        read_robust_per_image,
+    )
 
     (tmp_path / OUTCOMES_FILE).symlink_to(tmp_path / "gone.parquet")
-    for read in (read_outcomes, read_robust_per_image):
+    for read in (read_outcomes, read_robust_per_image, read_cell_outcomes):
         with pytest.raises(UserError, match="is a symbolic link; robench reads only regular files"):
             read(tmp_path)
+
+
+@pytest.mark.parametrize(("ids", "unique"), [([], True), ([4], True), ([1, 2, 9], True),
+                                             ([9, 1, 2], True), ([1, 1], False),
+                                             ([9, 1, 9], False), ([1, 2, 2], False)])
+def test_an_image_twice_is_found_in_any_order(ids, unique):
+    import numpy as np
+
+    from robench.outcomes import _unique
+
+    assert _unique(np.asarray(ids, dtype=np.int32)) is unique
