@@ -347,12 +347,15 @@ def verify(path: str | Path, opts: VerifyOptions,
         echo(line)
 
     plan = run_plan(run, folder, opts.data_dir)
+    tables = row_problems(results, blocks) + finalized_problems(inputs, files)
+    # the tables' index is not needed again (re-attacks read ``blocks``): let it go before
+    # the dataset is loaded, so the two are never in memory together
+    del inputs
+    release_freed_memory()
     data = load_data(plan, results, folder)
     source = _source(folder, plan, data.dataset.num_classes)
-    for line in row_problems(results, blocks) + finalized_problems(inputs, files):
+    for line in tables:  # after the refusals: a refused folder prints one line
         problem(line)
-    del inputs  # its per-image index is not needed again: re-attacks read ``blocks``
-    release_freed_memory()
     device = resolve_device(plan.suite.device)
     other = machine_note(run, device)
     if other:
