@@ -23,6 +23,27 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def worker_threads() -> int | None:
+    """Torch threads per pytest-xdist worker: the cores shared out between the workers (None
+    outside xdist). With torch's default of one thread per core in every worker, the workers'
+    threads outnumber the cores, and intra-op threads then wait on partners the OS has
+    descheduled: 3-8x slower than one thread (benchmarks/RESULTS.md, "Thread count on a busy
+    machine")."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // int(workers))
+
+
+def pytest_configure(config):
+    threads = worker_threads()
+    if threads is not None:
+        # here and in every CLI subprocess a test starts (they inherit the environment)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 def data_dir() -> Path:
     env = os.environ.get("ROBENCH_DATA_DIR")
     return Path(env) if env else REPO.parent / "shared" / "data"
