@@ -275,6 +275,8 @@ def _unique(ids: np.ndarray) -> bool:
     """Whether no id occurs twice, found by sorting: pandas' ``Index.is_unique`` builds a hash
     table that the index keeps (about 20 bytes an image: 243 MiB for the flagship's 12.7 M
     outcomes), which a run's finalize step and ``robench verify`` then carried to the end."""
+    if ids.dtype.kind not in "iu":  # missing ids (a float or nullable column): as pandas
+        return bool(pd.Index(ids).is_unique)
     if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])):  # stored in ascending order
         return True
     ordered = np.sort(ids)
@@ -398,6 +400,10 @@ def read_cell_outcomes(folder: Path, files: RunFiles | None = None
         return None
     parts: dict[Cell, list[CellOutcomes]] = {}
     for frame in pieces:
+        if not _int32_ids(frame["image"]):  # the int32 cast below would wrap 2**32 + 7 to 7
+            raise UserError("not a robench outcomes table (image ids that are not whole "
+                            "numbers an int32 column holds)",
+                            where=str(Path(folder) / OUTCOMES_FILE))
         image = frame["image"].to_numpy()
         clean = frame["clean_correct"].to_numpy(bool)
         adv = frame["adv_correct"].to_numpy(bool)

@@ -486,3 +486,30 @@ def test_an_image_twice_is_found_in_any_order(ids, unique):
     from robench.outcomes import _unique
 
     assert _unique(np.asarray(ids, dtype=np.int32)) is unique
+
+
+def test_cell_outcomes_refuse_image_ids_an_int32_cast_would_wrap(tmp_path):
+    """verify reads ids as int32: 2**32 + 3 must not become the planned id 3."""
+    import numpy as np
+
+    from robench.errors import UserError
+    from robench.outcomes import OUTCOMES_FILE, read_cell_outcomes
+
+    frame = pd.DataFrame({"defense": "none", "attack": "fgsm", "eps": 0.1, "seed": 0,
+                          "image": np.asarray([2**32 + 3, 2**32 + 4], dtype=np.int64),
+                          "clean_correct": True, "adv_correct": False})
+    frame.to_parquet(tmp_path / OUTCOMES_FILE, index=False)
+    with pytest.raises(UserError, match="image ids that are not whole numbers an int32"):
+        read_cell_outcomes(tmp_path)
+    frame.assign(image=np.asarray([3, 4], dtype=np.int64)).to_parquet(tmp_path / OUTCOMES_FILE,
+                                                                     index=False)
+    assert read_cell_outcomes(tmp_path)[("none", "fgsm", 0.1, 0)].image.tolist() == [3, 4]
+
+
+def test_two_missing_image_ids_in_a_cell_are_an_image_twice():
+    import numpy as np
+
+    from robench.outcomes import _unique
+
+    assert not _unique(np.asarray([1.0, np.nan, np.nan]))
+    assert _unique(np.asarray([1.0, np.nan]))
