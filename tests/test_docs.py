@@ -138,7 +138,7 @@ def test_readme_is_short_and_starts_with_install_run_and_test():
                     'pytest -q -m "not slow"'):
         assert command in head, command
     # CI (.ci/run) runs the README's test command, exactly: `pytest -q` on two xdist workers
-    command = "pytest -q -n 2 --dist loadfile"
+    command = "pytest -q -n 2 --dist worksteal"
     assert re.search(rf"^{command}(\s+#.*)?$", head, re.M)
     assert re.search(rf"^{command}$", text_of(REPO / ".ci" / "run"), re.M)
 
