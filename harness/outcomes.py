@@ -99,13 +99,10 @@ class OutcomeTable:
             frame = frame.astype(_DTYPES)
         except (TypeError, ValueError):
             return False
-        image, clean, adv = (frame[c].to_numpy() for c in ("image", "clean_correct",
-                                                           "adv_correct"))
         # rows of one cell under two spellings of its eps are all kept, in file order (the
         # cell is redone unless they are then its planned images, in order); rows at an eps
         # no run has, or with a missing label, are in no cell
-        self._cells = {cell: CellOutcomes(image[rows].copy(), clean[rows].copy(), adv[rows].copy())
-                       for cell, rows in _cell_rows(frame).items()}
+        self._cells = dict(_cell_outcomes(frame))
         return True
 
     def cell(self, defense: str, attack: str, eps: float, seed: int) -> pd.DataFrame:
@@ -211,6 +208,17 @@ class OutcomeTable:
             "eps": column(2, "float64"), "seed": column(3, "int64"),
             "image": joined("image", np.int32), "clean_correct": joined("clean_correct", bool),
             "adv_correct": joined("adv_correct", bool)})
+
+
+def _cell_outcomes(frame: pd.DataFrame) -> Iterator[tuple[Cell, CellOutcomes]]:
+    """Each cell of a checked outcomes frame (``_cell_rows``) with its rows, copied (a slice
+    would keep the whole frame alive), image ids as int32 (checked to fit by the caller)."""
+    image = frame["image"].to_numpy()
+    clean = frame["clean_correct"].to_numpy(bool)
+    adv = frame["adv_correct"].to_numpy(bool)
+    for cell, rows in _cell_rows(frame).items():
+        yield cell, CellOutcomes(image[rows].astype(np.int32), clean[rows].copy(),
+                                 adv[rows].copy())
 
 
 def _groups(keys: list[Cell], cells: dict[Cell, CellOutcomes], size: int) -> Iterator[list[Cell]]:
@@ -404,13 +412,8 @@ def read_cell_outcomes(folder: Path, files: RunFiles | None = None
             raise UserError("not a robench outcomes table (image ids that are not whole "
                             "numbers an int32 column holds)",
                             where=str(Path(folder) / OUTCOMES_FILE))
-        image = frame["image"].to_numpy()
-        clean = frame["clean_correct"].to_numpy(bool)
-        adv = frame["adv_correct"].to_numpy(bool)
-        for cell, rows in _cell_rows(frame).items():
-            # copies: a slice would keep the whole piece alive
-            parts.setdefault(cell, []).append(CellOutcomes(
-                image[rows].astype(np.int32), clean[rows].copy(), adv[rows].copy()))
+        for cell, block in _cell_outcomes(frame):
+            parts.setdefault(cell, []).append(block)
     return {cell: p[0] if len(p) == 1 else CellOutcomes(
         *(np.concatenate([getattr(b, f) for b in p])
           for f in ("image", "clean_correct", "adv_correct")))
