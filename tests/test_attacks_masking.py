@@ -321,7 +321,7 @@ def test_transfer_stronger_than_white_box_warns_on_the_same_images():
 E2E = """
 name: transfer
 seeds: [0, 1]
-data: {dataset: mnist, eval_limit: 200}
+data: {dataset: mnist, eval_limit: 200, validation_size: 55000}
 train: {epochs: 1}
 adaptive: off               # the cells counted here are the suite's own
 defenses:

@@ -182,7 +182,7 @@ def test_diagnostics_of_normal_and_masking_models(trained_lenet, mnist):
 
 SUITE = """
 name: masking
-data: {dataset: mnist, eval_limit: 200}
+data: {dataset: mnist, eval_limit: 200, validation_size: 55000}
 train: {epochs: 1}
 adaptive: off               # the cells counted here are the suite's own
 defenses:

@@ -39,7 +39,7 @@ from .conftest import REPO, kill_when_written
 SUITE = """
 name: executors
 seed: 0
-data: {dataset: mnist, eval_limit: 1200}
+data: {dataset: mnist, eval_limit: 1200, validation_size: 55000}
 train: {epochs: 1}
 adaptive: off               # the cells counted here are the suite's own
 defenses:

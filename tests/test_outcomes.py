@@ -64,7 +64,8 @@ def test_eps_zero_goes_through_the_attack_path(trained_lenet, batch):
 @pytest.mark.slow
 def test_outcomes_parquet_matches_results_and_is_verified_on_resume(tmp_path, robench_cli):
     suite = tmp_path / "s.yaml"
-    suite.write_text("name: o\ndata: {dataset: mnist, eval_limit: 300}\ntrain: {epochs: 1}\n"
+    suite.write_text("name: o\ndata: {dataset: mnist, eval_limit: 300, validation_size: 55000}\n"
+                     "train: {epochs: 1}\n"
                      "attacks:\n  - name: fgsm\n    eps: [0.0, 0.1]\n"
                      "  - name: pgd\n    eps: [0.1]\n    limit: 100\n"
                      "    params: {steps: 3, alpha: 0.05}\n")

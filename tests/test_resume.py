@@ -18,7 +18,7 @@ from .conftest import (
 SUITE = """
 name: resume
 seed: 0
-data: {dataset: mnist, eval_limit: 1000}
+data: {dataset: mnist, eval_limit: 1000, validation_size: 55000}
 train: {epochs: 1}
 defenses:
   - name: none

@@ -219,7 +219,7 @@ def test_compare_pairs_seed_by_seed(tmp_path):
 @pytest.mark.slow
 def test_two_seed_run_end_to_end(tmp_path, robench_cli):
     path = tmp_path / "s.yaml"
-    path.write_text("name: s\nseeds: [0, 1]\ndata: {eval_limit: 200, validation_size: 1000}\n"
+    path.write_text("name: s\nseeds: [0, 1]\ndata: {eval_limit: 200, validation_size: 55000}\n"
                     "train: {epochs: 1}\ndefenses:\n  - name: none\n"
                     "  - name: bit_depth_reduction\n    params: {bits: 4}\n"
                     "attacks:\n  - {name: fgsm, eps: [0.1, 0.2]}\n")

@@ -26,7 +26,8 @@ def suite_raw(weights: str | None = None, model: str = "lenet5", **model_extra) 
     spec = {"name": model, **model_extra}
     if weights is not None:
         spec["weights"] = weights
-    return {"name": "byo", "data": {"dataset": "mnist", "eval_limit": 200},
+    return {"name": "byo",
+            "data": {"dataset": "mnist", "eval_limit": 200, "validation_size": 55000},
             "train": {"epochs": 1}, "model": spec,
             "defenses": [{"name": "none"},
                          {"name": "bit_depth_reduction", "params": {"bits": 2}}],
@@ -83,7 +84,8 @@ def test_checkpoint_saved_by_one_run_evaluates_identically(tmp_path, mnist_root,
                           .hexdigest()}
         log = (out / "run.log").read_text()
         assert "trained" not in log and "weights" in log  # loaded, not trained again
-    assert 0.8 < trained["clean_acc"].iloc[0] < 1.0  # a trained model, not a constant one
+    # a trained model (one epoch on 5000 images: about 0.75), not a constant one (about 0.1)
+    assert 0.5 < trained["clean_acc"].iloc[0] < 1.0
 
 
 # -- cache keys -------------------------------------------------------------------------------
