@@ -19,7 +19,7 @@ EXAMPLE = REPO / "examples" / "robench-example-defense"
 SUITE = """\
 name: plugin_smoke
 seed: 0
-data: {dataset: mnist, eval_limit: 200}
+data: {dataset: mnist, eval_limit: 200, validation_size: 50000}   # 10 000 training images
 model: {name: lenet5}
 train: {epochs: 1}
 defenses:
