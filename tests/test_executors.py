@@ -291,8 +291,8 @@ def ray_processes(folder: Path) -> list[int]:
 @pytest.mark.slow
 def test_kill_9_of_the_driver_then_resume(tmp_path, cli_env):
     suite = tmp_path / "resume.yaml"
-    suite.write_text(SUITE.replace("eval_limit: 1200", "eval_limit: 1000")
-                     .replace("steps: 3", "steps: 40"))
+    suite.write_text(SUITE.replace("eval_limit: 1200", "eval_limit: 600")
+                     .replace("steps: 3", "steps: 20"))
     out = tmp_path / "out"
     short = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))  # Ray's socket paths stay short
     try:
