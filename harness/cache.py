@@ -273,11 +273,14 @@ def _valid_meta(meta: Any) -> bool:
 def trained_with(model: nn.Module) -> dict[str, Any]:
     """Where and how ``model`` was trained: what can make the same configuration's weights
     differ in their last bits (the thread count as the entry is saved, in the process that
-    trained it: a Ray task sets its own)."""
+    trained it: a Ray task sets its own; the CPU kernels torch picked, since AVX2 and AVX-512
+    kernels train different weights from the same code, data and threads: benchmarks/RESULTS.md,
+    "Two cells at a time on 2 cores")."""
     param = next(model.parameters(), None)
     return {"device": param.device.type if param is not None else "cpu",
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "arch": platform.machine(), "memory_format": model_memory_format(model)}
+            "arch": platform.machine(), "memory_format": model_memory_format(model),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def provenance_text(meta: dict[str, Any]) -> str:
@@ -292,8 +295,9 @@ def provenance_text(meta: dict[str, Any]) -> str:
         return text[:40]
 
     layout = f", {shown('memory_format')} weights" if "memory_format" in how else ""
+    kernels = f", {shown('cpu_capability')} CPU kernels" if "cpu_capability" in how else ""
     return (f"trained on {shown('device')} ({shown('arch')}), {shown('torch_threads')} torch "
-            f"threads, torch {shown('torch')}{layout}")
+            f"threads, torch {shown('torch')}{layout}{kernels}")
 
 
 def _is_key(stem: str) -> bool:

@@ -58,8 +58,11 @@ def test_a_cache_entry_records_how_it_was_trained_and_the_log_says_it(tmp_path):
     assert meta["trained_with"]["device"] == "cpu"
     assert meta["trained_with"]["torch_threads"] == threads
     assert meta["trained_with"]["memory_format"] == "contiguous"
+    kernels = torch.backends.cpu.get_cpu_capability()
+    assert meta["trained_with"]["cpu_capability"] == kernels
     assert provenance_text(meta) == (f"trained on cpu ({platform.machine()}), {threads} torch "
-                                     f"threads, torch {torch.__version__}, contiguous weights")
+                                     f"threads, torch {torch.__version__}, contiguous weights, "
+                                     f"{kernels} CPU kernels")
     forged = provenance_text({"trained_with": {"device": "cpu\n[none] fgsm 0.99\x1b[31m",
                                                "arch": "x" * 300}})
     assert forged.isprintable() and len(forged) < 200  # another machine's entry: shown inert

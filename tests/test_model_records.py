@@ -23,7 +23,8 @@ attacks:
   - name: fgsm
     eps: [0.1]
 """
-SET_UP = {"device", "torch_threads", "torch", "arch", "memory_format"}
+SET_UP = {"device", "torch_threads", "torch", "arch", "memory_format",
+          "cpu_capability"}
 
 
 def _records(out):
