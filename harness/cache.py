@@ -8,11 +8,12 @@ stored with ``torch.save(state_dict)`` in a per-user cache folder (never in the 
 read back with ``torch.load(..., weights_only=True)``.
 
 Each entry records how it was trained (``trained_with``: device, torch threads, torch version,
-CPU architecture), which the run log shows when the entry is reused. It is not part of the key, on
-purpose: the same training on another thread count or device differs only in the order floats
-are summed, so a cluster's entries serve a laptop; but the weights are then not bit-identical
-to what this machine would train, so its numbers can differ slightly from a cold run's
-(an example is in benchmarks/RESULTS.md), and the log says so.
+CPU architecture, memory format, CPU kernels), which the run log shows when the entry is reused.
+It is not part of the key, on purpose: the same training on another thread count, kernel set or
+device differs only in the order floats are summed, so a cluster's entries serve a laptop; but
+the weights are then not what this machine would train, and the last bits grow over training:
+a baseline's numbers move by about a point, some unlearning defenses' by up to 30 points
+(benchmarks/RESULTS.md, "Two cells at a time on 2 cores"), and the log says so.
 
 An entry is served only when it verifies: it records its key's inputs (the canonical JSON a
 plan's key is the hash of, joined with the fingerprint of the data: ``CacheKey.with_data``),
