@@ -88,21 +88,22 @@ class OutcomeTable:
         ``robench plan``); False when the file exists but cannot be read."""
         if data is None and not self.path.exists():
             return True
+
+        def typed(pieces: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+            for frame in pieces:
+                _int32_image_ids(frame, self.path)  # before the cast, which would wrap them
+                yield frame.astype(_DTYPES)
+
+        # read a piece at a time, as verify reads (the whole frame and its grouping took
+        # about 50 bytes an image); any damage means: trust none of it
         try:
-            frame = pd.read_parquet(self.path if data is None else io.BytesIO(data))
-        except Exception:  # noqa: BLE001 - any damage means: trust none of it
+            raw = data if data is not None else self.path.read_bytes()
+            # rows of one cell under two spellings of its eps are all kept, in file order (the
+            # cell is redone unless they are then its planned images, in order); rows at an
+            # eps no run has, or with a missing label, are in no cell
+            self._cells = _merge_cells(typed(_pieces_of(raw, self.path)), self.path)
+        except (UserError, OSError, TypeError, ValueError):
             return False
-        if (list(frame.columns) != OUTCOME_COLUMNS or _not_boolean(frame)
-                or not _int32_ids(frame["image"])):
-            return False
-        try:
-            frame = frame.astype(_DTYPES)
-        except (TypeError, ValueError):
-            return False
-        # rows of one cell under two spellings of its eps are all kept, in file order (the
-        # cell is redone unless they are then its planned images, in order); rows at an eps
-        # no run has, or with a missing label, are in no cell
-        self._cells = dict(_cell_outcomes(frame))
         return True
 
     def cell(self, defense: str, attack: str, eps: float, seed: int) -> pd.DataFrame:
@@ -404,14 +405,21 @@ def read_cell_outcomes(folder: Path, files: RunFiles | None = None
     group-by over it as much again (the flagship's 12.7 M rows). None when the folder has no
     outcomes; damage as ``read_outcomes``."""
     pieces = _pieces(folder, files)
-    if pieces is None:
-        return None
+    return None if pieces is None else _merge_cells(pieces, Path(folder) / OUTCOMES_FILE)
+
+
+def _int32_image_ids(frame: pd.DataFrame, path: Path) -> None:
+    if not _int32_ids(frame["image"]):  # an int32 cast would wrap 2**32 + 7 to 7
+        raise UserError("not a robench outcomes table (image ids that are not whole numbers "
+                        "an int32 column holds)", where=str(path))
+
+
+def _merge_cells(pieces: Iterable[pd.DataFrame], path: Path) -> dict[Cell, CellOutcomes]:
+    """Each cell's rows over all ``pieces`` of a table, in stored order (a cell stored in
+    several runs of rows, or under two spellings of its eps, is one cell)."""
     parts: dict[Cell, list[CellOutcomes]] = {}
     for frame in pieces:
-        if not _int32_ids(frame["image"]):  # the int32 cast below would wrap 2**32 + 7 to 7
-            raise UserError("not a robench outcomes table (image ids that are not whole "
-                            "numbers an int32 column holds)",
-                            where=str(Path(folder) / OUTCOMES_FILE))
+        _int32_image_ids(frame, path)
         for cell, block in _cell_outcomes(frame):
             parts.setdefault(cell, []).append(block)
     return {cell: p[0] if len(p) == 1 else CellOutcomes(
@@ -431,10 +439,12 @@ def _pieces(folder: Path, files: RunFiles | None) -> Iterator[pd.DataFrame] | No
     are checked now, each piece as it is read. The table itself is never held whole (only
     the file's compressed bytes, which are verified before they are parsed), so what a reader
     builds from the pieces is the only large thing in memory."""
-    path = Path(folder) / OUTCOMES_FILE
     data = _verified_bytes(folder, files)
-    if data is None:
-        return None
+    return None if data is None else _pieces_of(data, Path(folder) / OUTCOMES_FILE)
+
+
+def _pieces_of(data: bytes, path: Path) -> Iterator[pd.DataFrame]:
+    """``_pieces`` of an outcomes file's bytes (``path`` names it in errors)."""
     try:
         file = pq.ParquetFile(pa.BufferReader(data))
         schema = file.schema_arrow
