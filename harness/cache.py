@@ -271,6 +271,10 @@ def _valid_meta(meta: Any) -> bool:
         and isinstance(r["value"], int | float) for r in rows)
 
 
+#: environment variables that choose the CPU kernels torch trains with
+KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_CBWR")
+
+
 def trained_with(model: nn.Module) -> dict[str, Any]:
     """Where and how ``model`` was trained: what can make the same configuration's weights
     differ in their last bits (the thread count as the entry is saved, in the process that
@@ -278,10 +282,17 @@ def trained_with(model: nn.Module) -> dict[str, Any]:
     kernels train different weights from the same code, data and threads: benchmarks/RESULTS.md,
     "Two cells at a time on 2 cores")."""
     param = next(model.parameters(), None)
-    return {"device": param.device.type if param is not None else "cpu",
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "arch": platform.machine(), "memory_format": model_memory_format(model),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    device = param.device.type if param is not None else "cpu"
+    how: dict[str, Any] = {
+        "device": device, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "arch": platform.machine(), "memory_format": model_memory_format(model)}
+    if device == "cpu":
+        # ATen's kernel level and the settings that cap it or oneDNN's; oneDNN's own choice
+        # for a CPU is not exposed, so two CPUs at one level may still differ
+        how["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        how["cpu_kernel_settings"] = {name: os.environ[name] for name in KERNEL_SETTINGS
+                                      if name in os.environ}
+    return how
 
 
 def provenance_text(meta: dict[str, Any]) -> str:
@@ -297,6 +308,10 @@ def provenance_text(meta: dict[str, Any]) -> str:
 
     layout = f", {shown('memory_format')} weights" if "memory_format" in how else ""
     kernels = f", {shown('cpu_capability')} CPU kernels" if "cpu_capability" in how else ""
+    settings = how.get("cpu_kernel_settings")
+    if isinstance(settings, dict) and settings:
+        text = " ".join(f"{k}={v}" for k, v in settings.items())
+        kernels += " (" + "".join(c if c.isprintable() else "?" for c in text)[:60] + ")"
     return (f"trained on {shown('device')} ({shown('arch')}), {shown('torch_threads')} torch "
             f"threads, torch {shown('torch')}{layout}{kernels}")
 

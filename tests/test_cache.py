@@ -38,6 +38,29 @@ def test_a_cache_entry_that_does_not_fit_leaves_the_model_untouched(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_the_settings_that_cap_the_cpu_kernels_are_recorded_and_shown(tmp_path, monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 trains other weights (benchmarks/RESULTS.md) without changing
+    torch's reported kernel level: the entry names the setting."""
+    import torch
+
+    from robench.cache import KERNEL_SETTINGS, ModelCache, cache_key, provenance_text
+    from robench.models import LeNet5
+
+    for name in KERNEL_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    cache = ModelCache(tmp_path)
+    plain, capped = cache_key(plan="a", data="d"), cache_key(plan="b", data="d")
+    assert cache.save(plain, LeNet5(), {"seconds": 1.0}) is None
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cache.save(capped, LeNet5(), {"seconds": 1.0}) is None
+    first, second = cache.load(plain, LeNet5()), cache.load(capped, LeNet5())
+    assert first["trained_with"]["cpu_kernel_settings"] == {}
+    assert second["trained_with"]["cpu_kernel_settings"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    level = torch.backends.cpu.get_cpu_capability()
+    assert provenance_text(first).endswith(f"{level} CPU kernels")
+    assert provenance_text(second).endswith(f"{level} CPU kernels (ONEDNN_MAX_CPU_ISA=AVX2)")
+
+
 def test_a_cache_entry_records_how_it_was_trained_and_the_log_says_it(tmp_path):
     """Reused weights name the device and thread count that trained them (not in the key:
     another thread count differs only in float summation order, and a cluster's cache should

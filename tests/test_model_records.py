@@ -24,7 +24,7 @@ attacks:
     eps: [0.1]
 """
 SET_UP = {"device", "torch_threads", "torch", "arch", "memory_format",
-          "cpu_capability"}
+          "cpu_capability", "cpu_kernel_settings"}
 
 
 def _records(out):
