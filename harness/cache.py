@@ -302,16 +302,17 @@ def provenance_text(meta: dict[str, Any]) -> str:
     if not isinstance(how, dict):
         return "trained where: not recorded"
 
+    def inert(value: object, limit: int = 40) -> str:
+        return "".join(c if c.isprintable() else "?" for c in str(value))[:limit]
+
     def shown(key: str) -> str:
-        text = "".join(c if c.isprintable() else "?" for c in str(how.get(key)))
-        return text[:40]
+        return inert(how.get(key))
 
     layout = f", {shown('memory_format')} weights" if "memory_format" in how else ""
     kernels = f", {shown('cpu_capability')} CPU kernels" if "cpu_capability" in how else ""
     settings = how.get("cpu_kernel_settings")
     if isinstance(settings, dict) and settings:
-        text = " ".join(f"{k}={v}" for k, v in settings.items())
-        kernels += " (" + "".join(c if c.isprintable() else "?" for c in text)[:60] + ")"
+        kernels += f" ({inert(' '.join(f'{k}={v}' for k, v in settings.items()), 60)})"
     return (f"trained on {shown('device')} ({shown('arch')}), {shown('torch_threads')} torch "
             f"threads, torch {shown('torch')}{layout}{kernels}")
 

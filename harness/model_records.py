@@ -9,7 +9,8 @@ cached and was applied in this run), the model cache entry it is stored under (`
 the entry's file name, its key with the data fingerprint), the hash of the code that trains or
 defends it (``code_hash``), and how the entry was trained as the entry itself records it
 (``trained_with``: device, torch threads, torch version, CPU architecture, memory format, the
-CPU kernels torch picked (``cpu_capability``); null when there is
+CPU kernels torch picked and the settings capping them (``cpu_capability``,
+``cpu_kernel_settings``); null when there is
 no entry to read, e.g. with ``--no-cache``, an unwritable cache, or a Ray cluster whose workers
 keep another cache than the driver's).
 

@@ -90,9 +90,10 @@ class OutcomeTable:
             return True
 
         def typed(pieces: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+            # the image ids are checked, then cast, by _merge_cells (a cast here would wrap)
+            keys = {c: t for c, t in _DTYPES.items() if c != "image"}
             for frame in pieces:
-                _int32_image_ids(frame, self.path)  # before the cast, which would wrap them
-                yield frame.astype(_DTYPES)
+                yield frame.astype(keys)
 
         # read a piece at a time, as verify reads (the whole frame and its grouping took
         # about 50 bytes an image); any damage means: trust none of it
@@ -408,18 +409,14 @@ def read_cell_outcomes(folder: Path, files: RunFiles | None = None
     return None if pieces is None else _merge_cells(pieces, Path(folder) / OUTCOMES_FILE)
 
 
-def _int32_image_ids(frame: pd.DataFrame, path: Path) -> None:
-    if not _int32_ids(frame["image"]):  # an int32 cast would wrap 2**32 + 7 to 7
-        raise UserError("not a robench outcomes table (image ids that are not whole numbers "
-                        "an int32 column holds)", where=str(path))
-
-
 def _merge_cells(pieces: Iterable[pd.DataFrame], path: Path) -> dict[Cell, CellOutcomes]:
     """Each cell's rows over all ``pieces`` of a table, in stored order (a cell stored in
     several runs of rows, or under two spellings of its eps, is one cell)."""
     parts: dict[Cell, list[CellOutcomes]] = {}
     for frame in pieces:
-        _int32_image_ids(frame, path)
+        if not _int32_ids(frame["image"]):  # the int32 cast below would wrap 2**32 + 7 to 7
+            raise UserError("not a robench outcomes table (image ids that are not whole "
+                            "numbers an int32 column holds)", where=str(path))
         for cell, block in _cell_outcomes(frame):
             parts.setdefault(cell, []).append(block)
     return {cell: p[0] if len(p) == 1 else CellOutcomes(
