@@ -25,15 +25,29 @@ batch), an image misclassified before the attack is not attacked; for a determin
 never weaker per image than the final iterate (Kurakin et al. and torchattacks return the final
 iterate); a randomized model gets the plain loop. ``early_stop: false`` is the plain loop (the
 one cross-checked with torchattacks image by image).
+
+Sweeps share their first steps (``sweep``, active set on a deterministic model): from x, every
+eps follows the same iterates until one of them could reach the smallest eps's boundary, since
+until then no eps-clip binds (``shared_steps``: while ``k * alpha <= eps_min - alpha / 2``, 24
+steps of 1/255 for eps 0.1; float rounding of the iterates stays below 1e-5 there). The sweep
+runs those steps once, on the same sub-batches the active set would run at each eps, then
+finishes each eps from that state: the examples are bit-identical to attacking each eps on
+its own (``tests/test_bim_sweep.py``); only the cost falls. A cell's ``attack_seconds`` then
+includes the shared steps when its eps is the first of the sweep to need them.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Sequence
+
 import torch
 from pydantic import Field
 
-from robench.attacks.active import attack_until_fooled
-from robench.attacks.base import ATTACKS, Attack, EOTParams, project
+# ``_iterate`` is the active set's inner loop: the sweep runs it on a shared prefix and then
+# per eps, so that every sub-batch is the one ``attack_until_fooled`` would have stepped
+from robench.attacks.active import Step, _iterate, attack_until_fooled
+from robench.attacks.base import ATTACKS, Attack, EOTParams, eval_mode, own_rng, project
 from robench.work import Work
 
 
@@ -47,6 +61,12 @@ def paper_steps(eps: float) -> int:
     """Kurakin et al.'s iteration count at ``eps`` (input scale): min(eps+4, 1.25 eps) in
     0-255 units, floored, at least 1."""
     return max(1, int(min(eps * 255 + 4, 1.25 * eps * 255)))
+
+
+def shared_steps(eps_min: float, alpha: float) -> int:
+    """Steps from x that no eps >= ``eps_min`` clips: the largest k with k * alpha <= eps_min -
+    alpha / 2 (the half step is far above the float rounding of k additions)."""
+    return max(0, math.floor((eps_min - alpha / 2) / alpha))
 
 
 @ATTACKS.register("bim")
@@ -70,13 +90,8 @@ class BIM(Attack):
         return Work(grad=steps * params.eot_samples)
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-        p = self.params
-        steps = p.steps if p.steps is not None else paper_steps(eps)
-
-        def step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return project(x_adv + p.alpha * grad.sign(), x, eps)
-
-        if p.early_stop:
+        steps, step = self.steps_at(eps), self._step(eps)
+        if self.params.early_stop:
             return attack_until_fooled(self.model, x, y, x.clone(), steps, step,
                                        samples=self.eot_samples)
         x_adv = x.clone()
@@ -84,5 +99,72 @@ class BIM(Attack):
             x_adv = step(x_adv, self.input_gradient(x_adv, y), x)
         return x_adv
 
+    def steps_at(self, eps: float) -> int:
+        """The iterations at ``eps``: the fixed ``steps`` or the paper's rule."""
+        return self.params.steps if self.params.steps is not None else paper_steps(eps)
 
-__all__ = ["BIM", "BIMParams", "paper_steps"]
+    def sweep(self, x: torch.Tensor, y: torch.Tensor,
+              eps_list: Sequence[float]) -> Iterator[tuple[float, torch.Tensor]]:
+        """Each eps's examples, as ``self(x, y, eps)`` gives them, the first shared steps run
+        once (module docstring). A randomized model, ``early_stop: false`` or fewer than two
+        eps > 0 attack each eps on its own."""
+        x = x.detach()
+        attacked = [float(e) for e in eps_list if e > 0]
+        alpha = self.params.alpha
+        shared = (min([shared_steps(min(attacked), alpha)] + [self.steps_at(e) for e in attacked])
+                  if len(attacked) > 1 and self.params.early_stop else 0)
+        if shared == 0 or not self._deterministic(x):
+            yield from super().sweep(x, y, eps_list)
+            return
+        with eval_mode(self.model):
+            with torch.no_grad():
+                active = self.model(x).argmax(1) == y
+            x_adv = x.clone()
+            left = torch.where(active, shared, 0)
+            running = left > 0
+            _iterate(self.model, x, y, x_adv, self._step(min(attacked)), left, running,
+                     torch.zeros_like(active), samples=self.eot_samples)
+        for eps in (float(e) for e in eps_list):
+            if eps == 0:
+                yield eps, x.clone()
+                continue
+            with eval_mode(self.model):
+                adv = self._finish(x, y, x_adv.clone(), self._step(eps),
+                                   left + torch.where(active, self.steps_at(eps) - shared, 0),
+                                   running.clone())
+            yield eps, project(adv, x, eps, self.norm)
+
+    def _step(self, eps: float) -> Step:
+        alpha = self.params.alpha
+
+        def step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return project(x_adv + alpha * grad.sign(), x, eps)
+
+        return step
+
+    def _deterministic(self, x: torch.Tensor) -> bool:
+        """Whether two forward passes of ``x`` agree (``attack_until_fooled``'s test), without
+        moving the caller's random stream, so a randomized model's per-eps runs draw as
+        before."""
+        with own_rng(x.device), torch.no_grad(), eval_mode(self.model):
+            return torch.equal(self.model(x), self.model(x))
+
+    def _finish(self, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, step: Step,
+                left: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
+        """``attack_until_fooled``'s loop from a state after the shared steps: the inner loop
+        goes on where the shared one stopped, then the whole-batch check and resumptions."""
+        forced = torch.zeros_like(running)
+        while True:
+            _iterate(self.model, x, y, x_adv, step, left, running, forced,
+                     samples=self.eot_samples)
+            stopped = left > 0
+            if not stopped.any():
+                return x_adv
+            with torch.no_grad():  # the whole batch, as the evaluation will classify it
+                running = stopped & (self.model(x_adv).argmax(1) == y)
+            if not running.any():
+                return x_adv
+            forced = running.clone()
+
+
+__all__ = ["BIM", "BIMParams", "paper_steps", "shared_steps"]
