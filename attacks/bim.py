@@ -28,12 +28,14 @@ one cross-checked with torchattacks image by image).
 
 Sweeps share their first steps (``sweep``, active set on a deterministic model): from x, every
 eps follows the same iterates until one of them could reach the smallest eps's boundary, since
-until then no eps-clip binds (``shared_steps``: while ``k * alpha <= eps_min - alpha / 2``, 24
-steps of 1/255 for eps 0.1; float rounding of the iterates stays below 1e-5 there). The sweep
-runs those steps once, on the same sub-batches the active set would run at each eps, then
-finishes each eps from that state: the examples are bit-identical to attacking each eps on
-its own (``tests/test_bim_sweep.py``); only the cost falls. A cell's ``attack_seconds`` then
-includes the shared steps when its eps is the first of the sweep to need them.
+until then no eps-clip binds (``shared_steps``: while ``k * alpha <= eps_min - alpha / 2``, 25
+steps of 1/255 for eps 0.1; each shared step also checks that the smallest eps's clip did not
+bind, else the sweep goes eps by eps). The sweep runs those steps once, on the same
+sub-batches the active set would run at each eps, then finishes each eps from that state: the
+examples are bit-identical to attacking each eps on its own (``tests/test_bim_sweep.py``);
+only the cost falls. The first eps > 0 of the sweep pays for the shared steps in its cell's
+``attack_seconds``. Ray runs each eps as its own task (``robench.executors.ray``): no sharing
+there.
 """
 
 from __future__ import annotations
@@ -44,10 +46,16 @@ from collections.abc import Iterator, Sequence
 import torch
 from pydantic import Field
 
-# ``_iterate`` is the active set's inner loop: the sweep runs it on a shared prefix and then
-# per eps, so that every sub-batch is the one ``attack_until_fooled`` would have stepped
-from robench.attacks.active import Step, _iterate, attack_until_fooled
-from robench.attacks.base import ATTACKS, Attack, EOTParams, eval_mode, own_rng, project
+from robench.attacks.active import Step, attack_until_fooled, fooled_by_margin
+from robench.attacks.base import (
+    ATTACKS,
+    Attack,
+    EOTParams,
+    eval_mode,
+    logits_and_gradient,
+    own_rng,
+    project,
+)
 from robench.work import Work
 
 
@@ -61,6 +69,14 @@ def paper_steps(eps: float) -> int:
     """Kurakin et al.'s iteration count at ``eps`` (input scale): min(eps+4, 1.25 eps) in
     0-255 units, floored, at least 1."""
     return max(1, int(min(eps * 255 + 4, 1.25 * eps * 255)))
+
+
+def _random_states(device: torch.device) -> list[torch.Tensor]:
+    """torch's global random states that a forward pass on ``device`` could move."""
+    states = [torch.get_rng_state()]
+    if device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(device))
+    return states
 
 
 def shared_steps(eps_min: float, alpha: float) -> int:
@@ -106,33 +122,59 @@ class BIM(Attack):
     def sweep(self, x: torch.Tensor, y: torch.Tensor,
               eps_list: Sequence[float]) -> Iterator[tuple[float, torch.Tensor]]:
         """Each eps's examples, as ``self(x, y, eps)`` gives them, the first shared steps run
-        once (module docstring). A randomized model, ``early_stop: false`` or fewer than two
-        eps > 0 attack each eps on its own."""
+        once (module docstring), when the first eps > 0 needs them. A randomized model,
+        ``early_stop: false``, fewer than two eps > 0, or shared steps in which the smallest
+        eps's clip bound: each eps on its own."""
         x = x.detach()
-        attacked = [float(e) for e in eps_list if e > 0]
-        alpha = self.params.alpha
-        shared = (min([shared_steps(min(attacked), alpha)] + [self.steps_at(e) for e in attacked])
+        eps_list = [float(e) for e in eps_list]
+        attacked = [e for e in eps_list if e > 0]
+        shared = (min([shared_steps(min(attacked), self.params.alpha)]
+                      + [self.steps_at(e) for e in attacked])
                   if len(attacked) > 1 and self.params.early_stop else 0)
-        if shared == 0 or not self._deterministic(x):
-            yield from super().sweep(x, y, eps_list)
-            return
+        tried, state = shared == 0, None
+        for eps in eps_list:
+            if eps == 0:
+                yield eps, x.clone()
+                continue
+            if not tried:
+                tried, state = True, self._shared_steps(x, y, min(attacked), shared)
+            if state is None:
+                yield eps, self(x, y, eps)
+                continue
+            x_adv, left, running, active = state
+            with eval_mode(self.model):
+                adv = self._finish(x, y, x_adv.clone(), self._step(eps),
+                                   left + torch.where(active, self.steps_at(eps) - shared, 0),
+                                   running.clone())
+            yield eps, project(adv, x, eps, self.norm)
+
+    def _shared_steps(self, x: torch.Tensor, y: torch.Tensor, eps_min: float, shared: int
+                      ) -> tuple[torch.Tensor, ...] | None:
+        """The active set's state after ``shared`` steps at ``eps_min`` (iterates, steps left,
+        running, attacked), as every larger eps would have reached it; None for a randomized
+        model, or when an ``eps_min`` clip bound on the way (a larger eps would not have
+        clipped: ``shared_steps`` leaves half a step for rounding, which a tiny ``alpha``
+        summed over thousands of steps can exceed)."""
+        if not self._deterministic(x):
+            return None
+        alpha, bound = self.params.alpha, False
+
+        def step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            nonlocal bound
+            moved = x_adv + alpha * grad.sign()
+            stepped = project(moved, x, eps_min)
+            # equal to the [0, 1] clamp alone: every eps >= eps_min gives this iterate
+            bound = bound or not torch.equal(stepped, moved.clamp(0.0, 1.0))
+            return stepped
+
         with eval_mode(self.model):
             with torch.no_grad():
                 active = self.model(x).argmax(1) == y
             x_adv = x.clone()
             left = torch.where(active, shared, 0)
             running = left > 0
-            _iterate(self.model, x, y, x_adv, self._step(min(attacked)), left, running,
-                     torch.zeros_like(active), samples=self.eot_samples)
-        for eps in (float(e) for e in eps_list):
-            if eps == 0:
-                yield eps, x.clone()
-                continue
-            with eval_mode(self.model):
-                adv = self._finish(x, y, x_adv.clone(), self._step(eps),
-                                   left + torch.where(active, self.steps_at(eps) - shared, 0),
-                                   running.clone())
-            yield eps, project(adv, x, eps, self.norm)
+            self._iterate(x, y, x_adv, step, left, running, torch.zeros_like(active))
+        return None if bound else (x_adv, left, running, active)
 
     def _step(self, eps: float) -> Step:
         alpha = self.params.alpha
@@ -142,12 +184,35 @@ class BIM(Attack):
 
         return step
 
+    def _iterate(self, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, step: Step,
+                 left: torch.Tensor, running: torch.Tensor, forced: torch.Tensor) -> None:
+        """The active set's inner loop, as ``robench.attacks.active`` runs it (same sub-batches,
+        same stop test): step the ``running`` images in place until each is fooled or out of
+        steps. A copy, not a shared helper, because editing ``active`` would change the code
+        hash of every PGD and BPDA cell; ``tests/test_bim_sweep.py`` fails if the two drift
+        apart (the sweep must equal ``attack_until_fooled`` bit for bit)."""
+        while True:
+            rows = (running & (left > 0)).nonzero().squeeze(1)
+            if not rows.numel():
+                return
+            logits, grad = logits_and_gradient(self.model, x_adv[rows], y[rows],
+                                               self.eot_samples)
+            fooled = fooled_by_margin(logits, y[rows]) & ~forced[rows]
+            moving = rows[~fooled]
+            x_adv[moving] = step(x_adv[moving], grad[~fooled], x[moving])
+            left[moving] -= 1
+            forced[rows] = False
+            running[rows[fooled]] = False
+
     def _deterministic(self, x: torch.Tensor) -> bool:
-        """Whether two forward passes of ``x`` agree (``attack_until_fooled``'s test), without
-        moving the caller's random stream, so a randomized model's per-eps runs draw as
-        before."""
+        """Whether two forward passes of ``x`` agree (``attack_until_fooled``'s test) and draw
+        no random numbers, without moving the caller's random stream: a randomized model is
+        attacked eps by eps and draws exactly what it drew before."""
         with own_rng(x.device), torch.no_grad(), eval_mode(self.model):
-            return torch.equal(self.model(x), self.model(x))
+            before = _random_states(x.device)
+            same = torch.equal(self.model(x), self.model(x))
+            return same and all(torch.equal(a, b)
+                                for a, b in zip(before, _random_states(x.device), strict=True))
 
     def _finish(self, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, step: Step,
                 left: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
@@ -155,8 +220,7 @@ class BIM(Attack):
         goes on where the shared one stopped, then the whole-batch check and resumptions."""
         forced = torch.zeros_like(running)
         while True:
-            _iterate(self.model, x, y, x_adv, step, left, running, forced,
-                     samples=self.eot_samples)
+            self._iterate(x, y, x_adv, step, left, running, forced)
             stopped = left > 0
             if not stopped.any():
                 return x_adv
