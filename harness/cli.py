@@ -105,11 +105,12 @@ def run(
     if device is not None and device not in ("auto", "cpu", "cuda"):
         _fail(UserError(f"unknown device {device!r}; use auto, cpu or cuda", where="--device"))
     try:
+        data_dir, out = _start_paths(data_dir, out)
+        _readable_suite(suite)
         from robench.leaderboard import to_markdown
         from robench.recompute import recompute as recompute_run
         from robench.runner import RunOptions, run_or_check
 
-        data_dir, out = _start_paths(data_dir, out)
         opts = RunOptions(data_dir=data_dir, out=out, device=device, eval_limit=eval_limit,
                           epochs=epochs, seed=seed, seeds=seeds, quiet=quiet,
                           use_cache=not no_cache, force=force, executor=executor, jobs=jobs,
@@ -176,12 +177,13 @@ def plan(
     if device is not None and device not in ("auto", "cpu", "cuda"):
         _fail(UserError(f"unknown device {device!r}; use auto, cpu or cuda", where="--device"))
     try:
+        data_dir, out = _start_paths(data_dir, out)
+        _readable_suite(suite)
         from rich.console import Console
 
         from robench.preflight import preflight, render
         from robench.runner import RunOptions
 
-        data_dir, out = _start_paths(data_dir, out)
         opts = RunOptions(data_dir=data_dir, out=out, device=device, eval_limit=eval_limit,
                           epochs=epochs, seed=seed, seeds=seeds, quiet=True,
                           use_cache=not no_cache, force=force,
@@ -193,6 +195,15 @@ def plan(
         typer.echo("robench: interrupted", err=True)
         raise typer.Exit(code=130) from None
     render(result, Console(highlight=False, width=_width()))
+
+
+def _readable_suite(suite: Path) -> None:
+    """Refuse a suite file that is not bounded, readable YAML before torch and the plugins
+    are imported (about 2 s): a one-line error at once. The run reads the file again, with
+    the same checks, when it validates it."""
+    from robench.suite_yaml import read_suite_file
+
+    read_suite_file(suite)
 
 
 def _start_paths(data_dir: str | None, out: str | None) -> tuple[str | None, str | None]:

@@ -28,8 +28,7 @@ from pydantic import (
 from robench.column_names import reserved_label_reason
 from robench.eps import canonical_eps
 from robench.errors import UserError, key_path
-from robench.outdir.files import read_regular
-from robench.suite_yaml import MAX_SUITE_BYTES, read_suite_yaml
+from robench.suite_yaml import read_suite_file
 from robench.training import TrainConfig
 
 if TYPE_CHECKING:
@@ -258,17 +257,4 @@ def load_suite(path: str | Path) -> Suite:
     """Read and validate a suite file; every problem is a ``UserError`` naming file and key.
     The YAML is read within ``robench.suite_yaml``'s bounds (size, nesting, alias expansion)
     before anything validates it."""
-    path = Path(path)
-    # a read error, a FIFO or a folder is a one-line UserError (never blocks)
-    data = read_regular(path, follow_links=True, limit=MAX_SUITE_BYTES + 1)
-    if data is None:
-        raise UserError("suite file not found", where=str(path))
-    # the size first: the cut at MAX_SUITE_BYTES + 1 may split a character
-    if len(data) > MAX_SUITE_BYTES:
-        raise UserError(f"the suite file is larger than {MAX_SUITE_BYTES >> 10} KiB",
-                        where=str(path))
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserError("not a UTF-8 text file", where=str(path)) from None
-    return parse_suite(read_suite_yaml(text, str(path)), str(path))
+    return parse_suite(read_suite_file(path), str(path))

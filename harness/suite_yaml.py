@@ -26,6 +26,7 @@ as another mapping's flattening left it.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, cast
 
 import yaml
@@ -34,6 +35,7 @@ from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from robench.errors import UserError
+from robench.outdir.files import read_regular
 
 #: the largest suite file read: the shipped suites are under 7 kB, and PyYAML's pure-Python
 #: parser takes seconds per 100 kB of short values
@@ -246,3 +248,23 @@ def read_suite_yaml(text: str, source: str) -> Any:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise UserError(f"invalid YAML{at}: {problem}", where=source) from None
+
+
+def read_suite_file(path: str | Path) -> Any:
+    """The parsed document of the suite file at ``path``: read without blocking (a FIFO or a
+    folder is refused), at most ``MAX_SUITE_BYTES``, UTF-8, then ``read_suite_yaml``. Imports
+    neither torch nor a plugin, so the CLI refuses a bad file before it loads them."""
+    path = Path(path)
+    # a read error, a FIFO or a folder is a one-line UserError (never blocks)
+    data = read_regular(path, follow_links=True, limit=MAX_SUITE_BYTES + 1)
+    if data is None:
+        raise UserError("suite file not found", where=str(path))
+    # the size first: the cut at MAX_SUITE_BYTES + 1 may split a character
+    if len(data) > MAX_SUITE_BYTES:
+        raise UserError(f"the suite file is larger than {MAX_SUITE_BYTES >> 10} KiB",
+                        where=str(path))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError("not a UTF-8 text file", where=str(path)) from None
+    return read_suite_yaml(text, str(path))
